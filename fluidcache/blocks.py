@@ -1,0 +1,56 @@
+"""Block identity and arithmetic: keys, counts and the blocks a byte range covers.
+
+A file is cut into fixed-size blocks. A file id is a hash of the file's under-store URL
+and its version (ETag, or size and mtime), so a changed file gets new keys and never
+serves old bytes. A block key is a hash of the file id and the block index. Clients see
+file ids (from listings), never under-store URLs; workers compute the same ids from the
+URL they resolve.
+Never: do I/O.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import xxhash
+
+
+def file_id(url: str, version: str) -> str:
+    return xxhash.xxh3_128_hexdigest(f"{url}\0{version}".encode())
+
+
+def block_key(fid: str, index: int) -> str:
+    return xxhash.xxh3_128_hexdigest(f"{fid}/{index}".encode())
+
+
+def block_count(size: int, block_size: int) -> int:
+    """Blocks of a file; an empty file has none."""
+    return -(-size // block_size)
+
+
+def block_length(size: int, block_size: int, index: int) -> int:
+    start = index * block_size
+    if index < 0 or start >= size:
+        raise ValueError(f"block {index} is outside a file of {size} bytes")
+    return min(block_size, size - start)
+
+
+class Piece(NamedTuple):
+    index: int    # block index
+    offset: int   # offset inside the block
+    length: int   # bytes wanted from the block
+
+
+def pieces(size: int, block_size: int, start: int, end: int) -> list[Piece]:
+    """The pieces of blocks that make up bytes [start, end) of a file of `size` bytes.
+
+    `start`/`end` are clamped to the file as Python slices are (end may exceed size).
+    """
+    start, end = max(0, min(start, size)), max(0, min(end, size))
+    out = []
+    pos = start
+    while pos < end:
+        index, offset = divmod(pos, block_size)
+        length = min(block_size - offset, end - pos)
+        out.append(Piece(index, offset, length))
+        pos += length
+    return out

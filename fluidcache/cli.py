@@ -1,0 +1,190 @@
+"""The `fluidcache` command. A thin shell over cluster.py and the Python API.
+
+Every error ends in one line on stderr and a non-zero exit; nothing prints a traceback
+unless FLUIDCACHE_DEBUG is set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import format_size, load, parse_ssd
+
+EXAMPLES = """examples:
+  fluidcache start --mem 2GiB --ssd /mnt/nvme/fluidcache:100GiB
+  fluidcache dataset create imagenet --mount /=s3://bucket/imagenet \\
+      --option endpoint_url=http://127.0.0.1:9000
+  fluidcache status --json
+  fluidcache stop
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fluidcache", epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="A distributed data cache for AI and big-data jobs.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("start", help="start a cluster (a local one by default)",
+                       epilog="example: fluidcache start --mem 512MiB --ssd /tmp/fc:4GiB")
+    s.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
+    s.add_argument("--mem", help="memory tier quota, e.g. 512MiB")
+    s.add_argument("--mem-path", help="memory tier directory (default: under /dev/shm)")
+    s.add_argument("--ssd", action="append", default=[], metavar="PATH:SIZE",
+                   help="an SSD tier directory and quota (repeatable, one per level)")
+    s.add_argument("--block-size", help="block size (default 4MiB)")
+    s.add_argument("--eviction", choices=["lru", "lfu", "fill-once"])
+    s.add_argument("--port", type=int, help="master RPC port (default: any free port)")
+    s.add_argument("--config", help="a JSON config file")
+    s.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard")
+
+    sub.add_parser("stop", help="stop the cluster `start` made")
+
+    st = sub.add_parser("status", help="workers, tiers, counters and datasets")
+    st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    d = sub.add_parser("dataset", help="create, list, show and remove datasets")
+    dsub = d.add_subparsers(dest="dcmd", required=True, metavar="VERB")
+    c = dsub.add_parser("create", help="create a dataset over one or more mounts",
+                        epilog="example: fluidcache dataset create imagenet "
+                               "--mount /=s3://bucket/imagenet --mount /extra=file:///data")
+    c.add_argument("name")
+    c.add_argument("--mount", action="append", required=True, metavar="/POINT=URL")
+    c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an fsspec option of the under store (JSON values are parsed)")
+    c.add_argument("--replicas", type=int, default=1)
+    c.add_argument("--namespace")
+    ls = dsub.add_parser("ls", help="list datasets")
+    ls.add_argument("--json", action="store_true")
+    for verb in ("show", "rm"):
+        v = dsub.add_parser(verb, help=f"{verb} a dataset")
+        v.add_argument("name")
+
+    lsp = sub.add_parser("ls", help="list a fluid:// directory",
+                         epilog="example: fluidcache ls fluid://imagenet/train")
+    lsp.add_argument("url")
+    lsp.add_argument("-l", action="store_true", help="long format: size and type")
+
+    dm = sub.add_parser("demo", help="a local cluster, a local S3 and a DataLoader, cold vs warm")
+    dm.add_argument("--files", type=int, default=300)
+    dm.add_argument("--keep", action="store_true", help="leave the cluster running")
+    return p
+
+
+def _start(a) -> int:
+    from . import cluster
+    tiers = None
+    if a.mem or a.ssd or a.mem_path:
+        base = load(a.config)
+        mem = base.tiers[0]
+        from .config import TierConfig
+        from .config import parse_size
+        tiers = [TierConfig("MEM", a.mem_path or mem.path,
+                            parse_size(a.mem) if a.mem else mem.quota)]
+        tiers += [parse_ssd(s) for s in a.ssd] if a.ssd else list(base.tiers[1:])
+    host = None if a.address is None else "auto"   # each server binds its node's address
+    cfg = load(a.config, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
+               tiers=[_tier_dict(t) for t in tiers] if tiers else None, host=host)
+    info = cluster.start(cfg, a.address, dashboard=not a.no_dashboard)
+    print(f"fluidcache is serving: master {info['master']}, {len(info['workers'])} worker(s)")
+    for t in cfg.tiers:
+        print(f"  tier {t.medium:<3} {t.path} ({format_size(t.quota)})")
+    if info.get("dashboard"):
+        print(f"  Ray dashboard: {info['dashboard']}")
+    print("next: fluidcache dataset create NAME --mount /=s3://bucket/prefix")
+    return 0
+
+
+def _tier_dict(t) -> dict:
+    return {"medium": t.medium, "path": t.path, "quota": t.quota, "high": t.high, "low": t.low}
+
+
+def _status(a) -> int:
+    from . import connect
+    st = connect().status()
+    if a.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(f"master {st['master']['address']}")
+    for w in st["workers"]:
+        s = w.get("stats", {})
+        hits, misses = s.get("hits", 0), s.get("misses", 0)
+        ratio = f"{hits / (hits + misses):.0%}" if hits + misses else "-"
+        print(f"worker {w['id'][:12]} {w['address']} {'alive' if w['alive'] else 'LOST'}"
+              f"  hits {hits} misses {misses} ({ratio})"
+              f"  served {format_size(s.get('bytes_served', 0))}"
+              f"  under store {format_size(s.get('ufs_bytes_read', 0))}"
+              f"  evictions {s.get('evictions', 0)}")
+        for t in w["tiers"]:
+            print(f"  {t['name']:<4} {format_size(t['used']):>10} / {format_size(t['capacity'])}"
+                  f"  {t['blocks']} blocks  {t['path']}")
+    for d in st["datasets"]:
+        print(f"dataset {d['name']}  cached {format_size(d['cached_bytes'])}  "
+              + "  ".join(f"{k}={v}" for k, v in d["mounts"].items()))
+    return 0
+
+
+def _dataset(a) -> int:
+    from . import connect
+    client = connect(namespace=getattr(a, "namespace", None))
+    if a.dcmd == "create":
+        d = client.create_dataset(a.name, a.mount, a.option, a.replicas)
+        print(f"created dataset {d['name']}: " + ", ".join(f"{k} -> {v}"
+                                                           for k, v in d["mounts"].items()))
+    elif a.dcmd == "ls":
+        ds = client.datasets()
+        if a.json:
+            print(json.dumps(ds, indent=2))
+        for d in ([] if a.json else ds):
+            print(f"{d['name']:<24} " + "  ".join(f"{k}={v}" for k, v in d["mounts"].items()))
+    elif a.dcmd == "show":
+        print(json.dumps(client.dataset(a.name), indent=2))
+    elif a.dcmd == "rm":
+        client.remove_dataset(a.name)
+        print(f"removed dataset {a.name}")
+    return 0
+
+
+def _ls(a) -> int:
+    from . import connect
+    fs = connect().filesystem()
+    for e in fs.ls(a.url, detail=True):
+        name = "fluid://" + e["name"] + ("/" if e["type"] == "directory" else "")
+        print(f"{e['size']:>14}  {name}" if a.l else name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "start":
+            return _start(a)
+        if a.cmd == "stop":
+            from . import cluster
+            print("stopped" if cluster.stop() else "no cluster was running")
+            return 0
+        if a.cmd == "status":
+            return _status(a)
+        if a.cmd == "dataset":
+            return _dataset(a)
+        if a.cmd == "ls":
+            return _ls(a)
+        if a.cmd == "demo":
+            from .demo import run
+            return run(a.files, keep=a.keep)
+    except KeyboardInterrupt:
+        print("fluidcache: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, ValueError) as exc:
+        if os.environ.get("FLUIDCACHE_DEBUG"):
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"fluidcache: {msg}", file=sys.stderr)
+        return 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Pooled, persistent TCP connections to the master and the workers' data servers.
+
+Owns: opening sockets lazily, reusing them, timeouts, and noticing a fork: a pool used
+in a new process drops the parent's sockets and opens its own (fsspec #835).
+Never: interpret replies beyond raising the error a reply carries.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+
+from .. import wire
+from ..errors import ProtocolError, Unavailable
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise Unavailable(f"bad address {address!r}: use host:port")
+    return host.strip("[]"), int(port)
+
+
+class Pool:
+    def __init__(self, connect_timeout: float = 5.0, request_timeout: float = 60.0,
+                 max_idle: int = 8, max_data: int = wire.DEFAULT_MAX_DATA) -> None:
+        self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
+        self.max_idle, self.max_data = max_idle, max_data
+        self._ids = itertools.count(1)
+        self._idle: dict[str, list[socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _take(self, address: str) -> socket.socket:
+        with self._lock:
+            if self._pid != os.getpid():       # forked: the parent's sockets are not ours
+                self._idle, self._pid = {}, os.getpid()
+            idle = self._idle.get(address)
+            if idle:
+                return idle.pop()
+        host, port = split_address(address)
+        try:
+            sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+        except OSError as exc:
+            raise Unavailable(f"cannot connect to {address}: {exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.request_timeout)
+        return sock
+
+    def _give(self, address: str, sock: socket.socket) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                idle = self._idle.setdefault(address, [])
+                if len(idle) < self.max_idle:
+                    idle.append(sock)
+                    return
+        sock.close()
+
+    def call(self, address: str, op: str, args: dict | None = None, namespace: str | None = None,
+             token: str | None = None) -> tuple[object, bytearray]:
+        """Send one request; returns (result, payload). Raises the reply's error, or
+        Unavailable when the peer cannot be reached or the connection breaks."""
+        req = wire.Request(op, args or {}, next(self._ids), namespace, token)
+        sock = self._take(address)
+        try:
+            wire.send_request(sock, req)
+            reply, payload = wire.recv_reply(sock, max_data=self.max_data)
+        except (OSError, ProtocolError) as exc:
+            sock.close()
+            raise Unavailable(f"{address} did not answer {op}: {exc}") from None
+        if reply.id != req.id:
+            sock.close()
+            raise Unavailable(f"{address} answered out of order")
+        self._give(address, sock)
+        return reply.unwrap(), payload
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, {}
+        for socks in idle.values():
+            for s in socks:
+                s.close()

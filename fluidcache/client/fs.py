@@ -1,0 +1,254 @@
+"""`fluid://dataset/path`: the fsspec filesystem users and libraries see.
+
+A thin shell: metadata comes from the master (one call per directory, cached for the
+sync interval), bytes from ClusterClient (reader.py). The object pickles by its
+constructor arguments (fsspec's `__reduce__`) and opens its sockets lazily in each
+process, so it works in DataLoader workers and Ray tasks and after a fork.
+The filesystem is read-only: writes raise PermissionError.
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fsspec.spec import AbstractFileSystem
+
+from .. import names
+from ..errors import AccessDenied, IsADirectory, NotFound, StaleVersion
+from .discovery import find
+from .reader import ClusterClient
+
+_LISTING_TTL = 60.0
+
+
+class FluidFileSystem(AbstractFileSystem):
+    protocol = names.PROTOCOL
+    root_marker = ""
+
+    def __init__(self, address: str | None = None, token: str | None = None,
+                 namespace: str | None = None, short_circuit: bool = True,
+                 connect_timeout: float = 5.0, request_timeout: float = 60.0,
+                 listing_ttl: float = _LISTING_TTL, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._opts = dict(address=address, token=token, namespace=namespace,
+                          short_circuit=short_circuit, connect_timeout=connect_timeout,
+                          request_timeout=request_timeout)
+        self.listing_ttl = listing_ttl
+        self._client: ClusterClient | None = None
+        self._pid = -1
+        self._meta: dict[str, tuple[float, list[dict]]] = {}
+        self._lock = threading.Lock()
+
+    # -- per-process state --------------------------------------------------------------
+    @property
+    def client(self) -> ClusterClient:
+        if self._client is None or self._pid != os.getpid():
+            o = self._opts
+            endpoint = find(o["address"], o["token"], o["namespace"])
+            self._client = ClusterClient(endpoint, o["connect_timeout"], o["request_timeout"],
+                                         o["short_circuit"])
+            self._pid = os.getpid()
+        return self._client
+
+    @classmethod
+    def _strip_protocol(cls, path) -> str:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = str(path)
+        if path.startswith("fluid://"):
+            path = path[len("fluid://"):]
+        elif path.startswith("fluid::"):
+            path = path[len("fluid::"):]
+        return path.strip("/")
+
+    @staticmethod
+    def _split(path: str) -> tuple[str, str]:
+        ds, _, rest = path.partition("/")
+        return ds, rest
+
+    # -- metadata -----------------------------------------------------------------------
+    def ls(self, path, detail=True, refresh=False, **kwargs):
+        path = self._strip_protocol(path)
+        entries = self._listing(path, refresh)   # a file lists as itself, as elsewhere in fsspec
+        return entries if detail else [e["name"] for e in entries]
+
+    def _listing(self, path: str, refresh: bool = False) -> list[dict]:
+        now = time.monotonic()
+        hit = None if refresh else self._meta.get(path)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        ds, rest = self._split(path)
+        if not ds:
+            entries = [{"name": d["name"], "size": 0, "type": "directory"}
+                       for d in self.client.master("datasets")]
+        else:
+            entries = self.client.master("ls", {"ds": ds, "p": rest, "refresh": refresh})
+        with self._lock:
+            self._meta[path] = (now + self.listing_ttl, entries)
+        return entries
+
+    def info(self, path, refresh=False, **kwargs):
+        path = self._strip_protocol(path)
+        ds, rest = self._split(path)
+        if not rest:
+            if not ds:
+                return {"name": "", "size": 0, "type": "directory"}
+            if not refresh and ds not in {e["name"] for e in self._listing("")}:
+                raise NotFound(f"fluid://{ds}: no such dataset")
+            return {"name": ds, "size": 0, "type": "directory"}
+        parent = path.rsplit("/", 1)[0]
+        hit = None if refresh else self._meta.get(parent)
+        if hit is not None and hit[0] > time.monotonic():
+            for e in hit[1]:
+                if e["name"] == path:
+                    return e
+        return self.client.master("info", {"ds": ds, "p": rest})
+
+    def invalidate_cache(self, path=None):
+        with self._lock:
+            if path is None:
+                self._meta.clear()
+            else:
+                path = self._strip_protocol(path)
+                self._meta.pop(path, None)
+                self._meta.pop(path.rsplit("/", 1)[0], None)
+
+    # -- bytes ----------------------------------------------------------------------------
+    def _file_entry(self, path: str, refresh: bool = False) -> dict:
+        entry = self.info(path, refresh=refresh)
+        if entry["type"] != "file":
+            raise IsADirectory(f"fluid://{self._strip_protocol(path)} is a directory")
+        return entry
+
+    def _read(self, path: str, start: int | None, end: int | None) -> bytes:
+        for attempt in range(2):
+            entry = self._file_entry(path, refresh=attempt > 0)
+            size = entry["size"]
+            s = 0 if start is None else (max(0, size + start) if start < 0 else start)
+            e = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+            if s >= e:
+                return b""
+            try:
+                return self.client.read(entry, s, e)
+            except StaleVersion:
+                self.invalidate_cache(path)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        return self._read(self._strip_protocol(path), start, end)
+
+    def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
+        if not (len(paths) == len(starts) == len(ends)):
+            raise ValueError("paths, starts and ends must have the same length")
+
+        def one(args):
+            p, s, e = args
+            try:
+                return self._read(self._strip_protocol(p), s, e)
+            except Exception as exc:  # noqa: BLE001 - fsspec's on_error contract
+                if on_error == "raise":
+                    raise
+                return exc
+
+        if len(paths) <= 1:
+            return [one(a) for a in zip(paths, starts, ends)]
+        with ThreadPoolExecutor(min(16, len(paths))) as ex:
+            return list(ex.map(one, zip(paths, starts, ends)))
+
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
+              **kwargs):
+        if mode != "rb":
+            raise AccessDenied(f"fluid:// is read-only (mode {mode!r})")
+        path = self._strip_protocol(path)
+        return FluidFile(self, path, self._file_entry(path))
+
+    # -- read-only ------------------------------------------------------------------------
+    def _readonly(self, *args, **kwargs):
+        raise AccessDenied("fluid:// is read-only: write to the under store instead")
+
+    mkdir = makedirs = rm_file = _rm = rm = pipe_file = put_file = touch = mv = cp_file = \
+        rmdir = _readonly
+
+
+class FluidFile(io.RawIOBase):
+    """A seekable, read-only file over the blocks of one listed file.
+
+    Keeps the last block it read, so small sequential reads (CSV parsers, tar readers)
+    cost one block fetch per block, not one per call.
+    """
+
+    def __init__(self, fs: FluidFileSystem, path: str, entry: dict) -> None:
+        super().__init__()
+        self.fs, self.path, self.details = fs, path, entry
+        self.size = entry["size"]
+        self.loc = 0
+        self._block: tuple[int, memoryview | bytes] | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.loc
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.loc, io.SEEK_END: self.size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence}")
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self.loc = base + offset
+        return self.loc
+
+    def read(self, size: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        end = self.size if size is None or size < 0 else min(self.size, self.loc + size)
+        if self.loc >= end:
+            return b""
+        bs = self.fs.client.cluster()["block_size"]
+        first, last = self.loc // bs, (end - 1) // bs
+        if first == last and (end - self.loc) < bs:
+            data = self._cached_block(first, bs)
+            off = self.loc - first * bs
+            out = bytes(data[off:off + end - self.loc])
+        else:
+            out = self.fs._read(self.path, self.loc, end)
+        self.loc += len(out)
+        return out
+
+    read1 = read
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        n = len(data)
+        memoryview(buffer).cast("B")[:n] = data
+        return n
+
+    def _cached_block(self, index: int, bs: int):
+        if self._block is None or self._block[0] != index:
+            for attempt in range(2):
+                try:
+                    self._block = (index, self.fs.client.block(self.details, index))
+                    break
+                except StaleVersion:
+                    if attempt:
+                        raise
+                    self.fs.invalidate_cache(self.path)
+                    self.details = self.fs._file_entry(self.path, refresh=True)
+                    self.size = self.details["size"]
+        return self._block[1]
+
+    def close(self) -> None:
+        self._block = None
+        super().close()

@@ -1,0 +1,160 @@
+"""The client's read path: cluster map, routing, short-circuit, failover, hit reports.
+
+For each block of a read: if a worker on this machine holds it, read its tier file
+directly (no RPC) and verify its checksum; else ask its owners by rendezvous rank over
+TCP; when no owner answers, ask any other live worker, which reads it through from
+the under store. Every process (after a fork too) opens its own sockets and threads.
+Never: see under-store URLs or credentials.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+
+from .. import blocks, placement
+from ..errors import FluidError, StaleVersion, Unavailable
+from ..tiering import layout
+from ..wire import BlockRead
+from .conn import Pool
+from .discovery import Endpoint
+
+log = logging.getLogger(__name__)
+_MAP_TTL = 10.0
+_FLUSH_EVERY = 0.5
+_FLUSH_BATCH = 512
+
+
+class ClusterClient:
+    def __init__(self, endpoint: Endpoint, connect_timeout: float = 5.0,
+                 request_timeout: float = 60.0, short_circuit: bool = True) -> None:
+        self.endpoint = endpoint
+        self.short_circuit = short_circuit
+        self.pool = Pool(connect_timeout, request_timeout)
+        self._map: dict | None = None
+        self._map_at = 0.0
+        self._local: list[tuple[str, list[str]]] = []     # (worker address, tier paths)
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[str]] = {}
+        self._flusher: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._pid = os.getpid()
+        self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0}
+        atexit.register(self.flush)
+
+    # -- master ------------------------------------------------------------------------
+    def master(self, op: str, args: dict | None = None):
+        result, _ = self.pool.call(self.endpoint.master, op, args,
+                                   self.endpoint.namespace, self.endpoint.token)
+        return result
+
+    def cluster(self, refresh: bool = False) -> dict:
+        now = time.monotonic()
+        if refresh or self._map is None or now - self._map_at > _MAP_TTL:
+            m = self.master("cluster")
+            me = layout.machine_id()
+            self._local = [(w["address"], w["tier_paths"]) for w in m["workers"]
+                           if w.get("machine") == me]
+            self._map, self._map_at = m, now
+        return self._map
+
+    # -- blocks ------------------------------------------------------------------------
+    def read(self, entry: dict, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a listed file entry."""
+        m = self.cluster()
+        pieces = blocks.pieces(entry["size"], m["block_size"], start, end)
+        if len(pieces) == 1:
+            return bytes(self.piece(entry, pieces[0]))
+        return b"".join(self.piece(entry, p) for p in pieces)
+
+    def block(self, entry: dict, index: int) -> memoryview | bytes:
+        """One whole block (what file objects keep between small reads)."""
+        return self.piece(entry, blocks.Piece(index, 0, -1))
+
+    def piece(self, entry: dict, piece: blocks.Piece) -> memoryview | bytes:
+        key = blocks.block_key(entry["fid"], piece.index)
+        m = self.cluster()
+        if self.short_circuit:
+            data = self._local_block(key)
+            if data is not None:
+                end = len(data) if piece.length < 0 else piece.offset + piece.length
+                return data[piece.offset:end]
+        dataset, _, path = entry["name"].partition("/")
+        req = BlockRead(dataset, path, entry["version"], entry["size"], piece.index,
+                        piece.offset, piece.length).to_args()
+        req["f"] = entry["fid"]
+        return self._remote(key, req, m)
+
+    def _local_block(self, key: str):
+        for address, paths in self._local:
+            for p in paths:
+                try:
+                    data = layout.read_block(p, key)
+                except layout.CorruptBlock:
+                    data = None   # the worker drops it when it next reads it; go remote
+                    log.warning("short-circuit: block %s in %s is corrupt", key, p)
+                    continue
+                if data is not None:
+                    self.counters["short_circuit"] += 1
+                    self._report_hit(address, key)
+                    return data
+        return None
+
+    def _remote(self, key: str, req: dict, m: dict):
+        replicas = 1
+        last: Exception | None = None
+        for attempt in range(2):
+            order = placement.ranked(key, [w["id"] for w in m["workers"]])
+            by_id = {w["id"]: w for w in m["workers"]}
+            for rank, wid in enumerate(order):
+                try:
+                    _, payload = self.pool.call(by_id[wid]["address"], "read", req,
+                                                self.endpoint.namespace, self.endpoint.token)
+                except Unavailable as exc:
+                    last = exc
+                    continue
+                self.counters["remote"] += 1
+                if rank >= replicas:
+                    self.counters["failover"] += 1
+                return payload
+            m = self.cluster(refresh=True)   # membership may have moved
+        raise Unavailable(f"no worker could serve block {key}: {last}")
+
+    # -- short-circuit hit reports (batched, cheap) ------------------------------------
+    def _report_hit(self, address: str, key: str) -> None:
+        with self._lock:
+            if self._pid != os.getpid():    # forked: start over with our own thread
+                self._pid, self._pending, self._flusher = os.getpid(), {}, None
+                self._wake = threading.Event()
+            self._pending.setdefault(address, []).append(key)
+            n = sum(len(v) for v in self._pending.values())
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                 name="fluidcache-hits")
+                self._flusher.start()
+        if n >= _FLUSH_BATCH:
+            self._wake.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait(_FLUSH_EVERY)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Send pending short-circuit hits to their workers now."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            pending, self._pending = self._pending, {}
+        for address, keys in pending.items():
+            try:
+                self.pool.call(address, "touch", {"keys": keys},
+                               self.endpoint.namespace, self.endpoint.token)
+            except FluidError as exc:   # hits are advisory: never fail a read for them
+                log.debug("could not report %d hits to %s: %s", len(keys), address, exc)
+
+
+__all__ = ["ClusterClient", "StaleVersion"]

@@ -1,0 +1,191 @@
+"""Starting and stopping a cluster: the shell behind `fluidcache start` and `stop`.
+
+Local mode (no --address): a supervisor process of ours, in its own session, starts a
+local Ray instance as its driver, deploys the master and the workers as detached named
+actors, writes the discovery file, and waits; `stop` sends it SIGTERM, and it kills the
+actors and shuts Ray down, leaving no process behind.
+Cluster mode (--address ADDR): the CLI joins the Ray cluster as a short-lived driver,
+deploys the master (which puts a worker on every alive node) and leaves them running.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from . import names
+from .client import discovery
+from .config import Config, default_home
+from .errors import ClusterNotRunning, FluidError, InvalidRequest, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def deploy(config: Config, token: str | None = None) -> dict:
+    """With Ray initialized: the master (created if absent) and one worker per node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .master.actor import MasterActor
+
+    try:
+        master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
+    except ValueError:
+        here = ray.get_runtime_context().get_node_id()
+        master = MasterActor.options(
+            name=names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE, lifetime="detached",
+            max_restarts=-1, num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+        ).remote(config.to_dict(), token)
+    workers = ray.get(master.deploy.remote(), timeout=180)
+    return {"master": ray.get(master.address.remote()), "namespace": "default",
+            "token": ray.get(master.token.remote()), "workers": workers,
+            "ray_address": ray.get_runtime_context().gcs_address}
+
+
+def undeploy() -> None:
+    import ray
+    try:
+        master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
+    except ValueError:
+        return
+    try:
+        ray.get(master.shutdown.remote(), timeout=30)
+    finally:
+        ray.kill(master, no_restart=True)
+
+
+def running() -> dict | None:
+    """The discovery info of a cluster that answers, else None."""
+    info = discovery.read()
+    if not info:
+        return None
+    from .client.conn import Pool
+    try:
+        Pool(connect_timeout=2, request_timeout=5).call(info["master"], "ping")
+    except (FluidError, KeyError):
+        return None
+    return info
+
+
+def start(config: Config, address: str | None = None, dashboard: bool = True,
+          timeout: float = 180.0) -> dict:
+    if running():
+        raise InvalidRequest(f"a cluster is already running ({discovery.discovery_path()}); "
+                             "run `fluidcache stop` first")
+    if address:
+        import ray
+        ray.init(address=address, namespace=names.RAY_NAMESPACE, log_to_driver=False)
+        try:
+            info = dict(deploy(config), supervisor=None)
+        finally:
+            ray.shutdown()
+        discovery.write(info)
+        return info
+    home = default_home()
+    home.mkdir(parents=True, exist_ok=True)
+    discovery.remove()
+    cfg_path = home / "start-config.json"
+    cfg_path.write_text(json.dumps(config.to_dict()))
+    log_path = home / "supervisor.log"
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fluidcache.cluster", str(cfg_path),
+             "1" if dashboard else "0"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = discovery.read()
+        if info and info.get("supervisor") == proc.pid:
+            return info
+        if proc.poll() is not None:
+            raise Unavailable(f"the cluster failed to start; see {log_path}:\n"
+                              + _tail(log_path))
+        time.sleep(0.2)   # polling for the supervisor's discovery file (a condition)
+    proc.kill()
+    raise Unavailable(f"the cluster did not start in {timeout:.0f}s; see {log_path}")
+
+
+def stop(timeout: float = 60.0) -> bool:
+    """Stop the cluster the discovery file names. False if there was none."""
+    info = discovery.read()
+    if not info:
+        return False
+    pid = info.get("supervisor")
+    if pid:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            discovery.remove()
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)   # polling for the supervisor's exit (a condition)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    else:
+        import ray
+        try:
+            ray.init(address=info["ray_address"], namespace=names.RAY_NAMESPACE,
+                     log_to_driver=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ClusterNotRunning(f"cannot reach Ray at {info.get('ray_address')}: {exc}")
+        try:
+            undeploy()
+        finally:
+            ray.shutdown()
+    discovery.remove()
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _tail(path, n: int = 15) -> str:
+    try:
+        return "\n".join(open(path, errors="replace").read().splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _supervise(cfg_path: str, dashboard: bool) -> int:
+    import ray
+    config = Config.from_dict(json.loads(open(cfg_path).read()))
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    ctx = ray.init(namespace=names.RAY_NAMESPACE, include_dashboard=dashboard,
+                   log_to_driver=False, configure_logging=False)
+    try:
+        info = deploy(config)
+        info["supervisor"] = os.getpid()
+        if dashboard and getattr(ctx, "dashboard_url", None):
+            info["dashboard"] = f"http://{ctx.dashboard_url}"
+        discovery.write(info)
+        print(f"fluidcache supervisor {os.getpid()} serving at {info['master']}", flush=True)
+        stopping.wait()
+    finally:
+        try:
+            undeploy()
+        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+            print(f"undeploy: {exc}", flush=True)
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    sys.exit(_supervise(sys.argv[1], sys.argv[2] == "1"))

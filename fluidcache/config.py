@@ -1,0 +1,171 @@
+"""One typed configuration, read once at the edge.
+
+Owns: the frozen `Config` dataclass and its sources, in order of precedence:
+defaults < config file (JSON, `FLUIDCACHE_CONFIG` or `--config`) < environment
+(`FLUIDCACHE_*`) < explicit overrides (CLI flags). Also size parsing (`512MiB`).
+Never: be read by a core module. Shells (CLI, actors, the fsspec class) read it and pass
+plain values inward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidRequest
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """`4MiB` -> 4194304. Accepts B, KiB, MiB, GiB, TiB, KB, MB, GB, TB (any case)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise InvalidRequest(f"size must not be negative: {text}")
+        return text
+    m = _SIZE_RE.match(str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InvalidRequest(
+            f"bad size {text!r}: use a number with B, KiB, MiB, GiB, KB, MB or GB, e.g. 512MiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def default_home() -> Path:
+    """Where `fluidcache start` keeps its discovery file and, by default, its SSD tier."""
+    env = os.environ.get("FLUIDCACHE_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fluidcache"
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    """One tier level: `medium` is MEM, SSD or HDD; `path` a directory; `quota` bytes."""
+
+    medium: str
+    path: str
+    quota: int
+    high: float = 0.95
+    low: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.medium not in ("MEM", "SSD", "HDD"):
+            raise InvalidRequest(f"tier medium must be MEM, SSD or HDD, not {self.medium!r}")
+        if self.quota <= 0:
+            raise InvalidRequest(f"tier {self.path}: quota must be positive")
+        if not 0 < self.low <= self.high <= 1:
+            raise InvalidRequest(f"tier {self.path}: need 0 < low <= high <= 1")
+
+
+def parse_ssd(spec: str, medium: str = "SSD") -> TierConfig:
+    """`/mnt/nvme/fc:20GiB` -> TierConfig('SSD', '/mnt/nvme/fc', 20 GiB)."""
+    path, sep, size = spec.rpartition(":")
+    if not sep or not path:
+        raise InvalidRequest(f"bad tier {spec!r}: use PATH:SIZE, e.g. /mnt/nvme/fluidcache:20GiB")
+    return TierConfig(medium, os.path.abspath(os.path.expanduser(path)), parse_size(size))
+
+
+def _default_tiers() -> tuple[TierConfig, ...]:
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else os.path.join(str(default_home()), "mem")
+    return (
+        TierConfig("MEM", os.path.join(shm, f"fluidcache-{os.getuid()}"), 1024**3),
+        TierConfig("SSD", os.path.join(str(default_home()), "ssd"), 10 * 1024**3),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    block_size: int = 4 * 1024**2
+    tiers: tuple[TierConfig, ...] = field(default_factory=_default_tiers)
+    eviction: str = "lru"
+    host: str = "127.0.0.1"
+    master_port: int = 0            # 0: any free port
+    worker_port: int = 0
+    max_frame: int = 1024**2        # largest header frame any server reads
+    max_data: int = 64 * 1024**2    # largest raw payload any peer reads
+    connect_timeout: float = 5.0
+    request_timeout: float = 60.0
+    sync_interval: float = 60.0     # seconds a listing stays fresh
+    heartbeat_interval: float = 2.0
+    fetch_threads: int = 16         # under-store fetches in flight per worker
+
+    def __post_init__(self) -> None:
+        if self.eviction not in ("lru", "lfu", "fill-once"):
+            raise InvalidRequest(f"eviction must be lru, lfu or fill-once, not {self.eviction!r}")
+        if self.block_size < 4096 or self.block_size > self.max_data:
+            raise InvalidRequest(
+                f"block size must be between 4KiB and {format_size(self.max_data)}")
+        if not self.tiers:
+            raise InvalidRequest("at least one tier is needed")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidRequest(f"unknown config keys: {', '.join(sorted(unknown))}")
+        data = dict(data)
+        for key in ("block_size", "max_frame", "max_data"):
+            if key in data:
+                data[key] = parse_size(data[key])
+        if "tiers" in data:
+            tiers = []
+            for t in data["tiers"]:
+                t = dict(t)
+                t["quota"] = parse_size(t["quota"])
+                t["path"] = os.path.expanduser(t["path"])
+                tiers.append(TierConfig(**t))
+            data["tiers"] = tuple(tiers)
+        return cls(**data)
+
+
+_ENV = {
+    "FLUIDCACHE_BLOCK_SIZE": "block_size",
+    "FLUIDCACHE_EVICTION": "eviction",
+    "FLUIDCACHE_HOST": "host",
+    "FLUIDCACHE_MASTER_PORT": "master_port",
+    "FLUIDCACHE_CONNECT_TIMEOUT": "connect_timeout",
+    "FLUIDCACHE_REQUEST_TIMEOUT": "request_timeout",
+}
+
+
+def load(path: str | os.PathLike | None = None, env: dict | None = None, **overrides) -> Config:
+    """Defaults, then the JSON file, then FLUIDCACHE_* variables, then `overrides`."""
+    env = os.environ if env is None else env
+    data: dict = {}
+    path = path or env.get("FLUIDCACHE_CONFIG")
+    if path:
+        try:
+            data.update(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot read config file {path}: {exc}") from None
+    for var, key in _ENV.items():
+        if var in env:
+            value = env[var]
+            kind = Config.__dataclass_fields__[key].type
+            data[key] = int(value) if kind == "int" and key != "block_size" else (
+                float(value) if kind == "float" else value)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return Config.from_dict(data)

@@ -1,0 +1,292 @@
+"""The master: a detached, named Ray actor around MasterCore.
+
+Serves clients (who are not Ray drivers) over msgpack/TCP and workers over Ray calls.
+Owns: the listing I/O against the under stores, deploying one worker per alive node,
+collecting worker stats for `status`.
+Never: sit on the data path; a cached read never calls the master.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .. import blocks, names
+from ..config import Config
+from ..errors import InvalidRequest, NotFound
+from ..service import Server, bind_host as _bind_host
+from ..understore import Mount, version_of
+from .core import MasterCore
+from .namespace import Dataset, MountSpec, normalize
+
+log = logging.getLogger(__name__)
+
+
+class Master:
+    def __init__(self, config: dict, token: str | None = None) -> None:
+        self.config = Config.from_dict(config)
+        self.core = MasterCore()
+        self.core.create_namespace("default", token)
+        self._lock = threading.RLock()
+        self._mounts: dict[tuple, Mount] = {}
+        self._handles: dict[str, object] = {}
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix="fc-master")
+        self.server = Server(self._handle, _bind_host(self.config.host), self.config.master_port,
+                             self.config.max_frame, self.config.max_data,
+                             name="fluidcache-master").start()
+
+    # -- Ray API (the CLI and workers) --------------------------------------------------
+    def address(self) -> str:
+        return self.server.address
+
+    def token(self, ns: str = "default") -> str:
+        with self._lock:
+            return self.core.tokens[ns]
+
+    def deploy(self, timeout: float = 60.0) -> list[str]:
+        """One worker on every alive Ray node; returns the ids of registered workers."""
+        from ..worker.actor import WorkerActor
+        for node in ray.nodes():
+            if not node.get("Alive"):
+                continue
+            nid = node["NodeID"]
+            name = names.worker_actor(nid)
+            try:
+                handle = ray.get_actor(name, namespace=names.RAY_NAMESPACE)
+            except ValueError:
+                handle = WorkerActor.options(
+                    name=name, namespace=names.RAY_NAMESPACE, lifetime="detached",
+                    max_restarts=-1, max_task_retries=0, num_cpus=0,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False),
+                ).remote(self.config.to_dict(), nid)
+            self._handles[nid] = handle
+        deadline = time.monotonic() + timeout
+        infos = {}
+        for nid, handle in self._handles.items():
+            infos[nid] = ray.get(handle.info.remote(), timeout=max(1, deadline - time.monotonic()))
+            self.register(infos[nid])
+        return sorted(infos)
+
+    def register(self, info: dict) -> int:
+        with self._lock:
+            return self.core.register_worker(info)
+
+    def dataset_for_worker(self, ns: str, name: str) -> dict:
+        """The full record (with under-store options) of a dataset, for workers only."""
+        with self._lock:
+            return self.core.dataset(ns, name).to_record()
+
+    def tokens(self) -> dict:
+        with self._lock:
+            return dict(self.core.tokens)
+
+    def shutdown(self) -> None:
+        for handle in list(self._handles.values()):
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self._handles.clear()
+        self.server.stop()
+
+    # -- client endpoint ----------------------------------------------------------------
+    async def _handle(self, req, payload):
+        if req.op == "ping":
+            return {"pong": True}, None
+        fn = getattr(self, "op_" + req.op, None)
+        if fn is None:
+            raise InvalidRequest(f"unknown master operation {req.op!r}")
+        with self._lock:
+            ns = self.core.authorize(req.namespace, req.token)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, ns, req.args), None
+
+    def op_cluster(self, ns: str, args: dict) -> dict:
+        with self._lock:
+            m = self.core.cluster_map()
+        m["block_size"] = self.config.block_size
+        return m
+
+    def op_datasets(self, ns: str, args: dict) -> list:
+        with self._lock:
+            return [d.public() for d in self.core.in_namespace(ns)]
+
+    def op_dataset_show(self, ns: str, args: dict) -> dict:
+        with self._lock:
+            return self.core.dataset(ns, _str(args, "name")).public()
+
+    def op_dataset_create(self, ns: str, args: dict) -> dict:
+        mounts = args.get("mounts")
+        if not isinstance(mounts, list) or not mounts:
+            raise InvalidRequest("dataset_create needs a list of mounts")
+        options = args.get("options") or {}
+        if not isinstance(options, dict):
+            raise InvalidRequest("options must be a map")
+        specs = []
+        for m in mounts:
+            if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
+                raise InvalidRequest("each mount is [point, url]")
+            specs.append(MountSpec(normalize(m[0]), m[1], dict(options)))
+        ds = Dataset(_str(args, "name"), ns, tuple(specs), args.get("replicas", 1))
+        for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
+            self._mount(ds, spec).info("")
+        with self._lock:
+            self.core.add_dataset(ds)
+        return ds.public()
+
+    def op_dataset_rm(self, ns: str, args: dict) -> dict:
+        with self._lock:
+            ds = self.core.remove_dataset(ns, _str(args, "name"))
+            for key in [k for k in self._mounts if k[:2] == (ns, ds.name)]:
+                del self._mounts[key]
+        return ds.public()
+
+    def op_ls(self, ns: str, args: dict) -> list:
+        ds, path = self._target(ns, args)
+        return self._listing(ds, path, refresh=bool(args.get("refresh")))
+
+    def op_info(self, ns: str, args: dict) -> dict:
+        ds, path = self._target(ns, args)
+        if path == "" or (ds.is_virtual_dir(path) and path not in
+                          {m.point for m in ds.mounts}):
+            return _dir_entry(ds, path)
+        parent, _, _ = path.rpartition("/")
+        for entry in self._listing(ds, parent, refresh=False):
+            if entry["name"] == f"{ds.name}/{path}":
+                return entry
+        raise NotFound(f"{ds.name}/{path}: no such file or directory")
+
+    def op_status(self, ns: str, args: dict) -> dict:
+        workers = []
+        with self._lock:
+            infos = list(self.core.cluster_map()["workers"])
+            datasets = self.core.in_namespace(ns)
+        per_dataset: dict[str, int] = {}
+        for info in infos:
+            handle = self._handles.get(info["node_id"]) or _find_worker(info["node_id"])
+            entry = dict(info, alive=False, tiers=[], stats={})
+            if handle is not None:
+                try:
+                    st = ray.get(handle.stats.remote(), timeout=10)
+                    entry.update(alive=True, tiers=st["tiers"], stats=st["stats"])
+                    for dsid, n in st.get("datasets", {}).items():
+                        per_dataset[dsid] = per_dataset.get(dsid, 0) + n
+                except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not raised
+                    entry["error"] = f"{type(exc).__name__}"
+            workers.append(entry)
+        return {
+            "master": {"address": self.address()},
+            "workers": workers,
+            "datasets": [dict(d.public(), cached_bytes=per_dataset.get(f"{ns}/{d.name}", 0))
+                         for d in datasets],
+        }
+
+    # -- helpers -------------------------------------------------------------------------
+    def _target(self, ns: str, args: dict) -> tuple[Dataset, str]:
+        with self._lock:
+            ds = self.core.dataset(ns, _str(args, "ds"))
+        return ds, normalize(_str(args, "p", ""))
+
+    def _mount(self, ds: Dataset, spec: MountSpec) -> Mount:
+        key = (ds.namespace, ds.name, spec.point)
+        with self._lock:
+            m = self._mounts.get(key)
+            if m is None:
+                m = self._mounts[key] = Mount(spec.url, spec.options)
+        return m
+
+    def _listing(self, ds: Dataset, path: str, refresh: bool) -> list[dict]:
+        now = time.monotonic()
+        if not refresh:
+            with self._lock:
+                hit = self.core.listing(ds.namespace, ds.name, path, now)
+            if hit is not None:
+                return hit
+        entries: dict[str, dict] = {}
+        try:
+            spec, rel = ds.resolve(path)
+        except NotFound:
+            spec, rel = None, ""
+        if spec is not None:
+            mount = self._mount(ds, spec)
+            try:
+                raw = mount.ls(rel)
+            except NotFound:
+                if not ds.is_virtual_dir(path):
+                    raise NotFound(f"{ds.name}/{path}: no such file or directory") from None
+                raw = []
+            for e in raw:
+                r = mount.rel_of(e["name"])
+                fpath = "/".join(p for p in (spec.point, r) if p)
+                entry = _entry(ds, fpath, e, mount.url_of(r))
+                entries[entry["name"]] = entry
+        elif not ds.is_virtual_dir(path):
+            raise NotFound(f"{ds.name}/{path}: no such file or directory")
+        for child in ds.child_mounts(path):
+            fpath = f"{path}/{child}" if path else child
+            entries.setdefault(f"{ds.name}/{fpath}", _dir_entry(ds, fpath))
+        out = [entries[k] for k in sorted(entries)]
+        ttl = ds.sync_interval if ds.sync_interval is not None else self.config.sync_interval
+        with self._lock:
+            self.core.store_listing(ds.namespace, ds.name, path, out, now + ttl)
+        return out
+
+
+def _entry(ds: Dataset, fpath: str, e: dict, url: str) -> dict:
+    if e.get("type") == "directory":
+        return _dir_entry(ds, fpath)
+    version = version_of(e)
+    return {"name": f"{ds.name}/{fpath}", "size": int(e.get("size") or 0), "type": "file",
+            "version": version, "fid": blocks.file_id(url, version)}
+
+
+def _dir_entry(ds: Dataset, fpath: str) -> dict:
+    return {"name": f"{ds.name}/{fpath}".rstrip("/"), "size": 0, "type": "directory"}
+
+
+def _str(args: dict, key: str, default: str | None = None) -> str:
+    v = args.get(key, default)
+    if not isinstance(v, str):
+        raise InvalidRequest(f"argument {key!r} must be a string")
+    return v
+
+
+def _find_worker(node_id: str):
+    try:
+        return ray.get_actor(names.worker_actor(node_id), namespace=names.RAY_NAMESPACE)
+    except ValueError:
+        return None
+
+
+@ray.remote(num_cpus=0, max_concurrency=16)
+class MasterActor:
+    """The Ray face of the Master (no coroutine methods: Ray runs it as a threaded actor)."""
+
+    def __init__(self, config: dict, token: str | None = None) -> None:
+        self._m = Master(config, token)
+
+    def address(self) -> str:
+        return self._m.address()
+
+    def token(self, ns: str = "default") -> str:
+        return self._m.token(ns)
+
+    def deploy(self) -> list[str]:
+        return self._m.deploy()
+
+    def register(self, info: dict) -> int:
+        return self._m.register(info)
+
+    def dataset_for_worker(self, ns: str, name: str) -> dict:
+        return self._m.dataset_for_worker(ns, name)
+
+    def tokens(self) -> dict:
+        return self._m.tokens()
+
+    def shutdown(self) -> None:
+        self._m.shutdown()

@@ -1,0 +1,96 @@
+"""The master's state: namespaces and tokens, datasets, workers, cached listings.
+
+Pure: every method takes the time it needs as an argument; listings are fetched by the
+shell (actor.py) and handed in. Tokens are compared in constant time.
+Never: touch the under store, Ray or sockets.
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from ..errors import AccessDenied, AlreadyExists, NotFound
+from .namespace import Dataset, check_name
+
+
+class MasterCore:
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+        self.datasets: dict[tuple[str, str], Dataset] = {}
+        self.workers: dict[str, dict] = {}
+        self.map_version = 0
+        self._listings: dict[tuple[str, str, str], tuple[float, list[dict]]] = {}
+
+    # -- namespaces ------------------------------------------------------------
+    def create_namespace(self, ns: str, token: str | None = None) -> str:
+        check_name("namespace", ns)
+        if ns not in self.tokens:
+            self.tokens[ns] = token or secrets.token_urlsafe(32)
+        return self.tokens[ns]
+
+    def authorize(self, ns: str | None, token: str | None) -> str:
+        """The namespace, if `token` is its token; AccessDenied otherwise."""
+        expected = self.tokens.get(ns or "")
+        # compare against something even for an unknown namespace: constant time either way
+        ok = hmac.compare_digest((token or "").encode(), (expected or "\0" * 43).encode())
+        if not ok or expected is None:
+            raise AccessDenied(f"wrong or missing token for namespace {ns!r} "
+                               "(set FLUIDCACHE_TOKEN and FLUIDCACHE_NAMESPACE)")
+        return ns
+
+    # -- datasets --------------------------------------------------------------
+    def add_dataset(self, ds: Dataset) -> None:
+        if ds.namespace not in self.tokens:
+            raise NotFound(f"namespace {ds.namespace!r} does not exist")
+        key = (ds.namespace, ds.name)
+        if key in self.datasets:
+            raise AlreadyExists(f"dataset {ds.name} already exists in namespace {ds.namespace}")
+        self.datasets[key] = ds
+
+    def dataset(self, ns: str, name: str) -> Dataset:
+        ds = self.datasets.get((ns, name))
+        if ds is None:
+            raise NotFound(f"no dataset {name!r} in namespace {ns!r} "
+                           "(see `fluidcache dataset ls`)")
+        return ds
+
+    def remove_dataset(self, ns: str, name: str) -> Dataset:
+        ds = self.dataset(ns, name)
+        del self.datasets[(ns, name)]
+        self.invalidate(ns, name)
+        return ds
+
+    def in_namespace(self, ns: str) -> list[Dataset]:
+        return sorted((d for (n, _), d in self.datasets.items() if n == ns),
+                      key=lambda d: d.name)
+
+    # -- workers ---------------------------------------------------------------
+    def register_worker(self, info: dict) -> int:
+        old = self.workers.get(info["id"])
+        if old != info:
+            self.workers[info["id"]] = info
+            self.map_version += 1
+        return self.map_version
+
+    def remove_worker(self, worker_id: str) -> None:
+        if self.workers.pop(worker_id, None) is not None:
+            self.map_version += 1
+
+    def cluster_map(self) -> dict:
+        return {"version": self.map_version,
+                "workers": [self.workers[k] for k in sorted(self.workers)]}
+
+    # -- listing cache ---------------------------------------------------------
+    def listing(self, ns: str, name: str, path: str, now: float) -> list[dict] | None:
+        hit = self._listings.get((ns, name, path))
+        if hit is None or hit[0] <= now:
+            return None
+        return hit[1]
+
+    def store_listing(self, ns: str, name: str, path: str, entries: list[dict],
+                      expires: float) -> None:
+        self._listings[(ns, name, path)] = (expires, entries)
+
+    def invalidate(self, ns: str, name: str) -> None:
+        for key in [k for k in self._listings if k[:2] == (ns, name)]:
+            del self._listings[key]

@@ -1,0 +1,127 @@
+"""Datasets and their union namespace: pure path logic, no I/O.
+
+A dataset is a name in a namespace with one or more mounts (mount point -> under-store
+URL + options). Paths inside a dataset are normalized here and nowhere else:
+`..` segments and NUL bytes are refused (AccessDenied), `.` and empty segments dropped,
+so no path can leave its mount. A path resolves to the mount with the longest matching
+mount point; directories that hold mount points list them as child directories.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..errors import AccessDenied, InvalidRequest, NotFound
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidRequest(
+            f"bad {kind} name {name!r}: use 1-63 lowercase letters, digits, '.', '_' or '-'")
+    return name
+
+
+def normalize(path: str) -> str:
+    """'/a//b/./c/' -> 'a/b/c'; '' is the dataset root. Raises AccessDenied on '..'."""
+    if not isinstance(path, str):
+        raise InvalidRequest("path must be a string")
+    if "\0" in path:
+        raise AccessDenied("path contains a NUL byte")
+    parts = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise AccessDenied(f"path {path!r} leaves its dataset ('..' is not allowed)")
+        parts.append(part)
+    return "/".join(parts)
+
+
+def parse_mount(spec: str) -> tuple[str, str]:
+    """'/extra=file:///data' -> ('extra', 'file:///data'); '/=s3://b/p' -> ('', 's3://b/p')."""
+    point, sep, url = spec.partition("=")
+    if not sep or not url or not point.startswith("/"):
+        raise InvalidRequest(f"bad mount {spec!r}: use /POINT=URL, e.g. /=s3://bucket/prefix")
+    return normalize(point), url
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    point: str              # normalized, '' for the root
+    url: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Dataset:
+    name: str
+    namespace: str
+    mounts: tuple[MountSpec, ...]
+    replicas: int = 1
+    sync_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        check_name("dataset", self.name)
+        check_name("namespace", self.namespace)
+        if not self.mounts:
+            raise InvalidRequest(f"dataset {self.name} needs at least one mount")
+        points = [m.point for m in self.mounts]
+        for i, a in enumerate(points):
+            for b in points[i + 1:]:
+                if a == b or _nested(a, b):
+                    raise InvalidRequest(f"mount points /{a} and /{b} overlap")
+        if not isinstance(self.replicas, int) or not 1 <= self.replicas <= 16:
+            raise InvalidRequest("replicas must be between 1 and 16")
+
+    def resolve(self, path: str) -> tuple[MountSpec, str]:
+        """(mount, path relative to its root) for a normalized path."""
+        best = None
+        for m in self.mounts:
+            if m.point == "" or path == m.point or path.startswith(m.point + "/"):
+                if best is None or len(m.point) > len(best.point):
+                    best = m
+        if best is None:
+            raise NotFound(f"{self.name}/{path}: not under any mount of the dataset")
+        rel = path[len(best.point):].lstrip("/") if best.point else path
+        return best, rel
+
+    def child_mounts(self, path: str) -> list[str]:
+        """Names of the directories that mount points add directly under `path`."""
+        out = set()
+        for m in self.mounts:
+            if not m.point:
+                continue
+            if path == "" or m.point.startswith(path + "/"):
+                rest = m.point[len(path):].lstrip("/")
+                out.add(rest.split("/", 1)[0])
+        return sorted(out)
+
+    def is_virtual_dir(self, path: str) -> bool:
+        """A directory that exists only because mount points lie below it."""
+        return path == "" or any(m.point.startswith(path + "/") for m in self.mounts if m.point)
+
+    def public(self) -> dict:
+        """What clients may see: mount points and redacted URLs, never options."""
+        from ..understore import redact
+        return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
+                "mounts": {"/" + m.point: redact(m.url) for m in self.mounts}}
+
+    def to_record(self) -> dict:
+        return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
+                "sync_interval": self.sync_interval,
+                "mounts": [[m.point, m.url, m.options] for m in self.mounts]}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "Dataset":
+        return cls(r["name"], r["namespace"],
+                   tuple(MountSpec(p, u, dict(o)) for p, u, o in r["mounts"]),
+                   r.get("replicas", 1), r.get("sync_interval"))
+
+
+def _nested(a: str, b: str) -> bool:
+    """Two distinct non-root mount points overlap when one lies inside the other."""
+    if not a or not b:
+        return False
+    return a.startswith(b + "/") or b.startswith(a + "/")

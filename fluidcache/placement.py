@@ -1,0 +1,26 @@
+"""Which workers own a block: rendezvous (highest-random-weight) hashing.
+
+Every client and worker computes the same owners from the same key and worker list, with
+no master call. When a worker joins or leaves, only the keys it owns (or comes to own)
+move. Never: do I/O or look at clocks.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import xxhash
+
+
+def weight(key: str, worker_id: str) -> int:
+    return xxhash.xxh3_64_intdigest(f"{key}|{worker_id}".encode())
+
+
+def owners(key: str, worker_ids: Sequence[str], replicas: int = 1) -> list[str]:
+    """The `replicas` workers that own `key`, best first (all of them, ranked, if fewer)."""
+    ranked = sorted(worker_ids, key=lambda w: weight(key, w), reverse=True)
+    return ranked[:max(1, replicas)]
+
+
+def ranked(key: str, worker_ids: Sequence[str]) -> list[str]:
+    """Every worker, in the order a reader should try them for `key`."""
+    return sorted(worker_ids, key=lambda w: weight(key, w), reverse=True)

@@ -1,0 +1,1 @@
+"""Helpers for tests, the demo and benchmarks: a local S3 endpoint and sample data."""

@@ -1,0 +1,104 @@
+"""Eviction policies: small classes with four hooks and no knowledge of bytes or files.
+
+    admit(key) -> bool     may a new block enter (fill-once says no once full)
+    access(key)            a hit
+    remove(key)            the block left the tier (evicted, freed, expired)
+    victim() -> key|None   the block to evict next (pinned blocks are skipped by the caller)
+
+The clock is injected (`clock()` returns a number) so tests need no sleeps.
+"""
+from __future__ import annotations
+
+import abc
+import itertools
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+
+class Policy(abc.ABC):
+    name = "base"
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._tick = itertools.count()
+        self.clock = clock or (lambda: next(self._tick))
+
+    def admit(self, key: str, full: bool) -> bool:
+        return True
+
+    def insert(self, key: str) -> None:
+        self.access(key)
+
+    @abc.abstractmethod
+    def access(self, key: str) -> None:
+        """A hit on `key` (also called once when it is inserted)."""
+
+    @abc.abstractmethod
+    def remove(self, key: str) -> None:
+        """`key` left the tier."""
+
+    @abc.abstractmethod
+    def victims(self) -> Iterable[str]:
+        """Candidates in eviction order (the store skips pinned ones)."""
+
+
+class LRU(Policy):
+    """Least recently used goes first."""
+
+    name = "lru"
+
+    def __init__(self, clock=None) -> None:
+        super().__init__(clock)
+        self._order: OrderedDict[str, None] = OrderedDict()
+
+    def access(self, key: str) -> None:
+        self._order[key] = None
+        self._order.move_to_end(key)
+
+    def remove(self, key: str) -> None:
+        self._order.pop(key, None)
+
+    def victims(self) -> Iterable[str]:
+        return iter(list(self._order))
+
+
+class LFU(Policy):
+    """Fewest hits goes first; ties go to the least recently used."""
+
+    name = "lfu"
+
+    def __init__(self, clock=None) -> None:
+        super().__init__(clock)
+        self._hits: dict[str, tuple[int, float]] = {}
+
+    def access(self, key: str) -> None:
+        n, _ = self._hits.get(key, (0, 0))
+        self._hits[key] = (n + 1, self.clock())
+
+    def remove(self, key: str) -> None:
+        self._hits.pop(key, None)
+
+    def victims(self) -> Iterable[str]:
+        return iter(sorted(self._hits, key=self._hits.__getitem__))
+
+
+class FillOnce(LRU):
+    """Admit until full, then never evict to admit (CoorDL's MinIO-style cache).
+
+    Under random per-epoch access this keeps a fixed C/N of the dataset cached and hit,
+    where LRU thrashes. Explicit removals (free, TTL, corruption) still make room.
+    """
+
+    name = "fill-once"
+
+    def admit(self, key: str, full: bool) -> bool:
+        return not full
+
+
+POLICIES = {cls.name: cls for cls in (LRU, LFU, FillOnce)}
+
+
+def make(name: str, clock=None) -> Policy:
+    try:
+        return POLICIES[name](clock)
+    except KeyError:
+        raise ValueError(f"unknown eviction policy {name!r}: use {', '.join(POLICIES)}") from None

@@ -1,0 +1,207 @@
+"""The worker: one Ray actor per node, pinned to it, serving blocks over TCP.
+
+Owns: the node's block store (tiering/), the data server (service.py, uvloop), fetching
+misses from the under store with one fetch per block however many readers wait, the
+worker's counters, and registration with the master.
+Never: trust a client's path (it is normalized and resolved through the mount table
+here) or a client's size (a block's bytes depend only on the file's identity, version
+and index; a mismatch is reported as StaleVersion).
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hmac
+import logging
+import os
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import ray
+
+from .. import blocks, names
+from ..config import Config
+from ..errors import AccessDenied, InvalidRequest, StaleVersion
+from ..master.namespace import Dataset, normalize
+from ..service import Server, bind_host as _bind_host
+from ..tiering import layout
+from ..tiering.store import BlockStore
+from ..understore import Mount
+from ..wire import BlockRead
+
+log = logging.getLogger(__name__)
+_RECORD_TTL = 5.0
+
+
+def claim_dir(path: str, held: list) -> str:
+    """`path`, or `path/w1`, `path/w2`... : the first one no other live worker holds.
+
+    Several workers on one machine (a multi-node Ray cluster on one host) must not share
+    a tier directory; a restarted worker finds its own directory again.
+    """
+    for n in range(64):
+        d = path if n == 0 else os.path.join(path, f"w{n}")
+        os.makedirs(d, exist_ok=True)
+        fd = os.open(os.path.join(d, ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        held.append(fd)
+        return d
+    raise RuntimeError(f"no free tier directory under {path}")
+
+
+class Worker:
+    def __init__(self, config: dict, node_id: str) -> None:
+        cfg = Config.from_dict(config)
+        self.config, self.node_id = cfg, node_id
+        self._locks: list[int] = []
+        tiers = tuple(replace(t, path=claim_dir(t.path, self._locks)) for t in cfg.tiers)
+        self.store = BlockStore(tiers, cfg.eviction)
+        self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
+                             ufs_fetches=0, short_circuit_hits=0)
+        self._datasets: dict[tuple[str, str], tuple[float, Dataset]] = {}
+        self._mounts: dict[tuple, Mount] = {}
+        self._tokens: dict[str, str] = {}
+        self._tokens_at = 0.0
+        self._owner: dict[str, tuple[str, int]] = {}   # key -> (ns/dataset, bytes)
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._fetch = ThreadPoolExecutor(cfg.fetch_threads, thread_name_prefix="fc-fetch")
+        self._master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
+        self.server = Server(self._handle, _bind_host(cfg.host), cfg.worker_port, cfg.max_frame,
+                             cfg.max_data, name="fluidcache-data").start()
+        ray.get(self._master.register.remote(self.info()))
+
+    # -- Ray API ---------------------------------------------------------------------
+    def info(self) -> dict:
+        return {"id": self.node_id, "node_id": self.node_id, "host": socket.gethostname(),
+                "address": self.server.address, "machine": layout.machine_id(),
+                "tier_paths": self.store.paths, "pid": os.getpid()}
+
+    def stats(self) -> dict:
+        per_ds: dict[str, int] = {}
+        for key, (dsid, n) in list(self._owner.items()):
+            if key in self.store:
+                per_ds[dsid] = per_ds.get(dsid, 0) + n
+        stats = dict(self.counters, evictions=self.store.evictions,
+                     write_failures=self.store.write_failures,
+                     corrupt_blocks=self.store.corrupt_blocks,
+                     protocol_errors=self.server.protocol_errors)
+        return {"tiers": self.store.tiers(), "stats": stats, "datasets": per_ds}
+
+    # -- data server -----------------------------------------------------------------
+    async def _handle(self, req, payload):
+        if req.op == "ping":
+            return {"pong": True, "id": self.node_id}, None
+        if req.op not in ("read", "touch"):
+            raise InvalidRequest(f"unknown data server operation {req.op!r}")
+        await self._authorize(req.namespace, req.token)
+        if req.op == "touch":
+            keys = req.args.get("keys")
+            if not isinstance(keys, list) or len(keys) > 100_000:
+                raise InvalidRequest("touch needs a list of at most 100000 keys")
+            held = sum(1 for k in keys if isinstance(k, str) and self.store.touch(k))
+            self.counters["hits"] += held
+            self.counters["short_circuit_hits"] += held
+            return {"held": held}, None
+        r = BlockRead.from_args(req.args)
+        data = await self._block(req.namespace, r, req.args.get("f"))
+        end = len(data) if r.length < 0 else min(len(data), r.offset + r.length)
+        if r.offset > len(data):
+            raise InvalidRequest(f"offset {r.offset} is past the end of block {r.index}")
+        out = data[r.offset:end]
+        self.counters["bytes_served"] += len(out)
+        return {"n": len(out)}, out
+
+    async def _authorize(self, ns, token) -> None:
+        expected = self._tokens.get(ns or "")
+        if expected is None or not hmac.compare_digest((token or "").encode(), expected.encode()):
+            if time.monotonic() - self._tokens_at > 1.0:   # a new namespace or token
+                self._tokens = await _ray_call(self._master.tokens.remote())
+                self._tokens_at = time.monotonic()
+                expected = self._tokens.get(ns or "")
+            if expected is None or not hmac.compare_digest((token or "").encode(),
+                                                           expected.encode()):
+                raise AccessDenied(f"wrong or missing token for namespace {ns!r}")
+
+    async def _dataset(self, ns: str, name: str, fresh: bool = False) -> Dataset:
+        hit = self._datasets.get((ns, name))
+        if hit is None or fresh or hit[0] < time.monotonic():
+            record = await _ray_call(self._master.dataset_for_worker.remote(ns, name))
+            hit = (time.monotonic() + _RECORD_TTL, Dataset.from_record(record))
+            self._datasets[(ns, name)] = hit
+        return hit[1]
+
+    async def _resolve(self, ns: str, r: BlockRead, fid: str | None):
+        path = normalize(r.path)
+        for fresh in (False, True):
+            ds = await self._dataset(ns, r.dataset, fresh)
+            spec, rel = ds.resolve(path)
+            key = (ns, ds.name, spec.point, spec.url, repr(sorted(spec.options.items())))
+            mount = self._mounts.get(key)
+            if mount is None:
+                mount = self._mounts[key] = Mount(spec.url, spec.options)
+            myfid = blocks.file_id(mount.url_of(rel), r.version)
+            if fid is None or fid == myfid:
+                return mount, rel, myfid
+        raise StaleVersion(f"{r.dataset}/{path}: the dataset's mounts changed; list it again")
+
+    async def _block(self, ns: str, r: BlockRead, fid) -> memoryview | bytes:
+        bs = self.config.block_size
+        if r.index >= max(1, blocks.block_count(r.size, bs)):
+            raise InvalidRequest(f"block {r.index} is past the end of a {r.size}-byte file")
+        mount, rel, fid = await self._resolve(ns, r, fid if isinstance(fid, str) else None)
+        key = blocks.block_key(fid, r.index)
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, self.store.get, key)
+        if data is not None:
+            self.counters["hits"] += 1
+        else:
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}"))
+                self._inflight[key] = fut
+                fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
+            self.counters["misses"] += 1
+            data = await asyncio.shield(fut)
+        expected = blocks.block_length(r.size, bs, r.index) if r.size else 0
+        if len(data) != expected:
+            raise StaleVersion(f"{r.dataset}/{r.path}: size changed in the under store; "
+                               "list it again")
+        return data
+
+    async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str) -> bytes:
+        """Fetch a whole block from the under store (one fetch per key) and cache it."""
+        loop = asyncio.get_running_loop()
+        start = r.index * self.config.block_size
+        data = await loop.run_in_executor(
+            self._fetch, mount.read_range, rel, r.version, start, start + self.config.block_size)
+        self.counters["ufs_bytes_read"] += len(data)
+        self.counters["ufs_fetches"] += 1
+        if await loop.run_in_executor(None, self.store.put, key, data):
+            self._owner[key] = (dsid, len(data))
+        return data
+
+
+async def _ray_call(ref):
+    """Await a Ray object ref from the server's (non-Ray) event loop."""
+    return await asyncio.wrap_future(ref.future())
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class WorkerActor:
+    """The Ray face of a Worker. It has no coroutine methods, so Ray runs it as a threaded
+    actor; the data server's coroutines run on the server's own loop."""
+
+    def __init__(self, config: dict, node_id: str) -> None:
+        self._w = Worker(config, node_id)
+
+    def info(self) -> dict:
+        return self._w.info()
+
+    def stats(self) -> dict:
+        return self._w.stats()
