@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", help="block size (default 4MiB)")
     s.add_argument("--eviction", choices=["lru", "lfu", "fill-once"])
     s.add_argument("--port", type=int, help="master RPC port (default: any free port)")
+    s.add_argument("--host", help="address servers bind to (default: 127.0.0.1 locally, "
+                                  "each node's own address with --address)")
     s.add_argument("--config", help="a JSON config file")
     s.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard")
 
@@ -84,7 +86,9 @@ def _start(a) -> int:
         tiers = [TierConfig("MEM", a.mem_path or mem.path,
                             parse_size(a.mem) if a.mem else mem.quota)]
         tiers += [parse_ssd(s) for s in a.ssd] if a.ssd else list(base.tiers[1:])
-    host = None if a.address is None else "auto"   # each server binds its node's address
+    host = a.host
+    if host is None and a.address is not None and "FLUIDCACHE_HOST" not in os.environ:
+        host = "auto"   # on a Ray cluster each server binds its own node's address
     cfg = load(a.config, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
                tiers=[_tier_dict(t) for t in tiers] if tiers else None, host=host)
     info = cluster.start(cfg, a.address, dashboard=not a.no_dashboard)

@@ -121,5 +121,6 @@ def from_wire(body: object) -> FluidError:
     """The exception an error reply stands for; unknown or malformed codes are generic."""
     if not isinstance(body, dict):
         return ProtocolError(f"malformed error reply: {body!r:.200}")
-    cls = _BY_CODE.get(body.get("code"), FluidError)
+    code = body.get("code")
+    cls = _BY_CODE.get(code, FluidError) if isinstance(code, str) else FluidError
     return cls(str(body.get("message", "")))

@@ -183,9 +183,10 @@ class FrameDecoder:
             _check_len(hlen, self.max_frame, "frame header")
             if len(self._buf) < _LEN.size + hlen:
                 return None
-            self._header = unpack_header(bytes(self._buf[_LEN.size:_LEN.size + hlen]))
-            self._need = payload_len(self._header, self.max_data)
+            header = unpack_header(bytes(self._buf[_LEN.size:_LEN.size + hlen]))
+            need = payload_len(header, self.max_data)  # may raise: keep no half-taken frame
             del self._buf[:_LEN.size + hlen]
+            self._header, self._need = header, need
         if len(self._buf) < self._need:
             return None
         header, payload = self._header, bytes(self._buf[:self._need])

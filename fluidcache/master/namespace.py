@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from ..errors import AccessDenied, InvalidRequest, NotFound
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
+# \Z, not $: '$' also matches before a trailing newline, so "abc\n" passed
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})\Z")
 
 
 def check_name(kind: str, name: str) -> str:

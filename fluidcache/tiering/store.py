@@ -47,9 +47,11 @@ class BlockStore:
             for key, size in layout.scan(path):
                 with self._lock:
                     ok = self.index.add_existing(key, i, size)
+                    e = self.index.entries.get(key)
+                    held_here = e is not None and e.tier == i   # this very file: keep it
                 if ok:
                     found += 1
-                else:
+                elif not held_here:
                     layout.remove_block(path, key)
         return found
 
@@ -108,6 +110,14 @@ class BlockStore:
         if e is not None:
             layout.remove_block(self.paths[e.tier], key)
         return e is not None
+
+    def pin(self, key: str, pinned: bool = True) -> bool:
+        """Keep a held block from eviction (or release it); False if the block is not held."""
+        with self._lock:
+            if key not in self.index:
+                return False
+            self.index.pin(key, pinned)
+            return True
 
     def __contains__(self, key: str) -> bool:
         with self._lock:

@@ -1,0 +1,192 @@
+"""End to end: a real local Ray cluster started by the CLI, a real S3 endpoint (moto) on
+loopback; every byte read through fluid:// is compared with the bytes in the store."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _ufs(client) -> int:
+    return sum(w["stats"]["ufs_bytes_read"] for w in client.status()["workers"])
+
+
+def _hits(client) -> int:
+    return sum(w["stats"]["hits"] for w in client.status()["workers"])
+
+
+def test_every_file_reads_byte_identical(fluid_fs, dataset_files, moto):
+    s3 = moto.filesystem()
+    for name, body in dataset_files.items():
+        url = f"fluid://mixed/{name}"
+        assert s3.cat_file(f"fc-test/ds/{name}") == body       # the store agrees
+        assert fluid_fs.cat_file(url) == body, name
+        with fluid_fs.open(url, "rb") as f:
+            assert f.read() == body, name
+        if len(body) > 10:
+            for start, length in ((1, 7), (len(body) // 2, len(body)), (len(body) - 3, 10)):
+                with fluid_fs.open(url, "rb") as f:
+                    f.seek(start)
+                    assert f.read(length) == body[start:start + length], (name, start)
+            assert fluid_fs.cat_file(url, start=-5) == body[-5:]
+            assert fluid_fs.cat_file(url, start=3, end=-2) == body[3:-2]
+
+
+def test_reads_across_block_boundaries(fluid_fs, dataset_files):
+    body = dataset_files["multi/big.bin"]
+    mb = 1024 * 1024
+    with fluid_fs.open("fluid://mixed/multi/big.bin") as f:
+        for pos in (mb - 1, 2 * mb - 10, 3 * mb, len(body) - 1):
+            f.seek(pos)
+            assert f.read(20) == body[pos:pos + 20]
+        f.seek(0)
+        chunks = []
+        while chunk := f.read(65536):          # small sequential reads, as parsers do
+            chunks.append(chunk)
+        assert b"".join(chunks) == body
+        assert f.tell() == len(body)
+
+
+def test_cat_ranges_and_multi_cat(fluid_fs, dataset_files):
+    names = ["multi/big.bin", "images/img003.jpg", "one.bin", "multi/exact2.bin"]
+    paths = [f"fluid://mixed/{n}" for n in names]
+    starts = [1024 * 1024 - 100, 10, 0, 0]
+    ends = [1024 * 1024 + 100, 5000, 1, 2 * 1024 * 1024]
+    got = fluid_fs.cat_ranges(paths, starts, ends)
+    assert got == [dataset_files[n][s:e] for n, s, e in zip(names, starts, ends)]
+    both = fluid_fs.cat(paths[:2])
+    assert both == {p.removeprefix("fluid://"): dataset_files[n]
+                    for p, n in zip(paths[:2], names[:2])} or both == {
+        p: dataset_files[n] for p, n in zip(paths[:2], names[:2])}
+
+
+def test_listing_agrees_with_s3fs(fluid_fs, dataset_files, moto):
+    s3 = moto.filesystem()
+    for d in ("", "images", "multi", "deep/x", "tables"):
+        ours = {e["name"].removeprefix("mixed").lstrip("/"): (e["type"], e["size"])
+                for e in fluid_fs.ls(f"fluid://mixed/{d}", detail=True)}
+        theirs = {e["name"].removeprefix("fc-test/ds").lstrip("/"): (e["type"], e["size"])
+                  for e in s3.ls(f"fc-test/ds/{d}".rstrip("/"), detail=True, refresh=True)}
+        assert ours == theirs, d
+    found = sorted(p.removeprefix("mixed/") for p in fluid_fs.find("fluid://mixed"))
+    assert found == sorted(dataset_files)
+    info = fluid_fs.info("fluid://mixed/multi/big.bin")
+    assert info["type"] == "file" and info["size"] == len(dataset_files["multi/big.bin"])
+    assert fluid_fs.info("fluid://mixed/multi")["type"] == "directory"
+    assert fluid_fs.isdir("fluid://mixed") and fluid_fs.exists("fluid://mixed/one.bin")
+    assert not fluid_fs.exists("fluid://mixed/nope.bin")
+
+
+def test_union_mounts(fluid_fs, dataset_files, local_extra):
+    top = {e["name"]: e["type"] for e in fluid_fs.ls("fluid://union")}
+    assert top["union/extra"] == "directory" and top["union/one.bin"] == "file"
+    body = (local_extra / "notes" / "readme.md").read_bytes()
+    assert fluid_fs.cat_file("fluid://union/extra/notes/readme.md") == body
+    assert fluid_fs.cat_file("fluid://union/small/a.txt") == dataset_files["small/a.txt"]
+
+
+def test_pandas_and_pyarrow(cluster, dataset_files):
+    import fsspec
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    df = pd.read_csv("fluid://mixed/tables/data.csv")
+    assert len(df) == 2000 and df["value"].sum() == sum(i * 0.5 for i in range(2000))
+    table = pq.read_table("mixed/tables/data.parquet", filesystem=fsspec.filesystem("fluid"),
+                          columns=["id", "value"])
+    assert table.num_rows == 2000 and table.column("id").to_pylist() == list(range(2000))
+    with fsspec.open("fluid://mixed/small/a.txt", "rt") as f:
+        assert f.read() == "hello fluid\n"
+
+
+class _Files:
+    """A map-style dataset that reads through whatever filesystem it was given."""
+
+    def __init__(self, fs, names):
+        self.fs, self.names = fs, names
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        return self.names[i], self.fs.cat_file(f"fluid://mixed/{self.names[i]}")
+
+
+def test_dataloader_two_workers_two_epochs(fluid_fs, dataset_files):
+    from torch.utils.data import DataLoader
+
+    names = sorted(dataset_files)
+    loader = DataLoader(_Files(fluid_fs, names), batch_size=4, num_workers=2,
+                        collate_fn=lambda b: b)
+    for _epoch in range(2):
+        seen = {n: data for batch in loader for n, data in batch}
+        assert seen.keys() == set(names)
+        assert all(seen[n] == dataset_files[n] for n in names)
+
+
+def test_filesystem_pickles(fluid_fs, dataset_files):
+    fs2 = pickle.loads(pickle.dumps(fluid_fs))
+    assert fs2.cat_file("fluid://mixed/small/a.txt") == dataset_files["small/a.txt"]
+
+
+def test_warm_pass_reads_nothing_from_the_under_store(cluster, dataset_files):
+    import fsspec
+    client = cluster["client"]
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    for name in dataset_files:                     # make sure everything is cached
+        fs.cat_file(f"fluid://mixed/{name}")
+    fs.client.flush()
+    ufs, hits = _ufs(client), _hits(client)
+    fs2 = fsspec.filesystem("fluid", skip_instance_cache=True)
+    for name, body in dataset_files.items():
+        assert fs2.cat_file(f"fluid://mixed/{name}") == body
+    fs2.client.flush()                              # short-circuit hits are reported in batches
+    assert _ufs(client) == ufs
+    assert _hits(client) > hits
+
+
+def test_remote_path_without_short_circuit(cluster, dataset_files):
+    import fsspec
+    fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True)
+    for name in ("multi/big.bin", "images/img001.jpg", "one.bin"):
+        assert fs.cat_file(f"fluid://mixed/{name}") == dataset_files[name]
+    assert fs.client.counters["remote"] > 0 and fs.client.counters["short_circuit"] == 0
+
+
+def test_bad_paths_raise_clear_errors(fluid_fs):
+    with pytest.raises(FileNotFoundError, match="no dataset"):
+        fluid_fs.cat_file("fluid://no-such-dataset/x")
+    with pytest.raises(FileNotFoundError):
+        fluid_fs.cat_file("fluid://mixed/no/such/file.bin")
+    with pytest.raises(PermissionError):
+        fluid_fs.cat_file("fluid://mixed/../other/secret")
+    with pytest.raises(PermissionError):
+        fluid_fs.ls("fluid://mixed/images/../../x")
+    with pytest.raises(IsADirectoryError):
+        fluid_fs.cat_file("fluid://mixed/images")
+    with pytest.raises(PermissionError):
+        fluid_fs.pipe_file("fluid://mixed/new.bin", b"x")
+
+
+def test_wrong_token_is_refused(cluster):
+    import fsspec
+    fs = fsspec.filesystem("fluid", token="not-the-token", skip_instance_cache=True)
+    with pytest.raises(PermissionError):
+        fs.ls("fluid://mixed")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["ls", "fluid://no-such-dataset"], "no dataset"),
+    (["ls", "fluid://mixed/../x"], "not allowed"),
+    (["ls", "fluid://mixed/missing"], "no such file"),
+    (["dataset", "show", "nope"], "no dataset"),
+    (["dataset", "create", "bad", "--mount", "nope"], "bad mount"),
+    (["start", "--mem", "12 parsecs"], "bad size"),
+])
+def test_cli_errors_are_one_line(cluster, cli, args, needle):
+    p = cli(*args, check=False)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fluidcache: ") and needle in lines[0], p.stderr
