@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--mem-path", help="memory tier directory (default: under /dev/shm)")
     s.add_argument("--ssd", action="append", default=[], metavar="PATH:SIZE",
                    help="an SSD tier directory and quota (repeatable, one per level)")
+    s.add_argument("--hdd", action="append", default=[], metavar="PATH:SIZE",
+                   help="an HDD tier below the SSD tiers (repeatable)")
     s.add_argument("--block-size", help="block size (default 4MiB)")
+    s.add_argument("--no-promote", action="store_true",
+                   help="do not move blocks read from a lower tier up")
     s.add_argument("--eviction", choices=["lru", "lfu", "fill-once"])
     s.add_argument("--port", type=int, help="master RPC port (default: any free port)")
     s.add_argument("--host", help="address servers bind to (default: 127.0.0.1 locally, "
@@ -78,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _start(a) -> int:
     from . import cluster
     tiers = None
-    if a.mem or a.ssd or a.mem_path:
+    if a.mem or a.ssd or a.mem_path or a.hdd:
         base = load(a.config)
         mem = base.tiers[0]
         from .config import TierConfig
@@ -86,10 +90,12 @@ def _start(a) -> int:
         tiers = [TierConfig("MEM", a.mem_path or mem.path,
                             parse_size(a.mem) if a.mem else mem.quota)]
         tiers += [parse_ssd(s) for s in a.ssd] if a.ssd else list(base.tiers[1:])
+        tiers += [parse_ssd(s, "HDD") for s in a.hdd]
     host = a.host
     if host is None and a.address is not None and "FLUIDCACHE_HOST" not in os.environ:
         host = "auto"   # on a Ray cluster each server binds its own node's address
     cfg = load(a.config, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
+               promote=False if a.no_promote else None,
                tiers=[_tier_dict(t) for t in tiers] if tiers else None, host=host)
     info = cluster.start(cfg, a.address, dashboard=not a.no_dashboard)
     print(f"fluidcache is serving: master {info['master']}, {len(info['workers'])} worker(s)")

@@ -97,6 +97,7 @@ class Config:
     block_size: int = 4 * 1024**2
     tiers: tuple[TierConfig, ...] = field(default_factory=_default_tiers)
     eviction: str = "lru"
+    promote: bool = True            # a hit in a lower tier moves the block up when there is room
     host: str = "127.0.0.1"
     master_port: int = 0            # 0: any free port
     worker_port: int = 0
@@ -144,6 +145,7 @@ class Config:
 _ENV = {
     "FLUIDCACHE_BLOCK_SIZE": "block_size",
     "FLUIDCACHE_EVICTION": "eviction",
+    "FLUIDCACHE_PROMOTE": "promote",
     "FLUIDCACHE_HOST": "host",
     "FLUIDCACHE_MASTER_PORT": "master_port",
     "FLUIDCACHE_CONNECT_TIMEOUT": "connect_timeout",
@@ -165,7 +167,11 @@ def load(path: str | os.PathLike | None = None, env: dict | None = None, **overr
         if var in env:
             value = env[var]
             kind = Config.__dataclass_fields__[key].type
-            data[key] = int(value) if kind == "int" and key != "block_size" else (
-                float(value) if kind == "float" else value)
+            if kind == "bool":
+                data[key] = value.lower() in ("1", "true", "yes", "on")
+            elif kind == "int" and key != "block_size":
+                data[key] = int(value)
+            else:
+                data[key] = float(value) if kind == "float" else value
     data.update({k: v for k, v in overrides.items() if v is not None})
     return Config.from_dict(data)

@@ -1,12 +1,24 @@
-"""The tier accounting core: which blocks each tier holds, and where a new block goes.
+"""The tier accounting core: which blocks each tier holds, where a new block goes, and
+which blocks move when a tier crosses its high watermark.
 
-Pure: no files, no threads, no clocks of its own. The disk shell (store.py) asks
-`reserve` where a block may go, writes it, then calls `commit` or `abort`; it removes
-the files of the blocks `reserve` chose to evict. Invariants, kept by every method:
-  - a tier's `used` (committed + reserved bytes) never exceeds its capacity;
+Pure: no files, no threads, no clocks of its own (times are passed in). The disk shell
+(store.py) carries out what this core decides.
+
+A block's life, and the only legal moves (anything else raises StateError):
+
+    absent --reserve--> reserved --commit--> cached --begin_move--> moving
+    reserved --abort--> absent               moving --finish_move--> cached (in dest)
+    cached --remove/evict/expire--> absent   moving --cancel_move--> cached (where it was)
+
+Invariants, kept by every method:
+  - a tier's `used` (cached + reserved + incoming moves) never exceeds its capacity;
   - a pinned block is never chosen as a victim;
-  - a reserved (being written) block is never chosen as a victim.
-Illegal moves (committing an unknown key, reserving a held key) raise `StateError`.
+  - a reserved or moving block is never chosen as a victim.
+Placement: a new block goes to the first (fastest) tier with room; if none has room, to
+the first tier whose policy admits it and where evicting unpinned blocks frees enough.
+Watermarks: a tier above `high` x capacity is brought down to `low` x capacity; each
+victim is demoted to the next tier that has room below its own high mark, else dropped.
+A tier whose policy never evicts for admission (fill-once) is exempt.
 """
 from __future__ import annotations
 
@@ -25,16 +37,23 @@ class Tier:
     name: str
     capacity: int
     policy: Policy
+    high: float = 0.95
+    low: float = 0.7
     used: int = 0
     blocks: set = field(default_factory=set)
+
+    def room(self, size: int, mark: float = 1.0) -> bool:
+        return self.used + size <= self.capacity * mark
 
 
 @dataclass(slots=True)
 class Entry:
     tier: int
     size: int
-    state: str = "reserved"    # reserved -> cached
+    state: str = "reserved"    # reserved | cached | moving
     pinned: bool = False
+    expires: float | None = None
+    dest: int | None = None    # while moving
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,51 +63,74 @@ class Reservation:
     evict: tuple[str, ...]     # blocks the shell must delete from `tier` (already unaccounted)
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """What the shell must do: copy `key` from tier `src` to `dst` then `finish_move`,
+    or, when `dst` is None, delete its file from `src` (already unaccounted)."""
+
+    key: str
+    src: int
+    dst: int | None
+    reason: str                # "demote" | "promote" | "evict" | "expire"
+
+
 class TierIndex:
-    def __init__(self, tiers: Sequence[tuple[str, int]], policy: Callable[[], Policy]):
-        self.tiers = [Tier(name, cap, policy()) for name, cap in tiers]
+    def __init__(self, tiers: Sequence[tuple], policy: Callable[[], Policy]) -> None:
+        """`tiers`: (name, capacity) or (name, capacity, high, low), fastest first."""
+        self.tiers = [Tier(t[0], t[1], policy(), *t[2:4]) for t in tiers]
         self.entries: dict[str, Entry] = {}
         self.evictions = 0
+        self.moves = {"demote": 0, "promote": 0, "expire": 0}
+        self._pins: set[str] = set()            # pins that apply when the block arrives
+        self._ttls: dict[str, float] = {}
 
     # -- queries ---------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
         e = self.entries.get(key)
-        return e is not None and e.state == "cached"
+        return e is not None and e.state != "reserved"
 
     def tier_of(self, key: str) -> int | None:
         e = self.entries.get(key)
-        return e.tier if e is not None and e.state == "cached" else None
+        return e.tier if e is not None and e.state != "reserved" else None
 
     def cached_keys(self) -> list[str]:
-        return [k for k, e in self.entries.items() if e.state == "cached"]
+        return [k for k, e in self.entries.items() if e.state != "reserved"]
 
-    # -- transitions -----------------------------------------------------------
+    def over_high(self) -> bool:
+        return any(t.used > t.capacity * t.high and t.policy.evicts_on_watermark
+                   for t in self.tiers)
+
+    # -- admission ---------------------------------------------------------------
     def reserve(self, key: str, size: int) -> Reservation | None:
-        """Room for a new block: the first tier with free space, else the first tier where
-        its policy admits it and evicting unpinned blocks frees enough. None: not cached."""
+        """Room for a new block, or None (not cached: no room, or the policy refused)."""
         if key in self.entries:
             raise StateError(f"block {key} is already {self.entries[key].state}")
         for i, t in enumerate(self.tiers):
-            if t.used + size <= t.capacity:
+            if t.room(size):
                 return self._reserve(key, size, i, ())
         for i, t in enumerate(self.tiers):
             if size > t.capacity or not t.policy.admit(key, full=True):
                 continue
-            need, chosen = t.used + size - t.capacity, []
-            for victim in t.policy.victims():
-                e = self.entries.get(victim)
-                if e is None or e.pinned or e.state != "cached":
-                    continue
-                chosen.append(victim)
-                need -= e.size
-                if need <= 0:
-                    break
-            if need <= 0:
+            chosen = self._victims(i, t.used + size - t.capacity)
+            if chosen is not None:
                 for victim in chosen:
                     self._drop(victim)
                 self.evictions += len(chosen)
                 return self._reserve(key, size, i, tuple(chosen))
         return None
+
+    def _victims(self, i: int, need: int) -> list[str] | None:
+        """Unpinned, settled blocks of tier i, in policy order, that free `need` bytes."""
+        chosen: list[str] = []
+        for victim in self.tiers[i].policy.victims():
+            if need <= 0:
+                break
+            e = self.entries.get(victim)
+            if e is None or e.pinned or e.state != "cached" or e.tier != i:
+                continue
+            chosen.append(victim)
+            need -= e.size
+        return chosen if need <= 0 else None
 
     def _reserve(self, key, size, i, evict) -> Reservation:
         self.entries[key] = Entry(i, size)
@@ -98,6 +140,8 @@ class TierIndex:
     def commit(self, key: str) -> None:
         e = self._get(key, "reserved")
         e.state = "cached"
+        e.pinned = key in self._pins
+        e.expires = self._ttls.pop(key, None)
         t = self.tiers[e.tier]
         t.blocks.add(key)
         t.policy.insert(key)
@@ -109,19 +153,21 @@ class TierIndex:
 
     def add_existing(self, key: str, tier: int, size: int) -> bool:
         """A block found on disk at start. False (delete it) if it does not fit."""
-        if key in self.entries or self.tiers[tier].used + size > self.tiers[tier].capacity:
+        if key in self.entries or not self.tiers[tier].room(size):
             return False
         self._reserve(key, size, tier, ())
         self.commit(key)
         return True
 
+    # -- use, pins, TTLs ---------------------------------------------------------
     def access(self, key: str) -> None:
         e = self.entries.get(key)
-        if e is not None and e.state == "cached":
+        if e is not None and e.state != "reserved":
             self.tiers[e.tier].policy.access(key)
 
     def remove(self, key: str) -> Entry | None:
-        """Forget a cached block (freed, corrupt, expired). Returns what it was."""
+        """Forget a settled block (freed, corrupt, expired). Returns what it was; a block
+        that is being written or moved is left alone (None)."""
         e = self.entries.get(key)
         if e is None or e.state != "cached":
             return None
@@ -129,8 +175,97 @@ class TierIndex:
         return e
 
     def pin(self, key: str, pinned: bool = True) -> None:
-        self._get(key, None).pinned = pinned
+        """Pin (never evicted) or unpin; a pin on an absent block applies when it arrives."""
+        (self._pins.add if pinned else self._pins.discard)(key)
+        e = self.entries.get(key)
+        if e is not None:
+            e.pinned = pinned
 
+    def set_ttl(self, key: str, expires: float | None) -> None:
+        e = self.entries.get(key)
+        if e is not None and e.state != "reserved":
+            e.expires = expires
+        elif expires is None:
+            self._ttls.pop(key, None)
+        else:
+            self._ttls[key] = expires
+
+    # -- maintenance (the shell runs it off the read path) -----------------------
+    def plan(self, now: float) -> list[Move]:
+        """Expire what is due, then bring every tier above its high mark down to its
+        low mark. Drops are done at once; demotions begin and need finish_move."""
+        moves = []
+        for key in [k for k, e in self.entries.items()
+                    if e.expires is not None and e.expires <= now and e.state == "cached"]:
+            e = self.entries[key]
+            self._drop(key)
+            self.moves["expire"] += 1
+            moves.append(Move(key, e.tier, None, "expire"))
+        for i, t in enumerate(self.tiers):
+            if t.used <= t.capacity * t.high or not t.policy.evicts_on_watermark:
+                continue
+            need = t.used - int(t.capacity * t.low)
+            for victim in list(self._victims(i, need) or self._victims_partial(i, need)):
+                e = self.entries[victim]
+                dst = next((j for j in range(i + 1, len(self.tiers))
+                            if self.tiers[j].room(e.size, self.tiers[j].high)), None)
+                if dst is None:
+                    self._drop(victim)
+                    self.evictions += 1
+                    moves.append(Move(victim, i, None, "evict"))
+                else:
+                    self._begin(victim, dst)
+                    moves.append(Move(victim, i, dst, "demote"))
+        return moves
+
+    def _victims_partial(self, i: int, need: int) -> list[str]:
+        """As many victims as there are when not enough can be freed (pins hold the rest)."""
+        out = []
+        for victim in self.tiers[i].policy.victims():
+            e = self.entries.get(victim)
+            if e is not None and not e.pinned and e.state == "cached" and e.tier == i:
+                out.append(victim)
+                need -= e.size
+                if need <= 0:
+                    break
+        return out
+
+    def plan_promote(self, key: str) -> Move | None:
+        """Move a block read from a lower tier up to the first tier with room below its
+        high mark (never evicting for it)."""
+        e = self.entries.get(key)
+        if e is None or e.state != "cached" or e.tier == 0:
+            return None
+        dst = next((j for j in range(e.tier) if self.tiers[j].room(e.size, self.tiers[j].high)),
+                   None)
+        if dst is None:
+            return None
+        src = e.tier
+        self._begin(key, dst)
+        return Move(key, src, dst, "promote")
+
+    def _begin(self, key: str, dst: int) -> None:
+        e = self._get(key, "cached")
+        e.state, e.dest = "moving", dst
+        self.tiers[dst].used += e.size
+
+    def finish_move(self, key: str, reason: str = "demote") -> None:
+        e = self._get(key, "moving")
+        src, dst = self.tiers[e.tier], self.tiers[e.dest]
+        src.used -= e.size
+        src.blocks.discard(key)
+        src.policy.remove(key)
+        e.tier, e.dest, e.state = e.dest, None, "cached"
+        dst.blocks.add(key)
+        dst.policy.insert(key)
+        self.moves[reason] = self.moves.get(reason, 0) + 1
+
+    def cancel_move(self, key: str) -> None:
+        e = self._get(key, "moving")
+        self.tiers[e.dest].used -= e.size
+        e.dest, e.state = None, "cached"
+
+    # -- internals -----------------------------------------------------------------
     def _drop(self, key: str) -> None:
         e = self.entries.pop(key)
         t = self.tiers[e.tier]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 class Policy(abc.ABC):
     name = "base"
+    evicts_on_watermark = True      # may the store evict from a tier above its high mark
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._tick = itertools.count()
@@ -38,7 +39,8 @@ class Policy(abc.ABC):
 
     @abc.abstractmethod
     def victims(self) -> Iterable[str]:
-        """Candidates in eviction order (the store skips pinned ones)."""
+        """Candidates in eviction order (the store skips pinned ones). A live view:
+        callers finish iterating before they remove anything."""
 
 
 class LRU(Policy):
@@ -58,27 +60,41 @@ class LRU(Policy):
         self._order.pop(key, None)
 
     def victims(self) -> Iterable[str]:
-        return iter(list(self._order))
+        return iter(self._order)
 
 
 class LFU(Policy):
-    """Fewest hits goes first; ties go to the least recently used."""
+    """Fewest hits goes first; ties go to the least recently used. O(1) per hook:
+    one insertion-ordered bucket per hit count."""
 
     name = "lfu"
 
     def __init__(self, clock=None) -> None:
         super().__init__(clock)
-        self._hits: dict[str, tuple[int, float]] = {}
+        self._count: dict[str, int] = {}
+        self._buckets: dict[int, OrderedDict[str, None]] = {}
 
     def access(self, key: str) -> None:
-        n, _ = self._hits.get(key, (0, 0))
-        self._hits[key] = (n + 1, self.clock())
+        n = self._count.get(key, 0)
+        if n:
+            self._unlink(key, n)
+        self._count[key] = n + 1
+        self._buckets.setdefault(n + 1, OrderedDict())[key] = None
 
     def remove(self, key: str) -> None:
-        self._hits.pop(key, None)
+        n = self._count.pop(key, 0)
+        if n:
+            self._unlink(key, n)
+
+    def _unlink(self, key: str, n: int) -> None:
+        bucket = self._buckets[n]
+        del bucket[key]
+        if not bucket:
+            del self._buckets[n]
 
     def victims(self) -> Iterable[str]:
-        return iter(sorted(self._hits, key=self._hits.__getitem__))
+        for n in sorted(self._buckets):
+            yield from self._buckets[n]
 
 
 class FillOnce(LRU):
@@ -89,6 +105,7 @@ class FillOnce(LRU):
     """
 
     name = "fill-once"
+    evicts_on_watermark = False
 
     def admit(self, key: str, full: bool) -> bool:
         return not full

@@ -1,36 +1,49 @@
 """The block store of one worker: the tier core plus the files on disk.
 
 Owns: tier directories, the lock around the core, verified reads, atomic writes, the
-rescan that recovers a store after a restart, and the counters of what went wrong.
+rescan that recovers a store after a restart, the maintenance thread that carries out
+what the core plans (demotions when a tier crosses its high watermark, promotions of
+blocks read from a lower tier, TTL expiry), and the counters of what went wrong.
 A failed write (full disk, unwritable directory) never fails a read: the block is just
 not cached, a warning is logged and `write_failures` counts it.
-Never: fetch from the under store or speak to the network.
+Never: fetch from the under store or speak to the network. Never does disk work for
+maintenance on the caller's thread: reads and writes only wake the maintenance thread.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from . import layout
-from .core import TierIndex
+from .core import Move, TierIndex
 from .policy import make
 
 log = logging.getLogger(__name__)
 
 
 class BlockStore:
-    def __init__(self, tiers: Sequence, eviction: str = "lru", clock=None) -> None:
-        """`tiers`: objects with `medium`, `path` and `quota` (config.TierConfig)."""
+    def __init__(self, tiers: Sequence, eviction: str = "lru", promote: bool = True,
+                 clock: Callable[[], float] | None = None) -> None:
+        """`tiers`: objects with `medium`, `path`, `quota` and optionally `high`/`low`
+        (config.TierConfig), fastest first. `clock` gives wall time for TTLs."""
         names, seen = [], {}
         for t in tiers:
             seen[t.medium] = seen.get(t.medium, 0) + 1
             names.append(t.medium if seen[t.medium] == 1 else f"{t.medium}{seen[t.medium]}")
         self.paths = [os.path.abspath(t.path) for t in tiers]
-        self.index = TierIndex([(n, t.quota) for n, t in zip(names, tiers)],
-                               lambda: make(eviction, clock))
+        self.clock = clock or time.time
+        self.promote = promote
+        self.index = TierIndex(
+            [(n, t.quota, getattr(t, "high", 0.95), getattr(t, "low", 0.7))
+             for n, t in zip(names, tiers)], lambda: make(eviction))
         self._lock = threading.Lock()
+        self._promote: set[str] = set()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
         self.write_failures = 0
         self.corrupt_blocks = 0
         for p in self.paths:
@@ -41,44 +54,67 @@ class BlockStore:
         self.rescan()
 
     def rescan(self) -> int:
-        """Rebuild the index from the tier directories; returns the blocks found."""
+        """Rebuild the index from the tier directories; returns the blocks found.
+        Blocks are verified lazily, on their first read."""
         found = 0
         for i, path in enumerate(self.paths):
             for key, size in layout.scan(path):
                 with self._lock:
                     ok = self.index.add_existing(key, i, size)
-                    e = self.index.entries.get(key)
-                    held_here = e is not None and e.tier == i   # this very file: keep it
                 if ok:
                     found += 1
-                elif not held_here:
+                else:
                     layout.remove_block(path, key)
         return found
 
+    # -- reads and writes ---------------------------------------------------------------
     def get(self, key: str) -> memoryview | None:
         """The verified bytes of a cached block, or None (absent, or found corrupt)."""
+        for _ in range(3):     # a block may move between tiers while we look
+            with self._lock:
+                tier = self.index.tier_of(key)
+            if tier is None:
+                return None
+            try:
+                data = layout.read_block(self.paths[tier], key)
+            except (layout.CorruptBlock, OSError) as exc:
+                log.warning("dropping block %s from %s: %s", key, self.paths[tier], exc)
+                self.corrupt_blocks += 1
+                self._drop_if_at(key, tier)
+                return None
+            if data is not None:
+                self._accessed(key, tier)
+                return data
+            with self._lock:
+                moved = self.index.tier_of(key) != tier
+            if not moved:                      # deleted under us: forget it
+                self._drop_if_at(key, tier)
+                return None
+        return None
+
+    def _drop_if_at(self, key: str, tier: int) -> None:
         with self._lock:
-            tier = self.index.tier_of(key)
-        if tier is None:
-            return None
-        try:
-            data = layout.read_block(self.paths[tier], key)
-        except (layout.CorruptBlock, OSError) as exc:
-            log.warning("dropping block %s from %s: %s", key, self.paths[tier], exc)
-            self.corrupt_blocks += 1
-            data = None
-        if data is None:
-            self.remove(key)
-            return None
+            if self.index.tier_of(key) != tier:
+                return
+            e = self.index.remove(key)
+        if e is not None:
+            layout.remove_block(self.paths[tier], key)
+
+    def _accessed(self, key: str, tier: int) -> None:
         with self._lock:
             self.index.access(key)
-        return data
+            if self.promote and tier > 0:
+                self._promote.add(key)
+                self._wake.set()
 
     def touch(self, key: str) -> bool:
         """A hit seen elsewhere (a short-circuit reader); True if the block is held."""
         with self._lock:
-            self.index.access(key)
-            return key in self.index
+            tier = self.index.tier_of(key)
+        if tier is None:
+            return False
+        self._accessed(key, tier)
+        return True
 
     def put(self, key: str, data) -> bool:
         """Cache a block; False if no tier took it (no room, policy refused, write failed)."""
@@ -102,6 +138,8 @@ class BlockStore:
             return False
         with self._lock:
             self.index.commit(key)
+            if self.index.over_high():
+                self._wake.set()
         return True
 
     def remove(self, key: str) -> bool:
@@ -112,13 +150,82 @@ class BlockStore:
         return e is not None
 
     def pin(self, key: str, pinned: bool = True) -> bool:
-        """Keep a held block from eviction (or release it); False if the block is not held."""
+        """Exempt a block from eviction (or release it). A pin on a block not held yet
+        applies when it arrives. Returns whether the block is held now."""
         with self._lock:
-            if key not in self.index:
-                return False
             self.index.pin(key, pinned)
-            return True
+            return key in self.index
 
+    def set_ttl(self, key: str, seconds: float | None) -> None:
+        """Drop the block `seconds` from now (None: never)."""
+        with self._lock:
+            self.index.set_ttl(key, None if seconds is None else self.clock() + seconds)
+        self._wake.set()
+
+    # -- maintenance ----------------------------------------------------------------------
+    def maintain(self) -> dict:
+        """One round: expire, demote/evict above high watermarks, promote. Returns counts."""
+        with self._lock:
+            moves = self.index.plan(self.clock())
+            wanted, self._promote = self._promote, set()
+            for key in wanted:
+                m = self.index.plan_promote(key)
+                if m is not None:
+                    moves.append(m)
+        done = {"demote": 0, "promote": 0, "evict": 0, "expire": 0}
+        for m in moves:
+            if self._carry_out(m):
+                done[m.reason] += 1
+        return done
+
+    def _carry_out(self, m: Move) -> bool:
+        if m.dst is None:
+            layout.remove_block(self.paths[m.src], m.key)
+            return True
+        try:
+            data = layout.read_block(self.paths[m.src], m.key)
+            if data is None:
+                raise FileNotFoundError(m.key)
+            layout.write_block(self.paths[m.dst], m.key, data)
+        except (OSError, layout.CorruptBlock) as exc:
+            with self._lock:
+                self.index.cancel_move(m.key)
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+                self.write_failures += 1
+                log.warning("cannot move block %s to %s: %s", m.key, self.paths[m.dst], exc)
+            else:   # gone or corrupt at the source: forget it
+                self._drop_if_at(m.key, m.src)
+            return False
+        with self._lock:
+            self.index.finish_move(m.key, m.reason)
+        layout.remove_block(self.paths[m.src], m.key)
+        return True
+
+    def start(self, interval: float = 1.0) -> "BlockStore":
+        """Run maintenance in a daemon thread: when woken, and every `interval` s (TTLs)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True,
+                                            name="fluidcache-tiers")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self, interval: float) -> None:
+        while not self._stopped:
+            self._wake.wait(interval)
+            self._wake.clear()
+            try:
+                while any(self.maintain().values()):
+                    pass
+            except Exception:  # noqa: BLE001 - maintenance must never die
+                log.exception("tier maintenance failed")
+
+    # -- views ----------------------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self.index
@@ -126,8 +233,13 @@ class BlockStore:
     def tiers(self) -> list[dict]:
         with self._lock:
             return [{"name": t.name, "path": p, "capacity": t.capacity, "used": t.used,
-                     "blocks": len(t.blocks)} for t, p in zip(self.index.tiers, self.paths)]
+                     "blocks": len(t.blocks), "high": t.high, "low": t.low}
+                    for t, p in zip(self.index.tiers, self.paths)]
 
     @property
     def evictions(self) -> int:
         return self.index.evictions
+
+    @property
+    def moves(self) -> dict:
+        return dict(self.index.moves)

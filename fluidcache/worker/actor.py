@@ -61,7 +61,7 @@ class Worker:
         self.config, self.node_id = cfg, node_id
         self._locks: list[int] = []
         tiers = tuple(replace(t, path=claim_dir(t.path, self._locks)) for t in cfg.tiers)
-        self.store = BlockStore(tiers, cfg.eviction)
+        self.store = BlockStore(tiers, cfg.eviction, cfg.promote).start()
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
                              ufs_fetches=0, short_circuit_hits=0)
         self._datasets: dict[tuple[str, str], tuple[float, Dataset]] = {}
@@ -87,7 +87,12 @@ class Worker:
         for key, (dsid, n) in list(self._owner.items()):
             if key in self.store:
                 per_ds[dsid] = per_ds.get(dsid, 0) + n
+            else:
+                self._owner.pop(key, None)
+        moves = self.store.moves
         stats = dict(self.counters, evictions=self.store.evictions,
+                     demotions=moves["demote"], promotions=moves["promote"],
+                     expirations=moves["expire"],
                      write_failures=self.store.write_failures,
                      corrupt_blocks=self.store.corrupt_blocks,
                      protocol_errors=self.server.protocol_errors)

@@ -1,0 +1,117 @@
+"""The tiered store in a running worker: a small memory tier over an SSD tier, a dataset
+larger than memory, blocks moving between tiers, quotas kept, and a killed worker that
+comes back (restarted by Ray) with its cache."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
+
+
+def _cli(env, *args):
+    p = subprocess.run([sys.executable, "-m", "fluidcache.cli", *args], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+@pytest.fixture(scope="module")
+def small_cluster(tmp_path_factory, moto):
+    root = tmp_path_factory.mktemp("tiers")
+    env = dict(os.environ, FLUIDCACHE_HOME=str(root / "home"))
+    mem = f"/dev/shm/fluidcache-tiers-{os.getpid()}" if os.path.isdir("/dev/shm") \
+        else str(root / "mem")
+    s3 = moto.filesystem()
+    s3.mkdir("fc-tiers")
+    rnd = __import__("random").Random(7)
+    files = {f"f{i:02d}.bin": rnd.randbytes(2 * MiB + rnd.randint(0, 200_000)) for i in range(16)}
+    s3.pipe({f"fc-tiers/{k}": v for k, v in files.items()})
+    assert 34_000_000 < sum(map(len, files.values())) < 38_000_000     # ~36 MB
+    _cli(env, "start", "--mem", "8MiB", "--mem-path", mem, "--ssd", f"{root}/ssd:48MiB",
+         "--block-size", "1MiB", "--no-dashboard")
+    try:
+        opts = [f"--option={k}={v}" for k, v in moto.options().items()]
+        _cli(env, "dataset", "create", "t", "--mount", "/=s3://fc-tiers", *opts)
+        yield env, files
+    finally:
+        subprocess.run([sys.executable, "-m", "fluidcache.cli", "stop"], env=env,
+                       capture_output=True, timeout=120)
+        import shutil
+        shutil.rmtree(mem, ignore_errors=True)
+
+
+def _status(env) -> dict:
+    return json.loads(_cli(env, "status", "--json"))
+
+
+def _wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)   # polling a condition, not sleeping instead of it
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _read_all(env, files, short_circuit=True) -> None:
+    code = (
+        "import fsspec, json, sys\n"
+        f"fs = fsspec.filesystem('fluid', short_circuit={short_circuit})\n"
+        "names = json.loads(sys.argv[1])\n"
+        "import hashlib\n"
+        "print(json.dumps({n: hashlib.sha256(fs.cat_file('fluid://t/' + n)).hexdigest()"
+        " for n in names}))\n"
+        "fs.client.flush()\n")
+    p = subprocess.run([sys.executable, "-c", code, json.dumps(sorted(files))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    import hashlib
+    assert json.loads(p.stdout) == {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+
+
+def _tiers_within_quota(st) -> None:
+    for w in st["workers"]:
+        for t in w["tiers"]:
+            assert 0 <= t["used"] <= t["capacity"], t
+
+
+def test_dataset_larger_than_memory_moves_down_and_stays_correct(small_cluster):
+    env, files = small_cluster
+    for _ in range(2):
+        _read_all(env, files)
+        _tiers_within_quota(_status(env))
+    st = _wait_for(lambda: (s := _status(env))["workers"][0]["stats"]["demotions"] > 0 and s,
+                   what="demotions")
+    mem, ssd = st["workers"][0]["tiers"]
+    assert mem["capacity"] == 8 * MiB and ssd["capacity"] == 48 * MiB
+    assert ssd["blocks"] > 0 and mem["blocks"] > 0
+    # everything fits in MEM + SSD, so nothing was dropped and all of it is cached
+    total_blocks = sum(-(-len(b) // MiB) for b in files.values())
+    assert mem["blocks"] + ssd["blocks"] == total_blocks
+    assert st["workers"][0]["stats"]["evictions"] == 0
+    _tiers_within_quota(st)
+
+
+def test_killed_worker_comes_back_with_its_cache(small_cluster):
+    env, files = small_cluster
+    _read_all(env, files)                       # warm
+    before = _status(env)["workers"][0]
+    held = sum(t["blocks"] for t in before["tiers"])
+    os.kill(before["pid"], signal.SIGKILL)
+    after = _wait_for(lambda: next((w for w in _status(env)["workers"]
+                                    if w["alive"] and w["pid"] != before["pid"]), None),
+                      timeout=120, what="the worker to be restarted by Ray")
+    assert sum(t["blocks"] for t in after["tiers"]) == held
+    _read_all(env, files, short_circuit=False)   # through the restarted worker's server
+    final = _status(env)["workers"][0]
+    assert final["stats"]["ufs_bytes_read"] == 0
+    assert final["stats"]["hits"] >= sum(-(-len(b) // MiB) for b in files.values())
