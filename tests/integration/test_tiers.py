@@ -115,3 +115,21 @@ def test_killed_worker_comes_back_with_its_cache(small_cluster):
     final = _status(env)["workers"][0]
     assert final["stats"]["ufs_bytes_read"] == 0
     assert final["stats"]["hits"] >= sum(-(-len(b) // MiB) for b in files.values())
+
+
+def test_corrupt_block_is_never_served_and_is_fetched_again(small_cluster):
+    env, files = small_cluster
+    _read_all(env, files)
+    w = _status(env)["workers"][0]
+    path = next(os.path.join(dp, f) for t in w["tiers"] for dp, _, fs in os.walk(t["path"])
+                for f in fs if f.endswith(".blk"))
+    with open(path, "r+b") as f:          # flip one byte in the middle of the block
+        f.seek(1000)
+        b = f.read(1)
+        f.seek(1000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    for short_circuit in (True, False):   # the local reader and the data server both check
+        _read_all(env, files, short_circuit=short_circuit)
+    after = _status(env)["workers"][0]
+    assert after["stats"]["corrupt_blocks"] >= 1
+    assert after["stats"]["ufs_fetches"] > w["stats"]["ufs_fetches"]   # fetched again
