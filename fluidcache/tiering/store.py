@@ -60,7 +60,10 @@ class BlockStore:
         for i, path in enumerate(self.paths):
             for key, size in layout.scan(path):
                 with self._lock:
-                    ok = self.index.add_existing(key, i, size)
+                    e = self.index.entries.get(key)
+                    if e is not None and i in (e.tier, e.dest):
+                        continue            # this very copy is held (a live rescan)
+                    ok = self.index.add_existing(key, i, size)   # False: a duplicate
                 if ok:
                     found += 1
                 else:

@@ -1,0 +1,175 @@
+"""Dataset paths, mounts and records (fluidcache.master.namespace)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fluidcache.errors import AccessDenied, InvalidRequest, NotFound
+from fluidcache.master.namespace import Dataset, MountSpec, check_name, normalize, parse_mount
+
+
+@pytest.mark.parametrize("path, norm", [
+    ("", ""), ("/", ""), ("a", "a"), ("/a/b/", "a/b"), ("a//b", "a/b"), ("//a///b//", "a/b"),
+    ("./a/./b/.", "a/b"), ("/a//b/./c/", "a/b/c"), (".", ""), ("a/.hidden", "a/.hidden"),
+    ("a/...", "a/..."), ("a/..b", "a/..b"),
+])
+def test_normalize(path, norm):
+    assert normalize(path) == norm
+
+
+@pytest.mark.parametrize("path", ["..", "/..", "a/..", "a/../b", "../etc/passwd", "a/./../.."])
+def test_dot_dot_is_denied(path):
+    with pytest.raises(AccessDenied):
+        normalize(path)
+
+
+@pytest.mark.parametrize("path", ["a\0b", "\0", "a/b\0/c"])
+def test_nul_is_denied(path):
+    with pytest.raises(AccessDenied):
+        normalize(path)
+
+
+def test_non_string_path():
+    with pytest.raises(InvalidRequest):
+        normalize(b"a/b")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["", ".", "a", "b", "..x", "x..", "dir", "é"]), max_size=8))
+def test_normalize_never_leaves_empty_or_dot_segments(parts):
+    out = normalize("/".join(parts))
+    assert not out.startswith("/") and not out.endswith("/")
+    segs = out.split("/") if out else []
+    assert all(s not in ("", ".", "..") for s in segs)
+    assert segs == [p for p in parts if p not in ("", ".")]
+    assert normalize(out) == out
+
+
+@pytest.mark.parametrize("spec, result", [
+    ("/=s3://bucket/prefix", ("", "s3://bucket/prefix")),
+    ("/extra=file:///data", ("extra", "file:///data")),
+    ("/a/b/=gs://x?y=z", ("a/b", "gs://x?y=z")),        # '=' in the URL is kept
+])
+def test_parse_mount(spec, result):
+    assert parse_mount(spec) == result
+
+
+@pytest.mark.parametrize("spec", ["extra=file:///d", "/extra", "/extra=", "=s3://b", ""])
+def test_parse_mount_rejects(spec):
+    with pytest.raises(InvalidRequest):
+        parse_mount(spec)
+
+
+def test_parse_mount_refuses_dot_dot():
+    with pytest.raises(AccessDenied):
+        parse_mount("/../x=file:///d")
+
+
+# -- datasets ----------------------------------------------------------------------------
+
+def ds(*points: str, name="imagenet", ns="team", **kw) -> Dataset:
+    return Dataset(name, ns, tuple(MountSpec(p, f"file:///m{i}") for i, p in enumerate(points)),
+                   **kw)
+
+
+UNION = ds("", "extra")
+
+
+@pytest.mark.parametrize("path, point, rel", [
+    ("", "", ""),
+    ("train/x.jpg", "", "train/x.jpg"),
+    ("extra", "extra", ""),
+    ("extra/x", "extra", "x"),
+    ("extra/a/b", "extra", "a/b"),
+    ("extra2/x", "", "extra2/x"),       # a longer name is not under /extra
+    ("extr", "", "extr"),
+])
+def test_resolve_longest_prefix_wins(path, point, rel):
+    mount, got_rel = UNION.resolve(path)
+    assert (mount.point, got_rel) == (point, rel)
+
+
+def test_resolve_outside_every_mount():
+    d = ds("a", "b/c")
+    assert d.resolve("b/c/d")[0].point == "b/c"
+    for path in ("", "b", "c", "ab", "b/cd"):
+        with pytest.raises(NotFound):
+            d.resolve(path)
+
+
+def test_child_mounts_and_virtual_dirs():
+    d = ds("", "extra", "a/b/c", "ab/x")
+    assert d.child_mounts("") == ["a", "ab", "extra"]
+    assert d.child_mounts("a") == ["b"]
+    assert d.child_mounts("a/b") == ["c"]
+    assert d.child_mounts("a/b/c") == []
+    assert d.child_mounts("extra") == []
+    assert d.is_virtual_dir("") and d.is_virtual_dir("a") and d.is_virtual_dir("a/b")
+    assert not d.is_virtual_dir("a/b/c") and not d.is_virtual_dir("extra")
+    assert not d.is_virtual_dir("b")
+
+
+@pytest.mark.parametrize("points", [("", ""), ("a", "a"), ("a", "a/b"), ("a/b", "a"),
+                                    ("x", "a", "a/b/c")])
+def test_overlapping_mounts_rejected(points):
+    with pytest.raises(InvalidRequest, match="overlap"):
+        ds(*points)
+
+
+@pytest.mark.parametrize("points", [("", "extra"), ("a", "ab"), ("a/b", "a/c"), ("",)])
+def test_disjoint_mounts_accepted(points):
+    assert len(ds(*points).mounts) == len(points)
+
+
+def test_no_mounts_rejected():
+    with pytest.raises(InvalidRequest):
+        Dataset("d", "ns", ())
+
+
+@pytest.mark.parametrize("name", ["a", "0", "x.y_z-1", "a" * 63])
+def test_good_names(name):
+    assert check_name("dataset", name) == name
+    assert ds("", name=name, ns=name).name == name
+
+
+@pytest.mark.parametrize("name", ["", "A", "Abc", "-x", ".x", "_x", "a" * 64, "a/b", "a b",
+                                  "abc\n", "ab\tc", "é", None, 123])
+def test_bad_names(name):
+    with pytest.raises(InvalidRequest):
+        ds("", name=name)
+    with pytest.raises(InvalidRequest):
+        ds("", ns=name)
+
+
+@pytest.mark.parametrize("replicas", [0, -1, 17, "2", 1.0, None])
+def test_replicas_out_of_bounds(replicas):
+    with pytest.raises(InvalidRequest):
+        ds("", replicas=replicas)
+
+
+@pytest.mark.parametrize("replicas", [1, 16])
+def test_replicas_bounds_accepted(replicas):
+    assert ds("", replicas=replicas).replicas == replicas
+
+
+def test_record_round_trip():
+    d = Dataset("imgs", "team", (MountSpec("", "s3://b/p", {"key": "AK", "secret": "SK"}),
+                                 MountSpec("extra", "file:///d")), replicas=3, sync_interval=30.0)
+    rec = json.loads(json.dumps(d.to_record()))     # a record survives JSON
+    assert Dataset.from_record(rec) == d
+
+
+def test_public_never_includes_options_or_credentials():
+    d = Dataset("imgs", "team", (
+        MountSpec("", "s3://AKIDKEY:SECRETKEY@bucket/p", {"key": "OPTKEY", "secret": "OPTSECRET",
+                                                          "client_kwargs": {"token": "TOK"}}),
+        MountSpec("extra", "file:///d", {"anon": True})))
+    pub = d.public()
+    text = json.dumps(pub)
+    for secret in ("OPTKEY", "OPTSECRET", "TOK", "AKIDKEY", "SECRETKEY", "anon"):
+        assert secret not in text
+    assert pub == {"name": "imgs", "namespace": "team", "replicas": 1,
+                   "mounts": {"/": "s3://bucket/p", "/extra": "file:///d"}}
