@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from .config import format_size, load, parse_ssd
+from .config import default_home, format_size, load, parse_ssd
 
 EXAMPLES = """examples:
   fluidcache start --mem 2GiB --ssd /mnt/nvme/fluidcache:100GiB
@@ -94,7 +94,8 @@ def _start(a) -> int:
     host = a.host
     if host is None and a.address is not None and "FLUIDCACHE_HOST" not in os.environ:
         host = "auto"   # on a Ray cluster each server binds its own node's address
-    cfg = load(a.config, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
+    journal = None if load(a.config).journal_dir else str(default_home() / "journal")
+    cfg = load(a.config, journal_dir=journal, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
                promote=False if a.no_promote else None,
                tiers=[_tier_dict(t) for t in tiers] if tiers else None, host=host)
     info = cluster.start(cfg, a.address, dashboard=not a.no_dashboard)

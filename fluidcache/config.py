@@ -107,6 +107,7 @@ class Config:
     request_timeout: float = 60.0
     sync_interval: float = 60.0     # seconds a listing stays fresh
     heartbeat_interval: float = 2.0
+    journal_dir: str | None = None  # where the master journals datasets and tokens
     fetch_threads: int = 16         # under-store fetches in flight per worker
 
     def __post_init__(self) -> None:

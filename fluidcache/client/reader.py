@@ -29,8 +29,10 @@ _FLUSH_BATCH = 512
 
 class ClusterClient:
     def __init__(self, endpoint: Endpoint, connect_timeout: float = 5.0,
-                 request_timeout: float = 60.0, short_circuit: bool = True) -> None:
+                 request_timeout: float = 60.0, short_circuit: bool = True,
+                 master_retry: float = 30.0) -> None:
         self.endpoint = endpoint
+        self.master_retry = master_retry
         self.short_circuit = short_circuit
         self.pool = Pool(connect_timeout, request_timeout)
         self._map: dict | None = None
@@ -46,9 +48,20 @@ class ClusterClient:
 
     # -- master ------------------------------------------------------------------------
     def master(self, op: str, args: dict | None = None):
-        result, _ = self.pool.call(self.endpoint.master, op, args,
-                                   self.endpoint.namespace, self.endpoint.token)
-        return result
+        """One master call. While the master is unreachable (restarting: Ray brings it
+        back on the same port) retry with backoff for up to `master_retry` seconds."""
+        deadline = time.monotonic() + self.master_retry
+        delay = 0.1
+        while True:
+            try:
+                result, _ = self.pool.call(self.endpoint.master, op, args,
+                                           self.endpoint.namespace, self.endpoint.token)
+                return result
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)     # backoff before the next attempt to reach the master
+                delay = min(2.0, delay * 2)
 
     def cluster(self, refresh: bool = False) -> dict:
         now = time.monotonic()

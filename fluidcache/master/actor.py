@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from ..errors import InvalidRequest, NotFound
 from ..service import Server, bind_host as _bind_host
 from ..understore import Mount, version_of
 from .core import MasterCore
+from .journal import Journal
 from .namespace import Dataset, MountSpec, normalize
 
 log = logging.getLogger(__name__)
@@ -31,14 +34,62 @@ class Master:
     def __init__(self, config: dict, token: str | None = None) -> None:
         self.config = Config.from_dict(config)
         self.core = MasterCore()
-        self.core.create_namespace("default", token)
         self._lock = threading.RLock()
         self._mounts: dict[tuple, Mount] = {}
         self._handles: dict[str, object] = {}
+        self._seen: dict[str, float] = {}          # worker id -> last heartbeat (monotonic)
+        self._lost: dict[str, dict] = {}           # worker id -> its last info
         self._pool = ThreadPoolExecutor(16, thread_name_prefix="fc-master")
-        self.server = Server(self._handle, _bind_host(self.config.host), self.config.master_port,
-                             self.config.max_frame, self.config.max_data,
-                             name="fluidcache-master").start()
+        self.journal = None
+        restarted = False
+        if self.config.journal_dir:
+            self.journal = Journal(self.config.journal_dir)
+            snapshot, records = self.journal.load()
+            self.core.restore(snapshot)
+            for rec in records:
+                self.core.apply(rec)
+            restarted = snapshot is not None or bool(records)
+        if "default" not in self.core.tokens:
+            self._commit({"op": "namespace", "ns": "default",
+                          "token": token or secrets.token_urlsafe(32)})
+        self.server = self._serve()
+        self._stop = threading.Event()
+        self._membership: threading.Thread | None = None
+        if restarted:   # a master restarted by Ray: find the workers again, keep them going
+            self._start_membership()
+
+    def _serve(self) -> Server:
+        """Bind the configured port, else the port this master had before a restart (so
+        clients holding the old address reconnect), else any free port."""
+        cfg = self.config
+        port_file = os.path.join(cfg.journal_dir, "master.port") if cfg.journal_dir else None
+        ports = [cfg.master_port] if cfg.master_port else []
+        if not ports and port_file and os.path.exists(port_file):
+            ports.append(int(open(port_file).read().strip() or 0))
+        ports.append(0)
+        for port in ports:
+            try:
+                server = Server(self._handle, _bind_host(cfg.host), port, cfg.max_frame,
+                                cfg.max_data, name="fluidcache-master").start()
+                break
+            except OSError:
+                if port == 0:
+                    raise
+        if port_file:
+            with open(port_file, "w") as f:
+                f.write(str(server.port))
+        return server
+
+    def _commit(self, rec: dict) -> None:
+        """Apply a durable change: journal first (fsync), then the in-memory state."""
+        with self._lock:
+            if self.journal is not None:
+                self.journal.append(rec)
+                if self.journal.appended >= 1000:
+                    self.core.apply(rec)
+                    self.journal.snapshot(self.core.state())
+                    return
+            self.core.apply(rec)
 
     # -- Ray API (the CLI and workers) --------------------------------------------------
     def address(self) -> str:
@@ -49,12 +100,23 @@ class Master:
             return self.core.tokens[ns]
 
     def deploy(self, timeout: float = 60.0) -> list[str]:
-        """One worker on every alive Ray node; returns the ids of registered workers."""
+        """One worker on every alive Ray node; returns the ids of registered workers.
+        From then on the master keeps it so, like a DaemonSet."""
+        self._ensure_workers()
+        deadline = time.monotonic() + timeout
+        ids = []
+        for nid, handle in list(self._handles.items()):
+            info = ray.get(handle.info.remote(), timeout=max(1, deadline - time.monotonic()))
+            self.heartbeat(info)
+            ids.append(nid)
+        self._start_membership()
+        return sorted(ids)
+
+    def _ensure_workers(self) -> None:
+        """A worker on every alive node that has none; the workers of dead nodes are lost."""
         from ..worker.actor import WorkerActor
-        for node in ray.nodes():
-            if not node.get("Alive"):
-                continue
-            nid = node["NodeID"]
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        for nid in sorted(alive - set(self._handles)):
             name = names.worker_actor(nid)
             try:
                 handle = ray.get_actor(name, namespace=names.RAY_NAMESPACE)
@@ -65,16 +127,48 @@ class Master:
                     scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False),
                 ).remote(self.config.to_dict(), nid)
             self._handles[nid] = handle
-        deadline = time.monotonic() + timeout
-        infos = {}
-        for nid, handle in self._handles.items():
-            infos[nid] = ray.get(handle.info.remote(), timeout=max(1, deadline - time.monotonic()))
-            self.register(infos[nid])
-        return sorted(infos)
+        for nid in set(self._handles) - alive:
+            handle = self._handles.pop(nid)
+            try:   # its node is gone: do not let Ray keep trying to restart it there
+                ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self._mark_lost(nid)
 
-    def register(self, info: dict) -> int:
+    def heartbeat(self, info: dict) -> int:
+        """A worker says it is alive (and how to reach it); returns the map version."""
         with self._lock:
+            self._seen[info["id"]] = time.monotonic()
+            self._lost.pop(info["id"], None)
             return self.core.register_worker(info)
+
+    def _mark_lost(self, worker_id: str) -> None:
+        with self._lock:
+            info = self.core.workers.get(worker_id)
+            if info is not None:
+                self._lost[worker_id] = info
+                self.core.remove_worker(worker_id)   # clients stop routing to it
+            self._seen.pop(worker_id, None)
+
+    def _start_membership(self) -> None:
+        if self._membership is None:
+            self._membership = threading.Thread(target=self._membership_loop, daemon=True,
+                                                name="fluidcache-membership")
+            self._membership.start()
+
+    def _membership_loop(self) -> None:
+        interval = self.config.heartbeat_interval
+        while not self._stop.wait(interval):
+            try:
+                self._ensure_workers()
+                now = time.monotonic()
+                with self._lock:
+                    late = [w for w, t in self._seen.items() if now - t > 3 * interval]
+                for wid in late:
+                    log.warning("worker %s missed its heartbeats: marked lost", wid)
+                    self._mark_lost(wid)
+            except Exception:  # noqa: BLE001 - membership must keep running
+                log.exception("membership round failed")
 
     def dataset_for_worker(self, ns: str, name: str) -> dict:
         """The full record (with under-store options) of a dataset, for workers only."""
@@ -86,6 +180,7 @@ class Master:
             return dict(self.core.tokens)
 
     def shutdown(self) -> None:
+        self._stop.set()
         for handle in list(self._handles.values()):
             try:
                 ray.kill(handle, no_restart=True)
@@ -136,12 +231,15 @@ class Master:
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
             self._mount(ds, spec).info("")
         with self._lock:
-            self.core.add_dataset(ds)
+            self.core.add_dataset(ds)              # validates (namespace, duplicates)
+            del self.core.datasets[(ds.namespace, ds.name)]
+            self._commit({"op": "dataset_add", "dataset": ds.to_record()})
         return ds.public()
 
     def op_dataset_rm(self, ns: str, args: dict) -> dict:
         with self._lock:
-            ds = self.core.remove_dataset(ns, _str(args, "name"))
+            ds = self.core.dataset(ns, _str(args, "name"))
+            self._commit({"op": "dataset_rm", "ns": ns, "name": ds.name})
             for key in [k for k in self._mounts if k[:2] == (ns, ds.name)]:
                 del self._mounts[key]
         return ds.public()
@@ -165,6 +263,8 @@ class Master:
         workers = []
         with self._lock:
             infos = list(self.core.cluster_map()["workers"])
+            lost = [dict(i, alive=False, lost=True, tiers=[], stats={})
+                    for i in self._lost.values()]
             datasets = self.core.in_namespace(ns)
         per_dataset: dict[str, int] = {}
         for info in infos:
@@ -179,8 +279,9 @@ class Master:
                 except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not raised
                     entry["error"] = f"{type(exc).__name__}"
             workers.append(entry)
+        workers += lost
         return {
-            "master": {"address": self.address()},
+            "master": {"address": self.address(), "pid": os.getpid()},
             "workers": workers,
             "datasets": [dict(d.public(), cached_bytes=per_dataset.get(f"{ns}/{d.name}", 0))
                          for d in datasets],
@@ -279,8 +380,8 @@ class MasterActor:
     def deploy(self) -> list[str]:
         return self._m.deploy()
 
-    def register(self, info: dict) -> int:
-        return self._m.register(info)
+    def heartbeat(self, info: dict) -> int:
+        return self._m.heartbeat(info)
 
     def dataset_for_worker(self, ns: str, name: str) -> dict:
         return self._m.dataset_for_worker(ns, name)

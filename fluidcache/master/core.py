@@ -64,6 +64,31 @@ class MasterCore:
         return sorted((d for (n, _), d in self.datasets.items() if n == ns),
                       key=lambda d: d.name)
 
+    # -- the journal's view: what cannot be rebuilt ----------------------------
+    def state(self) -> dict:
+        return {"tokens": dict(self.tokens),
+                "datasets": [d.to_record() for d in self.datasets.values()]}
+
+    def restore(self, state: dict | None) -> None:
+        for ns, token in (state or {}).get("tokens", {}).items():
+            self.tokens[ns] = token
+        for rec in (state or {}).get("datasets", []):
+            ds = Dataset.from_record(rec)
+            self.datasets[(ds.namespace, ds.name)] = ds
+
+    def apply(self, rec: dict) -> None:
+        """Replay one journal record. Idempotent: a record already reflected in a
+        snapshot (a crash between snapshot and log cut) changes nothing."""
+        op = rec.get("op")
+        if op == "namespace":
+            self.tokens.setdefault(rec["ns"], rec["token"])
+        elif op == "dataset_add":
+            ds = Dataset.from_record(rec["dataset"])
+            self.datasets.setdefault((ds.namespace, ds.name), ds)
+        elif op == "dataset_rm":
+            self.datasets.pop((rec["ns"], rec["name"]), None)
+            self.invalidate(rec["ns"], rec["name"])
+
     # -- workers ---------------------------------------------------------------
     def register_worker(self, info: dict) -> int:
         old = self.workers.get(info["id"])

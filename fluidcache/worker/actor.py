@@ -15,6 +15,7 @@ import hmac
 import logging
 import os
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -71,10 +72,22 @@ class Worker:
         self._owner: dict[str, tuple[str, int]] = {}   # key -> (ns/dataset, bytes)
         self._inflight: dict[str, asyncio.Future] = {}
         self._fetch = ThreadPoolExecutor(cfg.fetch_threads, thread_name_prefix="fc-fetch")
+        self._stopping = threading.Event()
         self._master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
         self.server = Server(self._handle, _bind_host(cfg.host), cfg.worker_port, cfg.max_frame,
                              cfg.max_data, name="fluidcache-data").start()
-        ray.get(self._master.register.remote(self.info()))
+        ray.get(self._master.heartbeat.remote(self.info()))
+        threading.Thread(target=self._heartbeats, daemon=True, name="fluidcache-hb").start()
+
+    def _heartbeats(self) -> None:
+        """Tell the master we are alive, every interval. A restarted master learns of
+        this worker from its next heartbeat."""
+        info = self.info()
+        while not self._stopping.wait(self.config.heartbeat_interval):
+            try:
+                ray.get(self._master.heartbeat.remote(info), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - the master may be restarting
+                log.warning("heartbeat to the master failed: %s", exc)
 
     # -- Ray API ---------------------------------------------------------------------
     def info(self) -> dict:

@@ -135,6 +135,13 @@ def test_env_beats_file_and_is_typed(cfg_file):
     assert cfg.host == "0.0.0.0"
 
 
+@pytest.mark.parametrize("value, promote", [("1", True), ("true", True), ("YES", True),
+                                            ("on", True), ("0", False), ("false", False),
+                                            ("no", False), ("", False)])
+def test_boolean_env(value, promote):
+    assert load(env={"FLUIDCACHE_PROMOTE": value}).promote is promote
+
+
 def test_overrides_beat_env_and_none_overrides_are_ignored(cfg_file):
     env = {"FLUIDCACHE_EVICTION": "fill-once", "FLUIDCACHE_MASTER_PORT": "7100"}
     cfg = load(cfg_file, env=env, eviction="lru", master_port=None, block_size="8MiB")

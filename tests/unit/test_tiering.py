@@ -33,8 +33,9 @@ def cached(ix: TierIndex, key: str, size: int) -> Reservation:
 
 
 def check_accounting(ix: TierIndex) -> None:
+    """used = blocks held in the tier + blocks on their way into it; never over capacity."""
     for i, t in enumerate(ix.tiers):
-        assert t.used == sum(e.size for e in ix.entries.values() if e.tier == i)
+        assert t.used == sum(e.size for e in ix.entries.values() if i in (e.tier, e.dest))
         assert 0 <= t.used <= t.capacity
 
 
@@ -169,6 +170,52 @@ def test_lfu_keeps_the_hot_block():
     for _ in range(3):
         ix.access(A)
     assert cached(ix, C, 30).evict == (B,)
+
+
+def _promoting() -> TierIndex:
+    """Two tiers of 100 (high mark 0.95); B (60) in tier 1 on its way up to an empty tier 0."""
+    ix = TierIndex([("t0", 100), ("t1", 100)], lambda: make("lru"))
+    cached(ix, A, 60)
+    assert cached(ix, B, 60).tier == 1             # no room left in tier 0
+    ix.remove(A)
+    move = ix.plan_promote(B)
+    assert (move.key, move.src, move.dst, move.reason) == (B, 1, 0, "promote")
+    return ix
+
+
+def test_a_moving_block_is_held_where_it_was_and_room_is_kept_in_both_tiers():
+    ix = _promoting()
+    assert ix.entries[B].state == "moving" and B in ix and ix.tier_of(B) == 1
+    assert (ix.tiers[0].used, ix.tiers[1].used) == (60, 60)
+    assert ix.remove(B) is None                    # not while it moves
+    assert ix.reserve(D, 50) is None               # a moving block is never a victim
+    for illegal in (ix.commit, ix.abort):
+        with pytest.raises(StateError):
+            illegal(B)
+    check_accounting(ix)
+
+
+def test_finish_move():
+    ix = _promoting()
+    ix.finish_move(B, "promote")
+    assert ix.tier_of(B) == 0 and ix.entries[B].state == "cached"
+    assert (ix.tiers[0].used, ix.tiers[1].used) == (60, 0)
+    assert ix.tiers[0].blocks == {B} and ix.tiers[1].blocks == set()
+    assert ix.moves["promote"] == 1
+    with pytest.raises(StateError):
+        ix.finish_move(B)                          # not moving any more
+    check_accounting(ix)
+
+
+def test_cancel_move():
+    ix = _promoting()
+    assert ix.reserve(C, 40) == Reservation(C, 0, ())    # 60 incoming + 40 fits tier 0
+    ix.cancel_move(B)
+    assert ix.tier_of(B) == 1 and (ix.tiers[0].used, ix.tiers[1].used) == (40, 60)
+    assert ix.plan_promote(B) is None              # 40 + 60 is above tier 0's high mark
+    with pytest.raises(StateError):
+        ix.cancel_move(B)
+    check_accounting(ix)
 
 
 _ops = st.lists(st.tuples(
@@ -504,3 +551,60 @@ def test_unwritable_tier_dir(tmp_path):
         assert s.get(A) is None
     finally:
         os.chmod(s.paths[0], 0o700)
+
+
+# -- BlockStore maintenance: one synchronous round, no thread ------------------------------
+
+def _marked(tmp_path) -> list[TierConfig]:
+    """MEM 200 B (high 0.9 = 180, low 0.5 = 100) over a roomy SSD; blocks of 40 B use 64."""
+    return [TierConfig("MEM", str(tmp_path / "mem"), 200, high=0.9, low=0.5),
+            TierConfig("SSD", str(tmp_path / "ssd"), 1000)]
+
+
+def test_maintain_demotes_down_to_the_low_mark(tmp_path):
+    s = BlockStore(_marked(tmp_path))
+    for k in (A, B, C):
+        assert s.put(k, data_of(k, 40))            # 192 used: above the high mark
+    assert s.maintain()["demote"] == 2             # 192 -> 64, at or below 100
+    assert [s.index.tier_of(k) for k in (A, B, C)] == [1, 1, 0]
+    assert [t["used"] for t in s.tiers()] == [64, 128]
+    assert s.moves["demote"] == 2 and s.evictions == 0
+    assert s.maintain() == {"demote": 0, "promote": 0, "evict": 0, "expire": 0}   # settled
+    for k in (A, B):
+        assert layout.read_block(s.paths[0], k) is None      # the old copy is gone
+        assert bytes(layout.read_block(s.paths[1], k)) == data_of(k, 40)
+
+
+def test_maintain_leaves_pinned_blocks_in_place(tmp_path):
+    s = BlockStore(_marked(tmp_path))
+    for k in (A, B, C):
+        s.put(k, data_of(k, 40))
+    s.pin(A)
+    s.maintain()
+    assert [s.index.tier_of(k) for k in (A, B, C)] == [0, 1, 1]
+
+
+@pytest.mark.parametrize("promote", [True, False])
+def test_a_read_from_the_lower_tier_promotes(tmp_path, promote):
+    s = BlockStore(_marked(tmp_path), promote=promote)
+    for k in (A, B, C):
+        s.put(k, data_of(k, 40))
+    s.maintain()                                   # A and B demoted
+    assert bytes(s.get(A)) == data_of(A, 40)
+    assert s.maintain()["promote"] == int(promote)
+    assert s.index.tier_of(A) == (0 if promote else 1)
+    assert bytes(s.get(A)) == data_of(A, 40)
+
+
+def test_ttl_expires_with_the_injected_clock(tmp_path):
+    now = [100.0]
+    s = BlockStore(tiers(tmp_path, 1000), clock=lambda: now[0])
+    s.put(A, b"short-lived")
+    s.put(B, b"kept")
+    s.set_ttl(A, 10)
+    now[0] = 109.9
+    assert s.maintain()["expire"] == 0 and A in s
+    now[0] = 110.0
+    assert s.maintain()["expire"] == 1
+    assert A not in s and B in s and layout.read_block(s.paths[0], A) is None
+    assert s.moves["expire"] == 1

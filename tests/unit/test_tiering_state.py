@@ -192,6 +192,6 @@ class BlockStoreMachine(RuleBasedStateMachine):
         assert all(self.store.index.entries[k].pinned for k in self.pinned)
 
 
-BlockStoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=25,
+BlockStoreMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40,
                                                deadline=None)
 TestBlockStoreMachine = BlockStoreMachine.TestCase

@@ -1,0 +1,107 @@
+"""The master's journal: what cannot be rebuilt from worker reports survives a restart.
+
+Datasets, mounts, namespaces and tokens (and, later, pins and TTLs) are appended as
+records to `journal.log`; `snapshot.msgpack` holds the whole state as of a record count,
+and the log is cut after each snapshot. A record is `u32 length | u32 xxh32(body) | body`
+(msgpack). Replay stops at the first torn or corrupt record: a crash mid-append loses
+only that record, never what came before it.
+
+`encode`/`decode` are pure; `Journal` is the file shell (append, fsync, snapshot).
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+import msgpack
+import xxhash
+
+_HEAD = struct.Struct(">II")
+MAX_RECORD = 16 * 1024 * 1024
+
+
+def encode(record: dict) -> bytes:
+    body = msgpack.packb(record, use_bin_type=True)
+    return _HEAD.pack(len(body), xxhash.xxh32_intdigest(body)) + body
+
+
+def decode(data: bytes) -> tuple[list[dict], int]:
+    """The whole records at the start of `data`, and how many bytes they take."""
+    records, pos = [], 0
+    while pos + _HEAD.size <= len(data):
+        n, digest = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + n
+        if n > MAX_RECORD or end > len(data):
+            break
+        body = data[pos + _HEAD.size:end]
+        if xxhash.xxh32_intdigest(body) != digest:
+            break
+        try:
+            rec = msgpack.unpackb(body, raw=False)
+        except Exception:  # noqa: BLE001 - a corrupt body ends the valid prefix
+            break
+        if not isinstance(rec, dict):
+            break
+        records.append(rec)
+        pos = end
+    return records, pos
+
+
+class Journal:
+    """An append-only record file plus a snapshot, in one directory."""
+
+    def __init__(self, directory: str, fsync: bool = True) -> None:
+        self.dir = directory
+        self.fsync = fsync
+        os.makedirs(directory, exist_ok=True)
+        self.log_path = os.path.join(directory, "journal.log")
+        self.snap_path = os.path.join(directory, "snapshot.msgpack")
+        self._f = None
+        self.appended = 0
+
+    def load(self) -> tuple[dict | None, list[dict]]:
+        """(snapshot state or None, records after it). Cuts a torn tail off the log."""
+        snapshot = None
+        try:
+            with open(self.snap_path, "rb") as f:
+                snaps, _ = decode(f.read())
+            snapshot = snaps[0] if snaps else None
+        except FileNotFoundError:
+            pass
+        try:
+            with open(self.log_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        records, valid = decode(data)
+        if valid < len(data):
+            with open(self.log_path, "r+b") as f:
+                f.truncate(valid)
+        return snapshot, records
+
+    def append(self, record: dict) -> None:
+        if self._f is None:
+            self._f = open(self.log_path, "ab")
+        self._f.write(encode(record))
+        self._f.flush()
+        if self.fsync:
+            os.fsync(self._f.fileno())
+        self.appended += 1
+
+    def snapshot(self, state: dict) -> None:
+        """Write `state` atomically, then start an empty log."""
+        tmp = self.snap_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(encode(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.snap_path)
+        if self._f is not None:
+            self._f.close()
+        self._f = open(self.log_path, "wb")
+        self.appended = 0
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
