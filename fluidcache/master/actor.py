@@ -39,6 +39,7 @@ class Master:
         self._handles: dict[str, object] = {}
         self._seen: dict[str, float] = {}          # worker id -> last heartbeat (monotonic)
         self._lost: dict[str, dict] = {}           # worker id -> its last info
+        self._dead_nodes: set[str] = set()         # Ray nodes seen dead
         self._pool = ThreadPoolExecutor(16, thread_name_prefix="fc-master")
         self.journal = None
         restarted = False
@@ -128,6 +129,7 @@ class Master:
                 ).remote(self.config.to_dict(), nid)
             self._handles[nid] = handle
         for nid in set(self._handles) - alive:
+            self._dead_nodes.add(nid)
             handle = self._handles.pop(nid)
             try:   # its node is gone: do not let Ray keep trying to restart it there
                 ray.kill(handle, no_restart=True)
@@ -138,6 +140,8 @@ class Master:
     def heartbeat(self, info: dict) -> int:
         """A worker says it is alive (and how to reach it); returns the map version."""
         with self._lock:
+            if info["node_id"] in self._dead_nodes:
+                return -1      # a straggler of a node Ray declared dead: never routed to again
             self._seen[info["id"]] = time.monotonic()
             self._lost.pop(info["id"], None)
             return self.core.register_worker(info)

@@ -1,0 +1,1 @@
+"""fluidcache benchmarks. Each module runs on its own: `python -m bench.policies`."""
