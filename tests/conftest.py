@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 
 import pytest
 
 from fluidcache.testing.s3 import MotoServer
 
+from .helpers import run_cli as _run_cli
+
 BLOCK = 1024 * 1024   # small blocks, so small test files span several
-
-
-def _run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "fluidcache.cli", *args], capture_output=True,
-                       text=True, env=env, timeout=300)
-    if check and p.returncode != 0:
-        raise AssertionError(f"fluidcache {' '.join(args)} failed ({p.returncode}):\n"
-                             f"{p.stdout}\n{p.stderr}")
-    return p
 
 
 @pytest.fixture(scope="session")

@@ -9,15 +9,13 @@ import sys
 
 import pytest
 
+from ..helpers import run_cli
+
 pytestmark = pytest.mark.integration
 
 
 def _cli(env, *args, check=True):
-    p = subprocess.run([sys.executable, "-m", "fluidcache.cli", *args], capture_output=True,
-                       text=True, env=env, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
+    return run_cli(*args, env=env, check=check)
 
 
 def _session_members(sid: int) -> list[int]:

@@ -3,49 +3,21 @@ nodes on this machine): a worker on every node, a node added later gets one, a r
 node's worker is marked lost and no longer routed to, and reads stay correct throughout."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
+
+from ..helpers import digests, read_digests, run_cli, status, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(env, *args, check=True):
-    p = subprocess.run([sys.executable, "-m", "fluidcache.cli", *args], capture_output=True,
-                       text=True, env=env, timeout=300)
-    if check:
-        assert p.returncode == 0, p.stdout + p.stderr
-    return p
-
-
-def _status(env) -> dict:
-    return json.loads(_cli(env, "status", "--json").stdout)
-
-
-def _wait_for(predicate, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)   # polling a condition
-    raise AssertionError(f"timed out waiting for {what}")
+    return run_cli(*args, env=env, check=check)
 
 
 def _read(env, names, short_circuit=False) -> dict:
-    code = ("import fsspec, json, sys, hashlib\n"
-            f"fs = fsspec.filesystem('fluid', short_circuit={short_circuit})\n"
-            "print(json.dumps({n: hashlib.sha256(fs.cat_file('fluid://d/' + n)).hexdigest()"
-            " for n in json.loads(sys.argv[1])}))\n")
-    p = subprocess.run([sys.executable, "-c", code, json.dumps(names)], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    return json.loads(p.stdout)
+    return read_digests(env, "d", names, short_circuit)
 
 
 def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
@@ -56,31 +28,31 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     env = dict(os.environ, FLUIDCACHE_HOME=str(tmp_path / "home"), FLUIDCACHE_HOST="127.0.0.1")
-    want = {n: hashlib.sha256(b).hexdigest() for n, b in dataset_files.items()}
+    want = digests(dataset_files)
     names = sorted(dataset_files)
     try:
         _cli(env, "start", "--address", cluster.address, "--mem", "16MiB",
              "--mem-path", str(tmp_path / "mem"), "--ssd", f"{tmp_path}/ssd:64MiB",
              "--block-size", "1MiB")
-        st = _status(env)
+        st = status(env)
         assert len(st["workers"]) == 3 and all(w["alive"] for w in st["workers"])
         assert len({w["node_id"] for w in st["workers"]}) == 3
         assert len({w["tiers"][0]["path"] for w in st["workers"]}) == 3   # no shared tier dirs
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
         _cli(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
         assert _read(env, names) == want
-        served = [w for w in _status(env)["workers"] if w["stats"]["misses"] > 0]
+        served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]
         assert len(served) >= 2                   # blocks spread over the nodes
 
         added = cluster.add_node(num_cpus=1)      # a node joins: it gets a worker
-        st = _wait_for(lambda: (s := _status(env)) and len(
+        st = wait_for(lambda: (s := status(env)) and len(
             [w for w in s["workers"] if w["alive"]]) == 4 and s, what="a worker on the new node")
         assert added.node_id in {w["node_id"] for w in st["workers"]}
         assert _read(env, names) == want
 
         gone = nodes[0]
         cluster.remove_node(gone)                 # a node leaves: its worker is lost
-        st = _wait_for(lambda: (s := _status(env)) and any(
+        st = wait_for(lambda: (s := status(env)) and any(
             w["node_id"] == gone.node_id and not w["alive"] for w in s["workers"]) and s,
             what="the removed node's worker to be marked lost")
         assert len([w for w in st["workers"] if w["alive"]]) == 3

@@ -3,24 +3,21 @@ larger than memory, blocks moving between tiers, quotas kept, and a killed worke
 comes back (restarted by Ray) with its cache."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from ..helpers import digests, read_digests, run_cli, status, wait_for
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
 
 
 def _cli(env, *args):
-    p = subprocess.run([sys.executable, "-m", "fluidcache.cli", *args], capture_output=True,
-                       text=True, env=env, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout
+    return run_cli(*args, env=env).stdout
 
 
 @pytest.fixture(scope="module")
@@ -49,33 +46,11 @@ def small_cluster(tmp_path_factory, moto):
 
 
 def _status(env) -> dict:
-    return json.loads(_cli(env, "status", "--json"))
-
-
-def _wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)   # polling a condition, not sleeping instead of it
-    raise AssertionError(f"timed out waiting for {what}")
+    return status(env)
 
 
 def _read_all(env, files, short_circuit=True) -> None:
-    code = (
-        "import fsspec, json, sys\n"
-        f"fs = fsspec.filesystem('fluid', short_circuit={short_circuit})\n"
-        "names = json.loads(sys.argv[1])\n"
-        "import hashlib\n"
-        "print(json.dumps({n: hashlib.sha256(fs.cat_file('fluid://t/' + n)).hexdigest()"
-        " for n in names}))\n"
-        "fs.client.flush()\n")
-    p = subprocess.run([sys.executable, "-c", code, json.dumps(sorted(files))], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    import hashlib
-    assert json.loads(p.stdout) == {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+    assert read_digests(env, "t", files, short_circuit) == digests(files)
 
 
 def _tiers_within_quota(st) -> None:
@@ -89,7 +64,7 @@ def test_dataset_larger_than_memory_moves_down_and_stays_correct(small_cluster):
     for _ in range(2):
         _read_all(env, files)
         _tiers_within_quota(_status(env))
-    st = _wait_for(lambda: (s := _status(env))["workers"][0]["stats"]["demotions"] > 0 and s,
+    st = wait_for(lambda: (s := _status(env))["workers"][0]["stats"]["demotions"] > 0 and s,
                    what="demotions")
     mem, ssd = st["workers"][0]["tiers"]
     assert mem["capacity"] == 8 * MiB and ssd["capacity"] == 48 * MiB
@@ -107,7 +82,7 @@ def test_killed_worker_comes_back_with_its_cache(small_cluster):
     before = _status(env)["workers"][0]
     held = sum(t["blocks"] for t in before["tiers"])
     os.kill(before["pid"], signal.SIGKILL)
-    after = _wait_for(lambda: next((w for w in _status(env)["workers"]
+    after = wait_for(lambda: next((w for w in _status(env)["workers"]
                                     if w["alive"] and w["pid"] != before["pid"]), None),
                       timeout=120, what="the worker to be restarted by Ray")
     assert sum(t["blocks"] for t in after["tiers"]) == held

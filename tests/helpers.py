@@ -1,0 +1,56 @@
+"""Helpers shared by the integration tests: run the CLI, wait on a condition, read files
+through fluid:// in a fresh process (as a user's job would) and hash what came back."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "fluidcache.cli", *args], capture_output=True,
+                       text=True, env=env, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"fluidcache {' '.join(args)} failed ({p.returncode}):\n"
+                             f"{p.stdout}\n{p.stderr}")
+    return p
+
+
+def status(env: dict | None = None) -> dict:
+    return json.loads(run_cli("status", "--json", env=env).stdout)
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)   # polling a condition, not sleeping instead of it
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def digests(files: dict[str, bytes]) -> dict[str, str]:
+    return {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+
+
+_READER = """
+import fsspec, hashlib, json, sys
+fs = fsspec.filesystem("fluid", short_circuit=sys.argv[2] == "1")
+out = {n: hashlib.sha256(fs.cat_file(sys.argv[1] + n)).hexdigest()
+       for n in json.loads(sys.argv[3])}
+fs.client.flush()
+print(json.dumps(out))
+"""
+
+
+def read_digests(env: dict, dataset: str, names, short_circuit: bool = True) -> dict[str, str]:
+    """sha256 of each `fluid://dataset/name`, read by a new process with `env`."""
+    p = subprocess.run([sys.executable, "-c", _READER, f"fluid://{dataset}/",
+                        "1" if short_circuit else "0", json.dumps(sorted(names))],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
