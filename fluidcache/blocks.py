@@ -45,6 +45,8 @@ def pieces(size: int, block_size: int, start: int, end: int) -> list[Piece]:
 
     `start`/`end` are clamped to the file as Python slices are (end may exceed size).
     """
+    if block_size <= 0:
+        raise ValueError(f"block size must be positive, not {block_size}")
     start, end = max(0, min(start, size)), max(0, min(end, size))
     out = []
     pos = start

@@ -50,7 +50,8 @@ class Request:
     def from_header(cls, h: dict) -> "Request":
         op, args, rid = h.get("op"), h.get("a", {}), h.get("i", 0)
         ns, tk = h.get("ns"), h.get("tk")
-        if not isinstance(op, str) or not isinstance(args, dict) or not isinstance(rid, int):
+        if not isinstance(op, str) or not isinstance(args, dict) or not isinstance(rid, int) \
+                or isinstance(rid, bool):
             raise ProtocolError("request needs a string 'op', a map 'a' and an integer 'i'")
         if not (ns is None or isinstance(ns, str)) or not (tk is None or isinstance(tk, str)):
             raise ProtocolError("'ns' and 'tk' must be strings")
@@ -78,8 +79,9 @@ class Reply:
     @classmethod
     def from_header(cls, h: dict) -> "Reply":
         ok, rid, n = h.get("ok"), h.get("i", 0), h.get("d", 0)
-        if not isinstance(ok, bool) or not isinstance(rid, int) or not isinstance(n, int):
-            raise ProtocolError("reply needs a boolean 'ok' and integers 'i' and 'd'")
+        if not isinstance(ok, bool) or any(not isinstance(v, int) or isinstance(v, bool)
+                                           for v in (rid, n)) or n < 0:
+            raise ProtocolError("reply needs a boolean 'ok' and integers 'i' and 'd' >= 0")
         return cls(rid, ok, h.get("r"), h.get("e"), n)
 
     @classmethod

@@ -75,3 +75,9 @@ def test_pieces_cover_exactly_the_clamped_range(size, bs, start, end):
 def test_empty_file_has_no_blocks(bs):
     assert block_count(0, bs) == 0
     assert pieces(0, bs, 0, bs) == []
+
+
+@pytest.mark.parametrize("bs", [0, -1])
+def test_pieces_refuses_a_block_size_that_is_not_positive(bs):
+    with pytest.raises(ValueError):
+        pieces(10, bs, 0, 10)

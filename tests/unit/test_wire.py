@@ -337,3 +337,12 @@ def test_recv_reply_enforces_limits():
         server.sendall(pack({"i": 1, "ok": True, "d": 11}))
         with pytest.raises(ProtocolError):
             recv_reply(client, max_data=10)
+
+
+def test_boolean_ids_and_negative_payloads_are_refused():
+    with pytest.raises(ProtocolError):
+        Request.from_header({"op": "ping", "a": {}, "i": True})
+    with pytest.raises(ProtocolError):
+        Reply.from_header({"ok": True, "i": False})
+    with pytest.raises(ProtocolError):
+        Reply.from_header({"ok": True, "i": 1, "d": -1})
