@@ -36,16 +36,26 @@ def deploy(config: Config, token: str | None = None) -> dict:
     try:
         master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
     except ValueError:
-        here = ray.get_runtime_context().get_node_id()
         master = MasterActor.options(
             name=names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE, lifetime="detached",
             max_restarts=-1, num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+            # hard: Ray 2.60 placed a soft-affine, zero-CPU actor on another node here
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
         ).remote(config.to_dict(), token)
     workers = ray.get(master.deploy.remote(), timeout=180)
     return {"master": ray.get(master.address.remote()), "namespace": "default",
             "token": ray.get(master.token.remote()), "workers": workers,
             "ray_address": ray.get_runtime_context().gcs_address}
+
+
+def head_node_id() -> str:
+    """The Ray head node: the master lives there (the node that stays while workers come
+    and go), not on whichever node this driver happened to attach to."""
+    import ray
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return node["NodeID"]
+    return ray.get_runtime_context().get_node_id()
 
 
 def undeploy() -> None:

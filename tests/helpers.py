@@ -25,12 +25,13 @@ def status(env: dict | None = None) -> dict:
 def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
+    seen = None
     while time.monotonic() < deadline:
-        value = predicate()
+        value = seen = predicate()
         if value:
             return value
         time.sleep(0.3)   # polling a condition, not sleeping instead of it
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what} (last: {seen!r:.2000})")
 
 
 def digests(files: dict[str, bytes]) -> dict[str, str]:

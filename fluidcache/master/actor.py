@@ -285,7 +285,8 @@ class Master:
             workers.append(entry)
         workers += lost
         return {
-            "master": {"address": self.address(), "pid": os.getpid()},
+            "master": {"address": self.address(), "pid": os.getpid(),
+                       "node_id": ray.get_runtime_context().get_node_id()},
             "workers": workers,
             "datasets": [dict(d.public(), cached_bytes=per_dataset.get(f"{ns}/{d.name}", 0))
                          for d in datasets],

@@ -35,6 +35,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
              "--mem-path", str(tmp_path / "mem"), "--ssd", f"{tmp_path}/ssd:64MiB",
              "--block-size", "1MiB")
         st = status(env)
+        assert st["master"]["node_id"] == cluster.head_node.node_id   # the node that stays
         assert len(st["workers"]) == 3 and all(w["alive"] for w in st["workers"])
         assert len({w["node_id"] for w in st["workers"]}) == 3
         assert len({w["tiers"][0]["path"] for w in st["workers"]}) == 3   # no shared tier dirs
@@ -50,12 +51,23 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         assert added.node_id in {w["node_id"] for w in st["workers"]}
         assert _read(env, names) == want
 
+        before_pid = st["master"]["pid"]
         gone = nodes[0]
         cluster.remove_node(gone)                 # a node leaves: its worker is lost
-        st = wait_for(lambda: (s := status(env)) and any(
-            w["node_id"] == gone.node_id and not w["alive"] for w in s["workers"]) and s,
-            what="the removed node's worker to be marked lost")
+        last = []
+
+        def lost():
+            s = status(env)
+            last[:] = [(w["node_id"][:8], w["alive"], w.get("error")) for w in s["workers"]]
+            return s if any(w["node_id"] == gone.node_id and not w["alive"]
+                            for w in s["workers"]) else None
+
+        try:
+            st = wait_for(lost, what=f"the removed node's worker to be marked lost")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; gone {gone.node_id[:8]}; workers {last}") from None
         assert len([w for w in st["workers"] if w["alive"]]) == 3
+        assert st["master"]["pid"] == before_pid   # the master was never disturbed
         assert _read(env, names) == want          # routed around the lost worker
         _cli(env, "stop")
     finally:

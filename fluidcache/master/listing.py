@@ -1,0 +1,70 @@
+"""Directory listings as the master caches them: compact, sorted, pageable.
+
+One `DirListing` per directory: parallel arrays sorted by child name (the last path
+component only), so a million listed files cost well under 300 bytes each, `info` of a
+file is a binary search, and `ls` is served in pages. File ids (hashes of URL and
+version) are computed when an entry is sent, not stored.
+Pure: built from the under store's entries by the shell; no I/O, no clocks.
+"""
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+
+from ..blocks import file_id
+
+FILE, DIR = 0, 1
+
+
+class DirListing:
+    __slots__ = ("names", "kinds", "sizes", "versions")
+
+    def __init__(self, entries: Iterable[tuple[str, int, int, str]]) -> None:
+        """`entries`: (child name, FILE|DIR, size, version); later duplicates win."""
+        merged: dict[str, tuple[int, int, str]] = {}
+        for name, kind, size, version in entries:
+            merged[name] = (kind, size, version)
+        order = sorted(merged)
+        self.names = tuple(order)
+        self.kinds = bytes(merged[n][0] for n in order)
+        self.sizes = array("q", (merged[n][1] for n in order))
+        self.versions = tuple(merged[n][2] for n in order)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def find(self, name: str) -> int | None:
+        i = bisect_left(self.names, name)
+        return i if i < len(self.names) and self.names[i] == name else None
+
+    def page(self, after: str | None, limit: int) -> tuple[range, str | None]:
+        """Indices of up to `limit` entries after the name `after`, and the cursor for
+        the next page (None when this page is the last)."""
+        start = 0 if after is None else bisect_right(self.names, after)
+        end = min(len(self.names), start + max(1, limit))
+        return range(start, end), (self.names[end - 1] if end < len(self.names) else None)
+
+    def entry(self, i: int) -> tuple[str, int, int, str]:
+        return self.names[i], self.kinds[i], self.sizes[i], self.versions[i]
+
+
+def _reply(listing: DirListing, i: int, prefix: str, url_of) -> dict:
+    name, kind, size, version = listing.entry(i)
+    if kind == DIR:
+        return {"name": prefix + name, "size": 0, "type": "directory"}
+    return {"name": prefix + name, "size": size, "type": "file", "version": version,
+            "fid": file_id(url_of(name), version)}
+
+
+def ls_page(listing: DirListing, prefix: str, url_of, after: str | None,
+            limit: int) -> tuple[list[dict], str | None]:
+    """One page of a directory as clients see it. `prefix` is 'dataset/dir/' and
+    `url_of(child)` the under-store URL of a child (for its file id)."""
+    rng, nxt = listing.page(after, limit)
+    return [_reply(listing, i, prefix, url_of) for i in rng], nxt
+
+
+def info_entry(listing: DirListing, prefix: str, url_of, child: str) -> dict | None:
+    i = listing.find(child)
+    return None if i is None else _reply(listing, i, prefix, url_of)
