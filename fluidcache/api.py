@@ -38,9 +38,15 @@ class Client:
 
     # -- datasets ---------------------------------------------------------------------
     def create_dataset(self, name: str, mounts: dict[str, str] | list[str],
-                       options: dict | list[str] | None = None, replicas: int = 1) -> dict:
+                       options: dict | list[str] | None = None, replicas: int = 1,
+                       sync: str | float | None = None,
+                       selector: dict | list[str] | None = None, read_only: bool = True) -> dict:
         """`mounts`: {"/": "s3://bucket/prefix"} or ["/=s3://bucket/prefix"];
-        `options`: the under store's fsspec options ({"endpoint_url": ...} or KEY=VALUE)."""
+        `options`: the under store's fsspec options ({"endpoint_url": ...} or KEY=VALUE);
+        `sync`: metadata sync policy ('always', 'never', '60s'); `selector`: node labels
+        ({"zone": "a"}) or `resource:NAME` keys that limit which workers cache it."""
+        if isinstance(selector, list):
+            selector = dict(s.split("=", 1) if "=" in s else (s, "") for s in selector)
         if isinstance(mounts, dict):
             pairs = [[p, u] for p, u in mounts.items()]
         else:
@@ -48,8 +54,14 @@ class Client:
             pairs = [["/" + p, u] for p, u in pairs]
         if isinstance(options, list):
             options = dict(_parse_option(o) for o in options)
-        return self._call("dataset_create", {"name": name, "mounts": pairs,
-                                             "options": options or {}, "replicas": replicas})
+        return self._call("dataset_create", {
+            "name": name, "mounts": pairs, "options": options or {}, "replicas": replicas,
+            "sync": sync, "selector": selector or {}, "read_only": read_only})
+
+    def load_metadata(self, url: str) -> dict:
+        """Re-list everything under `fluid://dataset/path` from the under store now."""
+        ds, _, path = FluidFileSystem._strip_protocol(url).partition("/")
+        return self._call("metadata_load", {"ds": ds, "p": path})
 
     def datasets(self) -> list[dict]:
         return self._call("datasets")

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                                   "each node's own address with --address)")
     s.add_argument("--config", help="a JSON config file")
     s.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard")
+    s.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                   help="put workers only on Ray nodes with this label (or resource:NAME)")
 
     sub.add_parser("stop", help="stop the cluster `start` made")
 
@@ -60,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mount", action="append", required=True, metavar="/POINT=URL")
     c.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an fsspec option of the under store (JSON values are parsed)")
-    c.add_argument("--replicas", type=int, default=1)
+    c.add_argument("--replicas", type=int, default=1, help="owners per block (1-16)")
+    c.add_argument("--sync", help="metadata sync policy: always, never or an interval "
+                                  "(60s, 5m); default: the cluster's (60s)")
+    c.add_argument("--selector", action="append", default=[], metavar="LABEL=VALUE",
+                   help="cache only on nodes with this Ray node label, or resource:NAME")
     c.add_argument("--namespace")
     ls = dsub.add_parser("ls", help="list datasets")
     ls.add_argument("--json", action="store_true")
@@ -97,6 +103,8 @@ def _start(a) -> int:
     journal = None if load(a.config).journal_dir else str(default_home() / "journal")
     cfg = load(a.config, journal_dir=journal, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
                promote=False if a.no_promote else None,
+               node_selector=dict(x.split("=", 1) if "=" in x else (x, "")
+                                  for x in a.node_selector) or None,
                tiers=[_tier_dict(t) for t in tiers] if tiers else None, host=host)
     info = cluster.start(cfg, a.address, dashboard=not a.no_dashboard)
     print(f"fluidcache is serving: master {info['master']}, {len(info['workers'])} worker(s)")
@@ -141,7 +149,8 @@ def _dataset(a) -> int:
     from . import connect
     client = connect(namespace=getattr(a, "namespace", None))
     if a.dcmd == "create":
-        d = client.create_dataset(a.name, a.mount, a.option, a.replicas)
+        d = client.create_dataset(a.name, a.mount, a.option, a.replicas, a.sync,
+                                  a.selector or None)
         print(f"created dataset {d['name']}: " + ", ".join(f"{k} -> {v}"
                                                            for k, v in d["mounts"].items()))
     elif a.dcmd == "ls":

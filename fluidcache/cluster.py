@@ -177,7 +177,9 @@ def _supervise(cfg_path: str, dashboard: bool) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    ctx = ray.init(namespace=names.RAY_NAMESPACE, include_dashboard=dashboard,
+    # address="local": always a new instance of our own, even when RAY_ADDRESS or
+    # /tmp/ray/ray_current_cluster names another one (ray.init() would join that)
+    ctx = ray.init(address="local", namespace=names.RAY_NAMESPACE, include_dashboard=dashboard,
                    log_to_driver=False, configure_logging=False)
     try:
         info = deploy(config)

@@ -108,6 +108,8 @@ class Config:
     sync_interval: float = 60.0     # seconds a listing stays fresh
     heartbeat_interval: float = 2.0
     journal_dir: str | None = None  # where the master journals datasets and tokens
+    node_selector: dict = field(default_factory=dict)  # nodes that get a worker (labels,
+                                                       # resource:NAME); empty: every node
     fetch_threads: int = 16         # under-store fetches in flight per worker
 
     def __post_init__(self) -> None:

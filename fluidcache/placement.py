@@ -24,3 +24,25 @@ def owners(key: str, worker_ids: Sequence[str], replicas: int = 1) -> list[str]:
 def ranked(key: str, worker_ids: Sequence[str]) -> list[str]:
     """Every worker, in the order a reader should try them for `key`."""
     return sorted(worker_ids, key=lambda w: weight(key, w), reverse=True)
+
+
+def matches(selector: dict, labels: dict, resources) -> bool:
+    """Does a node with `labels` and custom `resources` satisfy a dataset's selector?
+    Keys are node labels (`key: value`) or `resource:NAME` (the node has that resource)."""
+    for key, want in selector.items():
+        if key.startswith("resource:"):
+            if key[len("resource:"):] not in resources:
+                return False
+        elif labels.get(key) != want:
+            return False
+    return True
+
+
+def route(key: str, workers: Sequence[dict], selector: dict | None = None) -> list[str]:
+    """The order in which a reader asks workers for `key`: the eligible workers (those
+    whose node matches the dataset's selector) by rendezvous rank, the first `replicas`
+    of them being the owners; then the others, which only read through."""
+    ok = [w["id"] for w in workers
+          if matches(selector or {}, w.get("labels", {}), w.get("resources", ()))]
+    rest = [w["id"] for w in workers if w["id"] not in set(ok)]
+    return ranked(key, ok) + ranked(key, rest)

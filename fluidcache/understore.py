@@ -82,7 +82,11 @@ class Mount:
         path = self.under_path(rel)
         with translate(self.url, rel):
             if self.fs.protocol in ("s3", ("s3", "s3a")) and hasattr(self.fs, "call_s3"):
-                return _s3_range(self.fs, path, version, start, end)
+                try:
+                    return _s3_range(self.fs, path, version, start, end)
+                except StaleVersion:
+                    raise StaleVersion(f"{rel} changed in the under store; list it again") \
+                        from None
             info = self.fs.info(path)
             if version_of(info) != version:
                 raise StaleVersion(f"{rel} changed in the under store; list it again")
@@ -96,8 +100,10 @@ def _s3_range(fs, path: str, etag: str, start: int, end: int) -> bytes:
         resp = fs.call_s3("get_object", Bucket=bucket, Key=key,
                           Range=f"bytes={start}-{end - 1}", IfMatch=etag)
     except OSError as exc:
-        if "PreconditionFailed" in str(exc) or "412" in str(exc):
-            raise StaleVersion(f"{path} changed in the under store; list it again") from None
+        # s3fs turns S3's 412 PreconditionFailed into an OSError with S3's message
+        text = str(exc)
+        if "PreconditionFailed" in text or "412" in text or "pre-condition" in text:
+            raise StaleVersion("the file changed in the under store; list it again") from None
         raise
     body = resp["Body"]
     try:

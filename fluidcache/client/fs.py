@@ -85,10 +85,26 @@ class FluidFileSystem(AbstractFileSystem):
             entries = [{"name": d["name"], "size": 0, "type": "directory"}
                        for d in self.client.master("datasets")]
         else:
-            entries = self.client.master("ls", {"ds": ds, "p": rest, "refresh": refresh})
+            entries, after = [], None
+            while True:          # pages of up to 2,000 entries; one directory, few calls
+                page = self.client.master("ls", {"ds": ds, "p": rest, "after": after,
+                                                 "refresh": refresh and after is None})
+                entries += page["entries"]
+                after = page["next"]
+                if after is None:
+                    break
         with self._lock:
-            self._meta[path] = (now + self.listing_ttl, entries)
+            self._meta[path] = (now + self._ttl(ds), entries)
         return entries
+
+    def _ttl(self, dataset: str) -> float:
+        """How long a listing stays fresh here: the dataset's sync policy, else ours."""
+        if not dataset:
+            return self.listing_ttl
+        sync = self.client.dataset(dataset).get("sync_seconds")
+        if sync is None:
+            return self.listing_ttl
+        return float("inf") if sync < 0 else min(sync, self.listing_ttl)
 
     def info(self, path, refresh=False, **kwargs):
         path = self._strip_protocol(path)
@@ -105,7 +121,7 @@ class FluidFileSystem(AbstractFileSystem):
             for e in hit[1]:
                 if e["name"] == path:
                     return e
-        return self.client.master("info", {"ds": ds, "p": rest})
+        return self.client.master("info", {"ds": ds, "p": rest, "refresh": bool(refresh)})
 
     def invalidate_cache(self, path=None):
         with self._lock:

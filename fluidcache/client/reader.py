@@ -44,6 +44,7 @@ class ClusterClient:
         self._wake = threading.Event()
         self._pid = os.getpid()
         self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0}
+        self._datasets: dict[str, tuple[float, dict]] = {}
         atexit.register(self.flush)
 
     # -- master ------------------------------------------------------------------------
@@ -115,11 +116,21 @@ class ClusterClient:
                     return data
         return None
 
+    def dataset(self, name: str) -> dict:
+        """A dataset's public record (replicas, selector), cached like the cluster map."""
+        now = time.monotonic()
+        hit = self._datasets.get(name)
+        if hit is None or hit[0] < now:
+            hit = self._datasets[name] = (now + _MAP_TTL,
+                                          self.master("dataset_show", {"name": name}))
+        return hit[1]
+
     def _remote(self, key: str, req: dict, m: dict):
-        replicas = 1
+        ds = self.dataset(req["ds"])
+        replicas = ds.get("replicas", 1)
         last: Exception | None = None
         for attempt in range(2):
-            order = placement.ranked(key, [w["id"] for w in m["workers"]])
+            order = placement.route(key, m["workers"], ds.get("selector"))
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:

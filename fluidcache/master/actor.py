@@ -18,16 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .. import blocks, names
+from .. import blocks, names, placement
 from ..config import Config
 from ..errors import InvalidRequest, NotFound
 from ..service import Server, bind_host as _bind_host
 from ..understore import Mount, version_of
 from .core import MasterCore
 from .journal import Journal
+from .listing import DIR, FILE, DirListing, info_entry, ls_page
 from .namespace import Dataset, MountSpec, normalize
 
 log = logging.getLogger(__name__)
+PAGE = 2000     # entries per ls reply: a page of ~150-byte entries stays under max_frame
 
 
 class Master:
@@ -116,7 +118,9 @@ class Master:
     def _ensure_workers(self) -> None:
         """A worker on every alive node that has none; the workers of dead nodes are lost."""
         from ..worker.actor import WorkerActor
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        sel = self.config.node_selector
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive") and placement.matches(
+            sel, n.get("Labels") or {}, n.get("Resources") or {})}
         for nid in sorted(alive - set(self._handles)):
             name = names.worker_actor(nid)
             try:
@@ -231,7 +235,11 @@ class Master:
             if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
                 raise InvalidRequest("each mount is [point, url]")
             specs.append(MountSpec(normalize(m[0]), m[1], dict(options)))
-        ds = Dataset(_str(args, "name"), ns, tuple(specs), args.get("replicas", 1))
+        read_only = args.get("read_only", True)
+        if not isinstance(read_only, bool):
+            raise InvalidRequest("read_only must be true or false")
+        ds = Dataset(_str(args, "name"), ns, tuple(specs), args.get("replicas", 1),
+                     args.get("sync"), args.get("selector") or {}, read_only)
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
             self._mount(ds, spec).info("")
         with self._lock:
@@ -248,20 +256,53 @@ class Master:
                 del self._mounts[key]
         return ds.public()
 
-    def op_ls(self, ns: str, args: dict) -> list:
+    def op_ls(self, ns: str, args: dict) -> dict:
+        """One page of a directory: {"entries": [...], "next": cursor or None}. A file
+        lists as itself, as in other fsspec filesystems."""
         ds, path = self._target(ns, args)
-        return self._listing(ds, path, refresh=bool(args.get("refresh")))
+        after, limit = args.get("after"), args.get("limit", PAGE)
+        if not (after is None or isinstance(after, str)) or not isinstance(limit, int) \
+                or isinstance(limit, bool) or not 1 <= limit <= PAGE:
+            raise InvalidRequest(f"ls: 'after' must be a string, 'limit' 1..{PAGE}")
+        fresh = bool(args.get("refresh")) or ds.sync_interval == 0   # "always": re-list
+        listing = self._listing(ds, path, refresh=fresh and after is None)
+        if isinstance(listing, dict):
+            return {"entries": [listing], "next": None}
+        entries, nxt = ls_page(listing, _prefix(ds, path), self._url_of(ds, path), after, limit)
+        return {"entries": entries, "next": nxt}
 
     def op_info(self, ns: str, args: dict) -> dict:
         ds, path = self._target(ns, args)
         if path == "" or (ds.is_virtual_dir(path) and path not in
                           {m.point for m in ds.mounts}):
             return _dir_entry(ds, path)
-        parent, _, _ = path.rpartition("/")
-        for entry in self._listing(ds, parent, refresh=False):
-            if entry["name"] == f"{ds.name}/{path}":
-                return entry
-        raise NotFound(f"{ds.name}/{path}: no such file or directory")
+        parent, _, child = path.rpartition("/")
+        listing = self._listing(ds, parent,
+                                refresh=ds.sync_interval == 0 or bool(args.get("refresh")))
+        entry = None if isinstance(listing, dict) else \
+            info_entry(listing, _prefix(ds, parent), self._url_of(ds, parent), child)
+        if entry is None:
+            raise NotFound(f"{ds.name}/{path}: no such file or directory")
+        return entry
+
+    def op_metadata_load(self, ns: str, args: dict) -> dict:
+        """Refresh the listings under a path, recursively (`load --metadata-only`)."""
+        ds, path = self._target(ns, args)
+        todo, dirs, files = [path], 0, 0
+        while todo:
+            d = todo.pop()
+            listing = self._listing(ds, d, refresh=True)
+            if isinstance(listing, dict):
+                files += 1
+                continue
+            dirs += 1
+            for i in range(len(listing)):
+                name, kind, _, _ = listing.entry(i)
+                if kind == DIR:
+                    todo.append(f"{d}/{name}" if d else name)
+                else:
+                    files += 1
+        return {"directories": dirs, "files": files}
 
     def op_status(self, ns: str, args: dict) -> dict:
         workers = []
@@ -306,49 +347,63 @@ class Master:
                 m = self._mounts[key] = Mount(spec.url, spec.options)
         return m
 
-    def _listing(self, ds: Dataset, path: str, refresh: bool) -> list[dict]:
+    def _url_of(self, ds: Dataset, path: str):
+        """child name -> the under-store URL of `path/child` (for file ids)."""
+        spec, rel = ds.resolve(path)
+        mount = self._mount(ds, spec)
+        return lambda child: mount.url_of(f"{rel}/{child}" if rel else child)
+
+    def _listing(self, ds: Dataset, path: str, refresh: bool) -> DirListing | dict:
+        """The cached listing of a directory (or, for a file, its entry), fetched from
+        the under store when absent, expired (the dataset's sync interval) or refreshed."""
         now = time.monotonic()
         if not refresh:
             with self._lock:
                 hit = self.core.listing(ds.namespace, ds.name, path, now)
             if hit is not None:
                 return hit
-        entries: dict[str, dict] = {}
+        rows: list[tuple[str, int, int, str]] = []
+        found = False
         try:
             spec, rel = ds.resolve(path)
         except NotFound:
-            spec, rel = None, ""
+            spec = None
         if spec is not None:
             mount = self._mount(ds, spec)
             try:
                 raw = mount.ls(rel)
+                found = True
             except NotFound:
-                if not ds.is_virtual_dir(path):
-                    raise NotFound(f"{ds.name}/{path}: no such file or directory") from None
                 raw = []
+            if len(raw) == 1 and raw[0].get("type") != "directory" and rel and \
+                    mount.rel_of(raw[0]["name"]) == rel:
+                parent, _, child = path.rpartition("/")
+                e = raw[0]
+                return {"name": f"{ds.name}/{path}", "size": int(e.get("size") or 0),
+                        "type": "file", "version": version_of(e),
+                        "fid": blocks.file_id(mount.url_of(rel), version_of(e))}
             for e in raw:
-                r = mount.rel_of(e["name"])
-                fpath = "/".join(p for p in (spec.point, r) if p)
-                entry = _entry(ds, fpath, e, mount.url_of(r))
-                entries[entry["name"]] = entry
-        elif not ds.is_virtual_dir(path):
-            raise NotFound(f"{ds.name}/{path}: no such file or directory")
+                child = mount.rel_of(e["name"]).rsplit("/", 1)[-1]
+                if e.get("type") == "directory":
+                    rows.append((child, DIR, 0, ""))
+                else:
+                    rows.append((child, FILE, int(e.get("size") or 0), version_of(e)))
         for child in ds.child_mounts(path):
-            fpath = f"{path}/{child}" if path else child
-            entries.setdefault(f"{ds.name}/{fpath}", _dir_entry(ds, fpath))
-        out = [entries[k] for k in sorted(entries)]
-        ttl = ds.sync_interval if ds.sync_interval is not None else self.config.sync_interval
+            rows.append((child, DIR, 0, ""))
+            found = True
+        if not found and not ds.is_virtual_dir(path):
+            raise NotFound(f"{ds.name}/{path}: no such file or directory")
+        listing = DirListing(rows)
+        sync = ds.sync_interval if ds.sync_interval is not None else self.config.sync_interval
+        # "always" (0) still keeps a listing long enough to page through it
+        expires = float("inf") if sync < 0 else now + max(sync, 5.0)
         with self._lock:
-            self.core.store_listing(ds.namespace, ds.name, path, out, now + ttl)
-        return out
+            self.core.store_listing(ds.namespace, ds.name, path, listing, expires)
+        return listing
 
 
-def _entry(ds: Dataset, fpath: str, e: dict, url: str) -> dict:
-    if e.get("type") == "directory":
-        return _dir_entry(ds, fpath)
-    version = version_of(e)
-    return {"name": f"{ds.name}/{fpath}", "size": int(e.get("size") or 0), "type": "file",
-            "version": version, "fid": blocks.file_id(url, version)}
+def _prefix(ds: Dataset, path: str) -> str:
+    return f"{ds.name}/{path}/" if path else f"{ds.name}/"
 
 
 def _dir_entry(ds: Dataset, fpath: str) -> dict:

@@ -55,13 +55,35 @@ class MountSpec:
     options: dict = field(default_factory=dict)
 
 
+def parse_sync(value) -> float | None:
+    """A dataset's metadata sync policy as seconds: 'always' -> 0 (re-list on every
+    lookup), 'never' -> -1 (list once), '90', '90s', '5m', '1h' -> seconds; None -> the
+    cluster's default."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value is not None and value < 0 and value != -1:
+            raise InvalidRequest("sync interval must not be negative")
+        return None if value is None else float(value)
+    text = str(value).strip().lower()
+    if text == "always":
+        return 0.0
+    if text == "never":
+        return -1.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|m|h)?", text)
+    if not m:
+        raise InvalidRequest(f"bad sync policy {value!r}: use always, never or an interval "
+                             "such as 60s, 5m, 1h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
 @dataclass(slots=True)
 class Dataset:
     name: str
     namespace: str
     mounts: tuple[MountSpec, ...]
     replicas: int = 1
-    sync_interval: float | None = None
+    sync_interval: float | None = None      # None: cluster default; 0 always; -1 never
+    selector: dict = field(default_factory=dict)
+    read_only: bool = True
 
     def __post_init__(self) -> None:
         check_name("dataset", self.name)
@@ -75,6 +97,10 @@ class Dataset:
                     raise InvalidRequest(f"mount points /{a} and /{b} overlap")
         if not isinstance(self.replicas, int) or not 1 <= self.replicas <= 16:
             raise InvalidRequest("replicas must be between 1 and 16")
+        if not isinstance(self.selector, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.selector.items()):
+            raise InvalidRequest("a node selector maps strings to strings")
+        self.sync_interval = parse_sync(self.sync_interval)
 
     def resolve(self, path: str) -> tuple[MountSpec, str]:
         """(mount, path relative to its root) for a normalized path."""
@@ -106,19 +132,25 @@ class Dataset:
     def public(self) -> dict:
         """What clients may see: mount points and redacted URLs, never options."""
         from ..understore import redact
+        sync = self.sync_interval
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
-                "mounts": {"/" + m.point: redact(m.url) for m in self.mounts}}
+                "mounts": {"/" + m.point: redact(m.url) for m in self.mounts},
+                "selector": dict(self.selector), "read_only": self.read_only,
+                "sync": "default" if sync is None else "always" if sync == 0 else
+                        "never" if sync < 0 else f"{sync:g}s", "sync_seconds": sync}
 
     def to_record(self) -> dict:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
-                "sync_interval": self.sync_interval,
+                "sync_interval": self.sync_interval, "selector": dict(self.selector),
+                "read_only": self.read_only,
                 "mounts": [[m.point, m.url, m.options] for m in self.mounts]}
 
     @classmethod
     def from_record(cls, r: dict) -> "Dataset":
         return cls(r["name"], r["namespace"],
                    tuple(MountSpec(p, u, dict(o)) for p, u, o in r["mounts"]),
-                   r.get("replicas", 1), r.get("sync_interval"))
+                   r.get("replicas", 1), r.get("sync_interval"), dict(r.get("selector") or {}),
+                   r.get("read_only", True))
 
 
 def _nested(a: str, b: str) -> bool:

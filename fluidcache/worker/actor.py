@@ -22,7 +22,7 @@ from dataclasses import replace
 
 import ray
 
-from .. import blocks, names
+from .. import blocks, names, placement
 from ..config import Config
 from ..errors import AccessDenied, InvalidRequest, StaleVersion
 from ..master.namespace import Dataset, normalize
@@ -61,6 +61,13 @@ class Worker:
         cfg = Config.from_dict(config)
         self.config, self.node_id = cfg, node_id
         self._locks: list[int] = []
+        self.labels = {k: str(v) for k, v in
+                       ray.get_runtime_context().get_node_labels().items()
+                       if not k.startswith("ray.io/")}
+        self.resources = sorted(
+            r for n in ray.nodes() if n["NodeID"] == node_id for r in n.get("Resources", {})
+            if not r.startswith("node:") and r not in ("CPU", "GPU", "memory",
+                                                       "object_store_memory"))
         tiers = tuple(replace(t, path=claim_dir(t.path, self._locks)) for t in cfg.tiers)
         self.store = BlockStore(tiers, cfg.eviction, cfg.promote).start()
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
@@ -92,6 +99,7 @@ class Worker:
     # -- Ray API ---------------------------------------------------------------------
     def info(self) -> dict:
         return {"id": self.node_id, "node_id": self.node_id, "host": socket.gethostname(),
+                "labels": self.labels, "resources": self.resources,
                 "address": self.server.address, "machine": layout.machine_id(),
                 "tier_paths": self.store.paths, "pid": os.getpid()}
 
@@ -165,14 +173,14 @@ class Worker:
                 mount = self._mounts[key] = Mount(spec.url, spec.options)
             myfid = blocks.file_id(mount.url_of(rel), r.version)
             if fid is None or fid == myfid:
-                return mount, rel, myfid
+                return mount, rel, myfid, ds
         raise StaleVersion(f"{r.dataset}/{path}: the dataset's mounts changed; list it again")
 
     async def _block(self, ns: str, r: BlockRead, fid) -> memoryview | bytes:
         bs = self.config.block_size
         if r.index >= max(1, blocks.block_count(r.size, bs)):
             raise InvalidRequest(f"block {r.index} is past the end of a {r.size}-byte file")
-        mount, rel, fid = await self._resolve(ns, r, fid if isinstance(fid, str) else None)
+        mount, rel, fid, ds = await self._resolve(ns, r, fid if isinstance(fid, str) else None)
         key = blocks.block_key(fid, r.index)
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(None, self.store.get, key)
@@ -181,7 +189,7 @@ class Worker:
         else:
             fut = self._inflight.get(key)
             if fut is None:
-                fut = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}"))
+                fut = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds))
                 self._inflight[key] = fut
                 fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
             self.counters["misses"] += 1
@@ -192,7 +200,8 @@ class Worker:
                                "list it again")
         return data
 
-    async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str) -> bytes:
+    async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str,
+                    ds: Dataset) -> bytes:
         """Fetch a whole block from the under store (one fetch per key) and cache it."""
         loop = asyncio.get_running_loop()
         start = r.index * self.config.block_size
@@ -200,6 +209,8 @@ class Worker:
             self._fetch, mount.read_range, rel, r.version, start, start + self.config.block_size)
         self.counters["ufs_bytes_read"] += len(data)
         self.counters["ufs_fetches"] += 1
+        if not placement.matches(ds.selector, self.labels, self.resources):
+            return data        # not a node this dataset may cache on: read through only
         if await loop.run_in_executor(None, self.store.put, key, data):
             self._owner[key] = (dsid, len(data))
         return data

@@ -25,7 +25,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                                                             "include_dashboard": False})
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    nodes = [cluster.add_node(num_cpus=1, labels={"cache": "yes"}), cluster.add_node(num_cpus=1)]
     cluster.wait_for_nodes()
     env = dict(os.environ, FLUIDCACHE_HOME=str(tmp_path / "home"), FLUIDCACHE_HOST="127.0.0.1")
     want = digests(dataset_files)
@@ -40,6 +40,15 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         assert len({w["node_id"] for w in st["workers"]}) == 3
         assert len({w["tiers"][0]["path"] for w in st["workers"]}) == 3   # no shared tier dirs
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
+        # a dataset that may be cached only on nodes labelled cache=yes
+        _cli(env, "dataset", "create", "sel", "--mount", "/=s3://fc-test/ds/images",
+             "--selector", "cache=yes", *opts)
+        images = [n.removeprefix("images/") for n in names if n.startswith("images/")]
+        got = read_digests(env, "sel", images, short_circuit=False)
+        assert got == {n: want["images/" + n] for n in images}
+        holding = {w["node_id"]: sum(t["blocks"] for t in w["tiers"]) for w in status(env)["workers"]}
+        assert holding[nodes[0].node_id] == len(images)          # the labelled node holds all
+        assert sum(holding.values()) == len(images)               # and nobody else any
         _cli(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
         assert _read(env, names) == want
         served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]

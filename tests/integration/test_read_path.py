@@ -190,3 +190,52 @@ def test_cli_errors_are_one_line(cluster, cli, args, needle):
     assert p.returncode != 0
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fluidcache: ") and needle in lines[0], p.stderr
+
+
+def test_a_changed_object_is_listed_again_and_read_new(cluster, moto):
+    import fsspec
+    s3 = moto.filesystem()
+    s3.pipe_file("fc-test/ds/changing/v.bin", b"version one")
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    fs.client.master("metadata_load", {"ds": "mixed", "p": "changing"})
+    assert fs.info("fluid://mixed/changing/v.bin")["size"] == len(b"version one")   # listed
+    s3.pipe_file("fc-test/ds/changing/v.bin", b"version two, longer")            # changed
+    # the block was never cached: the worker's conditional read sees the new ETag,
+    # answers "stale", and the client lists again and reads the new bytes
+    assert fs.cat_file("fluid://mixed/changing/v.bin") == b"version two, longer"
+    assert fs.info("fluid://mixed/changing/v.bin")["size"] == len(b"version two, longer")
+
+
+def test_large_directories_are_listed_in_pages(cluster, local_extra):
+    import fsspec
+    many = local_extra / "many"
+    many.mkdir(exist_ok=True)
+    for i in range(4500):
+        (many / f"f{i:05d}").write_bytes(b"x" * (i % 7))
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    entries = fs.ls("fluid://union/extra/many", detail=True)
+    assert [e["name"] for e in entries] == [f"union/extra/many/f{i:05d}" for i in range(4500)]
+    assert [e["size"] for e in entries] == [i % 7 for i in range(4500)]
+    page = fs.client.master("ls", {"ds": "union", "p": "extra/many"})
+    assert len(page["entries"]) == 2000 and page["next"] == "f01999"
+    assert fs.cat_file("fluid://union/extra/many/f04499") == b"x" * (4499 % 7)
+
+
+def test_sync_always_sees_new_files_at_once(cluster, local_extra):
+    import fsspec
+    live = local_extra.parent / "live"
+    live.mkdir(exist_ok=True)
+    (live / "a.txt").write_bytes(b"a")
+    client = cluster["client"]
+    client.create_dataset("live", {"/": f"file://{live}"}, sync="always")
+    client.create_dataset("lazy", {"/": f"file://{live}"}, sync="never")
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    assert fs.ls("fluid://live", detail=False) == ["live/a.txt"]
+    assert fs.ls("fluid://lazy", detail=False) == ["lazy/a.txt"]
+    (live / "b.txt").write_bytes(b"b")
+    fs2 = fsspec.filesystem("fluid", skip_instance_cache=True)
+    assert fs2.ls("fluid://live", detail=False) == ["live/a.txt", "live/b.txt"]
+    assert fs2.ls("fluid://lazy", detail=False) == ["lazy/a.txt"]          # never re-listed
+    assert client.load_metadata("fluid://lazy") == {"directories": 1, "files": 2}
+    assert fs2.ls("fluid://lazy", detail=False, refresh=True) == ["lazy/a.txt", "lazy/b.txt"]
+    assert client.dataset("live")["sync"] == "always"

@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fluidcache import placement
 from fluidcache.errors import AccessDenied, InvalidRequest, NotFound
-from fluidcache.master.namespace import Dataset, MountSpec, check_name, normalize, parse_mount
+from fluidcache.master.namespace import (Dataset, MountSpec, check_name, normalize,
+                                         parse_mount, parse_sync)
 
 
 @pytest.mark.parametrize("path, norm", [
@@ -172,4 +174,50 @@ def test_public_never_includes_options_or_credentials():
     for secret in ("OPTKEY", "OPTSECRET", "TOK", "AKIDKEY", "SECRETKEY", "anon"):
         assert secret not in text
     assert pub == {"name": "imgs", "namespace": "team", "replicas": 1,
-                   "mounts": {"/": "s3://bucket/p", "/extra": "file:///d"}}
+                   "mounts": {"/": "s3://bucket/p", "/extra": "file:///d"},
+                   "selector": {}, "read_only": True, "sync": "default", "sync_seconds": None}
+
+
+# -- sync policy, selectors, new dataset fields ------------------------------------
+
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("always", 0.0), ("never", -1.0), ("90", 90.0), ("90s", 90.0), ("5m", 300.0),
+    ("1h", 3600.0), (None, None), (30, 30.0), ("ALWAYS", 0.0)])
+def test_parse_sync(text, seconds):
+    assert parse_sync(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["sometimes", "-5", "5d", "", -3])
+def test_parse_sync_refuses(bad):
+    with pytest.raises(InvalidRequest):
+        parse_sync(bad)
+
+
+def test_dataset_fields_round_trip_and_public_view():
+    ds = Dataset("d", "default", (MountSpec("", "s3://b/p", {"secret": "s"}),), replicas=2,
+                 sync_interval="always", selector={"zone": "a", "resource:ssd": ""},
+                 read_only=True)
+    again = Dataset.from_record(ds.to_record())
+    assert again.to_record() == ds.to_record() and again.sync_interval == 0.0
+    pub = ds.public()
+    assert pub["sync"] == "always" and pub["sync_seconds"] == 0.0 and pub["replicas"] == 2
+    assert pub["selector"] == {"zone": "a", "resource:ssd": ""} and "secret" not in str(pub)
+    with pytest.raises(InvalidRequest):
+        Dataset("d", "default", (MountSpec("", "s3://b"),), selector={"zone": 1})
+
+
+def test_selector_matching_and_routing():
+    workers = [{"id": f"w{i}", "labels": {"zone": "a" if i < 3 else "b"},
+                "resources": ["ssd"] if i % 2 else []} for i in range(6)]
+    assert placement.matches({"zone": "a"}, {"zone": "a"}, [])
+    assert not placement.matches({"zone": "a"}, {"zone": "b"}, [])
+    assert placement.matches({"resource:ssd": ""}, {}, ["ssd"])
+    assert not placement.matches({"resource:ssd": ""}, {}, [])
+    for key in ("k1", "k2", "k3", "k4"):
+        order = placement.route(key, workers, {"zone": "a"})
+        assert sorted(order) == [w["id"] for w in workers]           # everyone, once
+        assert set(order[:3]) == {"w0", "w1", "w2"}                  # eligible first
+        assert order[:3] == placement.ranked(key, ["w0", "w1", "w2"])
+        assert placement.route(key, workers) == placement.ranked(key, [w["id"] for w in workers])
