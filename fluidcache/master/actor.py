@@ -23,6 +23,7 @@ from ..config import Config
 from ..errors import InvalidRequest, NotFound
 from ..service import Server, bind_host as _bind_host
 from ..understore import Mount, version_of
+from .blockmap import BlockMap
 from .core import MasterCore
 from .journal import Journal
 from .listing import DIR, FILE, DirListing, info_entry, ls_page
@@ -42,6 +43,7 @@ class Master:
         self._seen: dict[str, float] = {}          # worker id -> last heartbeat (monotonic)
         self._lost: dict[str, dict] = {}           # worker id -> its last info
         self._dead_nodes: set[str] = set()         # Ray nodes seen dead
+        self.blocks = BlockMap()                   # soft state: rebuilt from reports
         self._pool = ThreadPoolExecutor(16, thread_name_prefix="fc-master")
         self.journal = None
         restarted = False
@@ -141,14 +143,20 @@ class Master:
                 pass
             self._mark_lost(nid)
 
-    def heartbeat(self, info: dict) -> int:
-        """A worker says it is alive (and how to reach it); returns the map version."""
+    def heartbeat(self, info: dict, report: dict | None = None) -> dict:
+        """A worker says it is alive (and how to reach it) and what its blocks did.
+        Asks for a full report when it does not know the worker's blocks."""
         with self._lock:
             if info["node_id"] in self._dead_nodes:
-                return -1      # a straggler of a node Ray declared dead: never routed to again
+                return {"version": -1}   # a straggler of a dead node: never routed to again
             self._seen[info["id"]] = time.monotonic()
             self._lost.pop(info["id"], None)
-            return self.core.register_worker(info)
+            version = self.core.register_worker(info)
+            report = report or {}
+            if not report.get("full") and not self.blocks.known(info["id"]):
+                return {"version": version, "resync": True}
+            self.blocks.apply(info["id"], report)
+            return {"version": version}
 
     def _mark_lost(self, worker_id: str) -> None:
         with self._lock:
@@ -156,6 +164,7 @@ class Master:
             if info is not None:
                 self._lost[worker_id] = info
                 self.core.remove_worker(worker_id)   # clients stop routing to it
+            self.blocks.drop_worker(worker_id)
             self._seen.pop(worker_id, None)
 
     def _start_membership(self) -> None:
@@ -252,6 +261,7 @@ class Master:
         with self._lock:
             ds = self.core.dataset(ns, _str(args, "name"))
             self._commit({"op": "dataset_rm", "ns": ns, "name": ds.name})
+            self.blocks.drop_owner(f"{ns}/{ds.name}")
             for key in [k for k in self._mounts if k[:2] == (ns, ds.name)]:
                 del self._mounts[key]
         return ds.public()
@@ -311,7 +321,6 @@ class Master:
             lost = [dict(i, alive=False, lost=True, tiers=[], stats={})
                     for i in self._lost.values()]
             datasets = self.core.in_namespace(ns)
-        per_dataset: dict[str, int] = {}
         for info in infos:
             handle = self._handles.get(info["node_id"]) or _find_worker(info["node_id"])
             entry = dict(info, alive=False, tiers=[], stats={})
@@ -319,8 +328,6 @@ class Master:
                 try:
                     st = ray.get(handle.stats.remote(), timeout=10)
                     entry.update(alive=True, tiers=st["tiers"], stats=st["stats"])
-                    for dsid, n in st.get("datasets", {}).items():
-                        per_dataset[dsid] = per_dataset.get(dsid, 0) + n
                 except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not raised
                     entry["error"] = f"{type(exc).__name__}"
             workers.append(entry)
@@ -329,9 +336,14 @@ class Master:
             "master": {"address": self.address(), "pid": os.getpid(),
                        "node_id": ray.get_runtime_context().get_node_id()},
             "workers": workers,
-            "datasets": [dict(d.public(), cached_bytes=per_dataset.get(f"{ns}/{d.name}", 0))
-                         for d in datasets],
+            "datasets": [self._dataset_status(d) for d in datasets],
         }
+
+    def _dataset_status(self, d: Dataset) -> dict:
+        owner = f"{d.namespace}/{d.name}"
+        with self._lock:
+            per = self.blocks.by_worker(owner)
+        return dict(d.public(), cached_bytes=sum(per.values()), cached_by_worker=per)
 
     # -- helpers -------------------------------------------------------------------------
     def _target(self, ns: str, args: dict) -> tuple[Dataset, str]:
@@ -440,8 +452,8 @@ class MasterActor:
     def deploy(self) -> list[str]:
         return self._m.deploy()
 
-    def heartbeat(self, info: dict) -> int:
-        return self._m.heartbeat(info)
+    def heartbeat(self, info: dict, report: dict | None = None) -> dict:
+        return self._m.heartbeat(info, report)
 
     def dataset_for_worker(self, ns: str, name: str) -> dict:
         return self._m.dataset_for_worker(ns, name)

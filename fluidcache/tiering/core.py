@@ -61,6 +61,7 @@ class Reservation:
     key: str
     tier: int
     evict: tuple[str, ...]     # blocks the shell must delete from `tier` (already unaccounted)
+    sizes: tuple[int, ...] = ()  # their sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class Move:
     src: int
     dst: int | None
     reason: str                # "demote" | "promote" | "evict" | "expire"
+    size: int = 0
 
 
 class TierIndex:
@@ -113,10 +115,11 @@ class TierIndex:
                 continue
             chosen = self._victims(i, t.used + size - t.capacity)
             if chosen is not None:
+                sizes = tuple(self.entries[v].size for v in chosen)
                 for victim in chosen:
                     self._drop(victim)
                 self.evictions += len(chosen)
-                return self._reserve(key, size, i, tuple(chosen))
+                return self._reserve(key, size, i, tuple(chosen), sizes)
         return None
 
     def _victims(self, i: int, need: int) -> list[str] | None:
@@ -132,10 +135,10 @@ class TierIndex:
             need -= e.size
         return chosen if need <= 0 else None
 
-    def _reserve(self, key, size, i, evict) -> Reservation:
+    def _reserve(self, key, size, i, evict, sizes=()) -> Reservation:
         self.entries[key] = Entry(i, size)
         self.tiers[i].used += size
-        return Reservation(key, i, evict)
+        return Reservation(key, i, evict, sizes)
 
     def commit(self, key: str) -> None:
         e = self._get(key, "reserved")
@@ -200,7 +203,7 @@ class TierIndex:
             e = self.entries[key]
             self._drop(key)
             self.moves["expire"] += 1
-            moves.append(Move(key, e.tier, None, "expire"))
+            moves.append(Move(key, e.tier, None, "expire", e.size))
         for i, t in enumerate(self.tiers):
             if t.used <= t.capacity * t.high or not t.policy.evicts_on_watermark:
                 continue
@@ -212,10 +215,10 @@ class TierIndex:
                 if dst is None:
                     self._drop(victim)
                     self.evictions += 1
-                    moves.append(Move(victim, i, None, "evict"))
+                    moves.append(Move(victim, i, None, "evict", e.size))
                 else:
                     self._begin(victim, dst)
-                    moves.append(Move(victim, i, dst, "demote"))
+                    moves.append(Move(victim, i, dst, "demote", e.size))
         return moves
 
     def _victims_partial(self, i: int, need: int) -> list[str]:
@@ -242,7 +245,7 @@ class TierIndex:
             return None
         src = e.tier
         self._begin(key, dst)
-        return Move(key, src, dst, "promote")
+        return Move(key, src, dst, "promote", self.entries[key].size)
 
     def _begin(self, key: str, dst: int) -> None:
         e = self._get(key, "cached")

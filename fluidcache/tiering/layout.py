@@ -1,8 +1,14 @@
 """The on-disk block format: the contract between a worker and short-circuit readers.
 
-A block of key K in a tier directory D lives at `D/K[:2]/K.blk`: the block's bytes,
-then a 24-byte trailer `b"FCB1" | 4 reserved | u64 length | u64 xxh3_64(K + bytes)`.
+A block of key K in a tier directory D lives at `D/K[:2]/K.blk`:
+
+    the block's bytes | owner (UTF-8 'namespace/dataset', n bytes) | 48-byte trailer
+    trailer = b"FCB2" | u16 n | 2 reserved | u64 index | 16-byte file id | u64 length
+              | u64 xxh3_64(K + bytes + owner + index + file id)
+
 The checksum is bound to the key, so a block renamed or misplaced fails verification.
+The owner, file id and index make a block self-describing: a worker that rescans its
+tiers after a restart can report what it holds, per dataset and per file.
 Writes go to a temporary name in the same directory and are renamed into place, so a
 reader in any process sees a whole, verified block or nothing.
 Owns: paths, the trailer, atomic write, verified read, rescan. Never: decide what to keep.
@@ -14,11 +20,12 @@ import socket
 import struct
 import uuid
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import xxhash
 
-MAGIC = b"FCB1"
-TRAILER = struct.Struct(">4s4xQQ")
+MAGIC = b"FCB2"
+TRAILER = struct.Struct(">4sH2xQ16sQQ")
 SUFFIX = ".blk"
 TMP_PREFIX = ".tmp-"
 
@@ -42,22 +49,46 @@ def block_path(tier_dir: str, key: str) -> str:
     return os.path.join(tier_dir, key[:2], key + SUFFIX)
 
 
-def checksum(key: str, data) -> int:
+class Meta(NamedTuple):
+    """What a block is: its dataset ('namespace/name'), file id (hex) and index."""
+
+    owner: str = ""
+    fid: str = "0" * 32
+    index: int = 0
+
+
+def checksum(key: str, data, meta_bytes: bytes = b"") -> int:
     h = xxhash.xxh3_64(key.encode())
     h.update(data)
+    h.update(meta_bytes)
     return h.intdigest()
 
 
-def write_block(tier_dir: str, key: str, data) -> int:
+def _meta_bytes(meta: Meta) -> tuple[bytes, bytes]:
+    owner = meta.owner.encode()
+    if len(owner) > 1024:
+        raise ValueError("block owner name too long")
+    return owner, struct.pack(">Q", meta.index) + bytes.fromhex(meta.fid)
+
+
+def disk_size(data_len: int, meta: Meta = Meta()) -> int:
+    """Bytes a block of `data_len` bytes takes on disk (what tier quotas count)."""
+    return data_len + len(meta.owner.encode()) + TRAILER.size
+
+
+def write_block(tier_dir: str, key: str, data, meta: Meta = Meta()) -> int:
     """Write atomically; returns the bytes used on disk. Raises OSError (ENOSPC, EACCES)."""
     final = block_path(tier_dir, key)
     sub = os.path.dirname(final)
     os.makedirs(sub, exist_ok=True)
     tmp = os.path.join(sub, f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
-    trailer = TRAILER.pack(MAGIC, len(data), checksum(key, data))
+    owner, fixed = _meta_bytes(meta)
+    trailer = TRAILER.pack(MAGIC, len(owner), meta.index, bytes.fromhex(meta.fid), len(data),
+                           checksum(key, data, owner + fixed))
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.write(owner)
             f.write(trailer)
         os.replace(tmp, final)
     except BaseException:
@@ -66,21 +97,48 @@ def write_block(tier_dir: str, key: str, data) -> int:
         except OSError:
             pass
         raise
-    return len(data) + TRAILER.size
+    return len(data) + len(owner) + TRAILER.size
+
+
+def _split(key: str, raw) -> tuple[memoryview, Meta, int]:
+    if len(raw) < TRAILER.size:
+        raise CorruptBlock(f"block {key}: {len(raw)} bytes is shorter than its trailer")
+    view = memoryview(raw)
+    magic, n, index, fid, length, digest = TRAILER.unpack_from(view, len(raw) - TRAILER.size)
+    if magic != MAGIC or length + n + TRAILER.size != len(raw):
+        raise CorruptBlock(f"block {key}: bad trailer")
+    try:
+        owner = bytes(view[length:length + n]).decode()
+    except UnicodeDecodeError:
+        raise CorruptBlock(f"block {key}: bad owner") from None
+    return view[:length], Meta(owner, fid.hex(), index), digest
 
 
 def parse(key: str, raw) -> memoryview:
     """The verified data of a whole block file's bytes `raw`; raises CorruptBlock."""
-    if len(raw) < TRAILER.size:
-        raise CorruptBlock(f"block {key}: {len(raw)} bytes is shorter than its trailer")
-    view = memoryview(raw)
-    magic, length, digest = TRAILER.unpack_from(view, len(raw) - TRAILER.size)
-    if magic != MAGIC or length != len(raw) - TRAILER.size:
-        raise CorruptBlock(f"block {key}: bad trailer")
-    data = view[:length]
-    if checksum(key, data) != digest:
+    data, meta, digest = _split(key, raw)
+    owner, fixed = _meta_bytes(meta)
+    if checksum(key, data, owner + fixed) != digest:
         raise CorruptBlock(f"block {key}: checksum mismatch")
     return data
+
+
+def read_meta(path: str, key: str) -> Meta:
+    """A block file's owner, file id and index, from its tail only (the data is verified
+    when it is read). Raises CorruptBlock or OSError."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < TRAILER.size:
+            raise CorruptBlock(f"block {key}: too short")
+        f.seek(size - TRAILER.size)
+        magic, n, index, fid, length, _ = TRAILER.unpack(f.read(TRAILER.size))
+        if magic != MAGIC or length + n + TRAILER.size != size:
+            raise CorruptBlock(f"block {key}: bad trailer")
+        f.seek(length)
+        try:
+            return Meta(f.read(n).decode(), fid.hex(), index)
+        except UnicodeDecodeError:
+            raise CorruptBlock(f"block {key}: bad owner") from None
 
 
 def read_block(tier_dir: str, key: str) -> memoryview | None:
@@ -118,3 +176,28 @@ def scan(tier_dir: str) -> Iterator[tuple[str, int]]:
                         pass
                 elif entry.name.endswith(SUFFIX) and entry.is_file(follow_symlinks=False):
                     yield entry.name[: -len(SUFFIX)], entry.stat().st_size
+
+
+def copy_block(src_dir: str, dst_dir: str, key: str) -> bool:
+    """Copy a block file as it is (data, owner and trailer) after verifying it; atomic at
+    the destination. False if the source is gone; raises CorruptBlock or OSError."""
+    try:
+        with open(block_path(src_dir, key), "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return False
+    parse(key, raw)
+    final = block_path(dst_dir, key)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return True

@@ -46,6 +46,9 @@ class BlockStore:
         self._stopped = False
         self.write_failures = 0
         self.corrupt_blocks = 0
+        # listener(event, key, meta, size): "add" / "remove", called outside the lock;
+        # the worker turns these into block reports for the master
+        self.listener: Callable[[str, str, layout.Meta | None, int], None] | None = None
         for p in self.paths:
             try:
                 os.makedirs(p, exist_ok=True)
@@ -66,9 +69,36 @@ class BlockStore:
                     ok = self.index.add_existing(key, i, size)   # False: a duplicate
                 if ok:
                     found += 1
+                    self._emit("add", key, None, size, tier=i)
                 else:
                     layout.remove_block(path, key)
         return found
+
+    def _emit(self, event: str, key: str, meta, size: int, tier: int | None = None) -> None:
+        if self.listener is None:
+            return
+        if event == "add" and meta is None:
+            try:
+                meta = layout.read_meta(layout.block_path(self.paths[tier], key), key)
+            except (OSError, layout.CorruptBlock):
+                return      # found corrupt when it is first read, and dropped then
+        if event == "add":  # listeners count the block's data, not its on-disk framing
+            size -= layout.disk_size(0, meta)
+        self.listener(event, key, meta, size)
+
+    def describe(self, key: str) -> tuple[layout.Meta, int] | None:
+        """A held block's owner, file id and index (from its file) and its data size."""
+        with self._lock:
+            e = self.index.entries.get(key)
+            tier, size = (e.tier, e.size) if e is not None and e.state != "reserved" \
+                else (None, 0)
+        if tier is None:
+            return None
+        try:
+            meta = layout.read_meta(layout.block_path(self.paths[tier], key), key)
+        except (OSError, layout.CorruptBlock):
+            return None
+        return meta, size - layout.disk_size(0, meta)
 
     # -- reads and writes ---------------------------------------------------------------
     def get(self, key: str) -> memoryview | None:
@@ -102,6 +132,7 @@ class BlockStore:
             e = self.index.remove(key)
         if e is not None:
             layout.remove_block(self.paths[tier], key)
+            self._emit("remove", key, None, e.size)
 
     def _accessed(self, key: str, tier: int) -> None:
         with self._lock:
@@ -119,19 +150,21 @@ class BlockStore:
         self._accessed(key, tier)
         return True
 
-    def put(self, key: str, data) -> bool:
-        """Cache a block; False if no tier took it (no room, policy refused, write failed)."""
-        size = len(data) + layout.TRAILER.size
+    def put(self, key: str, data, meta: layout.Meta = layout.Meta()) -> bool:
+        """Cache a block; False if no tier took it (no room, policy refused, write failed).
+        `meta` (dataset, file id, index) is written with it, for reports after restarts."""
+        size = layout.disk_size(len(data), meta)
         with self._lock:
             if key in self.index.entries:
                 return key in self.index
             res = self.index.reserve(key, size)
         if res is None:
             return False
-        for victim in res.evict:
+        for victim, vsize in zip(res.evict, res.sizes):
             layout.remove_block(self.paths[res.tier], victim)
+            self._emit("remove", victim, None, vsize)
         try:
-            layout.write_block(self.paths[res.tier], key, data)
+            layout.write_block(self.paths[res.tier], key, data, meta)
         except OSError as exc:
             with self._lock:
                 self.index.abort(key)
@@ -143,6 +176,7 @@ class BlockStore:
             self.index.commit(key)
             if self.index.over_high():
                 self._wake.set()
+        self._emit("add", key, meta, size)
         return True
 
     def remove(self, key: str) -> bool:
@@ -150,6 +184,7 @@ class BlockStore:
             e = self.index.remove(key)
         if e is not None:
             layout.remove_block(self.paths[e.tier], key)
+            self._emit("remove", key, None, e.size)
         return e is not None
 
     def pin(self, key: str, pinned: bool = True) -> bool:
@@ -184,12 +219,11 @@ class BlockStore:
     def _carry_out(self, m: Move) -> bool:
         if m.dst is None:
             layout.remove_block(self.paths[m.src], m.key)
+            self._emit("remove", m.key, None, m.size)
             return True
         try:
-            data = layout.read_block(self.paths[m.src], m.key)
-            if data is None:
+            if not layout.copy_block(self.paths[m.src], self.paths[m.dst], m.key):
                 raise FileNotFoundError(m.key)
-            layout.write_block(self.paths[m.dst], m.key, data)
         except (OSError, layout.CorruptBlock) as exc:
             with self._lock:
                 self.index.cancel_move(m.key)
@@ -232,6 +266,11 @@ class BlockStore:
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self.index
+
+    def keys(self) -> list[str]:
+        """The keys of every held block (a snapshot)."""
+        with self._lock:
+            return self.index.cached_keys()
 
     def tiers(self) -> list[dict]:
         with self._lock:

@@ -76,25 +76,59 @@ class Worker:
         self._mounts: dict[tuple, Mount] = {}
         self._tokens: dict[str, str] = {}
         self._tokens_at = 0.0
-        self._owner: dict[str, tuple[str, int]] = {}   # key -> (ns/dataset, bytes)
         self._inflight: dict[str, asyncio.Future] = {}
+        self._report_lock = threading.Lock()
+        self._adds: dict[str, list] = {}
+        self._removes: set[str] = set()
+        self._resync = True                 # the first report is a full one
+        self.store.listener = self._on_block
         self._fetch = ThreadPoolExecutor(cfg.fetch_threads, thread_name_prefix="fc-fetch")
         self._stopping = threading.Event()
         self._master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
         self.server = Server(self._handle, _bind_host(cfg.host), cfg.worker_port, cfg.max_frame,
                              cfg.max_data, name="fluidcache-data").start()
-        ray.get(self._master.heartbeat.remote(self.info()))
+        self._beat()
         threading.Thread(target=self._heartbeats, daemon=True, name="fluidcache-hb").start()
 
     def _heartbeats(self) -> None:
-        """Tell the master we are alive, every interval. A restarted master learns of
-        this worker from its next heartbeat."""
-        info = self.info()
+        """Tell the master we are alive, every interval, with what our blocks did since.
+        A restarted master learns of this worker, and all it holds, this way."""
         while not self._stopping.wait(self.config.heartbeat_interval):
             try:
-                ray.get(self._master.heartbeat.remote(info), timeout=30)
+                self._beat()
             except Exception as exc:  # noqa: BLE001 - the master may be restarting
                 log.warning("heartbeat to the master failed: %s", exc)
+                self._resync = True
+
+    def _beat(self) -> None:
+        report = self._take_report()
+        reply = ray.get(self._master.heartbeat.remote(self.info(), report), timeout=60)
+        if reply.get("resync"):
+            self._resync = True
+
+    def _on_block(self, event: str, key: str, meta, size: int) -> None:
+        with self._report_lock:
+            if event == "add":
+                self._removes.discard(key)
+                self._adds[key] = [key, meta.owner, meta.fid, meta.index, size]
+            else:
+                self._adds.pop(key, None)
+                self._removes.add(key)
+
+    def _take_report(self) -> dict:
+        with self._report_lock:
+            full, self._resync = self._resync, False
+            adds, removes = self._adds, self._removes
+            self._adds, self._removes = {}, set()
+        if not full:
+            return {"add": list(adds.values()), "remove": sorted(removes)}
+        held = []
+        for key in self.store.keys():
+            d = self.store.describe(key)
+            if d is not None:
+                meta, size = d
+                held.append([key, meta.owner, meta.fid, meta.index, size])
+        return {"full": True, "add": held}
 
     # -- Ray API ---------------------------------------------------------------------
     def info(self) -> dict:
@@ -104,12 +138,6 @@ class Worker:
                 "tier_paths": self.store.paths, "pid": os.getpid()}
 
     def stats(self) -> dict:
-        per_ds: dict[str, int] = {}
-        for key, (dsid, n) in list(self._owner.items()):
-            if key in self.store:
-                per_ds[dsid] = per_ds.get(dsid, 0) + n
-            else:
-                self._owner.pop(key, None)
         moves = self.store.moves
         stats = dict(self.counters, evictions=self.store.evictions,
                      demotions=moves["demote"], promotions=moves["promote"],
@@ -117,7 +145,7 @@ class Worker:
                      write_failures=self.store.write_failures,
                      corrupt_blocks=self.store.corrupt_blocks,
                      protocol_errors=self.server.protocol_errors)
-        return {"tiers": self.store.tiers(), "stats": stats, "datasets": per_ds}
+        return {"tiers": self.store.tiers(), "stats": stats}
 
     # -- data server -----------------------------------------------------------------
     async def _handle(self, req, payload):
@@ -189,7 +217,8 @@ class Worker:
         else:
             fut = self._inflight.get(key)
             if fut is None:
-                fut = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds))
+                fut = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds,
+                                                  fid))
                 self._inflight[key] = fut
                 fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
             self.counters["misses"] += 1
@@ -201,7 +230,7 @@ class Worker:
         return data
 
     async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str,
-                    ds: Dataset) -> bytes:
+                    ds: Dataset, mount_fid: str) -> bytes:
         """Fetch a whole block from the under store (one fetch per key) and cache it."""
         loop = asyncio.get_running_loop()
         start = r.index * self.config.block_size
@@ -211,8 +240,8 @@ class Worker:
         self.counters["ufs_fetches"] += 1
         if not placement.matches(ds.selector, self.labels, self.resources):
             return data        # not a node this dataset may cache on: read through only
-        if await loop.run_in_executor(None, self.store.put, key, data):
-            self._owner[key] = (dsid, len(data))
+        meta = layout.Meta(dsid, mount_fid, r.index)
+        await loop.run_in_executor(None, self.store.put, key, data, meta)
         return data
 
 

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from ..helpers import wait_for
+
 pytestmark = pytest.mark.integration
 
 
@@ -25,7 +27,14 @@ def test_status_json_shape(cluster, cli, fluid_fs, dataset_files):
         assert isinstance(w["stats"][key], int)
     mixed = next(d for d in st["datasets"] if d["name"] == "mixed")
     assert mixed["namespace"] == "default" and mixed["mounts"] == {"/": "s3://fc-test/ds"}
-    assert mixed["cached_bytes"] >= len(dataset_files["images/img000.jpg"])
+
+    def reported():   # block reports reach the master with the workers' heartbeats
+        s = json.loads(cli("status", "--json").stdout)
+        d = next(d for d in s["datasets"] if d["name"] == "mixed")
+        return d if d["cached_bytes"] >= len(dataset_files["images/img000.jpg"]) else None
+
+    mixed = wait_for(reported, timeout=60, what="the block report of a read")
+    assert set(mixed["cached_by_worker"]) == {w["id"]}
     assert "secret" not in json.dumps(st) and "testing" not in json.dumps(st)
 
 

@@ -48,6 +48,10 @@ def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, datas
         assert after["master"]["address"] == before["master"]["address"] == info["master"]
         assert [d["name"] for d in after["datasets"]] == ["d"]          # journal replayed
         assert after["datasets"][0]["mounts"] == {"/": "s3://fc-test/ds"}
+        # the new master knows what the worker holds again (a full block report)
+        warm_bytes = sum(len(dataset_files[n]) for n in warm)
+        wait_for(lambda: json.loads(_cli(env, "status", "--json").stdout)["datasets"][0][
+            "cached_bytes"] == warm_bytes, timeout=60, what="the full block report")
         # the token in the discovery file still opens the namespace; all reads go on,
         # cached (short-circuit and through the worker) and cold alike
         assert _read(env, sorted(dataset_files)) == want

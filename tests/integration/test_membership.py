@@ -72,7 +72,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
                             for w in s["workers"]) else None
 
         try:
-            st = wait_for(lost, what=f"the removed node's worker to be marked lost")
+            st = wait_for(lost, what="the removed node's worker to be marked lost")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; gone {gone.node_id[:8]}; workers {last}") from None
         assert len([w for w in st["workers"] if w["alive"]]) == 3

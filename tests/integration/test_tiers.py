@@ -53,6 +53,10 @@ def _read_all(env, files, short_circuit=True) -> None:
     assert read_digests(env, "t", files, short_circuit) == digests(files)
 
 
+def _dataset(env) -> dict:
+    return next(d for d in _status(env)["datasets"] if d["name"] == "t")
+
+
 def _tiers_within_quota(st) -> None:
     for w in st["workers"]:
         for t in w["tiers"]:
@@ -86,6 +90,9 @@ def test_killed_worker_comes_back_with_its_cache(small_cluster):
                                     if w["alive"] and w["pid"] != before["pid"]), None),
                       timeout=120, what="the worker to be restarted by Ray")
     assert sum(t["blocks"] for t in after["tiers"]) == held
+    total = sum(map(len, files.values()))       # the rescanned blocks say whose they are
+    wait_for(lambda: _dataset(env)["cached_bytes"] == total, timeout=60,
+             what="the restarted worker's full block report")
     _read_all(env, files, short_circuit=False)   # through the restarted worker's server
     final = _status(env)["workers"][0]
     assert final["stats"]["ufs_bytes_read"] == 0

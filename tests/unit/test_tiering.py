@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import shutil
 import stat
 
@@ -326,21 +327,37 @@ def test_checksum_is_bound_to_the_key(tmp_path):
         layout.read_block(d, B)
 
 
-_RESERVED = range(4, 8)   # trailer offsets of the 4 reserved bytes (magic 0-3, length 8-15)
+def _raw_block(key, data, meta):
+    with tempfile.TemporaryDirectory() as d:
+        layout.write_block(d, key, data, meta)
+        with open(layout.block_path(d, key), "rb") as f:
+            return bytearray(f.read())
 
 
-@settings(max_examples=200, deadline=None)
-@given(data=st.binary(max_size=200), where=st.integers(0, 10_000), bit=st.integers(0, 7))
-def test_any_flipped_bit_is_caught(data, where, bit):
-    raw = bytearray(data) + layout.TRAILER.pack(layout.MAGIC, len(data),
-                                                layout.checksum(A, data))
+@given(st.binary(max_size=300), st.integers(0, 10_000), st.integers(0, 7),
+       st.text(max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_any_flipped_bit_is_caught(data, where, bit, owner):
+    meta = layout.Meta(owner, "ab" * 16, 7)
+    raw = _raw_block(A, data, meta)
     assert bytes(layout.parse(A, bytes(raw))) == data
     pos = where % len(raw)
-    if pos - len(data) in _RESERVED:
-        return                                   # 4 reserved bytes: not covered by design
+    reserved = len(raw) - layout.TRAILER.size + 6     # 2 reserved bytes after magic and n
+    if pos in (reserved, reserved + 1):
+        return                                   # reserved bytes: not covered by design
     raw[pos] ^= 1 << bit
     with pytest.raises(layout.CorruptBlock):
         layout.parse(A, bytes(raw))
+
+
+def test_meta_is_kept_and_read_from_the_tail(tmp_path):
+    meta = layout.Meta("default/imagenet", "0f" * 16, 12)
+    size = layout.write_block(str(tmp_path), A, b"abc" * 100, meta)
+    assert size == layout.disk_size(300, meta) == os.path.getsize(layout.block_path(str(tmp_path), A))
+    assert layout.read_meta(layout.block_path(str(tmp_path), A), A) == meta
+    assert layout.copy_block(str(tmp_path), str(tmp_path / "other"), A)
+    assert bytes(layout.read_block(str(tmp_path / "other"), A)) == b"abc" * 100
+    assert layout.read_meta(layout.block_path(str(tmp_path / "other"), A), A) == meta
 
 
 def test_scan_lists_blocks_and_deletes_leftovers(tmp_path):
@@ -555,8 +572,11 @@ def test_unwritable_tier_dir(tmp_path):
 
 # -- BlockStore maintenance: one synchronous round, no thread ------------------------------
 
+DATA64 = 64 - layout.TRAILER.size     # data bytes of a block that takes 64 on disk
+
+
 def _marked(tmp_path) -> list[TierConfig]:
-    """MEM 200 B (high 0.9 = 180, low 0.5 = 100) over a roomy SSD; blocks of 40 B use 64."""
+    """MEM 200 B (high 0.9 = 180, low 0.5 = 100) over a roomy SSD; blocks of DATA64 bytes use 64 on disk."""
     return [TierConfig("MEM", str(tmp_path / "mem"), 200, high=0.9, low=0.5),
             TierConfig("SSD", str(tmp_path / "ssd"), 1000)]
 
@@ -564,7 +584,7 @@ def _marked(tmp_path) -> list[TierConfig]:
 def test_maintain_demotes_down_to_the_low_mark(tmp_path):
     s = BlockStore(_marked(tmp_path))
     for k in (A, B, C):
-        assert s.put(k, data_of(k, 40))            # 192 used: above the high mark
+        assert s.put(k, data_of(k, DATA64))            # 192 used: above the high mark
     assert s.maintain()["demote"] == 2             # 192 -> 64, at or below 100
     assert [s.index.tier_of(k) for k in (A, B, C)] == [1, 1, 0]
     assert [t["used"] for t in s.tiers()] == [64, 128]
@@ -572,13 +592,13 @@ def test_maintain_demotes_down_to_the_low_mark(tmp_path):
     assert s.maintain() == {"demote": 0, "promote": 0, "evict": 0, "expire": 0}   # settled
     for k in (A, B):
         assert layout.read_block(s.paths[0], k) is None      # the old copy is gone
-        assert bytes(layout.read_block(s.paths[1], k)) == data_of(k, 40)
+        assert bytes(layout.read_block(s.paths[1], k)) == data_of(k, DATA64)
 
 
 def test_maintain_leaves_pinned_blocks_in_place(tmp_path):
     s = BlockStore(_marked(tmp_path))
     for k in (A, B, C):
-        s.put(k, data_of(k, 40))
+        s.put(k, data_of(k, DATA64))
     s.pin(A)
     s.maintain()
     assert [s.index.tier_of(k) for k in (A, B, C)] == [0, 1, 1]
@@ -588,12 +608,12 @@ def test_maintain_leaves_pinned_blocks_in_place(tmp_path):
 def test_a_read_from_the_lower_tier_promotes(tmp_path, promote):
     s = BlockStore(_marked(tmp_path), promote=promote)
     for k in (A, B, C):
-        s.put(k, data_of(k, 40))
+        s.put(k, data_of(k, DATA64))
     s.maintain()                                   # A and B demoted
-    assert bytes(s.get(A)) == data_of(A, 40)
+    assert bytes(s.get(A)) == data_of(A, DATA64)
     assert s.maintain()["promote"] == int(promote)
     assert s.index.tier_of(A) == (0 if promote else 1)
-    assert bytes(s.get(A)) == data_of(A, 40)
+    assert bytes(s.get(A)) == data_of(A, DATA64)
 
 
 def test_ttl_expires_with_the_injected_clock(tmp_path):
@@ -608,3 +628,22 @@ def test_ttl_expires_with_the_injected_clock(tmp_path):
     assert s.maintain()["expire"] == 1
     assert A not in s and B in s and layout.read_block(s.paths[0], A) is None
     assert s.moves["expire"] == 1
+
+
+def test_listener_sees_adds_and_removes_with_data_sizes(tmp_path):
+    events = []
+    cfg = tiers(tmp_path, 3 * (100 + T + 16))
+    s = BlockStore(cfg)
+    s.listener = lambda ev, key, meta, size: events.append((ev, key, meta, size))
+    meta = layout.Meta("default/d", "ab" * 16, 3)
+    assert s.put(A, data_of(A, 100), meta)
+    assert events == [("add", A, meta, 100)]
+    assert s.describe(A) == (meta, 100)
+    s.remove(A)
+    assert events[-1][:2] == ("remove", A) and s.describe(A) is None
+    for k in (A, B, C, D):                       # the fourth evicts the least recently used
+        s.put(k, data_of(k, 100), meta)
+    assert ("remove", A) in [e[:2] for e in events[-2:]]
+    again = BlockStore(cfg)                      # a restart: blocks describe themselves
+    assert sorted(again.keys()) == sorted([B, C, D])
+    assert all(again.describe(k) == (meta, 100) for k in (B, C, D))

@@ -1,0 +1,84 @@
+"""Which worker holds what: the master's view of the block reports.
+
+Workers report blocks they add and remove (in batches, with their heartbeats), or all
+they hold (a full report, after either side restarts). From that the master answers,
+with no worker call: how many bytes of a dataset are cached and on which nodes (`status`,
+`du`), and which node holds most of a file (scheduling hints).
+Memory per block is kept small: a 16-byte key and one int (file slot and size) per
+holder; a file's owner and id are stored once, however many blocks it has.
+Pure: no Ray, no clocks. Sizes count every copy (a block on two workers counts twice).
+"""
+from __future__ import annotations
+
+_SIZE_BITS = 40
+
+
+class BlockMap:
+    def __init__(self) -> None:
+        self._slots: dict[tuple[str, str], int] = {}       # (owner, fid) -> slot
+        self._files: list[tuple[str, str]] = []            # slot -> (owner, fid)
+        self._held: dict[str, dict[bytes, int]] = {}       # worker -> key -> slot|size
+        self._by_owner: dict[str, dict[str, int]] = {}     # owner -> worker -> bytes
+        self._by_file: dict[int, dict[str, int]] = {}      # slot -> worker -> bytes
+
+    def known(self, worker: str) -> bool:
+        return worker in self._held
+
+    def apply(self, worker: str, report: dict) -> None:
+        """`report`: {"full": bool, "add": [[key, owner, fid, index, size]], "remove": [key]}."""
+        if report.get("full"):
+            self.drop_worker(worker)
+        held = self._held.setdefault(worker, {})
+        for key in report.get("remove", ()):
+            self._remove(worker, held, bytes.fromhex(key))
+        for key, owner, fid, _index, size in report.get("add", ()):
+            k = bytes.fromhex(key)
+            if k in held:
+                self._remove(worker, held, k)
+            slot = self._slots.get((owner, fid))
+            if slot is None:
+                slot = self._slots[(owner, fid)] = len(self._files)
+                self._files.append((owner, fid))
+            held[k] = (slot << _SIZE_BITS) | size
+            self._count(worker, slot, owner, size)
+
+    def _remove(self, worker: str, held: dict, k: bytes) -> None:
+        packed = held.pop(k, None)
+        if packed is not None:
+            slot, size = packed >> _SIZE_BITS, packed & ((1 << _SIZE_BITS) - 1)
+            self._count(worker, slot, self._files[slot][0], -size)
+
+    def _count(self, worker: str, slot: int, owner: str, size: int) -> None:
+        for table, key in ((self._by_owner, owner), (self._by_file, slot)):
+            per = table.setdefault(key, {})
+            per[worker] = per.get(worker, 0) + size
+            if per[worker] == 0:
+                del per[worker]
+                if not per:
+                    del table[key]
+
+    def drop_worker(self, worker: str) -> None:
+        held = self._held.pop(worker, None) or {}
+        for k in list(held):
+            self._remove(worker, held, k)
+
+    def drop_owner(self, owner: str) -> None:
+        """Forget a removed dataset's blocks (its workers free them on their own)."""
+        for worker, held in self._held.items():
+            for k, packed in list(held.items()):
+                if self._files[packed >> _SIZE_BITS][0] == owner:
+                    self._remove(worker, held, k)
+
+    # -- queries ---------------------------------------------------------------
+    def cached_bytes(self, owner: str) -> int:
+        return sum(self._by_owner.get(owner, {}).values())
+
+    def by_worker(self, owner: str) -> dict[str, int]:
+        return dict(self._by_owner.get(owner, {}))
+
+    def file_by_worker(self, owner: str, fid: str) -> dict[str, int]:
+        slot = self._slots.get((owner, fid))
+        return {} if slot is None else dict(self._by_file.get(slot, {}))
+
+    def blocks(self, worker: str) -> int:
+        return len(self._held.get(worker, {}))
