@@ -72,6 +72,14 @@ class Client:
     def remove_dataset(self, name: str) -> dict:
         return self._call("dataset_rm", {"name": name})
 
+    # -- namespaces -------------------------------------------------------------------
+    def create_namespace(self, name: str) -> str:
+        """A new namespace; returns its token (needs the default namespace's token)."""
+        return self._call("namespace_create", {"name": name})["token"]
+
+    def namespaces(self) -> list[str]:
+        return self._call("namespaces")
+
     # -- cluster ----------------------------------------------------------------------
     def status(self) -> dict:
         return self._call("status")

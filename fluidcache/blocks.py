@@ -1,8 +1,8 @@
 """Block identity and arithmetic: keys, counts and the blocks a byte range covers.
 
-A file is cut into fixed-size blocks. A file id is a hash of the file's under-store URL
-and its version (ETag, or size and mtime), so a changed file gets new keys and never
-serves old bytes. A block key is a hash of the file id and the block index. Clients see
+A file is cut into fixed-size blocks. A file id is a hash of the namespace, the file's
+under-store URL and its version (ETag, or size and mtime), so a changed file gets new
+keys and never serves old bytes. A block key is a hash of the file id and the block index. Clients see
 file ids (from listings), never under-store URLs; workers compute the same ids from the
 URL they resolve.
 Never: do I/O.
@@ -14,8 +14,11 @@ from typing import NamedTuple
 import xxhash
 
 
-def file_id(url: str, version: str) -> str:
-    return xxhash.xxh3_128_hexdigest(f"{url}\0{version}".encode())
+def file_id(url: str, version: str, scope: str = "") -> str:
+    """The identity of one version of one under-store file, within a namespace (`scope`):
+    two namespaces never share cached blocks, so a namespace whose credentials cannot
+    read an object cannot get its bytes from another namespace's cache either."""
+    return xxhash.xxh3_128_hexdigest(f"{scope}\0{url}\0{version}".encode())
 
 
 def block_key(fid: str, index: int) -> str:

@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         v = dsub.add_parser(verb, help=f"{verb} a dataset")
         v.add_argument("name")
 
+    n = sub.add_parser("namespace", help="create and list namespaces (each has a token)")
+    nsub = n.add_subparsers(dest="ncmd", required=True, metavar="VERB")
+    nc = nsub.add_parser("create", help="create a namespace and print its token",
+                         epilog="example: FLUIDCACHE_TOKEN=$(fluidcache namespace create team-a)")
+    nc.add_argument("name")
+    nsub.add_parser("ls", help="list namespaces")
+
     lsp = sub.add_parser("ls", help="list a fluid:// directory",
                          epilog="example: fluidcache ls fluid://imagenet/train")
     lsp.add_argument("url")
@@ -191,6 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             return _dataset(a)
         if a.cmd == "ls":
             return _ls(a)
+        if a.cmd == "namespace":
+            from . import connect
+            if a.ncmd == "create":
+                print(connect().create_namespace(a.name))
+            else:
+                print("\n".join(connect().namespaces()))
+            return 0
         if a.cmd == "demo":
             from .demo import run
             return run(a.files, keep=a.keep)

@@ -37,6 +37,7 @@ class ClusterClient:
         self.pool = Pool(connect_timeout, request_timeout)
         self._map: dict | None = None
         self._map_at = 0.0
+        self._map_stale = False
         self._local: list[tuple[str, list[str]]] = []     # (worker address, tier paths)
         self._lock = threading.Lock()
         self._pending: dict[str, list[str]] = {}
@@ -66,12 +67,12 @@ class ClusterClient:
 
     def cluster(self, refresh: bool = False) -> dict:
         now = time.monotonic()
-        if refresh or self._map is None or now - self._map_at > _MAP_TTL:
+        if refresh or self._map is None or self._map_stale or now - self._map_at > _MAP_TTL:
             m = self.master("cluster")
             me = layout.machine_id()
             self._local = [(w["address"], w["tier_paths"]) for w in m["workers"]
                            if w.get("machine") == me]
-            self._map, self._map_at = m, now
+            self._map, self._map_at, self._map_stale = m, now, False
         return self._map
 
     # -- blocks ------------------------------------------------------------------------
@@ -134,11 +135,14 @@ class ClusterClient:
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:
-                    _, payload = self.pool.call(by_id[wid]["address"], "read", req,
-                                                self.endpoint.namespace, self.endpoint.token)
+                    result, payload = self.pool.call(by_id[wid]["address"], "read", req,
+                                                     self.endpoint.namespace,
+                                                     self.endpoint.token)
                 except Unavailable as exc:
                     last = exc
                     continue
+                if result.get("mv", 0) > m["version"]:
+                    self._map_stale = True  # membership moved: refresh before the next read
                 self.counters["remote"] += 1
                 if rank >= replicas:
                     self.counters["failover"] += 1

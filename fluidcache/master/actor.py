@@ -20,14 +20,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import blocks, names, placement
 from ..config import Config
-from ..errors import InvalidRequest, NotFound
+from ..errors import AccessDenied, AlreadyExists, InvalidRequest, NotFound
 from ..service import Server, bind_host as _bind_host
 from ..understore import Mount, version_of
 from .blockmap import BlockMap
 from .core import MasterCore
 from .journal import Journal
 from .listing import DIR, FILE, DirListing, info_entry, ls_page
-from .namespace import Dataset, MountSpec, normalize
+from .namespace import Dataset, MountSpec, check_name, normalize
 
 log = logging.getLogger(__name__)
 PAGE = 2000     # entries per ls reply: a page of ~150-byte entries stays under max_frame
@@ -224,6 +224,22 @@ class Master:
         m["block_size"] = self.config.block_size
         return m
 
+    def op_namespace_create(self, ns: str, args: dict) -> dict:
+        """A new namespace and its token. Only the `default` namespace (the cluster's
+        administrator, who started it) may create namespaces."""
+        if ns != "default":
+            raise AccessDenied("only the default namespace's token may create namespaces")
+        name = check_name("namespace", _str(args, "name"))
+        with self._lock:
+            if name in self.core.tokens:
+                raise AlreadyExists(f"namespace {name} already exists")
+            self._commit({"op": "namespace", "ns": name, "token": secrets.token_urlsafe(32)})
+            return {"namespace": name, "token": self.core.tokens[name]}
+
+    def op_namespaces(self, ns: str, args: dict) -> list:
+        with self._lock:
+            return sorted(self.core.tokens) if ns == "default" else [ns]
+
     def op_datasets(self, ns: str, args: dict) -> list:
         with self._lock:
             return [d.public() for d in self.core.in_namespace(ns)]
@@ -278,7 +294,8 @@ class Master:
         listing = self._listing(ds, path, refresh=fresh and after is None)
         if isinstance(listing, dict):
             return {"entries": [listing], "next": None}
-        entries, nxt = ls_page(listing, _prefix(ds, path), self._url_of(ds, path), after, limit)
+        entries, nxt = ls_page(listing, _prefix(ds, path), self._url_of(ds, path), after, limit,
+                               ds.namespace)
         return {"entries": entries, "next": nxt}
 
     def op_info(self, ns: str, args: dict) -> dict:
@@ -290,7 +307,7 @@ class Master:
         listing = self._listing(ds, parent,
                                 refresh=ds.sync_interval == 0 or bool(args.get("refresh")))
         entry = None if isinstance(listing, dict) else \
-            info_entry(listing, _prefix(ds, parent), self._url_of(ds, parent), child)
+            info_entry(listing, _prefix(ds, parent), self._url_of(ds, parent), child, ds.namespace)
         if entry is None:
             raise NotFound(f"{ds.name}/{path}: no such file or directory")
         return entry
@@ -393,7 +410,7 @@ class Master:
                 e = raw[0]
                 return {"name": f"{ds.name}/{path}", "size": int(e.get("size") or 0),
                         "type": "file", "version": version_of(e),
-                        "fid": blocks.file_id(mount.url_of(rel), version_of(e))}
+                        "fid": blocks.file_id(mount.url_of(rel), version_of(e), ds.namespace)}
             for e in raw:
                 child = mount.rel_of(e["name"]).rsplit("/", 1)[-1]
                 if e.get("type") == "directory":

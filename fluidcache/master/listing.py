@@ -49,22 +49,24 @@ class DirListing:
         return self.names[i], self.kinds[i], self.sizes[i], self.versions[i]
 
 
-def _reply(listing: DirListing, i: int, prefix: str, url_of) -> dict:
+def _reply(listing: DirListing, i: int, prefix: str, url_of, scope: str) -> dict:
     name, kind, size, version = listing.entry(i)
     if kind == DIR:
         return {"name": prefix + name, "size": 0, "type": "directory"}
     return {"name": prefix + name, "size": size, "type": "file", "version": version,
-            "fid": file_id(url_of(name), version)}
+            "fid": file_id(url_of(name), version, scope)}
 
 
 def ls_page(listing: DirListing, prefix: str, url_of, after: str | None,
-            limit: int) -> tuple[list[dict], str | None]:
-    """One page of a directory as clients see it. `prefix` is 'dataset/dir/' and
-    `url_of(child)` the under-store URL of a child (for its file id)."""
+            limit: int, scope: str = "") -> tuple[list[dict], str | None]:
+    """One page of a directory as clients see it. `prefix` is 'dataset/dir/',
+    `url_of(child)` the under-store URL of a child and `scope` the namespace (for file
+    ids)."""
     rng, nxt = listing.page(after, limit)
-    return [_reply(listing, i, prefix, url_of) for i in rng], nxt
+    return [_reply(listing, i, prefix, url_of, scope) for i in rng], nxt
 
 
-def info_entry(listing: DirListing, prefix: str, url_of, child: str) -> dict | None:
+def info_entry(listing: DirListing, prefix: str, url_of, child: str,
+               scope: str = "") -> dict | None:
     i = listing.find(child)
-    return None if i is None else _reply(listing, i, prefix, url_of)
+    return None if i is None else _reply(listing, i, prefix, url_of, scope)

@@ -77,6 +77,7 @@ class Worker:
         self._tokens: dict[str, str] = {}
         self._tokens_at = 0.0
         self._inflight: dict[str, asyncio.Future] = {}
+        self.map_version = 0                # the newest cluster map version we know of
         self._report_lock = threading.Lock()
         self._adds: dict[str, list] = {}
         self._removes: set[str] = set()
@@ -103,6 +104,7 @@ class Worker:
     def _beat(self) -> None:
         report = self._take_report()
         reply = ray.get(self._master.heartbeat.remote(self.info(), report), timeout=60)
+        self.map_version = max(self.map_version, reply.get("version", 0))
         if reply.get("resync"):
             self._resync = True
 
@@ -169,7 +171,7 @@ class Worker:
             raise InvalidRequest(f"offset {r.offset} is past the end of block {r.index}")
         out = data[r.offset:end]
         self.counters["bytes_served"] += len(out)
-        return {"n": len(out)}, out
+        return {"n": len(out), "mv": self.map_version}, out
 
     async def _authorize(self, ns, token) -> None:
         expected = self._tokens.get(ns or "")
@@ -199,7 +201,7 @@ class Worker:
             mount = self._mounts.get(key)
             if mount is None:
                 mount = self._mounts[key] = Mount(spec.url, spec.options)
-            myfid = blocks.file_id(mount.url_of(rel), r.version)
+            myfid = blocks.file_id(mount.url_of(rel), r.version, ns)
             if fid is None or fid == myfid:
                 return mount, rel, myfid, ds
         raise StaleVersion(f"{r.dataset}/{path}: the dataset's mounts changed; list it again")

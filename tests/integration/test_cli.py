@@ -65,3 +65,14 @@ def test_dataset_create_checks_the_mount(cluster, cli, moto):
 def test_start_refuses_a_second_cluster(cluster, cli):
     p = cli("start", "--no-dashboard", check=False)
     assert p.returncode != 0 and "already running" in p.stderr
+
+
+def test_namespace_verbs(cluster, cli):
+    token = cli("namespace", "create", "cli-team").stdout.strip()
+    assert len(token) >= 32
+    assert "cli-team" in cli("namespace", "ls").stdout.split()
+    again = cli("namespace", "create", "cli-team", check=False)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    import os
+    env = dict(os.environ, FLUIDCACHE_TOKEN=token, FLUIDCACHE_NAMESPACE="cli-team")
+    assert cli("dataset", "ls", env=env).stdout.strip() == ""          # sees none of default's

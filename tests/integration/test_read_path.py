@@ -239,3 +239,34 @@ def test_sync_always_sees_new_files_at_once(cluster, local_extra):
     assert client.load_metadata("fluid://lazy") == {"directories": 1, "files": 2}
     assert fs2.ls("fluid://lazy", detail=False, refresh=True) == ["lazy/a.txt", "lazy/b.txt"]
     assert client.dataset("live")["sync"] == "always"
+
+
+def test_namespaces_are_isolated(cluster, moto, dataset_files):
+    import fsspec
+    import fluidcache
+    from fluidcache.client.conn import Pool
+
+    admin = cluster["client"]
+    token = admin.create_namespace("team")
+    assert "team" in admin.namespaces()
+    team = fluidcache.connect(token=token, namespace="team")
+    team.create_dataset("mixed", {"/": "s3://fc-test/ds/small"}, moto.options())  # same name
+    with pytest.raises(PermissionError):
+        team.create_namespace("sneaky")                  # only the admin namespace may
+    tfs = fsspec.filesystem("fluid", token=token, namespace="team", skip_instance_cache=True)
+    assert tfs.ls("fluid://mixed", detail=False) == ["mixed/a.txt"]          # its own view
+    assert tfs.cat_file("fluid://mixed/a.txt") == dataset_files["small/a.txt"]
+    with pytest.raises(FileNotFoundError):
+        tfs.cat_file("fluid://mixed/one.bin")            # default's file: not in team's mount
+    assert [d["name"] for d in team.datasets()] == ["mixed"]
+    assert "union" not in [d["name"] for d in team.datasets()]
+    # the data server checks the token too: a read with the wrong one is refused
+    entry = fsspec.filesystem("fluid", skip_instance_cache=True).info("fluid://mixed/one.bin")
+    worker = admin.status()["workers"][0]["address"]
+    args = {"ds": "mixed", "p": "one.bin", "v": entry["version"], "s": entry["size"], "b": 0}
+    with pytest.raises(PermissionError):
+        Pool().call(worker, "read", args, "default", token)          # team's token, default ns
+    with pytest.raises(PermissionError):
+        Pool().call(worker, "read", args, "team", None)
+    _, data = Pool().call(worker, "read", args, "default", admin.endpoint.token)
+    assert bytes(data) == dataset_files["one.bin"]
