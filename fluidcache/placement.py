@@ -46,3 +46,10 @@ def route(key: str, workers: Sequence[dict], selector: dict | None = None) -> li
           if matches(selector or {}, w.get("labels", {}), w.get("resources", ()))]
     rest = [w["id"] for w in workers if w["id"] not in set(ok)]
     return ranked(key, ok) + ranked(key, rest)
+
+
+def nodes_for_workers(nodes: Sequence[dict], selector: dict | None = None) -> set[str]:
+    """The ids of the alive Ray nodes (entries of `ray.nodes()`) that get a worker: those
+    matching the deployment's node selector (every alive node when it is empty)."""
+    return {n["NodeID"] for n in nodes if n.get("Alive") and matches(
+        selector or {}, n.get("Labels") or {}, n.get("Resources") or {})}

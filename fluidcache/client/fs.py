@@ -39,7 +39,7 @@ class FluidFileSystem(AbstractFileSystem):
         self.listing_ttl = listing_ttl
         self._client: ClusterClient | None = None
         self._pid = -1
-        self._meta: dict[str, tuple[float, list[dict]]] = {}
+        self._meta: dict[str, tuple[float, list[dict], dict[str, dict]]] = {}
         self._lock = threading.Lock()
 
     # -- per-process state --------------------------------------------------------------
@@ -94,7 +94,7 @@ class FluidFileSystem(AbstractFileSystem):
                 if after is None:
                     break
         with self._lock:
-            self._meta[path] = (now + self._ttl(ds), entries)
+            self._meta[path] = (now + self._ttl(ds), entries, {e["name"]: e for e in entries})
         return entries
 
     def _ttl(self, dataset: str) -> float:
@@ -118,9 +118,9 @@ class FluidFileSystem(AbstractFileSystem):
         parent = path.rsplit("/", 1)[0]
         hit = None if refresh else self._meta.get(parent)
         if hit is not None and hit[0] > time.monotonic():
-            for e in hit[1]:
-                if e["name"] == path:
-                    return e
+            e = hit[2].get(path)        # a listed file's info costs no RPC
+            if e is not None:
+                return e
         return self.client.master("info", {"ds": ds, "p": rest, "refresh": bool(refresh)})
 
     def invalidate_cache(self, path=None):

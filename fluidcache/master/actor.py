@@ -120,9 +120,7 @@ class Master:
     def _ensure_workers(self) -> None:
         """A worker on every alive node that has none; the workers of dead nodes are lost."""
         from ..worker.actor import WorkerActor
-        sel = self.config.node_selector
-        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive") and placement.matches(
-            sel, n.get("Labels") or {}, n.get("Resources") or {})}
+        alive = placement.nodes_for_workers(ray.nodes(), self.config.node_selector)
         for nid in sorted(alive - set(self._handles)):
             name = names.worker_actor(nid)
             try:

@@ -221,3 +221,13 @@ def test_selector_matching_and_routing():
         assert set(order[:3]) == {"w0", "w1", "w2"}                  # eligible first
         assert order[:3] == placement.ranked(key, ["w0", "w1", "w2"])
         assert placement.route(key, workers) == placement.ranked(key, [w["id"] for w in workers])
+
+
+def test_workers_go_to_the_nodes_the_deployment_selects():
+    nodes = [{"NodeID": "a", "Alive": True, "Labels": {"pool": "cache"}, "Resources": {"CPU": 2}},
+             {"NodeID": "b", "Alive": True, "Labels": {}, "Resources": {"CPU": 2, "nvme": 1}},
+             {"NodeID": "c", "Alive": False, "Labels": {"pool": "cache"}, "Resources": {}},
+             {"NodeID": "d", "Alive": True, "Labels": {"pool": "gpu"}, "Resources": {}}]
+    assert placement.nodes_for_workers(nodes) == {"a", "b", "d"}
+    assert placement.nodes_for_workers(nodes, {"pool": "cache"}) == {"a"}
+    assert placement.nodes_for_workers(nodes, {"resource:nvme": ""}) == {"b"}
