@@ -18,6 +18,11 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
     return p
 
 
+def cli_env(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """run_cli with a cluster's environment (its FLUIDCACHE_HOME) first."""
+    return run_cli(*args, env=env, check=check)
+
+
 def status(env: dict | None = None) -> dict:
     return json.loads(run_cli("status", "--json", env=env).stdout)
 

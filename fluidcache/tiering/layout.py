@@ -76,20 +76,14 @@ def disk_size(data_len: int, meta: Meta = Meta()) -> int:
     return data_len + len(meta.owner.encode()) + TRAILER.size
 
 
-def write_block(tier_dir: str, key: str, data, meta: Meta = Meta()) -> int:
-    """Write atomically; returns the bytes used on disk. Raises OSError (ENOSPC, EACCES)."""
-    final = block_path(tier_dir, key)
-    sub = os.path.dirname(final)
-    os.makedirs(sub, exist_ok=True)
-    tmp = os.path.join(sub, f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
-    owner, fixed = _meta_bytes(meta)
-    trailer = TRAILER.pack(MAGIC, len(owner), meta.index, bytes.fromhex(meta.fid), len(data),
-                           checksum(key, data, owner + fixed))
+def _atomic_write(final: str, key: str, *chunks) -> None:
+    """Write `chunks` to a temporary name beside `final`, then rename it into place."""
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
-            f.write(owner)
-            f.write(trailer)
+            for chunk in chunks:
+                f.write(chunk)
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -97,6 +91,14 @@ def write_block(tier_dir: str, key: str, data, meta: Meta = Meta()) -> int:
         except OSError:
             pass
         raise
+
+
+def write_block(tier_dir: str, key: str, data, meta: Meta = Meta()) -> int:
+    """Write atomically; returns the bytes used on disk. Raises OSError (ENOSPC, EACCES)."""
+    owner, fixed = _meta_bytes(meta)
+    trailer = TRAILER.pack(MAGIC, len(owner), meta.index, bytes.fromhex(meta.fid), len(data),
+                           checksum(key, data, owner + fixed))
+    _atomic_write(block_path(tier_dir, key), key, data, owner, trailer)
     return len(data) + len(owner) + TRAILER.size
 
 
@@ -187,17 +189,5 @@ def copy_block(src_dir: str, dst_dir: str, key: str) -> bool:
     except FileNotFoundError:
         return False
     parse(key, raw)
-    final = block_path(dst_dir, key)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    _atomic_write(block_path(dst_dir, key), key, raw)
     return True

@@ -9,13 +9,9 @@ import sys
 
 import pytest
 
-from ..helpers import run_cli
+from ..helpers import cli_env
 
 pytestmark = pytest.mark.integration
-
-
-def _cli(env, *args, check=True):
-    return run_cli(*args, env=env, check=check)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -29,7 +25,7 @@ def _env(tmp_path) -> dict:
 
 def test_local_start_stop_leaves_nothing(tmp_path, moto, dataset_files):
     env = _env(tmp_path)
-    _cli(env, "start", "--mem", "16MiB", "--mem-path", str(tmp_path / "mem"),
+    cli_env(env, "start", "--mem", "16MiB", "--mem-path", str(tmp_path / "mem"),
          "--ssd", f"{tmp_path}/ssd:32MiB", "--no-dashboard")
     info = json.loads((tmp_path / "home" / "cluster.json").read_text())
     assert oct((tmp_path / "home" / "cluster.json").stat().st_mode & 0o777) == "0o600"
@@ -37,13 +33,13 @@ def test_local_start_stop_leaves_nothing(tmp_path, moto, dataset_files):
     try:
         assert len(_session_members(sup)) > 1          # the supervisor and Ray's processes
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
-        _cli(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds/small", *opts)
-        assert "a.txt" in _cli(env, "ls", "fluid://d").stdout
+        cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds/small", *opts)
+        assert "a.txt" in cli_env(env, "ls", "fluid://d").stdout
     finally:
-        _cli(env, "stop")
+        cli_env(env, "stop")
     assert _session_members(sup) == []
     assert not (tmp_path / "home" / "cluster.json").exists()
-    p = _cli(env, "status", check=False)
+    p = cli_env(env, "status", check=False)
     assert p.returncode == 1 and "fluidcache start" in p.stderr
 
 
@@ -54,21 +50,21 @@ def test_join_an_existing_ray_cluster(tmp_path, moto, dataset_files):
                                                                 "include_dashboard": False})
     env = dict(_env(tmp_path), FLUIDCACHE_HOST="127.0.0.1")
     try:
-        out = _cli(env, "start", "--address", ray_cluster.address, "--mem", "16MiB",
+        out = cli_env(env, "start", "--address", ray_cluster.address, "--mem", "16MiB",
                    "--mem-path", str(tmp_path / "mem"), "--ssd", f"{tmp_path}/ssd:32MiB").stdout
         assert "1 worker" in out
         info = json.loads((tmp_path / "home" / "cluster.json").read_text())
         assert info["supervisor"] is None and info["master"].startswith("127.0.0.1:")
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
-        _cli(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds/multi", *opts)
-        st = json.loads(_cli(env, "status", "--json").stdout)
+        cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds/multi", *opts)
+        st = json.loads(cli_env(env, "status", "--json").stdout)
         assert [w["alive"] for w in st["workers"]] == [True]
         code = ("import fsspec; fs = fsspec.filesystem('fluid'); "
                 "print(len(fs.cat_file('fluid://d/big.bin')))")
         got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, timeout=120)
         assert got.stdout.strip() == str(len(dataset_files["multi/big.bin"])), got.stderr
-        _cli(env, "stop")
+        cli_env(env, "stop")
         import ray
         ray.init(address=ray_cluster.address)
         try:

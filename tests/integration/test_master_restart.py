@@ -8,36 +8,28 @@ import signal
 
 import pytest
 
-from ..helpers import digests, read_digests, run_cli, wait_for
+from ..helpers import cli_env, digests, read_digests, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _cli(env, *args, check=True):
-    return run_cli(*args, env=env, check=check)
-
-
-def _read(env, names, short_circuit=True) -> dict:
-    return read_digests(env, "d", names, short_circuit)
-
-
 def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, dataset_files):
     env = dict(os.environ, FLUIDCACHE_HOME=str(tmp_path / "home"))
-    _cli(env, "start", "--mem", "16MiB", "--mem-path", str(tmp_path / "mem"),
+    cli_env(env, "start", "--mem", "16MiB", "--mem-path", str(tmp_path / "mem"),
          "--ssd", f"{tmp_path}/ssd:64MiB", "--block-size", "1MiB", "--no-dashboard")
     try:
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
-        _cli(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
+        cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
         want = digests(dataset_files)
         warm = sorted(dataset_files)[: len(dataset_files) // 2]
-        assert _read(env, warm) == {n: want[n] for n in warm}
-        before = json.loads(_cli(env, "status", "--json").stdout)
+        assert read_digests(env, "d", warm) == {n: want[n] for n in warm}
+        before = json.loads(cli_env(env, "status", "--json").stdout)
         info = json.loads((tmp_path / "home" / "cluster.json").read_text())
 
         os.kill(before["master"]["pid"], signal.SIGKILL)
 
         def back():
-            p = _cli(env, "status", "--json", check=False)
+            p = cli_env(env, "status", "--json", check=False)
             if p.returncode != 0:
                 return None
             st = json.loads(p.stdout)
@@ -50,13 +42,13 @@ def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, datas
         assert after["datasets"][0]["mounts"] == {"/": "s3://fc-test/ds"}
         # the new master knows what the worker holds again (a full block report)
         warm_bytes = sum(len(dataset_files[n]) for n in warm)
-        wait_for(lambda: json.loads(_cli(env, "status", "--json").stdout)["datasets"][0][
+        wait_for(lambda: json.loads(cli_env(env, "status", "--json").stdout)["datasets"][0][
             "cached_bytes"] == warm_bytes, timeout=60, what="the full block report")
         # the token in the discovery file still opens the namespace; all reads go on,
         # cached (short-circuit and through the worker) and cold alike
-        assert _read(env, sorted(dataset_files)) == want
-        assert _read(env, sorted(dataset_files), short_circuit=False) == want
-        bad = _cli(dict(env, FLUIDCACHE_TOKEN="wrong"), "dataset", "ls", check=False)
+        assert read_digests(env, "d", dataset_files) == want
+        assert read_digests(env, "d", dataset_files, short_circuit=False) == want
+        bad = cli_env(dict(env, FLUIDCACHE_TOKEN="wrong"), "dataset", "ls", check=False)
         assert bad.returncode != 0 and "token" in bad.stderr
     finally:
-        _cli(env, "stop", check=False)
+        cli_env(env, "stop", check=False)

@@ -7,17 +7,9 @@ import os
 
 import pytest
 
-from ..helpers import digests, read_digests, run_cli, status, wait_for
+from ..helpers import cli_env, digests, read_digests, status, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def _cli(env, *args, check=True):
-    return run_cli(*args, env=env, check=check)
-
-
-def _read(env, names, short_circuit=False) -> dict:
-    return read_digests(env, "d", names, short_circuit)
 
 
 def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
@@ -31,7 +23,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
     want = digests(dataset_files)
     names = sorted(dataset_files)
     try:
-        _cli(env, "start", "--address", cluster.address, "--mem", "16MiB",
+        cli_env(env, "start", "--address", cluster.address, "--mem", "16MiB",
              "--mem-path", str(tmp_path / "mem"), "--ssd", f"{tmp_path}/ssd:64MiB",
              "--block-size", "1MiB")
         st = status(env)
@@ -41,7 +33,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         assert len({w["tiers"][0]["path"] for w in st["workers"]}) == 3   # no shared tier dirs
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
         # a dataset that may be cached only on nodes labelled cache=yes
-        _cli(env, "dataset", "create", "sel", "--mount", "/=s3://fc-test/ds/images",
+        cli_env(env, "dataset", "create", "sel", "--mount", "/=s3://fc-test/ds/images",
              "--selector", "cache=yes", *opts)
         images = [n.removeprefix("images/") for n in names if n.startswith("images/")]
         got = read_digests(env, "sel", images, short_circuit=False)
@@ -49,8 +41,8 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         holding = {w["node_id"]: sum(t["blocks"] for t in w["tiers"]) for w in status(env)["workers"]}
         assert holding[nodes[0].node_id] == len(images)          # the labelled node holds all
         assert sum(holding.values()) == len(images)               # and nobody else any
-        _cli(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
-        assert _read(env, names) == want
+        cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
+        assert read_digests(env, "d", names, short_circuit=False) == want
         served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]
         assert len(served) >= 2                   # blocks spread over the nodes
 
@@ -58,7 +50,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         st = wait_for(lambda: (s := status(env)) and len(
             [w for w in s["workers"] if w["alive"]]) == 4 and s, what="a worker on the new node")
         assert added.node_id in {w["node_id"] for w in st["workers"]}
-        assert _read(env, names) == want
+        assert read_digests(env, "d", names, short_circuit=False) == want
 
         before_pid = st["master"]["pid"]
         gone = nodes[0]
@@ -77,7 +69,7 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
             raise AssertionError(f"{exc}; gone {gone.node_id[:8]}; workers {last}") from None
         assert len([w for w in st["workers"] if w["alive"]]) == 3
         assert st["master"]["pid"] == before_pid   # the master was never disturbed
-        assert _read(env, names) == want          # routed around the lost worker
-        _cli(env, "stop")
+        assert read_digests(env, "d", names, short_circuit=False) == want          # routed around the lost worker
+        cli_env(env, "stop")
     finally:
         cluster.shutdown()
