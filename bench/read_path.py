@@ -1,0 +1,144 @@
+"""The read path against its peers, one run, same client loop, ratios printed.
+
+Starts a moto S3 endpoint and a local fluidcache cluster (temporary home), writes N
+objects of 80-140 KB and one large object, then measures with the same loop:
+  - warm files/s: fluid `cat_file`, fluid `open().read()`, fsspec `simplecache::s3`,
+    direct s3fs, and the same files in tmpfs with plain `open().read()` (the ceiling);
+  - cold epoch time: fluid vs direct s3fs;
+  - the large object warm: fluid (short-circuit) and fluid over TCP (no short-circuit)
+    against tmpfs `readinto`, in GB/s.
+Every read is checked against the bytes written.
+
+    python -m bench.read_path            # 2,000 objects, 256 MiB object
+    python -m bench.read_path --quick    # 300 objects, 64 MiB object
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+import time
+
+
+def _timed(fn, names) -> float:
+    t0 = time.perf_counter()
+    for n in names:
+        fn(n)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--files", type=int)
+    p.add_argument("--big-mib", type=int)
+    a = p.parse_args(argv)
+    n_files = a.files or (300 if a.quick else 2000)
+    big_mib = a.big_mib or (64 if a.quick else 256)
+
+    from fluidcache import cluster, config, connect
+    from fluidcache.testing.s3 import MotoServer
+    import fsspec
+
+    home = tempfile.mkdtemp(prefix="fluidcache-bench-")
+    os.environ["FLUIDCACHE_HOME"] = home
+    rng = random.Random(0)
+    files = {f"img/{i:05d}.jpg": rng.randbytes(rng.randint(80_000, 140_000))
+             for i in range(n_files)}
+    big = rng.randbytes(big_mib * 1024 * 1024)
+    names = sorted(files)
+    tmpfs = tempfile.mkdtemp(prefix="fc-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                             else None)
+    with MotoServer(log_path=os.path.join(home, "moto.log")) as moto:
+        s3 = moto.filesystem()
+        s3.mkdir("bench")
+        print(f"writing {n_files} objects and one {big_mib} MiB object ...", flush=True)
+        s3.pipe({f"bench/{k}": v for k, v in files.items()})
+        s3.pipe_file("bench/big.bin", big)
+        for k, v in files.items():
+            os.makedirs(os.path.join(tmpfs, os.path.dirname(k)), exist_ok=True)
+            with open(os.path.join(tmpfs, k), "wb") as f:
+                f.write(v)
+        with open(os.path.join(tmpfs, "big.bin"), "wb") as f:
+            f.write(big)
+        cfg = config.load(tiers=[{"medium": "MEM", "path": os.path.join(tmpfs, "tier"),
+                                  "quota": f"{2 * (big_mib + 400)}MiB"}])
+        cluster.start(cfg, dashboard=False)
+        try:
+            client = connect()
+            client.create_dataset("bench", {"/": "s3://bench"}, moto.options())
+            fs = client.filesystem()
+            fs_tcp = client.filesystem(short_circuit=False, skip_instance_cache=True)
+            fs.ls("fluid://bench/img")
+            fs_tcp.ls("fluid://bench/img")
+            res = {}
+
+            def check(read):
+                def go(n):
+                    assert read(n) == files[n], n
+                return go
+
+            res["cold fluid"] = _timed(check(lambda n: fs.cat_file(f"fluid://bench/{n}")), names)
+            direct = moto.filesystem()
+            res["cold s3fs"] = _timed(check(lambda n: direct.cat_file(f"bench/{n}")), names)
+            res["warm fluid cat_file"] = _timed(
+                check(lambda n: fs.cat_file(f"fluid://bench/{n}")), names)
+
+            def fluid_open(n):
+                with fs.open(f"fluid://bench/{n}", "rb") as f:
+                    return f.read()
+            res["warm fluid open().read()"] = _timed(check(fluid_open), names)
+            res["warm fluid over TCP"] = _timed(
+                check(lambda n: fs_tcp.cat_file(f"fluid://bench/{n}")), names)
+            sc = fsspec.filesystem("simplecache", target_protocol="s3",
+                                   target_options=dict(key="testing", secret="testing",
+                                                       client_kwargs={"endpoint_url": moto.endpoint}),
+                                   cache_storage=os.path.join(home, "simplecache"))
+            _timed(check(lambda n: sc.cat_file(f"bench/{n}")), names)             # fill it
+            res["warm simplecache::s3"] = _timed(check(lambda n: sc.cat_file(f"bench/{n}")), names)
+
+            def plain(n):
+                with open(os.path.join(tmpfs, n), "rb") as f:
+                    return f.read()
+            res["tmpfs open().read()"] = _timed(check(plain), names)
+
+            print(f"\n{n_files} objects of 80-140 KB (files/s; ratio to the tmpfs ceiling)")
+            ceiling = n_files / res["tmpfs open().read()"]
+            for k in ("tmpfs open().read()", "warm fluid cat_file", "warm fluid open().read()",
+                      "warm fluid over TCP", "warm simplecache::s3", "cold fluid", "cold s3fs"):
+                rate = n_files / res[k]
+                print(f"  {k:<26}{rate:>10,.0f}{rate / ceiling:>8.2f}x")
+            print(f"  cold epoch: fluid {res['cold fluid']:.2f}s vs s3fs {res['cold s3fs']:.2f}s "
+                  f"({res['cold fluid'] / res['cold s3fs']:.2f}x)")
+            print(f"  warm fluid cat_file vs simplecache: "
+                  f"{res['warm simplecache::s3'] / res['warm fluid cat_file']:.1f}x; "
+                  f"vs direct s3fs: {res['cold s3fs'] / res['warm fluid cat_file']:.0f}x")
+
+            digest = hashlib.sha256(big).hexdigest()
+            assert hashlib.sha256(fs.cat_file("fluid://bench/big.bin")).hexdigest() == digest
+            gbs = {}
+            for label, reader in (("fluid short-circuit", fs), ("fluid over TCP", fs_tcp)):
+                t0 = time.perf_counter()
+                data = reader.cat_file("fluid://bench/big.bin")
+                gbs[label] = len(data) / (time.perf_counter() - t0) / 1e9
+                assert hashlib.sha256(data).hexdigest() == digest
+            buf = bytearray(len(big))
+            t0 = time.perf_counter()
+            with open(os.path.join(tmpfs, "big.bin"), "rb", buffering=0) as f:
+                f.readinto(buf)
+            gbs["tmpfs readinto"] = len(big) / (time.perf_counter() - t0) / 1e9
+            print(f"\none {big_mib} MiB object, warm (GB/s; ratio to tmpfs readinto)")
+            for k, v in gbs.items():
+                print(f"  {k:<26}{v:>10.2f}{v / gbs['tmpfs readinto']:>8.2f}x")
+        finally:
+            cluster.stop()
+            shutil.rmtree(tmpfs, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
