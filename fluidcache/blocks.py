@@ -21,8 +21,10 @@ def file_id(url: str, version: str, scope: str = "") -> str:
     return xxhash.xxh3_128_hexdigest(f"{scope}\0{url}\0{version}".encode())
 
 
-def block_key(fid: str, index: int) -> str:
-    return xxhash.xxh3_128_hexdigest(f"{fid}/{index}".encode())
+def block_key(fid: str, index: int, block_size: int) -> str:
+    """A block's key: its file id, block size and index (a block of another size never
+    answers for this one, even from a tier kept across a restart with a new size)."""
+    return xxhash.xxh3_128_hexdigest(f"{fid}/{block_size}/{index}".encode())
 
 
 def block_count(size: int, block_size: int) -> int:

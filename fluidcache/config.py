@@ -108,6 +108,8 @@ class Config:
     sync_interval: float = 60.0     # seconds a listing stays fresh
     heartbeat_interval: float = 2.0
     journal_dir: str | None = None  # where the master journals datasets and tokens
+    # what namespaces other than `default` may mount (never file://: the nodes' own disks)
+    tenant_protocols: tuple = ("s3", "s3a", "gs", "gcs", "abfs", "az", "oss", "https")
     node_selector: dict = field(default_factory=dict)  # nodes that get a worker (labels,
                                                        # resource:NAME); empty: every node
     fetch_threads: int = 16         # under-store fetches in flight per worker
@@ -134,6 +136,8 @@ class Config:
         for key in ("block_size", "max_frame", "max_data"):
             if key in data:
                 data[key] = parse_size(data[key])
+        if "tenant_protocols" in data:
+            data["tenant_protocols"] = tuple(data["tenant_protocols"])
         if "tiers" in data:
             tiers = []
             for t in data["tiers"]:

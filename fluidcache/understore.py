@@ -87,10 +87,15 @@ class Mount:
                 except StaleVersion:
                     raise StaleVersion(f"{rel} changed in the under store; list it again") \
                         from None
-            info = self.fs.info(path)
-            if version_of(info) != version:
-                raise StaleVersion(f"{rel} changed in the under store; list it again")
-            return self.fs.cat_file(path, start=start, end=end)
+            # no conditional read here: check the version before and after reading, so
+            # bytes of a file rewritten meanwhile are never taken for the listed version
+            for check in (0, 1):
+                if check:
+                    data = self.fs.cat_file(path, start=start, end=end)
+                self.fs.invalidate_cache(path)
+                if version_of(self.fs.info(path)) != version:
+                    raise StaleVersion(f"{rel} changed in the under store; list it again")
+            return data
 
 
 def _s3_range(fs, path: str, etag: str, start: int, end: int) -> bytes:
@@ -126,10 +131,13 @@ def version_of(info: dict) -> str:
 
 
 def redact(url: str) -> str:
-    """A URL fit for messages: user info (key:secret@) removed."""
+    """A URL fit for messages: user info (`key:secret@`, where a secret may hold `/` or
+    `@`) and the query string (signatures, tokens) removed."""
     proto, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        rest = rest.split("@", 1)[1]
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    at = rest.rfind("@")
+    if sep and at >= 0 and ":" in rest[:at]:
+        rest = rest[at + 1:]
     return f"{proto}{sep}{rest}"
 
 

@@ -32,13 +32,14 @@ class Pool:
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
-    def _take(self, address: str) -> socket.socket:
+    def _take(self, address: str, fresh: bool = False) -> tuple[socket.socket, bool]:
+        """A socket to `address` and whether it was reused from the idle pool."""
         with self._lock:
             if self._pid != os.getpid():       # forked: the parent's sockets are not ours
                 self._idle, self._pid = {}, os.getpid()
             idle = self._idle.get(address)
-            if idle:
-                return idle.pop()
+            if idle and not fresh:
+                return idle.pop(), True
         host, port = split_address(address)
         try:
             sock = socket.create_connection((host, port), timeout=self.connect_timeout)
@@ -46,7 +47,7 @@ class Pool:
             raise Unavailable(f"cannot connect to {address}: {exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.request_timeout)
-        return sock
+        return sock, False
 
     def _give(self, address: str, sock: socket.socket) -> None:
         with self._lock:
@@ -62,13 +63,17 @@ class Pool:
         """Send one request; returns (result, payload). Raises the reply's error, or
         Unavailable when the peer cannot be reached or the connection breaks."""
         req = wire.Request(op, args or {}, next(self._ids), namespace, token)
-        sock = self._take(address)
-        try:
-            wire.send_request(sock, req)
-            reply, payload = wire.recv_reply(sock, max_data=self.max_data)
-        except (OSError, ProtocolError) as exc:
-            sock.close()
-            raise Unavailable(f"{address} did not answer {op}: {exc}") from None
+        for attempt in (0, 1):
+            sock, reused = self._take(address, fresh=attempt > 0)
+            try:
+                wire.send_request(sock, req)
+                reply, payload = wire.recv_reply(sock, max_data=self.max_data)
+                break
+            except (OSError, ProtocolError) as exc:
+                sock.close()
+                # a pooled socket the peer closed meanwhile (a restart): one fresh try
+                if not (reused and isinstance(exc, ConnectionError)) or attempt:
+                    raise Unavailable(f"{address} did not answer {op}: {exc}") from None
         if reply.id != req.id:
             sock.close()
             raise Unavailable(f"{address} answered out of order")

@@ -151,6 +151,7 @@ class FluidFileSystem(AbstractFileSystem):
                 return self.client.read(entry, s, e)
             except StaleVersion:
                 self.invalidate_cache(path)
+                self.client.cluster(refresh=True)      # the block size may have moved too
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -232,11 +233,11 @@ class FluidFile(io.RawIOBase):
         bs = self.fs.client.cluster()["block_size"]
         first, last = self.loc // bs, (end - 1) // bs
         if first == last and (end - self.loc) < bs:
-            data = self._cached_block(first, bs)
+            data = self._cached_block(first)
             off = self.loc - first * bs
             out = bytes(data[off:off + end - self.loc])
-        else:
-            out = self.fs._read(self.path, self.loc, end)
+        else:   # always the version this file was opened at: never a mix of two versions
+            out = self.fs.client.read(self.details, self.loc, end)
         self.loc += len(out)
         return out
 
@@ -251,18 +252,11 @@ class FluidFile(io.RawIOBase):
         memoryview(buffer).cast("B")[:n] = data
         return n
 
-    def _cached_block(self, index: int, bs: int):
+    def _cached_block(self, index: int):
+        """A whole block of the version this file was opened at. If that version is gone
+        from the under store (StaleVersion), the read fails: reopen the file."""
         if self._block is None or self._block[0] != index:
-            for attempt in range(2):
-                try:
-                    self._block = (index, self.fs.client.block(self.details, index))
-                    break
-                except StaleVersion:
-                    if attempt:
-                        raise
-                    self.fs.invalidate_cache(self.path)
-                    self.details = self.fs._file_entry(self.path, refresh=True)
-                    self.size = self.details["size"]
+            self._block = (index, self.fs.client.block(self.details, index))
         return self._block[1]
 
     def close(self) -> None:

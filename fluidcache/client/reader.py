@@ -89,10 +89,14 @@ class ClusterClient:
         return self.piece(entry, blocks.Piece(index, 0, -1))
 
     def piece(self, entry: dict, piece: blocks.Piece) -> memoryview | bytes:
-        key = blocks.block_key(entry["fid"], piece.index)
         m = self.cluster()
+        bs = m["block_size"]
+        key = blocks.block_key(entry["fid"], piece.index, bs)
         if self.short_circuit:
             data = self._local_block(key)
+            if data is not None and len(data) != blocks.block_length(entry["size"], bs,
+                                                                     piece.index):
+                data = None    # not this block of this version: let a worker sort it out
             if data is not None:
                 end = len(data) if piece.length < 0 else piece.offset + piece.length
                 return data[piece.offset:end]
@@ -100,6 +104,7 @@ class ClusterClient:
         req = BlockRead(dataset, path, entry["version"], entry["size"], piece.index,
                         piece.offset, piece.length).to_args()
         req["f"] = entry["fid"]
+        req["bs"] = bs
         return self._remote(key, req, m)
 
     def _local_block(self, key: str):

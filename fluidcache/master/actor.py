@@ -20,12 +20,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .. import blocks, names, placement
 from ..config import Config
-from ..errors import AccessDenied, AlreadyExists, InvalidRequest, NotFound
+from ..errors import AccessDenied, AlreadyExists, InvalidRequest, NotFound, Unavailable
 from ..service import Server, bind_host as _bind_host
 from ..understore import Mount, version_of
 from .blockmap import BlockMap
 from .core import MasterCore
-from .journal import Journal
+from .journal import Journal, JournalError
 from .listing import DIR, FILE, DirListing, info_entry, ls_page
 from .namespace import Dataset, MountSpec, check_name, normalize
 
@@ -86,10 +86,14 @@ class Master:
         return server
 
     def _commit(self, rec: dict) -> None:
-        """Apply a durable change: journal first (fsync), then the in-memory state."""
+        """Apply a durable change: journal first (fsync), then the in-memory state. If the
+        journal cannot be written, the change is refused and nothing changes."""
         with self._lock:
             if self.journal is not None:
-                self.journal.append(rec)
+                try:
+                    self.journal.append(rec)
+                except JournalError as exc:
+                    raise Unavailable(f"the master cannot record the change: {exc}") from None
                 if self.journal.appended >= 1000:
                     self.core.apply(rec)
                     self.journal.snapshot(self.core.state())
@@ -211,8 +215,7 @@ class Master:
         fn = getattr(self, "op_" + req.op, None)
         if fn is None:
             raise InvalidRequest(f"unknown master operation {req.op!r}")
-        with self._lock:
-            ns = self.core.authorize(req.namespace, req.token)
+        ns = self.core.authorize(req.namespace, req.token)   # dict reads: no lock needed
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, ns, req.args), None
 
@@ -257,6 +260,12 @@ class Master:
         for m in mounts:
             if not (isinstance(m, list) and len(m) == 2 and all(isinstance(x, str) for x in m)):
                 raise InvalidRequest("each mount is [point, url]")
+            proto = m[1].partition("://")[0].lower() if "://" in m[1] else "file"
+            if ns != "default" and proto not in self.config.tenant_protocols:
+                # a tenant must not mount the nodes' own files (the journal, /proc) or
+                # protocols whose options act on the nodes
+                raise AccessDenied(f"namespace {ns} may mount only "
+                                   f"{', '.join(self.config.tenant_protocols)} URLs")
             specs.append(MountSpec(normalize(m[0]), m[1], dict(options)))
         read_only = args.get("read_only", True)
         if not isinstance(read_only, bool):
@@ -336,15 +345,24 @@ class Master:
             lost = [dict(i, alive=False, lost=True, tiers=[], stats={})
                     for i in self._lost.values()]
             datasets = self.core.in_namespace(ns)
+        refs = {}
         for info in infos:
             handle = self._handles.get(info["node_id"]) or _find_worker(info["node_id"])
-            entry = dict(info, alive=False, tiers=[], stats={})
             if handle is not None:
+                refs[info["id"]] = handle.stats.remote()
+        ready = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)[0]
+                    if refs else ())
+        for info in infos:                    # all asked at once: one timeout, not one each
+            entry = dict(info, alive=False, tiers=[], stats={})
+            ref = refs.get(info["id"])
+            if ref is not None and ref in ready:
                 try:
-                    st = ray.get(handle.stats.remote(), timeout=10)
+                    st = ray.get(ref)
                     entry.update(alive=True, tiers=st["tiers"], stats=st["stats"])
                 except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not raised
-                    entry["error"] = f"{type(exc).__name__}"
+                    entry["error"] = type(exc).__name__
+            elif ref is not None:
+                entry["error"] = "no answer in 10s"
             workers.append(entry)
         workers += lost
         return {
@@ -367,7 +385,7 @@ class Master:
         return ds, normalize(_str(args, "p", ""))
 
     def _mount(self, ds: Dataset, spec: MountSpec) -> Mount:
-        key = (ds.namespace, ds.name, spec.point)
+        key = (ds.namespace, ds.name, spec.point, spec.url, repr(sorted(spec.options.items())))
         with self._lock:
             m = self._mounts.get(key)
             if m is None:

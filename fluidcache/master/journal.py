@@ -25,13 +25,13 @@ def encode(record: dict) -> bytes:
     return _HEAD.pack(len(body), xxhash.xxh32_intdigest(body)) + body
 
 
-def decode(data: bytes) -> tuple[list[dict], int]:
+def decode(data: bytes, max_record: int = MAX_RECORD) -> tuple[list[dict], int]:
     """The whole records at the start of `data`, and how many bytes they take."""
     records, pos = [], 0
     while pos + _HEAD.size <= len(data):
         n, digest = _HEAD.unpack_from(data, pos)
         end = pos + _HEAD.size + n
-        if n > MAX_RECORD or end > len(data):
+        if n > max_record or end > len(data):
             break
         body = data[pos + _HEAD.size:end]
         if xxhash.xxh32_intdigest(body) != digest:
@@ -47,13 +47,24 @@ def decode(data: bytes) -> tuple[list[dict], int]:
     return records, pos
 
 
+class JournalError(OSError):
+    """The journal cannot be written or read; the change was not made."""
+
+
+def _open_private(path: str, mode: str):
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | (os.O_APPEND if "a" in mode else os.O_TRUNC),
+                 0o600)
+    return os.fdopen(fd, mode)
+
+
 class Journal:
     """An append-only record file plus a snapshot, in one directory."""
 
     def __init__(self, directory: str, fsync: bool = True) -> None:
         self.dir = directory
         self.fsync = fsync
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)    # it holds tokens and credentials
+        os.chmod(directory, 0o700)
         self.log_path = os.path.join(directory, "journal.log")
         self.snap_path = os.path.join(directory, "snapshot.msgpack")
         self._f = None
@@ -64,8 +75,11 @@ class Journal:
         snapshot = None
         try:
             with open(self.snap_path, "rb") as f:
-                snaps, _ = decode(f.read())
-            snapshot = snaps[0] if snaps else None
+                raw = f.read()
+            snaps, _ = decode(raw, max_record=len(raw))
+            if not snaps:   # never start empty over a snapshot we cannot read: say so
+                raise JournalError(f"the snapshot {self.snap_path} is unreadable")
+            snapshot = snaps[0]
         except FileNotFoundError:
             pass
         try:
@@ -80,25 +94,42 @@ class Journal:
         return snapshot, records
 
     def append(self, record: dict) -> None:
+        """Append durably, or raise JournalError and leave the log as it was (a failed
+        append, e.g. a full disk, must not leave half a record for the next one)."""
         if self._f is None:
-            self._f = open(self.log_path, "ab")
-        self._f.write(encode(record))
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
+            self._f = _open_private(self.log_path, "ab")
+        start = os.path.getsize(self.log_path)    # every earlier append was flushed
+        try:
+            self._f.write(encode(record))
+            self._f.flush()
+            if self.fsync:
+                os.fsync(self._f.fileno())
+        except OSError as exc:
+            self._f.close()
+            self._f = None
+            try:
+                os.truncate(self.log_path, start)
+            except OSError:
+                pass
+            raise JournalError(f"cannot write the journal {self.log_path}: {exc}") from None
         self.appended += 1
 
     def snapshot(self, state: dict) -> None:
         """Write `state` atomically, then start an empty log."""
         tmp = self.snap_path + ".tmp"
-        with open(tmp, "wb") as f:
+        with _open_private(tmp, "wb") as f:
             f.write(encode(state))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.snap_path)
+        dirfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)          # the rename is durable before the log is cut
+        finally:
+            os.close(dirfd)
         if self._f is not None:
             self._f.close()
-        self._f = open(self.log_path, "wb")
+        self._f = _open_private(self.log_path, "wb")
         self.appended = 0
 
     def close(self) -> None:

@@ -58,12 +58,20 @@ def _reply(listing: DirListing, i: int, prefix: str, url_of, scope: str) -> dict
 
 
 def ls_page(listing: DirListing, prefix: str, url_of, after: str | None,
-            limit: int, scope: str = "") -> tuple[list[dict], str | None]:
-    """One page of a directory as clients see it. `prefix` is 'dataset/dir/',
-    `url_of(child)` the under-store URL of a child and `scope` the namespace (for file
-    ids)."""
+            limit: int, scope: str = "", max_bytes: int = 512 * 1024
+            ) -> tuple[list[dict], str | None]:
+    """One page of a directory as clients see it: at most `limit` entries and about
+    `max_bytes` of reply (long names make short pages). `prefix` is 'dataset/dir/',
+    `url_of(child)` the under-store URL of a child and `scope` the namespace (for ids)."""
     rng, nxt = listing.page(after, limit)
-    return [_reply(listing, i, prefix, url_of, scope) for i in rng], nxt
+    out, budget = [], max_bytes
+    for i in rng:
+        name = listing.names[i]
+        budget -= len(prefix) + len(name) + len(listing.versions[i]) + 96
+        if out and budget < 0:
+            return out, listing.names[i - 1]
+        out.append(_reply(listing, i, prefix, url_of, scope))
+    return out, nxt
 
 
 def info_entry(listing: DirListing, prefix: str, url_of, child: str,

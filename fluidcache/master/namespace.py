@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from ..errors import AccessDenied, InvalidRequest, NotFound
 
@@ -34,7 +35,8 @@ def normalize(path: str) -> str:
     for part in path.split("/"):
         if part in ("", "."):
             continue
-        if part == "..":
+        decoded = unquote(part)          # an HTTP store would decode %2e%2e to '..'
+        if part == ".." or decoded in (".", "..") or "/" in decoded or "\\" in decoded:
             raise AccessDenied(f"path {path!r} leaves its dataset ('..' is not allowed)")
         parts.append(part)
     return "/".join(parts)

@@ -110,10 +110,13 @@ class BlockStore:
                 return None
             try:
                 data = layout.read_block(self.paths[tier], key)
-            except (layout.CorruptBlock, OSError) as exc:
+            except layout.CorruptBlock as exc:
                 log.warning("dropping block %s from %s: %s", key, self.paths[tier], exc)
                 self.corrupt_blocks += 1
                 self._drop_if_at(key, tier)
+                return None
+            except OSError as exc:     # EMFILE, EIO...: serve from elsewhere, keep the block
+                log.warning("cannot read block %s from %s now: %s", key, self.paths[tier], exc)
                 return None
             if data is not None:
                 self._accessed(key, tier)

@@ -165,6 +165,10 @@ class Worker:
             self.counters["short_circuit_hits"] += held
             return {"held": held}, None
         r = BlockRead.from_args(req.args)
+        bs = req.args.get("bs", self.config.block_size)
+        if bs != self.config.block_size:
+            raise StaleVersion(f"the cluster's block size is {self.config.block_size}, "
+                               f"not {bs}; refresh the cluster map")
         data = await self._block(req.namespace, r, req.args.get("f"))
         end = len(data) if r.length < 0 else min(len(data), r.offset + r.length)
         if r.offset > len(data):
@@ -211,7 +215,7 @@ class Worker:
         if r.index >= max(1, blocks.block_count(r.size, bs)):
             raise InvalidRequest(f"block {r.index} is past the end of a {r.size}-byte file")
         mount, rel, fid, ds = await self._resolve(ns, r, fid if isinstance(fid, str) else None)
-        key = blocks.block_key(fid, r.index)
+        key = blocks.block_key(fid, r.index, bs)
         loop = asyncio.get_running_loop()
         data = await loop.run_in_executor(None, self.store.get, key)
         if data is not None:
@@ -225,11 +229,13 @@ class Worker:
                 fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
             self.counters["misses"] += 1
             data = await asyncio.shield(fut)
-        expected = blocks.block_length(r.size, bs, r.index) if r.size else 0
-        if len(data) != expected:
+        if len(data) != self._expected(r):
             raise StaleVersion(f"{r.dataset}/{r.path}: size changed in the under store; "
                                "list it again")
         return data
+
+    def _expected(self, r: BlockRead) -> int:
+        return blocks.block_length(r.size, self.config.block_size, r.index) if r.size else 0
 
     async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str,
                     ds: Dataset, mount_fid: str) -> bytes:
@@ -240,6 +246,8 @@ class Worker:
             self._fetch, mount.read_range, rel, r.version, start, start + self.config.block_size)
         self.counters["ufs_bytes_read"] += len(data)
         self.counters["ufs_fetches"] += 1
+        if len(data) != self._expected(r):
+            return data        # not the listed size: the caller reports it; never cache it
         if not placement.matches(ds.selector, self.labels, self.resources):
             return data        # not a node this dataset may cache on: read through only
         meta = layout.Meta(dsid, mount_fid, r.index)

@@ -12,7 +12,7 @@ F1, F2 = file_id("s3://b/1", "e"), file_id("s3://b/2", "e")
 
 
 def _add(fid, index, size, owner="default/d"):
-    return [block_key(fid, index), owner, fid, index, size]
+    return [block_key(fid, index, 4 << 20), owner, fid, index, size]
 
 
 def test_adds_removes_and_full_reports():
@@ -22,7 +22,7 @@ def test_adds_removes_and_full_reports():
     assert m.cached_bytes("default/d") == 250 and m.cached_bytes("team/x") == 7
     assert m.by_worker("default/d") == {"w1": 150, "w2": 100}
     assert m.file_by_worker("default/d", F1) == {"w1": 150, "w2": 100}
-    m.apply("w1", {"remove": [block_key(F1, 1)]})
+    m.apply("w1", {"remove": [block_key(F1, 1, 4 << 20)]})
     assert m.by_worker("default/d") == {"w1": 100, "w2": 100}
     m.apply("w1", {"add": [_add(F1, 0, 100)]})                  # a repeated add is idempotent
     assert m.cached_bytes("default/d") == 200
@@ -40,7 +40,7 @@ def test_adds_removes_and_full_reports():
 def test_totals_match_a_plain_model(ops):
     m, model = BlockMap(), {}
     for worker, add, index, size in ops:
-        key = block_key(F1, index)
+        key = block_key(F1, index, 4 << 20)
         if add:
             m.apply(worker, {"add": [_add(F1, index, size)]})
             model[(worker, key)] = size

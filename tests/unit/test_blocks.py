@@ -16,11 +16,11 @@ def test_file_id_is_deterministic_and_bound_to_url_and_version():
     assert fid != file_id("s3://b/y.parquet", "etag-1")
 
 
-def test_block_key_depends_on_file_and_index():
+def test_block_key_depends_on_file_index_and_block_size():
     a, b = file_id("u", "v1"), file_id("u", "v2")
-    keys = {block_key(f, i) for f in (a, b) for i in range(100)}
-    assert len(keys) == 200
-    assert block_key(a, 3) == block_key(a, 3)
+    keys = {block_key(f, i, bs) for f in (a, b) for i in range(100) for bs in (1 << 20, 4 << 20)}
+    assert len(keys) == 400
+    assert block_key(a, 3, 4096) == block_key(a, 3, 4096) != block_key(a, 3, 8192)
 
 
 @pytest.mark.parametrize("size, bs, n", [

@@ -94,3 +94,41 @@ def test_replay_keeps_the_first_token_of_a_namespace():
     assert core.tokens["default"] == "first"
     with pytest.raises(PermissionError):
         core.authorize("default", "second")
+
+
+def test_a_failed_append_leaves_the_log_as_it_was(tmp_path):
+    from fluidcache.master.journal import JournalError
+    j = Journal(str(tmp_path), fsync=False)
+    j.append({"op": "a"})
+    good = os.path.getsize(tmp_path / "journal.log")
+    j._f.close()
+    j._f = open(tmp_path / "journal.log", "rb")      # a file that refuses writes (as ENOSPC)
+    with pytest.raises(JournalError):
+        j.append({"op": "lost"})
+    assert os.path.getsize(tmp_path / "journal.log") == good
+    j.append({"op": "b"})                             # and the next append works
+    j.close()
+    assert Journal(str(tmp_path)).load()[1] == [{"op": "a"}, {"op": "b"}]
+    assert (tmp_path / "journal.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_unreadable_snapshot_is_an_error_not_an_empty_state(tmp_path):
+    from fluidcache.master.journal import JournalError
+    j = Journal(str(tmp_path), fsync=False)
+    j.snapshot({"tokens": {"default": "t"}, "datasets": []})
+    j.close()
+    big = Journal(str(tmp_path))
+    assert big.load()[0]["tokens"] == {"default": "t"}
+    with open(tmp_path / "snapshot.msgpack", "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\xff")
+    with pytest.raises(JournalError):
+        Journal(str(tmp_path)).load()
+
+
+def test_a_snapshot_larger_than_a_record_loads(tmp_path):
+    j = Journal(str(tmp_path), fsync=False)
+    state = {"blob": "x" * (17 * 1024 * 1024)}
+    j.snapshot(state)
+    j.close()
+    assert Journal(str(tmp_path)).load()[0] == state

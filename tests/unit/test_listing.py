@@ -49,3 +49,17 @@ def test_memory_per_file_is_small():
     per_file = (tracemalloc.get_traced_memory()[0] - base) / len(lst)
     tracemalloc.stop()
     assert per_file <= 300, per_file
+
+
+def test_long_names_make_short_pages_that_still_cover_everything():
+    long = [("n" * 900) + f"{i:04d}" for i in range(1500)]
+    lst = DirListing((c, FILE, 1, "v") for c in long)
+    out, after, pages = [], None, 0
+    while True:
+        page, after = ls_page(lst, "ds/", _url, after, 2000)
+        pages += 1
+        assert sum(len(e["name"]) for e in page) < 600 * 1024
+        out += page
+        if after is None:
+            break
+    assert pages > 1 and [e["name"] for e in out] == [f"ds/{c}" for c in sorted(long)]

@@ -18,7 +18,7 @@ from fluidcache.tiering.core import Reservation, StateError, TierIndex
 from fluidcache.tiering.policy import make
 from fluidcache.tiering.store import BlockStore
 
-KEYS = [block_key(file_id("s3://bucket/data.bin", "etag-1"), i) for i in range(64)]
+KEYS = [block_key(file_id("s3://bucket/data.bin", "etag-1"), i, 4 << 20) for i in range(64)]
 A, B, C, D, E = KEYS[:5]
 
 

@@ -27,7 +27,7 @@ from fluidcache.config import TierConfig
 from fluidcache.tiering import layout
 from fluidcache.tiering.store import BlockStore
 
-KEYS = [block_key(file_id("s3://bucket/f", "v"), i) for i in range(12)]
+KEYS = [block_key(file_id("s3://bucket/f", "v"), i, 4 << 20) for i in range(12)]
 T = layout.TRAILER.size
 
 
