@@ -253,6 +253,8 @@ def test_namespaces_are_isolated(cluster, moto, dataset_files):
     team.create_dataset("mixed", {"/": "s3://fc-test/ds/small"}, moto.options())  # same name
     with pytest.raises(PermissionError):
         team.create_namespace("sneaky")                  # only the admin namespace may
+    with pytest.raises(PermissionError):                 # nor mount the nodes' own files
+        team.create_dataset("etc", {"/": "file:///etc"})
     tfs = fsspec.filesystem("fluid", token=token, namespace="team", skip_instance_cache=True)
     assert tfs.ls("fluid://mixed", detail=False) == ["mixed/a.txt"]          # its own view
     assert tfs.cat_file("fluid://mixed/a.txt") == dataset_files["small/a.txt"]

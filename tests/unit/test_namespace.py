@@ -231,3 +231,14 @@ def test_workers_go_to_the_nodes_the_deployment_selects():
     assert placement.nodes_for_workers(nodes) == {"a", "b", "d"}
     assert placement.nodes_for_workers(nodes, {"pool": "cache"}) == {"a"}
     assert placement.nodes_for_workers(nodes, {"resource:nvme": ""}) == {"b"}
+
+
+@pytest.mark.parametrize("path", ["a/%2e%2e/b", "a/%2E%2E", "a/.%2e/b", "%2e%2e", "a/%2f..",
+                                  "a/..%2f/b", "a/%5c..%5c"])
+def test_encoded_traversal_is_refused(path):
+    with pytest.raises(AccessDenied):
+        normalize(path)
+
+
+def test_percent_signs_that_do_not_escape_are_kept():
+    assert normalize("a/b%20c/100%25") == "a/b%20c/100%25"
