@@ -34,10 +34,15 @@ def bind_host(host: str) -> str:
 
 class Server:
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0,
-                 max_frame: int = wire.DEFAULT_MAX_FRAME, max_data: int = wire.DEFAULT_MAX_DATA,
-                 max_connections: int = 1024, name: str = "fluidcache-server") -> None:
+                 max_frame: int = wire.DEFAULT_MAX_FRAME, max_data: int = 0,
+                 max_connections: int = 1024, name: str = "fluidcache-server",
+                 idle_timeout: float = 300.0) -> None:
+        """`max_data`: the largest payload a *request* may carry (no op takes one today,
+        so 0); `idle_timeout`: a connection silent for this long between or within
+        frames is closed (clients reconnect), so idle peers cannot hold every slot."""
         self.handler, self.host, self.port = handler, host, port
         self.max_frame, self.max_data = max_frame, max_data
+        self.idle_timeout = idle_timeout
         self._slots = threading.BoundedSemaphore(max_connections)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -103,7 +108,11 @@ class Server:
         try:
             while True:
                 try:
-                    frame = await wire.read_frame(reader, self.max_frame, self.max_data)
+                    frame = await asyncio.wait_for(
+                        wire.read_frame(reader, self.max_frame, self.max_data),
+                        self.idle_timeout)
+                except asyncio.TimeoutError:
+                    return
                 except ProtocolError as exc:
                     self.protocol_errors += 1
                     writer.write(wire.pack(wire.Reply.failure(0, exc).header()))

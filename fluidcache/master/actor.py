@@ -75,7 +75,7 @@ class Master:
         for port in ports:
             try:
                 server = Server(self._handle, _bind_host(cfg.host), port, cfg.max_frame,
-                                cfg.max_data, name="fluidcache-master").start()
+                                name="fluidcache-master").start()
                 break
             except OSError:
                 if port == 0:

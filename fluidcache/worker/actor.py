@@ -87,7 +87,7 @@ class Worker:
         self._stopping = threading.Event()
         self._master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
         self.server = Server(self._handle, _bind_host(cfg.host), cfg.worker_port, cfg.max_frame,
-                             cfg.max_data, name="fluidcache-data").start()
+                             name="fluidcache-data").start()
         self._beat()
         threading.Thread(target=self._heartbeats, daemon=True, name="fluidcache-hb").start()
 
