@@ -191,3 +191,33 @@ def copy_block(src_dir: str, dst_dir: str, key: str) -> bool:
     parse(key, raw)
     _atomic_write(block_path(dst_dir, key), key, raw)
     return True
+
+
+def read_block_into(tier_dir: str, key: str, out: memoryview) -> bool:
+    """Read the whole block `key` straight into `out` (its exact length) and verify it:
+    no intermediate copy. False if absent or of another length; raises CorruptBlock."""
+    try:
+        f = open(block_path(tier_dir, key), "rb", buffering=0)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size < TRAILER.size:
+            raise CorruptBlock(f"block {key}: too short")
+        f.seek(size - TRAILER.size)
+        magic, n, index, fid, length, digest = TRAILER.unpack(f.read(TRAILER.size))
+        if magic != MAGIC or length + n + TRAILER.size != size:
+            raise CorruptBlock(f"block {key}: bad trailer")
+        if length != len(out):
+            return False
+        f.seek(0)
+        got = 0
+        while got < length:
+            k = f.readinto(out[got:])
+            if not k:
+                raise CorruptBlock(f"block {key}: truncated")
+            got += k
+        owner = f.read(n)
+    if checksum(key, out, owner + struct.pack(">Q", index) + fid) != digest:
+        raise CorruptBlock(f"block {key}: checksum mismatch")
+    return True

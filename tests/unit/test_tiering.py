@@ -647,3 +647,19 @@ def test_listener_sees_adds_and_removes_with_data_sizes(tmp_path):
     again = BlockStore(cfg)                      # a restart: blocks describe themselves
     assert sorted(again.keys()) == sorted([B, C, D])
     assert all(again.describe(k) == (meta, 100) for k in (B, C, D))
+
+
+def test_read_block_into_verifies_in_place(tmp_path):
+    d = str(tmp_path)
+    meta = layout.Meta("default/d", "cd" * 16, 2)
+    data = data_of(A, 5000)
+    layout.write_block(d, A, data, meta)
+    out = bytearray(5000)
+    assert layout.read_block_into(d, A, memoryview(out)) and bytes(out) == data
+    assert not layout.read_block_into(d, A, memoryview(bytearray(4999)))   # another length
+    assert not layout.read_block_into(d, B, memoryview(bytearray(5000)))   # absent
+    with open(layout.block_path(d, A), "r+b") as f:
+        f.seek(17)
+        f.write(b"\x00" if data[17] else b"\x01")
+    with pytest.raises(layout.CorruptBlock):
+        layout.read_block_into(d, A, memoryview(bytearray(5000)))
