@@ -79,21 +79,27 @@ class ClusterClient:
     def read(self, entry: dict, start: int, end: int) -> bytes:
         """Bytes [start, end) of a listed file entry."""
         m = self.cluster()
-        bs = m["block_size"]
-        pieces = blocks.pieces(entry["size"], bs, start, end)
+        pieces = blocks.pieces(entry["size"], m["block_size"], start, end)
         if len(pieces) == 1:
             return bytes(self.piece(entry, pieces[0]))
         out = bytearray(sum(p.length for p in pieces))
-        view, pos = memoryview(out), 0
-        for p in pieces:
-            dst = view[pos:pos + p.length]
+        self.read_into(entry, start, memoryview(out))
+        return bytes(out)
+
+    def read_into(self, entry: dict, start: int, out: memoryview) -> int:
+        """Fill `out` with the file's bytes from `start` (fewer at the end of the file);
+        returns how many. Whole local blocks are read straight into `out` and verified
+        there: no intermediate copy at all."""
+        bs = self.cluster()["block_size"]
+        pos = 0
+        for p in blocks.pieces(entry["size"], bs, start, start + len(out)):
+            dst = out[pos:pos + p.length]
             whole = p.offset == 0 and p.length == blocks.block_length(entry["size"], bs, p.index)
-            # a whole local block is read straight into place and verified there
             if not (whole and self.short_circuit and
                     self._local_into(blocks.block_key(entry["fid"], p.index, bs), dst)):
                 dst[:] = self.piece(entry, p)
             pos += p.length
-        return bytes(out)
+        return pos
 
     def block(self, entry: dict, index: int) -> memoryview | bytes:
         """One whole block (what file objects keep between small reads)."""

@@ -272,3 +272,21 @@ def test_namespaces_are_isolated(cluster, moto, dataset_files):
         Pool().call(worker, "read", args, "team", None)
     _, data = Pool().call(worker, "read", args, "default", admin.endpoint.token)
     assert bytes(data) == dataset_files["one.bin"]
+
+
+def test_readinto_fills_the_callers_buffer(fluid_fs, dataset_files):
+    body = dataset_files["multi/big.bin"]
+    for short_circuit in (True, False):
+        import fsspec
+        fs = fsspec.filesystem("fluid", short_circuit=short_circuit, skip_instance_cache=True)
+        with fs.open("fluid://mixed/multi/big.bin") as f:
+            buf = bytearray(len(body) + 100)
+            assert f.readinto(buf) == len(body) and bytes(buf[:len(body)]) == body
+            assert f.readinto(buf) == 0                       # at the end
+            f.seek(1024 * 1024 - 7)
+            small = bytearray(10)
+            assert f.readinto(small) == 10 and bytes(small) == body[1024 * 1024 - 7:][:10]
+            f.seek(5)
+            big = memoryview(bytearray(2 * 1024 * 1024 + 3))
+            assert f.readinto(big) == len(big) and big.tobytes() == body[5:5 + len(big)]
+            assert f.tell() == 5 + len(big)
