@@ -40,6 +40,7 @@ class FluidFileSystem(AbstractFileSystem):
         self._client: ClusterClient | None = None
         self._pid = -1
         self._meta: dict[str, tuple[float, list[dict], dict[str, dict]]] = {}
+        self._misses: dict[str, int] = {}       # per directory: infos not in a listing
         self._lock = threading.Lock()
 
     # -- per-process state --------------------------------------------------------------
@@ -117,10 +118,17 @@ class FluidFileSystem(AbstractFileSystem):
             return {"name": ds, "size": 0, "type": "directory"}
         parent = path.rsplit("/", 1)[0]
         hit = None if refresh else self._meta.get(parent)
+        if hit is None and not refresh and self._misses.get(parent, 0) >= 2:
+            # a job reading several files of one directory: list it once (one call per
+            # directory) instead of one call per file
+            self._listing(parent)
+            self._misses.pop(parent, None)
+            hit = self._meta.get(parent)
         if hit is not None and hit[0] > time.monotonic():
             e = hit[2].get(path)        # a listed file's info costs no RPC
             if e is not None:
                 return e
+        self._misses[parent] = self._misses.get(parent, 0) + 1
         return self.client.master("info", {"ds": ds, "p": rest, "refresh": bool(refresh)})
 
     def invalidate_cache(self, path=None):

@@ -34,6 +34,7 @@ class BlockStore:
             seen[t.medium] = seen.get(t.medium, 0) + 1
             names.append(t.medium if seen[t.medium] == 1 else f"{t.medium}{seen[t.medium]}")
         self.paths = [os.path.abspath(t.path) for t in tiers]
+        self.mediums = [t.medium for t in tiers]
         self.clock = clock or time.time
         self.promote = promote
         self.index = TierIndex(
@@ -269,6 +270,12 @@ class BlockStore:
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self.index
+
+    def in_memory(self, key: str) -> bool:
+        """Is the block held in a memory tier (tmpfs: reading it does not wait on a disk)?"""
+        with self._lock:
+            tier = self.index.tier_of(key)
+        return tier is not None and self.mediums[tier] == "MEM"
 
     def keys(self) -> list[str]:
         """The keys of every held block (a snapshot)."""

@@ -217,7 +217,10 @@ class Worker:
         mount, rel, fid, ds = await self._resolve(ns, r, fid if isinstance(fid, str) else None)
         key = blocks.block_key(fid, r.index, bs)
         loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(None, self.store.get, key)
+        if self.store.in_memory(key):
+            data = self.store.get(key)    # a tmpfs read: cheaper than a hop to a thread
+        else:
+            data = await loop.run_in_executor(None, self.store.get, key)
         if data is not None:
             self.counters["hits"] += 1
         else:
