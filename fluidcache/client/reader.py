@@ -44,7 +44,8 @@ class ClusterClient:
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
         self._pid = os.getpid()
-        self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0}
+        self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0,
+                         "master_calls": 0}
         self._datasets: dict[str, tuple[float, dict]] = {}
         atexit.register(self.flush)
 
@@ -56,6 +57,7 @@ class ClusterClient:
         delay = 0.1
         while True:
             try:
+                self.counters["master_calls"] += 1
                 result, _ = self.pool.call(self.endpoint.master, op, args,
                                            self.endpoint.namespace, self.endpoint.token)
                 return result

@@ -290,3 +290,17 @@ def test_readinto_fills_the_callers_buffer(fluid_fs, dataset_files):
             big = memoryview(bytearray(2 * 1024 * 1024 + 3))
             assert f.readinto(big) == len(big) and big.tobytes() == body[5:5 + len(big)]
             assert f.tell() == 5 + len(big)
+
+
+def test_reading_a_directory_costs_a_few_master_calls_not_one_per_file(cluster, dataset_files):
+    import fsspec
+    names = sorted(n for n in dataset_files if n.startswith("images/"))
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    for n in names:
+        assert fs.cat_file(f"fluid://mixed/{n}") == dataset_files[n]
+    # two per-file infos, then one listing of the directory; the cluster map once
+    assert fs.client.counters["master_calls"] <= 5 < len(names)
+    before = fs.client.counters["master_calls"]
+    for n in names:                                   # a second pass: no master call at all
+        fs.cat_file(f"fluid://mixed/{n}")
+    assert fs.client.counters["master_calls"] == before
