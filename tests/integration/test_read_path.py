@@ -304,3 +304,31 @@ def test_reading_a_directory_costs_a_few_master_calls_not_one_per_file(cluster, 
     for n in names:                                   # a second pass: no master call at all
         fs.cat_file(f"fluid://mixed/{n}")
     assert fs.client.counters["master_calls"] == before
+
+
+def test_sixteen_readers_of_a_cold_file_cause_one_fetch_per_block(cluster, moto):
+    import threading
+
+    import fsspec
+    body = __import__("os").urandom(3 * 1024 * 1024 - 5)            # three 1 MiB blocks
+    moto.filesystem().pipe_file("fc-test/ds/cold/shared.bin", body)
+    client = cluster["client"]
+    before = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
+    fss = [fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True)
+           for _ in range(16)]
+    for fs in fss:
+        fs.info("fluid://mixed/cold/shared.bin")                     # metadata first
+    start, results = threading.Barrier(16), [None] * 16
+
+    def read(i):
+        start.wait()
+        results[i] = fss[i].cat_file("fluid://mixed/cold/shared.bin")
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert all(r == body for r in results)
+    after = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
+    assert after - before == 3
