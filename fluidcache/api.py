@@ -40,11 +40,14 @@ class Client:
     def create_dataset(self, name: str, mounts: dict[str, str] | list[str],
                        options: dict | list[str] | None = None, replicas: int = 1,
                        sync: str | float | None = None,
-                       selector: dict | list[str] | None = None, read_only: bool = True) -> dict:
+                       selector: dict | list[str] | None = None, read_only: bool = True,
+                       routing: str = "partitioned") -> dict:
         """`mounts`: {"/": "s3://bucket/prefix"} or ["/=s3://bucket/prefix"];
         `options`: the under store's fsspec options ({"endpoint_url": ...} or KEY=VALUE);
         `sync`: metadata sync policy ('always', 'never', '60s'); `selector`: node labels
-        ({"zone": "a"}) or `resource:NAME` keys that limit which workers cache it."""
+        ({"zone": "a"}) or `resource:NAME` keys that limit which workers cache it;
+        `routing`: 'partitioned' (blocks spread over all eligible workers) or
+        'local-first' (the reader's own node caches what it reads)."""
         if isinstance(selector, list):
             selector = dict(s.split("=", 1) if "=" in s else (s, "") for s in selector)
         if isinstance(mounts, dict):
@@ -56,7 +59,8 @@ class Client:
             options = dict(_parse_option(o) for o in options)
         return self._call("dataset_create", {
             "name": name, "mounts": pairs, "options": options or {}, "replicas": replicas,
-            "sync": sync, "selector": selector or {}, "read_only": read_only})
+            "sync": sync, "selector": selector or {}, "read_only": read_only,
+            "routing": routing})
 
     def load_metadata(self, url: str) -> dict:
         """Re-list everything under `fluid://dataset/path` from the under store now."""

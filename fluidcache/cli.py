@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
                                   "(60s, 5m); default: the cluster's (60s)")
     c.add_argument("--selector", action="append", default=[], metavar="LABEL=VALUE",
                    help="cache only on nodes with this Ray node label, or resource:NAME")
+    c.add_argument("--routing", choices=["partitioned", "local-first"], default="partitioned",
+                   help="partitioned: blocks spread over the cluster (capacity adds up); "
+                        "local-first: each node caches what it reads")
     c.add_argument("--namespace")
     ls = dsub.add_parser("ls", help="list datasets")
     ls.add_argument("--json", action="store_true")
@@ -157,7 +160,7 @@ def _dataset(a) -> int:
     client = connect(namespace=getattr(a, "namespace", None))
     if a.dcmd == "create":
         d = client.create_dataset(a.name, a.mount, a.option, a.replicas, a.sync,
-                                  a.selector or None)
+                                  a.selector or None, routing=a.routing)
         print(f"created dataset {d['name']}: " + ", ".join(f"{k} -> {v}"
                                                            for k, v in d["mounts"].items()))
     elif a.dcmd == "ls":

@@ -38,14 +38,21 @@ def matches(selector: dict, labels: dict, resources) -> bool:
     return True
 
 
-def route(key: str, workers: Sequence[dict], selector: dict | None = None) -> list[str]:
+def route(key: str, workers: Sequence[dict], selector: dict | None = None,
+          local: str | None = None) -> list[str]:
     """The order in which a reader asks workers for `key`: the eligible workers (those
     whose node matches the dataset's selector) by rendezvous rank, the first `replicas`
-    of them being the owners; then the others, which only read through."""
+    of them being the owners; then the others, which only read through. With `local`
+    (a local-first dataset read on a node that has an eligible worker) that worker
+    comes first."""
     ok = [w["id"] for w in workers
           if matches(selector or {}, w.get("labels", {}), w.get("resources", ()))]
     rest = [w["id"] for w in workers if w["id"] not in set(ok)]
-    return ranked(key, ok) + ranked(key, rest)
+    order = ranked(key, ok)
+    if local in order:
+        order.remove(local)
+        order.insert(0, local)
+    return order + ranked(key, rest)
 
 
 def nodes_for_workers(nodes: Sequence[dict], selector: dict | None = None) -> set[str]:

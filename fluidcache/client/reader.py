@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -38,6 +39,7 @@ class ClusterClient:
         self._map: dict | None = None
         self._map_at = 0.0
         self._map_stale = False
+        self._local_id: str | None = None
         self._local: list[tuple[str, list[str]]] = []     # (worker address, tier paths)
         self._lock = threading.Lock()
         self._pending: dict[str, list[str]] = {}
@@ -74,6 +76,7 @@ class ClusterClient:
             me = layout.machine_id()
             self._local = [(w["address"], w["tier_paths"]) for w in m["workers"]
                            if w.get("machine") == me]
+            self._local_id = _local_worker(m["workers"], me)
             self._map, self._map_at, self._map_stale = m, now, False
         return self._map
 
@@ -169,7 +172,8 @@ class ClusterClient:
         replicas = ds.get("replicas", 1)
         last: Exception | None = None
         for attempt in range(2):
-            order = placement.route(key, m["workers"], ds.get("selector"))
+            local = self._local_id if ds.get("routing") == "local-first" else None
+            order = placement.route(key, m["workers"], ds.get("selector"), local)
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:
@@ -221,6 +225,19 @@ class ClusterClient:
                                self.endpoint.namespace, self.endpoint.token)
             except FluidError as exc:   # hits are advisory: never fail a read for them
                 log.debug("could not report %d hits to %s: %s", len(keys), address, exc)
+
+
+def _local_worker(workers: list[dict], machine: str) -> str | None:
+    """The worker of this node: inside a Ray task or actor, the one on its Ray node;
+    elsewhere the only worker on this machine (None when there are several)."""
+    ray = sys.modules.get("ray")      # never import Ray just to ask
+    if ray is not None and ray.is_initialized():
+        node = ray.get_runtime_context().get_node_id()
+        for w in workers:
+            if w["node_id"] == node:
+                return w["id"]
+    mine = [w["id"] for w in workers if w.get("machine") == machine]
+    return mine[0] if len(mine) == 1 else None
 
 
 __all__ = ["ClusterClient", "StaleVersion"]

@@ -271,7 +271,8 @@ class Master:
         if not isinstance(read_only, bool):
             raise InvalidRequest("read_only must be true or false")
         ds = Dataset(_str(args, "name"), ns, tuple(specs), args.get("replicas", 1),
-                     args.get("sync"), args.get("selector") or {}, read_only)
+                     args.get("sync"), args.get("selector") or {}, read_only,
+                     args.get("routing") or "partitioned")
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
             self._mount(ds, spec).info("")
         with self._lock:

@@ -77,6 +77,11 @@ def parse_sync(value) -> float | None:
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
+# partitioned: each block has its rendezvous owners anywhere in the cluster, so capacity
+# adds up across nodes; local-first: the reader's own node caches what it reads
+ROUTINGS = ("partitioned", "local-first")
+
+
 @dataclass(slots=True)
 class Dataset:
     name: str
@@ -86,6 +91,7 @@ class Dataset:
     sync_interval: float | None = None      # None: cluster default; 0 always; -1 never
     selector: dict = field(default_factory=dict)
     read_only: bool = True
+    routing: str = "partitioned"            # or "local-first"
 
     def __post_init__(self) -> None:
         check_name("dataset", self.name)
@@ -103,6 +109,8 @@ class Dataset:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.selector.items()):
             raise InvalidRequest("a node selector maps strings to strings")
         self.sync_interval = parse_sync(self.sync_interval)
+        if self.routing not in ROUTINGS:
+            raise InvalidRequest(f"routing must be {' or '.join(ROUTINGS)}, not {self.routing!r}")
 
     def resolve(self, path: str) -> tuple[MountSpec, str]:
         """(mount, path relative to its root) for a normalized path."""
@@ -138,13 +146,14 @@ class Dataset:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "mounts": {"/" + m.point: redact(m.url) for m in self.mounts},
                 "selector": dict(self.selector), "read_only": self.read_only,
+                "routing": self.routing,
                 "sync": "default" if sync is None else "always" if sync == 0 else
                         "never" if sync < 0 else f"{sync:g}s", "sync_seconds": sync}
 
     def to_record(self) -> dict:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "sync_interval": self.sync_interval, "selector": dict(self.selector),
-                "read_only": self.read_only,
+                "read_only": self.read_only, "routing": self.routing,
                 "mounts": [[m.point, m.url, m.options] for m in self.mounts]}
 
     @classmethod
@@ -152,7 +161,7 @@ class Dataset:
         return cls(r["name"], r["namespace"],
                    tuple(MountSpec(p, u, dict(o)) for p, u, o in r["mounts"]),
                    r.get("replicas", 1), r.get("sync_interval"), dict(r.get("selector") or {}),
-                   r.get("read_only", True))
+                   r.get("read_only", True), r.get("routing", "partitioned"))
 
 
 def _nested(a: str, b: str) -> bool:

@@ -42,6 +42,31 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         assert holding[nodes[0].node_id] == len(images)          # the labelled node holds all
         assert sum(holding.values()) == len(images)               # and nobody else any
         cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
+        # local-first: a Ray task on one node reads; that node's worker caches it all
+        cli_env(env, "dataset", "create", "lf", "--mount", "/=s3://fc-test/ds/multi",
+                "--routing", "local-first", *opts)
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        ray.init(address=cluster.address, runtime_env={"env_vars": {
+            "FLUIDCACHE_HOME": env["FLUIDCACHE_HOME"]}})
+        try:
+            @ray.remote(num_cpus=0)
+            def read_here(names):
+                import hashlib
+                import fsspec
+                fs = fsspec.filesystem("fluid", short_circuit=False)
+                return {n: hashlib.sha256(fs.cat_file("fluid://lf/" + n)).hexdigest()
+                        for n in names}
+            multi = [n.removeprefix("multi/") for n in names if n.startswith("multi/")]
+            got = ray.get(read_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                nodes[1].node_id, soft=False)).remote(multi), timeout=120)
+        finally:
+            ray.shutdown()
+        assert got == {n: want["multi/" + n] for n in multi}
+        lf = wait_for(lambda: next((d for d in status(env)["datasets"] if d["name"] == "lf"
+                                    and d["cached_bytes"] > 0), None), what="lf's report")
+        assert set(lf["cached_by_worker"]) == {nodes[1].node_id}
+        assert lf["cached_bytes"] == sum(len(dataset_files["multi/" + n]) for n in multi)
         assert read_digests(env, "d", names, short_circuit=False) == want
         served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]
         assert len(served) >= 2                   # blocks spread over the nodes

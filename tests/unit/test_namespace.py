@@ -175,7 +175,8 @@ def test_public_never_includes_options_or_credentials():
         assert secret not in text
     assert pub == {"name": "imgs", "namespace": "team", "replicas": 1,
                    "mounts": {"/": "s3://bucket/p", "/extra": "file:///d"},
-                   "selector": {}, "read_only": True, "sync": "default", "sync_seconds": None}
+                   "selector": {}, "read_only": True, "routing": "partitioned",
+                   "sync": "default", "sync_seconds": None}
 
 
 # -- sync policy, selectors, new dataset fields ------------------------------------
@@ -242,3 +243,14 @@ def test_encoded_traversal_is_refused(path):
 
 def test_percent_signs_that_do_not_escape_are_kept():
     assert normalize("a/b%20c/100%25") == "a/b%20c/100%25"
+
+
+def test_local_first_puts_the_local_worker_first_when_it_is_eligible():
+    workers = [{"id": f"w{i}", "labels": {"zone": "a" if i < 2 else "b"}} for i in range(4)]
+    for key in ("k1", "k2", "k3"):
+        assert placement.route(key, workers, None, "w3")[0] == "w3"
+        assert placement.route(key, workers, {"zone": "a"}, "w3")[:2] == \
+            placement.ranked(key, ["w0", "w1"])               # w3 not eligible: no favour
+        assert sorted(placement.route(key, workers, None, "w3")) == ["w0", "w1", "w2", "w3"]
+    with pytest.raises(InvalidRequest):
+        Dataset("d", "default", (MountSpec("", "s3://b"),), routing="nearest")
