@@ -31,9 +31,10 @@ _FLUSH_BATCH = 512
 class ClusterClient:
     def __init__(self, endpoint: Endpoint, connect_timeout: float = 5.0,
                  request_timeout: float = 60.0, short_circuit: bool = True,
-                 master_retry: float = 30.0) -> None:
+                 master_retry: float = 30.0, failover_timeout: float = 60.0) -> None:
         self.endpoint = endpoint
         self.master_retry = master_retry
+        self.failover_timeout = failover_timeout
         self.short_circuit = short_circuit
         self.pool = Pool(connect_timeout, request_timeout)
         self._map: dict | None = None
@@ -47,7 +48,7 @@ class ClusterClient:
         self._wake = threading.Event()
         self._pid = os.getpid()
         self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0,
-                         "master_calls": 0}
+                         "master_calls": 0, "waits": 0}
         self._datasets: dict[str, tuple[float, dict]] = {}
         atexit.register(self.flush)
 
@@ -171,7 +172,8 @@ class ClusterClient:
         ds = self.dataset(req["ds"])
         replicas = ds.get("replicas", 1)
         last: Exception | None = None
-        for attempt in range(2):
+        deadline, delay = time.monotonic() + self.failover_timeout, 0.1
+        while True:
             local = self._local_id if ds.get("routing") == "local-first" else None
             order = placement.route(key, m["workers"], ds.get("selector"), local)
             by_id = {w["id"]: w for w in m["workers"]}
@@ -189,8 +191,18 @@ class ClusterClient:
                 if rank >= replicas:
                     self.counters["failover"] += 1
                 return payload
-            m = self.cluster(refresh=True)   # membership may have moved
-        raise Unavailable(f"no worker could serve block {key}: {last}")
+            # no worker answered: membership may have moved (a worker restarted by Ray
+            # comes back at a new address); wait for the cluster, up to failover_timeout
+            if time.monotonic() + delay > deadline:
+                raise Unavailable(f"no worker could serve block {key} within "
+                                  f"{self.failover_timeout:g}s: {last}")
+            time.sleep(delay)     # backoff while the cluster recovers
+            delay = min(2.0, delay * 2)
+            self.counters["waits"] += 1
+            try:
+                m = self.cluster(refresh=True)
+            except Unavailable as exc:
+                last = exc
 
     # -- short-circuit hit reports (batched, cheap) ------------------------------------
     def _report_hit(self, address: str, key: str) -> None:

@@ -115,3 +115,46 @@ def test_corrupt_block_is_never_served_and_is_fetched_again(small_cluster):
     after = _status(env)["workers"][0]
     assert after["stats"]["corrupt_blocks"] >= 1
     assert after["stats"]["ufs_fetches"] > w["stats"]["ufs_fetches"]   # fetched again
+
+
+def test_reads_through_the_data_server_go_on_across_a_worker_kill(small_cluster):
+    import threading
+
+    import fsspec
+    env, files = small_cluster
+    _read_all(env, files)                               # everything cached
+    old = os.environ.get("FLUIDCACHE_HOME")
+    os.environ["FLUIDCACHE_HOME"] = env["FLUIDCACHE_HOME"]
+    try:
+        fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True)
+        names = sorted(files)
+        done, errors, passes = threading.Event(), [], [0]
+
+        def reader():
+            try:
+                while not done.is_set():
+                    for n in names:
+                        assert fs.cat_file(f"fluid://t/{n}") == files[n], n
+                    passes[0] += 1
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        wait_for(lambda: passes[0] >= 1 or errors, what="a first pass")
+        pid = _status(env)["workers"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)                    # mid-epoch
+        wait_for(lambda: next((w for w in _status(env)["workers"]
+                               if w["alive"] and w["pid"] != pid), None), timeout=120,
+                 what="the worker to be restarted")
+        target = passes[0] + 2                          # two more whole passes after it
+        wait_for(lambda: passes[0] >= target or errors, timeout=120, what="reads to go on")
+        done.set()
+        t.join(60)
+        assert not errors, errors
+        assert fs.client.counters["waits"] >= 1         # it did see the outage, and waited
+    finally:
+        if old is None:
+            os.environ.pop("FLUIDCACHE_HOME", None)
+        else:
+            os.environ["FLUIDCACHE_HOME"] = old
