@@ -31,11 +31,14 @@ class FluidFileSystem(AbstractFileSystem):
     def __init__(self, address: str | None = None, token: str | None = None,
                  namespace: str | None = None, short_circuit: bool = True,
                  connect_timeout: float = 5.0, request_timeout: float = 60.0,
-                 listing_ttl: float = _LISTING_TTL, **kwargs) -> None:
+                 listing_ttl: float = _LISTING_TTL, failover_timeout: float = 60.0,
+                 **kwargs) -> None:
+        """`failover_timeout`: how long a read waits for the cluster when no worker
+        answers (a worker restarting) before it raises; `request_timeout`: one request."""
         super().__init__(**kwargs)
         self._opts = dict(address=address, token=token, namespace=namespace,
                           short_circuit=short_circuit, connect_timeout=connect_timeout,
-                          request_timeout=request_timeout)
+                          request_timeout=request_timeout, failover_timeout=failover_timeout)
         self.listing_ttl = listing_ttl
         self._client: ClusterClient | None = None
         self._pid = -1
@@ -50,7 +53,8 @@ class FluidFileSystem(AbstractFileSystem):
             o = self._opts
             endpoint = find(o["address"], o["token"], o["namespace"])
             self._client = ClusterClient(endpoint, o["connect_timeout"], o["request_timeout"],
-                                         o["short_circuit"])
+                                         o["short_circuit"],
+                                         failover_timeout=o["failover_timeout"])
             self._pid = os.getpid()
         return self._client
 
