@@ -51,6 +51,8 @@ def run(files: int = 300, keep: bool = False) -> int:
     from .testing.s3 import MotoServer
 
     home = tempfile.mkdtemp(prefix="fluidcache-demo-")
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else home
+    mem = os.path.join(shm, f"fc-demo-{os.getpid()}")      # the memory tier, removed at the end
     os.environ["FLUIDCACHE_HOME"] = home
     moto = MotoServer(log_path=os.path.join(home, "moto.log"))
     print(f"1/4 starting a local S3 endpoint and writing {files} image-like objects ...")
@@ -63,7 +65,6 @@ def run(files: int = 300, keep: bool = False) -> int:
         expected = [_digest(data[k]) for k in sorted(data)]
 
         print("2/4 starting a local fluidcache cluster ...")
-        mem = os.path.join("/dev/shm" if os.path.isdir("/dev/shm") else home, f"fc-demo-{os.getpid()}")
         cfg = config.load(tiers=[{"medium": "MEM", "path": mem, "quota": "512MiB"},
                                  {"medium": "SSD", "path": os.path.join(home, "ssd"),
                                   "quota": "1GiB"}])
@@ -103,3 +104,4 @@ def run(files: int = 300, keep: bool = False) -> int:
         if not keep:
             moto.stop()
             shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(mem, ignore_errors=True)
