@@ -66,11 +66,11 @@ class Mount:
         return f"{proto}://{self.under_path(rel)}"
 
     def ls(self, rel: str) -> list[dict]:
-        with translate(self.url, rel):
+        with translate(rel):
             return self.fs.ls(self.under_path(rel), detail=True, refresh=True)
 
     def info(self, rel: str) -> dict:
-        with translate(self.url, rel):
+        with translate(rel):
             try:
                 self.fs.invalidate_cache(self.under_path(rel))
             except Exception:  # noqa: BLE001 - best effort
@@ -80,7 +80,7 @@ class Mount:
     def read_range(self, rel: str, version: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of the file if it still has `version`, else StaleVersion."""
         path = self.under_path(rel)
-        with translate(self.url, rel):
+        with translate(rel):
             if self.fs.protocol in ("s3", ("s3", "s3a")) and hasattr(self.fs, "call_s3"):
                 try:
                     return _s3_range(self.fs, path, version, start, end)
@@ -144,7 +144,7 @@ def redact(url: str) -> str:
 class translate:
     """Turn under-store exceptions into fluidcache errors that name the fluid path only."""
 
-    def __init__(self, url: str, rel: str) -> None:
+    def __init__(self, rel: str) -> None:
         self.where = rel or "/"
 
     def __enter__(self):

@@ -16,7 +16,7 @@ import threading
 import time
 
 from .. import blocks, placement
-from ..errors import FluidError, StaleVersion, Unavailable
+from ..errors import FluidError, Unavailable
 from ..tiering import layout
 from ..wire import BlockRead
 from .conn import Pool
@@ -252,4 +252,4 @@ def _local_worker(workers: list[dict], machine: str) -> str | None:
     return mine[0] if len(mine) == 1 else None
 
 
-__all__ = ["ClusterClient", "StaleVersion"]
+__all__ = ["ClusterClient"]

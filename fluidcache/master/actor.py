@@ -276,8 +276,7 @@ class Master:
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
             self._mount(ds, spec).info("")
         with self._lock:
-            self.core.add_dataset(ds)              # validates (namespace, duplicates)
-            del self.core.datasets[(ds.namespace, ds.name)]
+            self.core.check_new(ds)
             self._commit({"op": "dataset_add", "dataset": ds.to_record()})
         return ds.public()
 

@@ -39,13 +39,16 @@ class MasterCore:
         return ns
 
     # -- datasets --------------------------------------------------------------
-    def add_dataset(self, ds: Dataset) -> None:
+    def check_new(self, ds: Dataset) -> None:
+        """Raise unless `ds` may be added: its namespace exists and its name is free."""
         if ds.namespace not in self.tokens:
             raise NotFound(f"namespace {ds.namespace!r} does not exist")
-        key = (ds.namespace, ds.name)
-        if key in self.datasets:
+        if (ds.namespace, ds.name) in self.datasets:
             raise AlreadyExists(f"dataset {ds.name} already exists in namespace {ds.namespace}")
-        self.datasets[key] = ds
+
+    def add_dataset(self, ds: Dataset) -> None:
+        self.check_new(ds)
+        self.datasets[(ds.namespace, ds.name)] = ds
 
     def dataset(self, ns: str, name: str) -> Dataset:
         ds = self.datasets.get((ns, name))

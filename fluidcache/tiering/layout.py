@@ -125,17 +125,24 @@ def parse(key: str, raw) -> memoryview:
     return data
 
 
+def _tail(f, key: str) -> tuple[int, int, bytes, int, int]:
+    """(owner length, index, file id, data length, checksum) from an open block file's
+    trailer; raises CorruptBlock when the trailer does not describe this file."""
+    size = os.fstat(f.fileno()).st_size
+    if size < TRAILER.size:
+        raise CorruptBlock(f"block {key}: too short")
+    f.seek(size - TRAILER.size)
+    magic, n, index, fid, length, digest = TRAILER.unpack(f.read(TRAILER.size))
+    if magic != MAGIC or length + n + TRAILER.size != size:
+        raise CorruptBlock(f"block {key}: bad trailer")
+    return n, index, fid, length, digest
+
+
 def read_meta(path: str, key: str) -> Meta:
     """A block file's owner, file id and index, from its tail only (the data is verified
     when it is read). Raises CorruptBlock or OSError."""
     with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size < TRAILER.size:
-            raise CorruptBlock(f"block {key}: too short")
-        f.seek(size - TRAILER.size)
-        magic, n, index, fid, length, _ = TRAILER.unpack(f.read(TRAILER.size))
-        if magic != MAGIC or length + n + TRAILER.size != size:
-            raise CorruptBlock(f"block {key}: bad trailer")
+        n, index, fid, length, _ = _tail(f, key)
         f.seek(length)
         try:
             return Meta(f.read(n).decode(), fid.hex(), index)
@@ -201,13 +208,7 @@ def read_block_into(tier_dir: str, key: str, out: memoryview) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     with f:
-        size = os.fstat(f.fileno()).st_size
-        if size < TRAILER.size:
-            raise CorruptBlock(f"block {key}: too short")
-        f.seek(size - TRAILER.size)
-        magic, n, index, fid, length, digest = TRAILER.unpack(f.read(TRAILER.size))
-        if magic != MAGIC or length + n + TRAILER.size != size:
-            raise CorruptBlock(f"block {key}: bad trailer")
+        n, index, fid, length, digest = _tail(f, key)
         if length != len(out):
             return False
         f.seek(0)
