@@ -23,6 +23,17 @@ import tempfile
 import time
 
 
+TARGETS = {"warm fluid cat_file": "target >= 0.8x", "warm fluid open().read()": "target >= 0.6x",
+           "fluid open().readinto": "target >= 0.7x",
+           "fluid readinto over TCP": "target >= 1.5 GB/s"}
+
+
+def _url_read(url: str, opts: dict) -> bytes:
+    import fsspec
+    with fsspec.open(url, "rb", **opts) as f:
+        return f.read()
+
+
 def _timed(fn, names) -> float:
     t0 = time.perf_counter()
     for n in names:
@@ -35,6 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--files", type=int)
     p.add_argument("--big-mib", type=int)
+    p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args(argv)
     n_files = a.files or (300 if a.quick else 2000)
     big_mib = a.big_mib or (64 if a.quick else 256)
@@ -48,7 +60,7 @@ def main(argv=None) -> int:
     rng = random.Random(0)
     files = {f"img/{i:05d}.jpg": rng.randbytes(rng.randint(80_000, 140_000))
              for i in range(n_files)}
-    big = rng.randbytes(big_mib * 1024 * 1024)
+    big = b"".join(rng.randbytes(1 << 20) for _ in range(big_mib))
     names = sorted(files)
     tmpfs = tempfile.mkdtemp(prefix="fc-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm")
                              else None)
@@ -84,62 +96,101 @@ def main(argv=None) -> int:
             res["cold fluid"] = _timed(check(lambda n: fs.cat_file(f"fluid://bench/{n}")), names)
             direct = moto.filesystem()
             res["cold s3fs"] = _timed(check(lambda n: direct.cat_file(f"bench/{n}")), names)
-            res["warm fluid cat_file"] = _timed(
-                check(lambda n: fs.cat_file(f"fluid://bench/{n}")), names)
-
-            def fluid_open(n):
-                with fs.open(f"fluid://bench/{n}", "rb") as f:
-                    return f.read()
-            res["warm fluid open().read()"] = _timed(check(fluid_open), names)
-            res["warm fluid over TCP"] = _timed(
-                check(lambda n: fs_tcp.cat_file(f"fluid://bench/{n}")), names)
             sc = fsspec.filesystem("simplecache", target_protocol="s3",
                                    target_options=dict(key="testing", secret="testing",
                                                        client_kwargs={"endpoint_url": moto.endpoint}),
                                    cache_storage=os.path.join(home, "simplecache"))
             _timed(check(lambda n: sc.cat_file(f"bench/{n}")), names)             # fill it
-            res["warm simplecache::s3"] = _timed(check(lambda n: sc.cat_file(f"bench/{n}")), names)
+
+            def fluid_open(n):
+                with fs.open(f"fluid://bench/{n}", "rb") as f:
+                    return f.read()
 
             def plain(n):
                 with open(os.path.join(tmpfs, n), "rb") as f:
                     return f.read()
-            res["tmpfs open().read()"] = _timed(check(plain), names)
 
-            print(f"\n{n_files} objects of 80-140 KB (files/s; ratio to the tmpfs ceiling)")
+            warm = {"tmpfs open().read()": plain,
+                    "warm fluid cat_file": lambda n: fs.cat_file(f"fluid://bench/{n}"),
+                    "warm fluid open().read()": fluid_open,
+                    "warm fluid over TCP": lambda n: fs_tcp.cat_file(f"fluid://bench/{n}"),
+                    "warm simplecache::s3": lambda n: sc.cat_file(f"bench/{n}"),
+                    # what a script that opens URLs does: fsspec's URL handling per call
+                    "warm fsspec.open(fluid://)": lambda n: _url_read(f"fluid://bench/{n}", {}),
+                    "warm fsspec.open(simplecache)": lambda n: _url_read(
+                        f"simplecache::s3://bench/{n}", sc_url_opts)}
+            sc_url_opts = dict(s3=dict(key="testing", secret="testing",
+                                       client_kwargs={"endpoint_url": moto.endpoint}),
+                               simplecache=dict(cache_storage=os.path.join(home, "simplecache")))
+            for _ in range(a.rounds):       # interleaved rounds, best of each: noise only adds
+                for k, fn in warm.items():
+                    t = _timed(check(fn), names)
+                    res[k] = min(res.get(k, t), t)
+
+            print(f"\n{n_files} objects of 80-140 KB, best of {a.rounds} rounds "
+                  "(files/s; ratio to the tmpfs ceiling)")
             ceiling = n_files / res["tmpfs open().read()"]
             for k in ("tmpfs open().read()", "warm fluid cat_file", "warm fluid open().read()",
-                      "warm fluid over TCP", "warm simplecache::s3", "cold fluid", "cold s3fs"):
+                      "warm fluid over TCP", "warm simplecache::s3", "warm fsspec.open(fluid://)",
+                      "warm fsspec.open(simplecache)", "cold fluid", "cold s3fs"):
                 rate = n_files / res[k]
-                print(f"  {k:<26}{rate:>10,.0f}{rate / ceiling:>8.2f}x")
+                print(f"  {k:<30}{rate:>10,.0f}{rate / ceiling:>8.2f}x  {TARGETS.get(k, '')}")
             print(f"  cold epoch: fluid {res['cold fluid']:.2f}s vs s3fs {res['cold s3fs']:.2f}s "
-                  f"({res['cold fluid'] / res['cold s3fs']:.2f}x)")
+                  f"({res['cold fluid'] / res['cold s3fs']:.2f}x; target <= 1.0x)")
             print(f"  warm fluid cat_file vs simplecache: "
-                  f"{res['warm simplecache::s3'] / res['warm fluid cat_file']:.1f}x; "
-                  f"vs direct s3fs: {res['cold s3fs'] / res['warm fluid cat_file']:.0f}x")
+                  f"{res['warm simplecache::s3'] / res['warm fluid cat_file']:.1f}x (target >= 5x); "
+                  f"vs direct s3fs: {res['cold s3fs'] / res['warm fluid cat_file']:.0f}x "
+                  "(target >= 250x)")
 
             digest = hashlib.sha256(big).hexdigest()
             assert hashlib.sha256(fs.cat_file("fluid://bench/big.bin")).hexdigest() == digest
-            gbs = {}
-            for label, reader in (("fluid short-circuit", fs), ("fluid over TCP", fs_tcp)):
+            buf = bytearray(len(big))                  # every readinto row reuses it
+
+            def bytes_read(reader):
+                def go():
+                    t0 = time.perf_counter()
+                    data = reader.cat_file("fluid://bench/big.bin")
+                    dt = time.perf_counter() - t0
+                    assert hashlib.sha256(data).hexdigest() == digest
+                    return len(data), dt
+                return go
+
+            def into(reader):
+                def go():
+                    buf[:8] = b"\0" * 8
+                    t0 = time.perf_counter()
+                    with reader.open("fluid://bench/big.bin", "rb") as f:
+                        n = f.readinto(buf)
+                    dt = time.perf_counter() - t0
+                    assert n == len(big) and hashlib.sha256(buf).hexdigest() == digest
+                    return n, dt
+                return go
+
+            def tmpfs_read():
                 t0 = time.perf_counter()
-                data = reader.cat_file("fluid://bench/big.bin")
-                gbs[label] = len(data) / (time.perf_counter() - t0) / 1e9
-                assert hashlib.sha256(data).hexdigest() == digest
-            buf = bytearray(len(big))                  # both readinto rows reuse it
-            for label, reader in (("fluid open().readinto", fs),
-                                  ("fluid readinto over TCP", fs_tcp)):
+                with open(os.path.join(tmpfs, "big.bin"), "rb") as f:
+                    n = len(f.read())
+                return n, time.perf_counter() - t0
+
+            def tmpfs_into():
                 t0 = time.perf_counter()
-                with reader.open("fluid://bench/big.bin", "rb") as f:
+                with open(os.path.join(tmpfs, "big.bin"), "rb", buffering=0) as f:
                     n = f.readinto(buf)
-                gbs[label] = n / (time.perf_counter() - t0) / 1e9
-                assert n == len(big) and hashlib.sha256(buf).hexdigest() == digest
-            t0 = time.perf_counter()
-            with open(os.path.join(tmpfs, "big.bin"), "rb", buffering=0) as f:
-                f.readinto(buf)
-            gbs["tmpfs readinto"] = len(big) / (time.perf_counter() - t0) / 1e9
-            print(f"\none {big_mib} MiB object, warm (GB/s; ratio to tmpfs readinto)")
+                return n, time.perf_counter() - t0
+
+            rows = {"tmpfs readinto": tmpfs_into, "fluid open().readinto": into(fs),
+                    "fluid readinto over TCP": into(fs_tcp), "tmpfs open().read()": tmpfs_read,
+                    "fluid cat_file": bytes_read(fs), "fluid cat_file over TCP": bytes_read(fs_tcp)}
+            gbs: dict[str, float] = {}
+            for _ in range(a.rounds):
+                for k, fn in rows.items():
+                    n, dt = fn()             # each read is checked after its timing
+                    gbs[k] = max(gbs.get(k, 0.0), n / dt / 1e9)
+            print(f"\none {big_mib} MiB object, warm, best of {a.rounds} (GB/s; ratio to tmpfs "
+                  "readinto; cat_file makes a new bytes object, so tmpfs open().read() is its "
+                  "ceiling)")
             for k, v in gbs.items():
-                print(f"  {k:<26}{v:>10.2f}{v / gbs['tmpfs readinto']:>8.2f}x")
+                print(f"  {k:<30}{v:>10.2f}{v / gbs['tmpfs readinto']:>8.2f}x  {TARGETS.get(k, '')}")
         finally:
             cluster.stop()
             shutil.rmtree(tmpfs, ignore_errors=True)

@@ -15,7 +15,6 @@ Never: open sockets or choose addresses (callers pass streams or sockets in).
 """
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -197,38 +196,11 @@ class FrameDecoder:
         return header, payload
 
 
-# -- asyncio streams (servers) ----------------------------------------------------------
-
-async def read_frame(reader: asyncio.StreamReader, max_frame: int,
-                     max_data: int) -> tuple[dict, bytes] | None:
-    """One frame from a stream, or None at a clean end of stream between frames."""
-    try:
-        prefix = await reader.readexactly(_LEN.size)
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            return None
-        raise ProtocolError("truncated frame length") from None
-    (hlen,) = _LEN.unpack(prefix)
-    _check_len(hlen, max_frame, "frame header")
-    try:
-        header = unpack_header(await reader.readexactly(hlen))
-        n = payload_len(header, max_data)
-        payload = await reader.readexactly(n) if n else b""
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("truncated frame") from None
-    return header, payload
-
-
 # -- blocking sockets (clients) ---------------------------------------------------------
 
 def _recv_exact(sock: socket.socket, n: int) -> bytearray:
     buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise ConnectionError("connection closed by peer mid-frame")
-        got += k
+    _recv_into(sock, memoryview(buf))
     return buf
 
 
@@ -241,10 +213,25 @@ def send_request(sock: socket.socket, req: Request, payload: bytes = b"") -> Non
         sock.sendall(payload)
 
 
+def _recv_into(sock: socket.socket, view: memoryview) -> None:
+    got, n = 0, len(view)
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("connection closed by peer mid-frame")
+        got += k
+
+
 def recv_reply(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME,
-               max_data: int = DEFAULT_MAX_DATA) -> tuple[Reply, bytearray]:
+               max_data: int = DEFAULT_MAX_DATA, into: memoryview | None = None
+               ) -> tuple[Reply, bytearray | memoryview]:
+    """One reply. A payload of exactly len(`into`) bytes is received straight into
+    `into` (returned as the payload: no intermediate buffer); any other into a new one."""
     (hlen,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
     _check_len(hlen, max_frame, "frame header")
     header = unpack_header(_recv_exact(sock, hlen))
     n = payload_len(header, max_data)
+    if into is not None and n == len(into) and n:
+        _recv_into(sock, into)
+        return Reply.from_header(header), into
     return Reply.from_header(header), (_recv_exact(sock, n) if n else bytearray())

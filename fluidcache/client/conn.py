@@ -15,6 +15,16 @@ from .. import wire
 from ..errors import ProtocolError, Unavailable
 
 
+FORKS = [0]     # bumped in every forked child: cheaper than comparing os.getpid() per call
+
+
+def _forked() -> None:
+    FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -30,13 +40,13 @@ class Pool:
         self._ids = itertools.count(1)
         self._idle: dict[str, list[socket.socket]] = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._gen = FORKS[0]
 
     def _take(self, address: str, fresh: bool = False) -> tuple[socket.socket, bool]:
         """A socket to `address` and whether it was reused from the idle pool."""
         with self._lock:
-            if self._pid != os.getpid():       # forked: the parent's sockets are not ours
-                self._idle, self._pid = {}, os.getpid()
+            if self._gen != FORKS[0]:       # forked: the parent's sockets are not ours
+                self._idle, self._gen = {}, FORKS[0]
             idle = self._idle.get(address)
             if idle and not fresh:
                 return idle.pop(), True
@@ -51,7 +61,7 @@ class Pool:
 
     def _give(self, address: str, sock: socket.socket) -> None:
         with self._lock:
-            if self._pid == os.getpid():
+            if self._gen == FORKS[0]:
                 idle = self._idle.setdefault(address, [])
                 if len(idle) < self.max_idle:
                     idle.append(sock)
@@ -59,15 +69,17 @@ class Pool:
         sock.close()
 
     def call(self, address: str, op: str, args: dict | None = None, namespace: str | None = None,
-             token: str | None = None) -> tuple[object, bytearray]:
+             token: str | None = None, into: memoryview | None = None
+             ) -> tuple[object, bytearray | memoryview]:
         """Send one request; returns (result, payload). Raises the reply's error, or
-        Unavailable when the peer cannot be reached or the connection breaks."""
+        Unavailable when the peer cannot be reached or the connection breaks. A payload
+        of len(`into`) bytes is received straight into `into` (and returned as it)."""
         req = wire.Request(op, args or {}, next(self._ids), namespace, token)
         for attempt in (0, 1):
             sock, reused = self._take(address, fresh=attempt > 0)
             try:
                 wire.send_request(sock, req)
-                reply, payload = wire.recv_reply(sock, max_data=self.max_data)
+                reply, payload = wire.recv_reply(sock, max_data=self.max_data, into=into)
                 break
             except (OSError, ProtocolError) as exc:
                 sock.close()

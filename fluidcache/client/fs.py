@@ -9,15 +9,15 @@ The filesystem is read-only: writes raise PermissionError.
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from fsspec.spec import AbstractFileSystem
 
-from .. import names
+from .. import blocks, names
 from ..errors import AccessDenied, IsADirectory, NotFound, StaleVersion
+from .conn import FORKS
 from .discovery import find
 from .reader import ClusterClient
 
@@ -32,16 +32,18 @@ class FluidFileSystem(AbstractFileSystem):
                  namespace: str | None = None, short_circuit: bool = True,
                  connect_timeout: float = 5.0, request_timeout: float = 60.0,
                  listing_ttl: float = _LISTING_TTL, failover_timeout: float = 60.0,
-                 **kwargs) -> None:
+                 readahead: int = 2, **kwargs) -> None:
         """`failover_timeout`: how long a read waits for the cluster when no worker
-        answers (a worker restarting) before it raises; `request_timeout`: one request."""
+        answers (a worker restarting) before it raises; `request_timeout`: one request;
+        `readahead`: blocks a sequential reader of an open file fetches ahead (0: off)."""
         super().__init__(**kwargs)
         self._opts = dict(address=address, token=token, namespace=namespace,
                           short_circuit=short_circuit, connect_timeout=connect_timeout,
                           request_timeout=request_timeout, failover_timeout=failover_timeout)
         self.listing_ttl = listing_ttl
+        self.readahead = max(0, int(readahead))
         self._client: ClusterClient | None = None
-        self._pid = -1
+        self._gen = -1
         self._meta: dict[str, tuple[float, list[dict], dict[str, dict]]] = {}
         self._misses: dict[str, int] = {}       # per directory: infos not in a listing
         self._lock = threading.Lock()
@@ -49,13 +51,13 @@ class FluidFileSystem(AbstractFileSystem):
     # -- per-process state --------------------------------------------------------------
     @property
     def client(self) -> ClusterClient:
-        if self._client is None or self._pid != os.getpid():
+        if self._gen != FORKS[0] or self._client is None:
             o = self._opts
             endpoint = find(o["address"], o["token"], o["namespace"])
             self._client = ClusterClient(endpoint, o["connect_timeout"], o["request_timeout"],
                                          o["short_circuit"],
                                          failover_timeout=o["failover_timeout"])
-            self._pid = os.getpid()
+            self._gen = FORKS[0]
         return self._client
 
     @classmethod
@@ -112,7 +114,9 @@ class FluidFileSystem(AbstractFileSystem):
         return float("inf") if sync < 0 else min(sync, self.listing_ttl)
 
     def info(self, path, refresh=False, **kwargs):
-        path = self._strip_protocol(path)
+        return self._info(self._strip_protocol(path), refresh)
+
+    def _info(self, path: str, refresh: bool = False) -> dict:
         ds, rest = self._split(path)
         if not rest:
             if not ds:
@@ -122,13 +126,15 @@ class FluidFileSystem(AbstractFileSystem):
             return {"name": ds, "size": 0, "type": "directory"}
         parent = path.rsplit("/", 1)[0]
         hit = None if refresh else self._meta.get(parent)
+        if hit is not None and hit[0] <= time.monotonic():
+            hit = None                   # expired: list it again (below), not per file
         if hit is None and not refresh and self._misses.get(parent, 0) >= 2:
             # a job reading several files of one directory: list it once (one call per
             # directory) instead of one call per file
             self._listing(parent)
             self._misses.pop(parent, None)
             hit = self._meta.get(parent)
-        if hit is not None and hit[0] > time.monotonic():
+        if hit is not None:
             e = hit[2].get(path)        # a listed file's info costs no RPC
             if e is not None:
                 return e
@@ -146,9 +152,9 @@ class FluidFileSystem(AbstractFileSystem):
 
     # -- bytes ----------------------------------------------------------------------------
     def _file_entry(self, path: str, refresh: bool = False) -> dict:
-        entry = self.info(path, refresh=refresh)
+        entry = self._info(path, refresh)      # `path` is stripped already
         if entry["type"] != "file":
-            raise IsADirectory(f"fluid://{self._strip_protocol(path)} is a directory")
+            raise IsADirectory(f"fluid://{path} is a directory")
         return entry
 
     def _read(self, path: str, start: int | None, end: int | None) -> bytes:
@@ -217,6 +223,7 @@ class FluidFile(io.RawIOBase):
         self.size = entry["size"]
         self.loc = 0
         self._block: tuple[int, memoryview | bytes] | None = None
+        self._ahead: dict[int, Future] = {}          # block index -> background fetch
 
     def readable(self) -> bool:
         return True
@@ -275,11 +282,38 @@ class FluidFile(io.RawIOBase):
 
     def _cached_block(self, index: int):
         """A whole block of the version this file was opened at. If that version is gone
-        from the under store (StaleVersion), the read fails: reopen the file."""
+        from the under store (StaleVersion), the read fails: reopen the file.
+        A reader moving from block i-1 to i is sequential: blocks i+1.. are fetched in the
+        background (readahead), so a cold stream overlaps the under store's latency."""
         if self._block is None or self._block[0] != index:
-            self._block = (index, self.fs.client.block(self.details, index))
+            fut = self._ahead.pop(index, None)
+            data = None
+            if fut is not None:
+                try:
+                    data = fut.result()
+                except Exception:  # noqa: BLE001 - fetch it again below, errors and all
+                    data = None
+            if data is None:
+                data = self.fs.client.block(self.details, index)
+            sequential = self._block is not None and self._block[0] == index - 1
+            self._block = (index, data)
+            if sequential and self.fs.readahead:
+                self._read_ahead(index)
         return self._block[1]
+
+    def _read_ahead(self, index: int) -> None:
+        client = self.fs.client
+        last = blocks.block_count(self.size, client.cluster()["block_size"]) - 1
+        for j in [j for j in self._ahead if j <= index]:
+            self._ahead.pop(j).cancel()
+        for j in range(index + 1, min(last, index + self.fs.readahead) + 1):
+            if j not in self._ahead:
+                self._ahead[j] = client.executor().submit(client.block, self.details, j)
+                client.counters["readahead"] += 1
 
     def close(self) -> None:
         self._block = None
+        for fut in self._ahead.values():
+            fut.cancel()
+        self._ahead.clear()
         super().close()

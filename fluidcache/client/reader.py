@@ -9,23 +9,25 @@ Never: see under-store URLs or credentials.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
-import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import blocks, placement
-from ..errors import FluidError, Unavailable
+from ..errors import FluidError, StaleVersion, Unavailable
 from ..tiering import layout
 from ..wire import BlockRead
-from .conn import Pool
+from .conn import FORKS, Pool
 from .discovery import Endpoint
 
 log = logging.getLogger(__name__)
 _MAP_TTL = 10.0
 _FLUSH_EVERY = 0.5
 _FLUSH_BATCH = 512
+_FANOUT = 8          # blocks of one large read fetched at once
 
 
 class ClusterClient:
@@ -43,12 +45,13 @@ class ClusterClient:
         self._local_id: str | None = None
         self._local: list[tuple[str, list[str]]] = []     # (worker address, tier paths)
         self._lock = threading.Lock()
-        self._pending: dict[str, list[str]] = {}
+        self._pending: collections.deque[tuple[str, str]] = collections.deque()
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
-        self._pid = os.getpid()
+        self._gen = FORKS[0]
+        self._threads: ThreadPoolExecutor | None = None
         self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0,
-                         "master_calls": 0, "waits": 0}
+                         "master_calls": 0, "waits": 0, "readahead": 0}
         self._datasets: dict[str, tuple[float, dict]] = {}
         atexit.register(self.flush)
 
@@ -85,9 +88,12 @@ class ClusterClient:
     def read(self, entry: dict, start: int, end: int) -> bytes:
         """Bytes [start, end) of a listed file entry."""
         m = self.cluster()
-        pieces = blocks.pieces(entry["size"], m["block_size"], start, end)
-        if len(pieces) == 1:
-            return bytes(self.piece(entry, pieces[0]))
+        bs = m["block_size"]
+        index = start // bs
+        if end <= (index + 1) * bs:           # one block: most files of a training set
+            return bytes(self.piece(entry, blocks.Piece(index, start - index * bs,
+                                                        end - start), m))
+        pieces = blocks.pieces(entry["size"], bs, start, end)
         out = bytearray(sum(p.length for p in pieces))
         self.read_into(entry, start, memoryview(out))
         return bytes(out)
@@ -95,40 +101,69 @@ class ClusterClient:
     def read_into(self, entry: dict, start: int, out: memoryview) -> int:
         """Fill `out` with the file's bytes from `start` (fewer at the end of the file);
         returns how many. Whole local blocks are read straight into `out` and verified
-        there: no intermediate copy at all."""
-        bs = self.cluster()["block_size"]
-        pos = 0
+        there; the other blocks come from their workers concurrently, each received
+        straight into its place in `out`."""
+        m = self.cluster()
+        bs = m["block_size"]
+        pos, remote = 0, []
         for p in blocks.pieces(entry["size"], bs, start, start + len(out)):
             dst = out[pos:pos + p.length]
             whole = p.offset == 0 and p.length == blocks.block_length(entry["size"], bs, p.index)
             if not (whole and self.short_circuit and
                     self._local_into(blocks.block_key(entry["fid"], p.index, bs), dst)):
-                dst[:] = self.piece(entry, p)
+                remote.append((p, dst))
             pos += p.length
+
+        def fetch(job) -> None:
+            p, dst = job
+            data = self.piece(entry, p, m, into=dst)
+            if data is not dst:
+                if len(data) != len(dst):
+                    raise StaleVersion(f"{entry['name']}: block {p.index} is not the listed "
+                                       "size; list it again")
+                dst[:] = data
+
+        if len(remote) > 1:
+            for _ in self.executor().map(fetch, remote):
+                pass
+        elif remote:
+            fetch(remote[0])
         return pos
+
+    def executor(self) -> ThreadPoolExecutor:
+        """Threads that fetch the blocks of one large read at once (created on first use,
+        in this process)."""
+        if self._threads is None:
+            with self._lock:
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(_FANOUT, thread_name_prefix="fc-read")
+        return self._threads
 
     def block(self, entry: dict, index: int) -> memoryview | bytes:
         """One whole block (what file objects keep between small reads)."""
         return self.piece(entry, blocks.Piece(index, 0, -1))
 
-    def piece(self, entry: dict, piece: blocks.Piece) -> memoryview | bytes:
-        m = self.cluster()
+    def piece(self, entry: dict, piece: blocks.Piece, m: dict | None = None,
+              into: memoryview | None = None) -> memoryview | bytes:
+        """Bytes of one piece of a block: from a local tier file, else from a worker
+        (received straight into `into` when given and returned as it)."""
+        m = m or self.cluster()
         bs = m["block_size"]
         key = blocks.block_key(entry["fid"], piece.index, bs)
         if self.short_circuit:
-            data = self._local_block(key)
-            if data is not None and len(data) != blocks.block_length(entry["size"], bs,
-                                                                     piece.index):
-                data = None    # not this block of this version: let a worker sort it out
+            length = blocks.block_length(entry["size"], bs, piece.index)
+            data = self._local_block(key, length)
             if data is not None:
-                end = len(data) if piece.length < 0 else piece.offset + piece.length
+                if piece.offset == 0 and piece.length in (-1, length):
+                    return data                     # the bytes as read: no copy
+                end = length if piece.length < 0 else piece.offset + piece.length
                 return data[piece.offset:end]
         dataset, _, path = entry["name"].partition("/")
         req = BlockRead(dataset, path, entry["version"], entry["size"], piece.index,
                         piece.offset, piece.length).to_args()
         req["f"] = entry["fid"]
         req["bs"] = bs
-        return self._remote(key, req, m)
+        return self._remote(key, req, m, into)
 
     def _local_into(self, key: str, dst: memoryview) -> bool:
         for address, paths in self._local:
@@ -144,14 +179,14 @@ class ClusterClient:
                     return True
         return False
 
-    def _local_block(self, key: str):
+    def _local_block(self, key: str, length: int) -> bytes | None:
         for address, paths in self._local:
             for p in paths:
                 try:
-                    data = layout.read_block(p, key)
-                except layout.CorruptBlock:
-                    data = None   # the worker drops it when it next reads it; go remote
-                    log.warning("short-circuit: block %s in %s is corrupt", key, p)
+                    data = layout.read_exact(p, key, length)
+                except (layout.CorruptBlock, OSError) as exc:
+                    # the worker drops a corrupt block when it next reads it; go remote
+                    log.warning("short-circuit: block %s in %s: %s", key, p, exc)
                     continue
                 if data is not None:
                     self.counters["short_circuit"] += 1
@@ -168,7 +203,7 @@ class ClusterClient:
                                           self.master("dataset_show", {"name": name}))
         return hit[1]
 
-    def _remote(self, key: str, req: dict, m: dict):
+    def _remote(self, key: str, req: dict, m: dict, into: memoryview | None = None):
         ds = self.dataset(req["ds"])
         replicas = ds.get("replicas", 1)
         last: Exception | None = None
@@ -181,7 +216,7 @@ class ClusterClient:
                 try:
                     result, payload = self.pool.call(by_id[wid]["address"], "read", req,
                                                      self.endpoint.namespace,
-                                                     self.endpoint.token)
+                                                     self.endpoint.token, into=into)
                 except Unavailable as exc:
                     last = exc
                     continue
@@ -206,17 +241,16 @@ class ClusterClient:
 
     # -- short-circuit hit reports (batched, cheap) ------------------------------------
     def _report_hit(self, address: str, key: str) -> None:
-        with self._lock:
-            if self._pid != os.getpid():    # forked: start over with our own thread
-                self._pid, self._pending, self._flusher = os.getpid(), {}, None
-                self._wake = threading.Event()
-            self._pending.setdefault(address, []).append(key)
-            n = sum(len(v) for v in self._pending.values())
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name="fluidcache-hits")
-                self._flusher.start()
-        if n >= _FLUSH_BATCH:
+        """Queue a short-circuit hit for its worker (deque appends need no lock). One
+        client lives in one process: the filesystem makes a new one after a fork."""
+        self._pending.append((address, key))
+        if self._flusher is None:
+            with self._lock:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                     name="fluidcache-hits")
+                    self._flusher.start()
+        if len(self._pending) >= _FLUSH_BATCH:
             self._wake.set()
 
     def _flush_loop(self) -> None:
@@ -227,11 +261,16 @@ class ClusterClient:
 
     def flush(self) -> None:
         """Send pending short-circuit hits to their workers now."""
-        with self._lock:
-            if self._pid != os.getpid():
-                return
-            pending, self._pending = self._pending, {}
-        for address, keys in pending.items():
+        if self._gen != FORKS[0]:
+            return              # a forked child's copy: the parent reports its own
+        by_worker: dict[str, list[str]] = {}
+        try:
+            while True:
+                address, key = self._pending.popleft()
+                by_worker.setdefault(address, []).append(key)
+        except IndexError:
+            pass
+        for address, keys in by_worker.items():
             try:
                 self.pool.call(address, "touch", {"keys": keys},
                                self.endpoint.namespace, self.endpoint.token)

@@ -46,7 +46,7 @@ def machine_id() -> str:
 
 
 def block_path(tier_dir: str, key: str) -> str:
-    return os.path.join(tier_dir, key[:2], key + SUFFIX)
+    return f"{tier_dir}/{key[:2]}/{key}{SUFFIX}"
 
 
 class Meta(NamedTuple):
@@ -64,9 +64,13 @@ def checksum(key: str, data, meta_bytes: bytes = b"") -> int:
     return h.intdigest()
 
 
+_MAX_OWNER = 1024
+_MAX_TAIL = _MAX_OWNER + TRAILER.size
+
+
 def _meta_bytes(meta: Meta) -> tuple[bytes, bytes]:
     owner = meta.owner.encode()
-    if len(owner) > 1024:
+    if len(owner) > _MAX_OWNER:
         raise ValueError("block owner name too long")
     return owner, struct.pack(">Q", meta.index) + bytes.fromhex(meta.fid)
 
@@ -200,25 +204,73 @@ def copy_block(src_dir: str, dst_dir: str, key: str) -> bool:
     return True
 
 
+def _open_exact(tier_dir: str, key: str, length: int):
+    """(fd, owner + index + file id, checksum) of block `key` if its file holds exactly
+    `length` data bytes; None if absent or of another length. Reads the tail only, with
+    pread (no Python file object: this is the short-circuit hot path)."""
+    try:
+        fd = os.open(block_path(tier_dir, key), os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        tail = os.pread(fd, _MAX_TAIL + 1, length)
+        if len(tail) < TRAILER.size or len(tail) > _MAX_TAIL:
+            os.close(fd)
+            return None
+        magic, n, index, fid, got, digest = TRAILER.unpack_from(tail, len(tail) - TRAILER.size)
+        if magic != MAGIC:
+            raise CorruptBlock(f"block {key}: bad trailer")
+        if got != length or n + TRAILER.size != len(tail):
+            os.close(fd)
+            return None
+        return fd, tail[:n] + struct.pack(">Q", index) + fid, digest
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_exact(tier_dir: str, key: str, length: int) -> bytes | None:
+    """The verified bytes of block `key` when its file holds exactly `length` bytes of
+    data (what the reader expects), as one bytes object read straight from the file:
+    no copy beyond the read itself. None if absent or of another length; raises
+    CorruptBlock or OSError."""
+    found = _open_exact(tier_dir, key, length)
+    if found is None:
+        return None
+    fd, meta_bytes, digest = found
+    try:
+        data = os.pread(fd, length, 0)
+        if len(data) < length:          # more than 2 GiB, or truncated under us
+            rest = bytearray(data)
+            while len(rest) < length:
+                more = os.pread(fd, length - len(rest), len(rest))
+                if not more:
+                    raise CorruptBlock(f"block {key}: truncated")
+                rest += more
+            data = bytes(rest)
+    finally:
+        os.close(fd)
+    if checksum(key, data, meta_bytes) != digest:
+        raise CorruptBlock(f"block {key}: checksum mismatch")
+    return data
+
+
 def read_block_into(tier_dir: str, key: str, out: memoryview) -> bool:
     """Read the whole block `key` straight into `out` (its exact length) and verify it:
     no intermediate copy. False if absent or of another length; raises CorruptBlock."""
-    try:
-        f = open(block_path(tier_dir, key), "rb", buffering=0)
-    except (FileNotFoundError, NotADirectoryError):
+    found = _open_exact(tier_dir, key, len(out))
+    if found is None:
         return False
-    with f:
-        n, index, fid, length, digest = _tail(f, key)
-        if length != len(out):
-            return False
-        f.seek(0)
+    fd, meta_bytes, digest = found
+    try:
         got = 0
-        while got < length:
-            k = f.readinto(out[got:])
+        while got < len(out):
+            k = os.preadv(fd, [out[got:]], got)
             if not k:
                 raise CorruptBlock(f"block {key}: truncated")
             got += k
-        owner = f.read(n)
-    if checksum(key, out, owner + struct.pack(">Q", index) + fid) != digest:
+    finally:
+        os.close(fd)
+    if checksum(key, out, meta_bytes) != digest:
         raise CorruptBlock(f"block {key}: checksum mismatch")
     return True

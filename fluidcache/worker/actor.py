@@ -87,7 +87,7 @@ class Worker:
         self._stopping = threading.Event()
         self._master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
         self.server = Server(self._handle, _bind_host(cfg.host), cfg.worker_port, cfg.max_frame,
-                             name="fluidcache-data").start()
+                             name="fluidcache-data", fast=self._fast).start()
         self._beat()
         threading.Thread(target=self._heartbeats, daemon=True, name="fluidcache-hb").start()
 
@@ -150,43 +150,85 @@ class Worker:
         return {"tiers": self.store.tiers(), "stats": stats}
 
     # -- data server -----------------------------------------------------------------
-    async def _handle(self, req, payload):
+    def _fast(self, req, payload):
+        """Answer without waiting when we can (the common warm read: a memory-tier block
+        of a dataset whose record we hold); None hands the request to `_handle`."""
         if req.op == "ping":
             return {"pong": True, "id": self.node_id}, None
         if req.op not in ("read", "touch"):
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
+        if not self._token_ok(req.namespace, req.token):
+            return None                     # maybe a new namespace: ask the master
+        if req.op == "touch":
+            return self._touch(req.args)
+        r = self._block_read(req.args)
+        hit = self._datasets.get((req.namespace, r.dataset))
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        found = self._mount_of(req.namespace, hit[1], r, req.args.get("f"))
+        if found is None:
+            return None
+        key = blocks.block_key(found[2], r.index, self.config.block_size)
+        if not self.store.in_memory(key):
+            return None
+        data = self.store.get(key)          # a tmpfs read: cheaper than a hop to a thread
+        if data is None:
+            return None
+        self.counters["hits"] += 1
+        return self._serve(r, data)
+
+    async def _handle(self, req, payload):
+        if req.op not in ("read", "touch"):
+            raise InvalidRequest(f"unknown data server operation {req.op!r}")
         await self._authorize(req.namespace, req.token)
         if req.op == "touch":
-            keys = req.args.get("keys")
-            if not isinstance(keys, list) or len(keys) > 100_000:
-                raise InvalidRequest("touch needs a list of at most 100000 keys")
-            held = sum(1 for k in keys if isinstance(k, str) and self.store.touch(k))
-            self.counters["hits"] += held
-            self.counters["short_circuit_hits"] += held
-            return {"held": held}, None
-        r = BlockRead.from_args(req.args)
-        bs = req.args.get("bs", self.config.block_size)
+            return self._touch(req.args)
+        r = self._block_read(req.args)
+        return self._serve(r, await self._block(req.namespace, r, req.args.get("f")))
+
+    def _touch(self, args: dict):
+        keys = args.get("keys")
+        if not isinstance(keys, list) or len(keys) > 100_000:
+            raise InvalidRequest("touch needs a list of at most 100000 keys")
+        held = sum(1 for k in keys if isinstance(k, str) and self.store.touch(k))
+        self.counters["hits"] += held
+        self.counters["short_circuit_hits"] += held
+        return {"held": held}, None
+
+    def _block_read(self, args: dict) -> BlockRead:
+        r = BlockRead.from_args(args)
+        bs = args.get("bs", self.config.block_size)
         if bs != self.config.block_size:
             raise StaleVersion(f"the cluster's block size is {self.config.block_size}, "
                                f"not {bs}; refresh the cluster map")
-        data = await self._block(req.namespace, r, req.args.get("f"))
-        end = len(data) if r.length < 0 else min(len(data), r.offset + r.length)
+        if r.index >= max(1, blocks.block_count(r.size, bs)):
+            raise InvalidRequest(f"block {r.index} is past the end of a {r.size}-byte file")
+        return r
+
+    def _serve(self, r: BlockRead, data):
+        if len(data) != self._expected(r):
+            raise StaleVersion(f"{r.dataset}/{r.path}: size changed in the under store; "
+                               "list it again")
         if r.offset > len(data):
             raise InvalidRequest(f"offset {r.offset} is past the end of block {r.index}")
-        out = data[r.offset:end]
+        end = len(data) if r.length < 0 else min(len(data), r.offset + r.length)
+        out = data[r.offset:end] if (r.offset or end != len(data)) else data
         self.counters["bytes_served"] += len(out)
         return {"n": len(out), "mv": self.map_version}, out
 
-    async def _authorize(self, ns, token) -> None:
+    def _token_ok(self, ns, token) -> bool:
         expected = self._tokens.get(ns or "")
-        if expected is None or not hmac.compare_digest((token or "").encode(), expected.encode()):
-            if time.monotonic() - self._tokens_at > 1.0:   # a new namespace or token
-                self._tokens = await _ray_call(self._master.tokens.remote())
-                self._tokens_at = time.monotonic()
-                expected = self._tokens.get(ns or "")
-            if expected is None or not hmac.compare_digest((token or "").encode(),
-                                                           expected.encode()):
-                raise AccessDenied(f"wrong or missing token for namespace {ns!r}")
+        return expected is not None and hmac.compare_digest((token or "").encode(),
+                                                            expected.encode())
+
+    async def _authorize(self, ns, token) -> None:
+        if self._token_ok(ns, token):
+            return
+        if time.monotonic() - self._tokens_at > 1.0:   # a new namespace or token
+            self._tokens = await _ray_call(self._master.tokens.remote())
+            self._tokens_at = time.monotonic()
+        if not self._token_ok(ns, token):
+            raise AccessDenied(f"wrong or missing token for namespace {ns!r}")
 
     async def _dataset(self, ns: str, name: str, fresh: bool = False) -> Dataset:
         hit = self._datasets.get((ns, name))
@@ -196,26 +238,30 @@ class Worker:
             self._datasets[(ns, name)] = hit
         return hit[1]
 
-    async def _resolve(self, ns: str, r: BlockRead, fid: str | None):
-        path = normalize(r.path)
-        for fresh in (False, True):
-            ds = await self._dataset(ns, r.dataset, fresh)
-            spec, rel = ds.resolve(path)
-            key = (ns, ds.name, spec.point, spec.url, repr(sorted(spec.options.items())))
-            mount = self._mounts.get(key)
-            if mount is None:
-                mount = self._mounts[key] = Mount(spec.url, spec.options)
-            myfid = blocks.file_id(mount.url_of(rel), r.version, ns)
-            if fid is None or fid == myfid:
-                return mount, rel, myfid, ds
-        raise StaleVersion(f"{r.dataset}/{path}: the dataset's mounts changed; list it again")
+    def _mount_of(self, ns: str, ds: Dataset, r: BlockRead, fid):
+        """(mount, relative path, file id) of a read in dataset `ds`, computed from our own
+        mount table; None when the client's file id is not ours (our record is stale)."""
+        spec, rel = ds.resolve(normalize(r.path))
+        key = (ns, ds.name, spec.point, spec.url, repr(sorted(spec.options.items())))
+        mount = self._mounts.get(key)
+        if mount is None:
+            mount = self._mounts[key] = Mount(spec.url, spec.options)
+        myfid = blocks.file_id(mount.url_of(rel), r.version, ns)
+        if isinstance(fid, str) and fid != myfid:
+            return None
+        return mount, rel, myfid
 
     async def _block(self, ns: str, r: BlockRead, fid) -> memoryview | bytes:
-        bs = self.config.block_size
-        if r.index >= max(1, blocks.block_count(r.size, bs)):
-            raise InvalidRequest(f"block {r.index} is past the end of a {r.size}-byte file")
-        mount, rel, fid, ds = await self._resolve(ns, r, fid if isinstance(fid, str) else None)
-        key = blocks.block_key(fid, r.index, bs)
+        for fresh in (False, True):
+            ds = await self._dataset(ns, r.dataset, fresh)
+            found = self._mount_of(ns, ds, r, fid)
+            if found is not None:
+                break
+        else:
+            raise StaleVersion(f"{r.dataset}/{r.path}: the dataset's mounts changed; "
+                               "list it again")
+        mount, rel, fid = found
+        key = blocks.block_key(fid, r.index, self.config.block_size)
         loop = asyncio.get_running_loop()
         if self.store.in_memory(key):
             data = self.store.get(key)    # a tmpfs read: cheaper than a hop to a thread
@@ -223,39 +269,49 @@ class Worker:
             data = await loop.run_in_executor(None, self.store.get, key)
         if data is not None:
             self.counters["hits"] += 1
-        else:
-            fut = self._inflight.get(key)
-            if fut is None:
-                fut = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds,
-                                                  fid))
-                self._inflight[key] = fut
-                fut.add_done_callback(lambda _f, k=key: self._inflight.pop(k, None))
-            self.counters["misses"] += 1
-            data = await asyncio.shield(fut)
-        if len(data) != self._expected(r):
-            raise StaleVersion(f"{r.dataset}/{r.path}: size changed in the under store; "
-                               "list it again")
-        return data
+            return data
+        fut = self._inflight.get(key)
+        if fut is None:       # single flight: one fetch per key, however many readers
+            fut = self._inflight[key] = loop.create_future()
+            task = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}",
+                                               ds, fid, fut))
+            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
+        self.counters["misses"] += 1
+        return await asyncio.shield(fut)
 
     def _expected(self, r: BlockRead) -> int:
         return blocks.block_length(r.size, self.config.block_size, r.index) if r.size else 0
 
     async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str,
-                    ds: Dataset, mount_fid: str) -> bytes:
-        """Fetch a whole block from the under store (one fetch per key) and cache it."""
+                    ds: Dataset, mount_fid: str, fut: asyncio.Future) -> None:
+        """Fetch a whole block from the under store (one fetch per key), hand it to the
+        waiting readers at once, then cache it: the tier write never delays a reader, and
+        the key stays in flight until the block is in its tier (no second fetch)."""
         loop = asyncio.get_running_loop()
         start = r.index * self.config.block_size
-        data = await loop.run_in_executor(
-            self._fetch, mount.read_range, rel, r.version, start, start + self.config.block_size)
+        try:
+            data = await loop.run_in_executor(
+                self._fetch, mount.read_range, rel, r.version, start,
+                start + self.config.block_size)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - every waiting reader gets it
+            fut.set_exception(exc)
+            fut.exception()       # retrieved here too: no "never retrieved" noise
+            return
+        fut.set_result(data)
         self.counters["ufs_bytes_read"] += len(data)
         self.counters["ufs_fetches"] += 1
         if len(data) != self._expected(r):
-            return data        # not the listed size: the caller reports it; never cache it
+            return             # not the listed size: the readers report it; never cache it
         if not placement.matches(ds.selector, self.labels, self.resources):
-            return data        # not a node this dataset may cache on: read through only
-        meta = layout.Meta(dsid, mount_fid, r.index)
-        await loop.run_in_executor(None, self.store.put, key, data, meta)
-        return data
+            return             # not a node this dataset may cache on: read through only
+        try:
+            await loop.run_in_executor(None, self.store.put, key, data,
+                                       layout.Meta(dsid, mount_fid, r.index))
+        except Exception:      # noqa: BLE001 - the readers have their bytes; log, go on
+            log.exception("caching block %s failed", key)
 
 
 async def _ray_call(ref):

@@ -3,8 +3,11 @@ loopback; every byte read through fluid:// is compared with the bytes in the sto
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
+
+from ..helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -306,6 +309,20 @@ def test_reading_a_directory_costs_a_few_master_calls_not_one_per_file(cluster, 
     assert fs.client.counters["master_calls"] == before
 
 
+def test_an_expired_listing_is_listed_again_not_asked_per_file(cluster, dataset_files):
+    import fsspec
+    names = sorted(n for n in dataset_files if n.startswith("images/"))
+    fs = fsspec.filesystem("fluid", listing_ttl=1.0, skip_instance_cache=True)
+    fs.ls("fluid://mixed/images")
+    listed_at = fs._meta["mixed/images"][0]
+    wait_for(lambda: time.monotonic() > listed_at, what="the listing to expire")
+    before = fs.client.counters["master_calls"]
+    for n in names:
+        assert fs.cat_file(f"fluid://mixed/{n}") == dataset_files[n]
+    # two infos, one listing, maybe the dataset record: not one call per file
+    assert fs.client.counters["master_calls"] - before <= 5 < len(names)
+
+
 def test_sixteen_readers_of_a_cold_file_cause_one_fetch_per_block(cluster, moto):
     import threading
 
@@ -332,3 +349,20 @@ def test_sixteen_readers_of_a_cold_file_cause_one_fetch_per_block(cluster, moto)
     assert all(r == body for r in results)
     after = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
     assert after - before == 3
+
+
+def test_a_sequential_reader_reads_ahead_and_fetches_each_block_once(cluster, moto):
+    import fsspec
+    body = __import__("os").urandom(4 * 1024 * 1024 - 7)            # four 1 MiB blocks
+    moto.filesystem().pipe_file("fc-test/ds/ahead/stream.bin", body)
+    client = cluster["client"]
+    before = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
+    fs = fsspec.filesystem("fluid", readahead=2, skip_instance_cache=True)
+    got = bytearray()
+    with fs.open("fluid://mixed/ahead/stream.bin", "rb") as f:
+        while chunk := f.read(256 * 1024):         # small reads, as a parser makes them
+            got += chunk
+    assert bytes(got) == body
+    assert fs.client.counters["readahead"] >= 2    # blocks 2 and 3 were fetched ahead
+    after = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
+    assert after - before == 4                     # ahead or not, one fetch per block

@@ -1,7 +1,6 @@
 """The wire format (fluidcache.wire): framing, limits, message validation, socket helpers."""
 from __future__ import annotations
 
-import asyncio
 import socket
 import struct
 import threading
@@ -15,7 +14,7 @@ from fluidcache.errors import (
     AccessDenied, FluidError, InvalidRequest, NotFound, ProtocolError, StaleVersion,
 )
 from fluidcache.wire import (
-    BlockRead, FrameDecoder, Reply, Request, pack, read_frame, recv_reply, send_request,
+    BlockRead, FrameDecoder, Reply, Request, pack, recv_reply, send_request,
 )
 
 
@@ -239,35 +238,6 @@ def test_unwrap_of_an_unexpected_exception_is_internal():
     with pytest.raises(FluidError, match="KeyError") as info:
         Reply.failure(1, KeyError("k")).unwrap()
     assert info.value.code == "internal"
-
-
-# -- asyncio stream reader ----------------------------------------------------------------
-
-def _read(data: bytes, max_frame=1024, max_data=1024):
-    async def go():
-        r = asyncio.StreamReader()
-        r.feed_data(data)
-        r.feed_eof()
-        return await read_frame(r, max_frame, max_data)
-    return asyncio.run(go())
-
-
-def test_read_frame_reads_one_frame_and_none_at_clean_eof():
-    assert _read(pack({"d": 3, "x": 1}) + b"abc") == ({"d": 3, "x": 1}, b"abc")
-    assert _read(b"") is None
-
-
-@pytest.mark.parametrize("data", [b"\0\0", pack({"d": 3}) + b"ab", pack({"op": "x"})[:-1]])
-def test_read_frame_truncated(data):
-    with pytest.raises(ProtocolError, match="truncated"):
-        _read(data)
-
-
-def test_read_frame_limits():
-    with pytest.raises(ProtocolError):
-        _read(struct.pack(">I", 2000))
-    with pytest.raises(ProtocolError):
-        _read(pack({"d": 2000}))
 
 
 # -- blocking socket helpers over a socketpair -------------------------------------------
