@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from fsspec.spec import AbstractFileSystem
 
 from .. import blocks, names
-from ..errors import AccessDenied, IsADirectory, NotFound, StaleVersion
+from ..errors import AccessDenied, IsADirectory, NotFound, StaleVersion, Unavailable
 from .conn import FORKS
 from .discovery import find
 from .reader import ClusterClient
@@ -32,16 +32,22 @@ class FluidFileSystem(AbstractFileSystem):
                  namespace: str | None = None, short_circuit: bool = True,
                  connect_timeout: float = 5.0, request_timeout: float = 60.0,
                  listing_ttl: float = _LISTING_TTL, failover_timeout: float = 60.0,
-                 readahead: int = 2, **kwargs) -> None:
+                 readahead: int = 2, under_store_options: dict | None = None,
+                 **kwargs) -> None:
         """`failover_timeout`: how long a read waits for the cluster when no worker
         answers (a worker restarting) before it raises; `request_timeout`: one request;
-        `readahead`: blocks a sequential reader of an open file fetches ahead (0: off)."""
+        `readahead`: blocks a sequential reader of an open file fetches ahead (0: off);
+        `under_store_options`: storage options per protocol (`{"s3": {...}}`) of the
+        user's own: only then, when no worker answers at all, read the under store
+        directly (counted as `direct`) instead of waiting for the cluster."""
         super().__init__(**kwargs)
         self._opts = dict(address=address, token=token, namespace=namespace,
                           short_circuit=short_circuit, connect_timeout=connect_timeout,
                           request_timeout=request_timeout, failover_timeout=failover_timeout)
         self.listing_ttl = listing_ttl
         self.readahead = max(0, int(readahead))
+        self.under_store_options = under_store_options
+        self._mounts: dict[tuple[str, str], object] = {}
         self._client: ClusterClient | None = None
         self._gen = -1
         self._meta: dict[str, tuple[float, list[dict], dict[str, dict]]] = {}
@@ -57,6 +63,9 @@ class FluidFileSystem(AbstractFileSystem):
             self._client = ClusterClient(endpoint, o["connect_timeout"], o["request_timeout"],
                                          o["short_circuit"],
                                          failover_timeout=o["failover_timeout"])
+            if self.under_store_options is not None:
+                self._client.direct = self._direct
+            self._mounts = {}
             self._gen = FORKS[0]
         return self._client
 
@@ -201,6 +210,30 @@ class FluidFileSystem(AbstractFileSystem):
             raise AccessDenied(f"fluid:// is read-only (mode {mode!r})")
         path = self._strip_protocol(path)
         return FluidFile(self, path, self._file_entry(path))
+
+    def _direct(self, req: dict) -> bytes:
+        """One block piece read from the under store with the user's own options: the
+        dataset's mount (its public, redacted URL) and a version-checked range read."""
+        from ..understore import Mount
+        mounts = self.client.dataset(req["ds"]).get("mounts", {})
+        path = "/" + req["p"]
+        point = max((p for p in mounts if p == "/" or path == p or
+                     path.startswith(p.rstrip("/") + "/")), key=len, default=None)
+        if point is None:
+            raise NotFound(f"fluid://{req['ds']}/{req['p']}: not under any mount")
+        url = mounts[point]
+        proto = url.split("://", 1)[0] if "://" in url else "file"
+        opts = self.under_store_options.get(proto)
+        if opts is None:
+            raise Unavailable(f"no worker answered, and no under-store options for {proto}")
+        mount = self._mounts.get((point, url))
+        if mount is None:
+            mount = self._mounts[(point, url)] = Mount(url, opts)
+        rel = path[len(point):].strip("/")
+        bs = req["bs"]
+        start = req["b"] * bs + req["o"]
+        length = min(bs, req["s"] - req["b"] * bs) - req["o"] if req["l"] < 0 else req["l"]
+        return mount.read_range(rel, req["v"], start, start + length)
 
     # -- read-only ------------------------------------------------------------------------
     def _readonly(self, *args, **kwargs):

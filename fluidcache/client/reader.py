@@ -14,6 +14,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import blocks, placement
@@ -51,7 +52,9 @@ class ClusterClient:
         self._gen = FORKS[0]
         self._threads: ThreadPoolExecutor | None = None
         self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0,
-                         "master_calls": 0, "waits": 0, "readahead": 0}
+                         "master_calls": 0, "waits": 0, "readahead": 0, "direct": 0}
+        # set by a filesystem given under-store options: req -> bytes, from the store
+        self.direct: Callable[[dict], bytes] | None = None
         self._datasets: dict[str, tuple[float, dict]] = {}
         atexit.register(self.flush)
 
@@ -226,6 +229,11 @@ class ClusterClient:
                 if rank >= replicas:
                     self.counters["failover"] += 1
                 return payload
+            if self.direct is not None:
+                # no worker answered and the user gave us under-store options of our own:
+                # read the under store directly (never with the cluster's credentials)
+                self.counters["direct"] += 1
+                return self.direct(req)
             # no worker answered: membership may have moved (a worker restarted by Ray
             # comes back at a new address); wait for the cluster, up to failover_timeout
             if time.monotonic() + delay > deadline:

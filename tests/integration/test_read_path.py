@@ -366,3 +366,30 @@ def test_a_sequential_reader_reads_ahead_and_fetches_each_block_once(cluster, mo
     assert fs.client.counters["readahead"] >= 2    # blocks 2 and 3 were fetched ahead
     after = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
     assert after - before == 4                     # ahead or not, one fetch per block
+
+
+def _all_workers_dead(fs, path: str) -> None:
+    """Point this client's cluster map at a closed port for every worker."""
+    import socket
+    fs.info(path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    m = fs.client.cluster()
+    fs.client._map = dict(m, workers=[dict(w, address=closed) for w in m["workers"]])
+
+
+@pytest.mark.parametrize("own_options", [True, False])
+def test_when_no_worker_answers_only_a_client_with_its_own_options_reads_the_store(
+        cluster, moto, dataset_files, own_options):
+    import fsspec
+    path = "fluid://mixed/images/img003.jpg"
+    extra = {"under_store_options": {"s3": moto.options()}} if own_options else {}
+    fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True,
+                           failover_timeout=30, **extra)
+    _all_workers_dead(fs, path)
+    assert fs.cat_file(path, 5, 70_000) == dataset_files["images/img003.jpg"][5:70_000]
+    if own_options:      # straight to the store: no wait for the cluster
+        assert fs.client.counters["direct"] == 1 and fs.client.counters["waits"] == 0
+    else:                # waited for the cluster (a fresh map), then read through a worker
+        assert fs.client.counters["direct"] == 0 and fs.client.counters["waits"] >= 1
