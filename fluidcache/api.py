@@ -6,10 +6,12 @@ Never: talk to Ray (clients are not Ray drivers) or to under stores.
 from __future__ import annotations
 
 import json
+import time
 
 from .client.discovery import find
 from .client.fs import FluidFileSystem
 from .client.reader import ClusterClient
+from .config import parse_duration
 from .errors import InvalidRequest
 from .master.namespace import parse_mount
 
@@ -64,8 +66,7 @@ class Client:
 
     def load_metadata(self, url: str) -> dict:
         """Re-list everything under `fluid://dataset/path` from the under store now."""
-        ds, _, path = FluidFileSystem._strip_protocol(url).partition("/")
-        return self._call("metadata_load", {"ds": ds, "p": path})
+        return self._call("metadata_load", self._target(url))
 
     def datasets(self) -> list[dict]:
         return self._call("datasets")
@@ -75,6 +76,52 @@ class Client:
 
     def remove_dataset(self, name: str) -> dict:
         return self._call("dataset_rm", {"name": name})
+
+    # -- data operations ---------------------------------------------------------------
+    def load(self, url: str, metadata_only: bool = False, replicas: int | None = None,
+             wait: bool = True, progress=None) -> "dict | LoadJob":
+        """Warm up a file, directory or dataset (`fluid://dataset/path`) on the workers,
+        each block onto its owners. Blocks cached already are skipped. With `wait`
+        (default) returns the final status, calling `progress(status)` as it goes (Ctrl-C
+        cancels the load); else returns a LoadJob to poll, wait for or cancel."""
+        if metadata_only:
+            return self._call("load", {**self._target(url), "metadata_only": True})
+        job = LoadJob(self, self._call("load", {**self._target(url), "replicas": replicas}))
+        return job.wait(progress) if wait else job
+
+    def free(self, url: str, force: bool = False) -> dict:
+        """Drop the cached blocks under a path on every worker (pinned ones stay unless
+        `force`); returns freed blocks and bytes."""
+        return self._call("free", {**self._target(url), "force": force})
+
+    def pin(self, url: str) -> dict:
+        """Keep the path's blocks from eviction, on every worker, across restarts."""
+        return self._call("pin", self._target(url))
+
+    def unpin(self, url: str) -> dict:
+        return self._call("unpin", self._target(url))
+
+    def ttl(self, url: str, duration: str | float | None) -> dict:
+        """Drop the path's cached blocks `duration` from now ('10m', 3600; None or
+        'never' removes the TTL)."""
+        seconds = None if duration is None else parse_duration(duration)
+        return self._call("ttl", {**self._target(url), "seconds": seconds})
+
+    def rules(self) -> dict:
+        """The namespace's pins and TTLs: {"pins": [[ns, ds, path]], "ttls": [...]}."""
+        return self._call("rules")
+
+    def du(self, url: str, per_file: bool = False, tiers: bool = False) -> dict:
+        """{"path", "files", "total_bytes", "cached_bytes"} (+ "cached_by_file",
+        "cached_by_tier"); a block counts once however many copies it has."""
+        return self._call("du", {**self._target(url), "per_file": per_file, "tiers": tiers})
+
+    @staticmethod
+    def _target(url: str) -> dict:
+        ds, _, path = FluidFileSystem._strip_protocol(url).partition("/")
+        if not ds:
+            raise InvalidRequest(f"{url!r}: name a dataset, as fluid://DATASET[/PATH]")
+        return {"ds": ds, "p": path}
 
     # -- namespaces -------------------------------------------------------------------
     def create_namespace(self, name: str) -> str:
@@ -91,6 +138,39 @@ class Client:
     def filesystem(self, **kwargs) -> FluidFileSystem:
         e = self.endpoint
         return FluidFileSystem(address=e.master, token=e.token, namespace=e.namespace, **kwargs)
+
+
+class LoadJob:
+    """A running load: `status()` (files, bytes and blocks done, state), `wait()`,
+    `cancel()`. States: running, done, failed (some blocks could not be cached; see
+    `errors`), cancelled."""
+
+    def __init__(self, client: Client, status: dict) -> None:
+        self.client, self.id, self.last = client, status["job"], status
+
+    def status(self) -> dict:
+        self.last = self.client._call("load_status", {"job": self.id, "poll": True})
+        return self.last
+
+    def cancel(self) -> dict:
+        self.last = self.client._call("load_cancel", {"job": self.id})
+        return self.last
+
+    def wait(self, progress=None, interval: float = 0.25) -> dict:
+        """Poll until the load ends; Ctrl-C cancels it (and re-raises)."""
+        try:
+            st = self.last
+            while st["state"] == "running":
+                if progress is not None:
+                    progress(st)
+                time.sleep(interval)          # polling the master for progress
+                st = self.status()
+            if progress is not None:
+                progress(st)
+            return st
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
 
 
 def connect(address: str | None = None, token: str | None = None,

@@ -10,13 +10,16 @@ import json
 import os
 import sys
 
+from . import cli_data
 from .config import default_home, format_size, load, parse_ssd
 
 EXAMPLES = """examples:
   fluidcache start --mem 2GiB --ssd /mnt/nvme/fluidcache:100GiB
   fluidcache dataset create imagenet --mount /=s3://bucket/imagenet \\
       --option endpoint_url=http://127.0.0.1:9000
-  fluidcache status --json
+  fluidcache load fluid://imagenet/train
+  fluidcache du fluid://imagenet --json
+  fluidcache status
   fluidcache stop
 """
 
@@ -50,9 +53,6 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stop", help="stop the cluster `start` made")
 
-    st = sub.add_parser("status", help="workers, tiers, counters and datasets")
-    st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
-
     d = sub.add_parser("dataset", help="create, list, show and remove datasets")
     dsub = d.add_subparsers(dest="dcmd", required=True, metavar="VERB")
     c = dsub.add_parser("create", help="create a dataset over one or more mounts",
@@ -84,11 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     nc.add_argument("name")
     nsub.add_parser("ls", help="list namespaces")
 
-    lsp = sub.add_parser("ls", help="list a fluid:// directory",
-                         epilog="example: fluidcache ls fluid://imagenet/train")
-    lsp.add_argument("url")
-    lsp.add_argument("-l", action="store_true", help="long format: size and type")
-
+    cli_data.add_parsers(sub)
     dm = sub.add_parser("demo", help="a local cluster, a local S3 and a DataLoader, cold vs warm")
     dm.add_argument("--files", type=int, default=300)
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
@@ -130,31 +126,6 @@ def _tier_dict(t) -> dict:
     return {"medium": t.medium, "path": t.path, "quota": t.quota, "high": t.high, "low": t.low}
 
 
-def _status(a) -> int:
-    from . import connect
-    st = connect().status()
-    if a.json:
-        print(json.dumps(st, indent=2))
-        return 0
-    print(f"master {st['master']['address']}")
-    for w in st["workers"]:
-        s = w.get("stats", {})
-        hits, misses = s.get("hits", 0), s.get("misses", 0)
-        ratio = f"{hits / (hits + misses):.0%}" if hits + misses else "-"
-        print(f"worker {w['id'][:12]} {w['address']} {'alive' if w['alive'] else 'LOST'}"
-              f"  hits {hits} misses {misses} ({ratio})"
-              f"  served {format_size(s.get('bytes_served', 0))}"
-              f"  under store {format_size(s.get('ufs_bytes_read', 0))}"
-              f"  evictions {s.get('evictions', 0)}")
-        for t in w["tiers"]:
-            print(f"  {t['name']:<4} {format_size(t['used']):>10} / {format_size(t['capacity'])}"
-                  f"  {t['blocks']} blocks  {t['path']}")
-    for d in st["datasets"]:
-        print(f"dataset {d['name']}  cached {format_size(d['cached_bytes'])}  "
-              + "  ".join(f"{k}={v}" for k, v in d["mounts"].items()))
-    return 0
-
-
 def _dataset(a) -> int:
     from . import connect
     client = connect(namespace=getattr(a, "namespace", None))
@@ -177,15 +148,6 @@ def _dataset(a) -> int:
     return 0
 
 
-def _ls(a) -> int:
-    from . import connect
-    fs = connect().filesystem()
-    for e in fs.ls(a.url, detail=True):
-        name = "fluid://" + e["name"] + ("/" if e["type"] == "directory" else "")
-        print(f"{e['size']:>14}  {name}" if a.l else name)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
@@ -195,12 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             from . import cluster
             print("stopped" if cluster.stop() else "no cluster was running")
             return 0
-        if a.cmd == "status":
-            return _status(a)
         if a.cmd == "dataset":
             return _dataset(a)
-        if a.cmd == "ls":
-            return _ls(a)
+        done = cli_data.run(a)
+        if done is not None:
+            return done
         if a.cmd == "namespace":
             from . import connect
             if a.ncmd == "create":

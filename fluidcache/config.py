@@ -39,6 +39,25 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float) -> float | None:
+    """`90`, `90s`, `5m`, `1h`, `2d` -> seconds; `never` -> None."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text < 0:
+            raise InvalidRequest(f"duration must not be negative: {text}")
+        return float(text)
+    if str(text).strip().lower() == "never":
+        return None
+    m = _DURATION_RE.match(str(text).lower())
+    if not m:
+        raise InvalidRequest(f"bad duration {text!r}: use seconds or a number with s, m, h "
+                             "or d (e.g. 90s, 10m, 2h), or never")
+    return float(m.group(1)) * _SECONDS[m.group(2) or "s"]
+
+
 def format_size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -113,6 +132,7 @@ class Config:
     node_selector: dict = field(default_factory=dict)  # nodes that get a worker (labels,
                                                        # resource:NAME); empty: every node
     fetch_threads: int = 16         # under-store fetches in flight per worker
+    load_concurrency: int = 16      # blocks a worker loads at once for one `load` job
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):

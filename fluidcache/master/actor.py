@@ -25,6 +25,7 @@ from ..service import Server, bind_host as _bind_host
 from ..understore import Mount, version_of
 from .blockmap import BlockMap
 from .core import MasterCore
+from .dataops import DataOps, worker_handle
 from .journal import Journal, JournalError
 from .listing import DIR, FILE, DirListing, info_entry, ls_page
 from .namespace import Dataset, MountSpec, check_name, normalize
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 PAGE = 2000     # entries per ls reply: a page of ~150-byte entries stays under max_frame
 
 
-class Master:
+class Master(DataOps):
     def __init__(self, config: dict, token: str | None = None) -> None:
         self.config = Config.from_dict(config)
         self.core = MasterCore()
@@ -45,6 +46,7 @@ class Master:
         self._dead_nodes: set[str] = set()         # Ray nodes seen dead
         self.blocks = BlockMap()                   # soft state: rebuilt from reports
         self._pool = ThreadPoolExecutor(16, thread_name_prefix="fc-master")
+        self._init_dataops()
         self.journal = None
         restarted = False
         if self.config.journal_dir:
@@ -156,9 +158,10 @@ class Master:
             version = self.core.register_worker(info)
             report = report or {}
             if not report.get("full") and not self.blocks.known(info["id"]):
-                return {"version": version, "resync": True}
+                return {"version": version, "resync": True, "rules": self.core.rules_version}
             self.blocks.apply(info["id"], report)
-            return {"version": version}
+            self._note_applied(info["id"], report.get("seq"))
+            return {"version": version, "rules": self.core.rules_version}
 
     def _mark_lost(self, worker_id: str) -> None:
         with self._lock:
@@ -247,7 +250,9 @@ class Master:
 
     def op_dataset_show(self, ns: str, args: dict) -> dict:
         with self._lock:
-            return self.core.dataset(ns, _str(args, "name")).public()
+            d = self.core.dataset(ns, _str(args, "name"))
+            return dict(d.public(), pins=sorted(self.core.pins.get((ns, d.name), {})),
+                        ttls=dict(self.core.ttls.get((ns, d.name), {})))
 
     def op_dataset_create(self, ns: str, args: dict) -> dict:
         mounts = args.get("mounts")
@@ -283,6 +288,8 @@ class Master:
     def op_dataset_rm(self, ns: str, args: dict) -> dict:
         with self._lock:
             ds = self.core.dataset(ns, _str(args, "name"))
+        self._free_owner(f"{ns}/{ds.name}")           # its cache goes with it
+        with self._lock:
             self._commit({"op": "dataset_rm", "ns": ns, "name": ds.name})
             self.blocks.drop_owner(f"{ns}/{ds.name}")
             for key in [k for k in self._mounts if k[:2] == (ns, ds.name)]:
@@ -319,25 +326,6 @@ class Master:
             raise NotFound(f"{ds.name}/{path}: no such file or directory")
         return entry
 
-    def op_metadata_load(self, ns: str, args: dict) -> dict:
-        """Refresh the listings under a path, recursively (`load --metadata-only`)."""
-        ds, path = self._target(ns, args)
-        todo, dirs, files = [path], 0, 0
-        while todo:
-            d = todo.pop()
-            listing = self._listing(ds, d, refresh=True)
-            if isinstance(listing, dict):
-                files += 1
-                continue
-            dirs += 1
-            for i in range(len(listing)):
-                name, kind, _, _ = listing.entry(i)
-                if kind == DIR:
-                    todo.append(f"{d}/{name}" if d else name)
-                else:
-                    files += 1
-        return {"directories": dirs, "files": files}
-
     def op_status(self, ns: str, args: dict) -> dict:
         workers = []
         with self._lock:
@@ -347,11 +335,12 @@ class Master:
             datasets = self.core.in_namespace(ns)
         refs = {}
         for info in infos:
-            handle = self._handles.get(info["node_id"]) or _find_worker(info["node_id"])
+            handle = self._worker_handle(info["node_id"])
             if handle is not None:
                 refs[info["id"]] = handle.stats.remote()
         ready = set(ray.wait(list(refs.values()), num_returns=len(refs), timeout=10)[0]
                     if refs else ())
+        per_ds: dict[str, dict] = {}
         for info in infos:                    # all asked at once: one timeout, not one each
             entry = dict(info, alive=False, tiers=[], stats={})
             ref = refs.get(info["id"])
@@ -359,6 +348,7 @@ class Master:
                 try:
                     st = ray.get(ref)
                     entry.update(alive=True, tiers=st["tiers"], stats=st["stats"])
+                    per_ds[info["id"]] = st.get("datasets", {})
                 except Exception as exc:  # noqa: BLE001 - a dead worker is reported, not raised
                     entry["error"] = type(exc).__name__
             elif ref is not None:
@@ -369,16 +359,22 @@ class Master:
             "master": {"address": self.address(), "pid": os.getpid(),
                        "node_id": ray.get_runtime_context().get_node_id()},
             "workers": workers,
-            "datasets": [self._dataset_status(d) for d in datasets],
+            "datasets": [self._dataset_status(d, per_ds) for d in datasets],
         }
 
-    def _dataset_status(self, d: Dataset) -> dict:
+    def _dataset_status(self, d: Dataset, per_ds: dict[str, dict]) -> dict:
         owner = f"{d.namespace}/{d.name}"
         with self._lock:
             per = self.blocks.by_worker(owner)
-        return dict(d.public(), cached_bytes=sum(per.values()), cached_by_worker=per)
+        hits = sum(w.get(owner, {}).get("hits", 0) for w in per_ds.values())
+        misses = sum(w.get(owner, {}).get("misses", 0) for w in per_ds.values())
+        return dict(d.public(), cached_bytes=sum(per.values()), cached_by_worker=per,
+                    hits=hits, misses=misses)
 
     # -- helpers -------------------------------------------------------------------------
+    def _worker_handle(self, wid: str):
+        return worker_handle(self._handles, wid)
+
     def _target(self, ns: str, args: dict) -> tuple[Dataset, str]:
         with self._lock:
             ds = self.core.dataset(ns, _str(args, "ds"))
@@ -462,13 +458,6 @@ def _str(args: dict, key: str, default: str | None = None) -> str:
     return v
 
 
-def _find_worker(node_id: str):
-    try:
-        return ray.get_actor(names.worker_actor(node_id), namespace=names.RAY_NAMESPACE)
-    except ValueError:
-        return None
-
-
 @ray.remote(num_cpus=0, max_concurrency=16)
 class MasterActor:
     """The Ray face of the Master (no coroutine methods: Ray runs it as a threaded actor)."""
@@ -493,6 +482,9 @@ class MasterActor:
 
     def tokens(self) -> dict:
         return self._m.tokens()
+
+    def rules_for_worker(self) -> dict:
+        return self._m.rules_for_worker()
 
     def shutdown(self) -> None:
         self._m.shutdown()

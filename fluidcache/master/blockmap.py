@@ -82,3 +82,18 @@ class BlockMap:
 
     def blocks(self, worker: str) -> int:
         return len(self._held.get(worker, {}))
+
+    def holders(self, key: str) -> list[str]:
+        """The workers that hold block `key` (hex)."""
+        k = bytes.fromhex(key)
+        return [w for w, held in self._held.items() if k in held]
+
+    def keys_of_owner(self, owner: str) -> dict[str, list[str]]:
+        """worker -> the keys (hex) it holds of dataset `owner`."""
+        out: dict[str, list[str]] = {}
+        for worker, held in self._held.items():
+            keys = [k.hex() for k, packed in held.items()
+                    if self._files[packed >> _SIZE_BITS][0] == owner]
+            if keys:
+                out[worker] = keys
+        return out

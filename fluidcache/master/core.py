@@ -19,6 +19,10 @@ class MasterCore:
         self.datasets: dict[tuple[str, str], Dataset] = {}
         self.workers: dict[str, dict] = {}
         self.map_version = 0
+        # data rules (journaled): (ns, dataset) -> {path: True} pins, {path: deadline} TTLs
+        self.pins: dict[tuple[str, str], dict[str, bool]] = {}
+        self.ttls: dict[tuple[str, str], dict[str, float]] = {}
+        self.rules_version = 0
         self._listings: dict[tuple[str, str, str], tuple[float, list[dict]]] = {}
 
     # -- namespaces ------------------------------------------------------------
@@ -70,7 +74,10 @@ class MasterCore:
     # -- the journal's view: what cannot be rebuilt ----------------------------
     def state(self) -> dict:
         return {"tokens": dict(self.tokens),
-                "datasets": [d.to_record() for d in self.datasets.values()]}
+                "datasets": [d.to_record() for d in self.datasets.values()],
+                "pins": [[ns, ds, p] for (ns, ds), paths in self.pins.items() for p in paths],
+                "ttls": [[ns, ds, p, t] for (ns, ds), paths in self.ttls.items()
+                         for p, t in paths.items()]}
 
     def restore(self, state: dict | None) -> None:
         for ns, token in (state or {}).get("tokens", {}).items():
@@ -78,6 +85,11 @@ class MasterCore:
         for rec in (state or {}).get("datasets", []):
             ds = Dataset.from_record(rec)
             self.datasets[(ds.namespace, ds.name)] = ds
+        for ns, ds, p in (state or {}).get("pins", []):
+            self.pins.setdefault((ns, ds), {})[p] = True
+        for ns, ds, p, t in (state or {}).get("ttls", []):
+            self.ttls.setdefault((ns, ds), {})[p] = t
+        self.rules_version += 1
 
     def apply(self, rec: dict) -> None:
         """Replay one journal record. Idempotent: a record already reflected in a
@@ -91,6 +103,39 @@ class MasterCore:
         elif op == "dataset_rm":
             self.datasets.pop((rec["ns"], rec["name"]), None)
             self.invalidate(rec["ns"], rec["name"])
+            self.pins.pop((rec["ns"], rec["name"]), None)
+            self.ttls.pop((rec["ns"], rec["name"]), None)
+            self.rules_version += 1
+        elif op in ("pin", "unpin", "ttl", "ttl_rm"):
+            self._apply_rule(op, (rec["ns"], rec["ds"]), rec["path"], rec.get("deadline"))
+
+    def _apply_rule(self, op: str, key: tuple[str, str], path: str, deadline) -> None:
+        if op == "pin":
+            self.pins.setdefault(key, {})[path] = True
+        elif op == "unpin":
+            self.pins.get(key, {}).pop(path, None)
+        elif op == "ttl":
+            self.ttls.setdefault(key, {})[path] = float(deadline)
+        else:
+            self.ttls.get(key, {}).pop(path, None)
+        for table in (self.pins, self.ttls):
+            if key in table and not table[key]:
+                del table[key]
+        self.rules_version += 1
+
+    def rules(self, ns: str | None = None) -> dict:
+        """{"pins": [[ns, dataset, path]], "ttls": [[ns, dataset, path, deadline]]}, of
+        one namespace or all."""
+        return {"pins": sorted([n, d, p] for (n, d), ps in self.pins.items()
+                               for p in ps if ns in (None, n)),
+                "ttls": sorted([n, d, p, t] for (n, d), ps in self.ttls.items()
+                               for p, t in ps.items() if ns in (None, n))}
+
+    def expired_ttls(self, now: float, grace: float) -> list[tuple[str, str, str]]:
+        """TTL rules whose deadline passed more than `grace` seconds ago (workers have
+        dropped their blocks by then): the shell retires them through the journal."""
+        return [(n, d, p) for (n, d), ps in self.ttls.items() for p, t in ps.items()
+                if t + grace < now]
 
     # -- workers ---------------------------------------------------------------
     def register_worker(self, info: dict) -> int:

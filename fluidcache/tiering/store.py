@@ -191,6 +191,33 @@ class BlockStore:
             self._emit("remove", key, None, e.size)
         return e is not None
 
+    def free(self, key: str, force: bool = False) -> int | None:
+        """Drop a block unless it is pinned (`force`: even then): the bytes it took on
+        disk, 0 if it was not held, None if it is pinned and stays."""
+        with self._lock:
+            e = self.index.entries.get(key)
+            if e is None or e.state != "cached":
+                return 0
+            if e.pinned and not force:
+                return None
+            e = self.index.remove(key)
+        if e is None:
+            return 0
+        layout.remove_block(self.paths[e.tier], key)
+        self._emit("remove", key, None, e.size)
+        return e.size
+
+    def tier_bytes(self, keys) -> dict[str, int]:
+        """Bytes on disk of those of `keys` held here, per tier name."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for k in keys:
+                e = self.index.entries.get(k)
+                if e is not None and e.state == "cached":
+                    name = self.index.tiers[e.tier].name
+                    out[name] = out.get(name, 0) + e.size
+        return out
+
     def pin(self, key: str, pinned: bool = True) -> bool:
         """Exempt a block from eviction (or release it). A pin on a block not held yet
         applies when it arrives. Returns whether the block is held now."""

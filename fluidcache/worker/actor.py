@@ -31,6 +31,7 @@ from ..tiering import layout
 from ..tiering.store import BlockStore
 from ..understore import Mount
 from ..wire import BlockRead
+from .loads import Loads
 
 log = logging.getLogger(__name__)
 _RECORD_TTL = 5.0
@@ -73,10 +74,19 @@ class Worker:
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
                              ufs_fetches=0, short_circuit_hits=0)
         self._datasets: dict[tuple[str, str], tuple[float, Dataset]] = {}
+        self.by_dataset: dict[str, list[int]] = {}     # "ns/name" -> [hits, misses]
+        self._owner_of: dict[str, str] = {}            # block key -> "ns/name"
         self._mounts: dict[tuple, Mount] = {}
         self._tokens: dict[str, str] = {}
         self._tokens_at = 0.0
         self._inflight: dict[str, asyncio.Future] = {}
+        self._fills: dict[str, asyncio.Task] = {}      # key -> fetch-and-cache in flight
+        self.loads = Loads(self)
+        self._rules_version = -1
+        self._pinned: set[str] = set()                 # keys pinned by the master's rules
+        self._ttl_keys: set[str] = set()
+        self._seq = 0                                  # reports sent, numbered
+        self._beat_now = threading.Event()
         self.map_version = 0                # the newest cluster map version we know of
         self._report_lock = threading.Lock()
         self._adds: dict[str, list] = {}
@@ -94,7 +104,11 @@ class Worker:
     def _heartbeats(self) -> None:
         """Tell the master we are alive, every interval, with what our blocks did since.
         A restarted master learns of this worker, and all it holds, this way."""
-        while not self._stopping.wait(self.config.heartbeat_interval):
+        while True:
+            self._beat_now.wait(self.config.heartbeat_interval)
+            self._beat_now.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self._beat()
             except Exception as exc:  # noqa: BLE001 - the master may be restarting
@@ -107,8 +121,63 @@ class Worker:
         self.map_version = max(self.map_version, reply.get("version", 0))
         if reply.get("resync"):
             self._resync = True
+        if reply.get("rules", self._rules_version) != self._rules_version:
+            self.apply_rules(ray.get(self._master.rules_for_worker.remote(), timeout=60))
+
+    def report_after(self) -> int:
+        """The number of the next report (it carries every change made so far); it is
+        sent at once."""
+        with self._report_lock:
+            seq = self._seq + 1
+        self._beat_now.set()
+        return seq
+
+    # -- data operations (the master's load, free, pin, ttl, du) -------------------------
+    def apply_rules(self, rules: dict) -> None:
+        """The master's pins and TTLs, as block keys (also for blocks not held yet)."""
+        pins = set(rules["pin"])
+        for key in self._pinned - pins:
+            self.store.pin(key, False)
+        for key in pins - self._pinned:
+            self.store.pin(key, True)
+        now, ttls = time.time(), dict(rules["ttl"])
+        for key in self._ttl_keys - set(ttls):
+            self.store.set_ttl(key, None)
+        for key, deadline in ttls.items():
+            self.store.set_ttl(key, max(0.0, deadline - now))
+        self._pinned, self._ttl_keys = pins, set(ttls)
+        self._rules_version = rules["version"]
+
+    def free(self, keys: list[str], force: bool) -> dict:
+        freed = n = pinned = 0
+        for key in keys:
+            got = self.store.free(key, force)
+            if got is None:
+                pinned += 1
+            elif got:
+                freed, n = freed + got, n + 1
+        return {"blocks": n, "bytes": freed, "pinned": pinned, "seq": self.report_after()}
+
+    def on_loop(self, fn, *args):
+        """Run `fn(*args)` on the data server's loop (where loads live); its result."""
+        async def call():
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(call(), self.server.loop).result(30)
+
+    def fill_of(self, key: str) -> asyncio.Task | None:
+        return self._fills.get(key)
+
+    def _count(self, owner: str | None, miss: int) -> None:
+        """A hit (miss=0) or a miss (1), in total and for the block's dataset."""
+        self.counters["misses" if miss else "hits"] += 1
+        if owner is not None:
+            self.by_dataset.setdefault(owner, [0, 0])[miss] += 1
 
     def _on_block(self, event: str, key: str, meta, size: int) -> None:
+        if event == "add" and meta is not None:
+            self._owner_of[key] = meta.owner
+        elif event != "add":
+            self._owner_of.pop(key, None)
         with self._report_lock:
             if event == "add":
                 self._removes.discard(key)
@@ -122,15 +191,18 @@ class Worker:
             full, self._resync = self._resync, False
             adds, removes = self._adds, self._removes
             self._adds, self._removes = {}, set()
+            self._seq += 1
+            seq = self._seq
         if not full:
-            return {"add": list(adds.values()), "remove": sorted(removes)}
+            return {"add": list(adds.values()), "remove": sorted(removes), "seq": seq}
         held = []
         for key in self.store.keys():
             d = self.store.describe(key)
             if d is not None:
                 meta, size = d
+                self._owner_of[key] = meta.owner
                 held.append([key, meta.owner, meta.fid, meta.index, size])
-        return {"full": True, "add": held}
+        return {"full": True, "add": held, "seq": seq}
 
     # -- Ray API ---------------------------------------------------------------------
     def info(self) -> dict:
@@ -147,7 +219,9 @@ class Worker:
                      write_failures=self.store.write_failures,
                      corrupt_blocks=self.store.corrupt_blocks,
                      protocol_errors=self.server.protocol_errors)
-        return {"tiers": self.store.tiers(), "stats": stats}
+        return {"tiers": self.store.tiers(), "stats": stats,
+                "datasets": {o: {"hits": h, "misses": m}
+                             for o, (h, m) in list(self.by_dataset.items())}}
 
     # -- data server -----------------------------------------------------------------
     def _fast(self, req, payload):
@@ -174,7 +248,7 @@ class Worker:
         data = self.store.get(key)          # a tmpfs read: cheaper than a hop to a thread
         if data is None:
             return None
-        self.counters["hits"] += 1
+        self._count(f"{req.namespace}/{r.dataset}", 0)
         return self._serve(r, data)
 
     async def _handle(self, req, payload):
@@ -184,14 +258,17 @@ class Worker:
         if req.op == "touch":
             return self._touch(req.args)
         r = self._block_read(req.args)
-        return self._serve(r, await self._block(req.namespace, r, req.args.get("f")))
+        return self._serve(r, await self.block(req.namespace, r, req.args.get("f")))
 
     def _touch(self, args: dict):
         keys = args.get("keys")
         if not isinstance(keys, list) or len(keys) > 100_000:
             raise InvalidRequest("touch needs a list of at most 100000 keys")
-        held = sum(1 for k in keys if isinstance(k, str) and self.store.touch(k))
-        self.counters["hits"] += held
+        held = 0
+        for k in keys:
+            if isinstance(k, str) and self.store.touch(k):
+                held += 1
+                self._count(self._owner_of.get(k), 0)
         self.counters["short_circuit_hits"] += held
         return {"held": held}, None
 
@@ -251,7 +328,7 @@ class Worker:
             return None
         return mount, rel, myfid
 
-    async def _block(self, ns: str, r: BlockRead, fid) -> memoryview | bytes:
+    async def block(self, ns: str, r: BlockRead, fid) -> memoryview | bytes:
         for fresh in (False, True):
             ds = await self._dataset(ns, r.dataset, fresh)
             found = self._mount_of(ns, ds, r, fid)
@@ -268,15 +345,16 @@ class Worker:
         else:
             data = await loop.run_in_executor(None, self.store.get, key)
         if data is not None:
-            self.counters["hits"] += 1
+            self._count(f"{ns}/{r.dataset}", 0)
             return data
         fut = self._inflight.get(key)
         if fut is None:       # single flight: one fetch per key, however many readers
             fut = self._inflight[key] = loop.create_future()
-            task = loop.create_task(self._fill(key, mount, rel, r, f"{ns}/{r.dataset}",
-                                               ds, fid, fut))
-            task.add_done_callback(lambda _t, k=key: self._inflight.pop(k, None))
-        self.counters["misses"] += 1
+            task = self._fills[key] = loop.create_task(
+                self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds, fid, fut))
+            task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None),
+                                                      self._fills.pop(k, None)))
+        self._count(f"{ns}/{r.dataset}", 1)
         return await asyncio.shield(fut)
 
     def _expected(self, r: BlockRead) -> int:
@@ -332,3 +410,26 @@ class WorkerActor:
 
     def stats(self) -> dict:
         return self._w.stats()
+
+    def load_start(self, job: str, ns: str, dataset: str, concurrency: int) -> bool:
+        self._w.on_loop(self._w.loads.start, job, ns, dataset, concurrency)
+        return True
+
+    def load_items(self, job: str, items: list) -> None:
+        self._w.on_loop(self._w.loads.feed, job, items)
+
+    def load_progress(self, job: str) -> dict:
+        j = self._w.loads.jobs.get(job)
+        return {"state": "lost"} if j is None else self._w.on_loop(j.progress)
+
+    def load_cancel(self, job: str) -> None:
+        self._w.on_loop(self._w.loads.cancel, job)
+
+    def free(self, keys: list, force: bool = False) -> dict:
+        return self._w.free(keys, force)
+
+    def apply_rules(self, rules: dict) -> None:
+        self._w.apply_rules(rules)
+
+    def where(self, keys: list) -> dict:
+        return self._w.store.tier_bytes(keys)

@@ -23,6 +23,8 @@ def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, datas
         want = digests(dataset_files)
         warm = sorted(dataset_files)[: len(dataset_files) // 2]
         assert read_digests(env, "d", warm) == {n: want[n] for n in warm}
+        cli_env(env, "pin", "fluid://d/images")
+        cli_env(env, "ttl", "fluid://d/tables", "1d")
         before = json.loads(cli_env(env, "status", "--json").stdout)
         info = json.loads((tmp_path / "home" / "cluster.json").read_text())
 
@@ -40,6 +42,8 @@ def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, datas
         assert after["master"]["address"] == before["master"]["address"] == info["master"]
         assert [d["name"] for d in after["datasets"]] == ["d"]          # journal replayed
         assert after["datasets"][0]["mounts"] == {"/": "s3://fc-test/ds"}
+        shown = json.loads(cli_env(env, "dataset", "show", "d").stdout)
+        assert shown["pins"] == ["images"] and list(shown["ttls"]) == ["tables"]  # journaled
         # the new master knows what the worker holds again (a full block report)
         warm_bytes = sum(len(dataset_files[n]) for n in warm)
         wait_for(lambda: json.loads(cli_env(env, "status", "--json").stdout)["datasets"][0][

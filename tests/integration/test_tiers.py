@@ -83,6 +83,7 @@ def test_dataset_larger_than_memory_moves_down_and_stays_correct(small_cluster):
 def test_killed_worker_comes_back_with_its_cache(small_cluster):
     env, files = small_cluster
     _read_all(env, files)                       # warm
+    _cli(env, "pin", "fluid://t/f00.bin")
     before = _status(env)["workers"][0]
     held = sum(t["blocks"] for t in before["tiers"])
     os.kill(before["pid"], signal.SIGKILL)
@@ -97,6 +98,10 @@ def test_killed_worker_comes_back_with_its_cache(small_cluster):
     final = _status(env)["workers"][0]
     assert final["stats"]["ufs_bytes_read"] == 0
     assert final["stats"]["hits"] >= sum(-(-len(b) // MiB) for b in files.values())
+    # the restarted worker got the pin again from the master (its 3 blocks stay)
+    freed = _cli(env, "free", "fluid://t/f00.bin")
+    assert "3 pinned blocks kept" in freed, freed
+    _cli(env, "unpin", "fluid://t/f00.bin")
 
 
 def test_corrupt_block_is_never_served_and_is_fetched_again(small_cluster):

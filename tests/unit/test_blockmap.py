@@ -63,3 +63,15 @@ def test_memory_per_block_is_small():
     per_block = (tracemalloc.get_traced_memory()[0] - base) / 20000
     tracemalloc.stop()
     assert per_block < 200, per_block
+
+
+def test_holders_and_keys_of_a_dataset():
+    m = BlockMap()
+    m.apply("w1", {"add": [_add(F1, 0, 100), _add(F2, 0, 7, "team/x")]})
+    m.apply("w2", {"add": [_add(F1, 0, 100), _add(F1, 1, 5)]})
+    k0 = block_key(F1, 0, 4 << 20)
+    assert sorted(m.holders(k0)) == ["w1", "w2"]
+    assert m.holders(block_key(F2, 9, 4 << 20)) == []
+    assert m.keys_of_owner("team/x") == {"w1": [block_key(F2, 0, 4 << 20)]}
+    per = m.keys_of_owner("default/d")
+    assert per["w1"] == [k0] and sorted(per["w2"]) == sorted([k0, block_key(F1, 1, 4 << 20)])

@@ -1,0 +1,325 @@
+"""The master's data operations: load (distributed warm-up), free, pin, unpin, ttl, du.
+
+A shell over plan.py: it walks listings, asks the block map who holds what, and hands
+the work to the workers (Ray calls); the workers fetch, drop, pin and expire blocks.
+Pins and TTLs are journaled as path rules; each worker gets them as block keys (after a
+change at once, after a restart of either side through its heartbeat).
+Loads run on the workers; the master keeps each job's plan and adds up their progress.
+A change the block map must show (a load done, a free) is waited for until the
+worker's heartbeat that carries it has been applied, so `du` right after is exact.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+
+import ray
+
+from .. import blocks, names
+from ..errors import InvalidRequest, NotFound, Unavailable
+from ..master.namespace import Dataset
+from . import plan
+from .listing import DIR
+
+log = logging.getLogger(__name__)
+_TTL_GRACE = 60.0       # an expired TTL rule is retired this long after its deadline
+_MAX_JOBS = 64          # finished load jobs remembered (for status) per master
+
+
+class DataOps:
+    """Mixed into Master (actor.py): uses its core, blocks, _lock, _listing, _target,
+    _mount, _commit, _worker_handle and config."""
+
+    def _init_dataops(self) -> None:
+        self._jobs: dict[str, dict] = {}
+        self._applied: dict[str, int] = {}           # worker id -> last report seq applied
+        self._applied_cv = threading.Condition(self._lock)
+        self._rules_cache: tuple[int, dict] | None = None
+
+    # -- helpers -----------------------------------------------------------------------
+    def _files(self, ds: Dataset, path: str, refresh: bool = False) -> list[plan.FileRef]:
+        def fid(p: str, version: str) -> str:
+            spec, rel = ds.resolve(p)
+            return blocks.file_id(self._mount(ds, spec).url_of(rel), version, ds.namespace)
+        return list(plan.walk(lambda d: self._listing(ds, d, refresh), fid, path))
+
+    def _holders(self):
+        return lambda key: self.blocks.holders(key)
+
+    def _alive_workers(self) -> list[dict]:
+        with self._lock:
+            return list(self.core.cluster_map()["workers"])
+
+    def _call_workers(self, wids, method: str, *args, timeout: float = 60.0) -> dict:
+        """Call `method` on each worker at once; worker id -> result (absent: no answer)."""
+        refs = {}
+        for wid in wids:
+            handle = self._worker_handle(wid)
+            if handle is not None:
+                refs[wid] = getattr(handle, method).remote(*args)
+        out = {}
+        for wid, ref in refs.items():
+            try:
+                out[wid] = ray.get(ref, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - a worker gone is reported, not fatal
+                log.warning("worker %s: %s failed: %s", wid, method, exc)
+        return out
+
+    def _note_applied(self, wid: str, seq) -> None:
+        """Called (under _lock) when a worker's report `seq` is in the block map."""
+        if isinstance(seq, int):
+            self._applied[wid] = max(seq, self._applied.get(wid, 0))
+            self._applied_cv.notify_all()
+
+    def _wait_applied(self, seqs: dict[str, int], timeout: float = 15.0) -> bool:
+        """Wait until each worker's report `seq` has been applied (they beat at once)."""
+        deadline = time.monotonic() + timeout
+        with self._applied_cv:
+            while any(self._applied.get(w, 0) < s for w, s in seqs.items()
+                      if w in self.core.workers):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._applied_cv.wait(left)
+        return True
+
+    # -- load --------------------------------------------------------------------------
+    def op_metadata_load(self, ns: str, args: dict) -> dict:
+        """Refresh the listings under a path, recursively (`load --metadata-only`)."""
+        ds, path = self._target(ns, args)
+        todo, dirs, files = [path], 0, 0
+        while todo:
+            d = todo.pop()
+            listing = self._listing(ds, d, refresh=True)
+            if isinstance(listing, dict):
+                files += 1
+                continue
+            dirs += 1
+            for i in range(len(listing)):
+                name, kind, _, _ = listing.entry(i)
+                if kind == DIR:
+                    todo.append(f"{d}/{name}" if d else name)
+                else:
+                    files += 1
+        return {"directories": dirs, "files": files}
+
+    def op_load(self, ns: str, args: dict) -> dict:
+        """Plan a warm-up of a file, directory or dataset and start it on the workers.
+        Listings are refreshed first (new and changed files are seen)."""
+        ds, path = self._target(ns, args)
+        if args.get("metadata_only"):
+            return dict(self.op_metadata_load(ns, args), job=None, state="done")
+        replicas = args.get("replicas") or ds.replicas
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or \
+                not 1 <= replicas <= 16:
+            raise InvalidRequest("replicas must be 1..16")
+        files = self._files(ds, path, refresh=True)
+        workers = self._alive_workers()
+        with self._lock:
+            p = plan.plan_load(files, workers, ds.selector, replicas, self.config.block_size,
+                               self._holders())
+        job = secrets.token_hex(8)
+        record = {"job": job, "ns": ns, "ds": ds.name, "path": path, "files": p.files,
+                  "blocks": p.blocks, "bytes": p.bytes, "cached_bytes": p.cached_bytes,
+                  "per_file": p.blocks_per_file, "sizes": p.sizes,
+                  "workers": sorted(p.items), "started": time.time(), "state": "running"}
+        accepted = self._call_workers(p.items, "load_start", job, ns, ds.name,
+                                      self.config.load_concurrency, timeout=30)
+        for wid in p.items:      # handed its part separately: the items can be large
+            if wid in accepted:
+                self._call_workers([wid], "load_items", job, p.items[wid], timeout=60)
+        missing = set(p.items) - set(accepted)
+        if missing:
+            self._call_workers(accepted, "load_cancel", job)
+            raise Unavailable(f"workers {sorted(missing)} did not take their part of the "
+                              "load; try again")
+        with self._lock:
+            self._jobs[job] = record
+            for old in sorted(self._jobs, key=lambda j: self._jobs[j]["started"])[:-_MAX_JOBS]:
+                if self._jobs[old]["state"] != "running":
+                    del self._jobs[old]
+        return self._public_job(record, {})
+
+    def op_load_status(self, ns: str, args: dict) -> dict:
+        record = self._job(ns, args)
+        parts = self._call_workers(record["workers"], "load_progress", record["job"],
+                                   timeout=10)
+        if record["state"] == "running" and record["workers"]:
+            states = [parts.get(w, {}).get("state", "lost") for w in record["workers"]]
+            if all(s != "running" for s in states):
+                seqs = {w: parts[w]["seq"] for w in record["workers"] if w in parts}
+                if self._wait_applied(seqs, timeout=0.5 if args.get("poll") else 15):
+                    record["state"] = ("cancelled" if "cancelled" in states else
+                                       "failed" if any(parts.get(w, {}).get("failed") or
+                                                       s == "lost" for w, s in
+                                                       zip(record["workers"], states))
+                                       else "done")
+                    record["final"] = {w: dict(v, by_file={}) for w, v in parts.items()}
+                    record["final_files"] = self._files_done(record, parts)
+        elif not record["workers"]:
+            record["state"] = "done"
+        return self._public_job(record, parts)
+
+    def op_load_cancel(self, ns: str, args: dict) -> dict:
+        record = self._job(ns, args)
+        self._call_workers(record["workers"], "load_cancel", record["job"], timeout=10)
+        return self.op_load_status(ns, {"job": record["job"]})
+
+    def _job(self, ns: str, args: dict) -> dict:
+        job = args.get("job")
+        with self._lock:
+            record = self._jobs.get(job) if isinstance(job, str) else None
+        if record is None or record["ns"] != ns:
+            raise NotFound(f"no load job {job!r}")
+        return record
+
+    def _files_done(self, record: dict, parts: dict) -> int:
+        done: dict[int, int] = {}
+        for part in parts.values():
+            for no, n in part.get("by_file", {}).items():
+                done[int(no)] = done.get(int(no), 0) + n
+        return sum(1 for no, want in enumerate(record["per_file"]) if done.get(no, 0) >= want)
+
+    def _public_job(self, record: dict, parts: dict) -> dict:
+        final = record.get("final")
+        src = final if final is not None else parts
+        errors = [e for part in src.values() for e in part.get("errors", [])][:5]
+        return {"job": record["job"], "state": record["state"], "dataset": record["ds"],
+                "path": record["path"], "files": record["files"], "blocks": record["blocks"],
+                "bytes": record["bytes"], "cached_bytes": record["cached_bytes"],
+                "files_done": record.get("final_files") if final is not None
+                else self._files_done(record, parts),
+                "blocks_done": sum(p.get("done_blocks", 0) for p in src.values()),
+                "bytes_done": sum(p.get("done_bytes", 0) for p in src.values()),
+                "failed_blocks": sum(p.get("failed", 0) for p in src.values()),
+                "errors": errors, "elapsed": time.time() - record["started"]}
+
+    # -- free --------------------------------------------------------------------------
+    def op_free(self, ns: str, args: dict) -> dict:
+        """Drop the cached blocks of the files under a path, on every worker (pinned
+        blocks stay unless `force`)."""
+        ds, path = self._target(ns, args)
+        keys = plan.keys(self._files(ds, path), self.config.block_size)
+        return self._free(keys, bool(args.get("force")))
+
+    def _free(self, keys_or_map, force: bool) -> dict:
+        if isinstance(keys_or_map, dict):
+            calls = keys_or_map
+        else:
+            calls = {w["id"]: keys_or_map for w in self._alive_workers()}
+        res = {}
+        for wid, keys in calls.items():
+            res.update(self._call_workers([wid], "free", keys, force, timeout=60))
+        self._wait_applied({w: r["seq"] for w, r in res.items()})
+        return {"freed_blocks": sum(r["blocks"] for r in res.values()),
+                "freed_bytes": sum(r["bytes"] for r in res.values()),
+                "pinned_blocks": sum(r["pinned"] for r in res.values())}
+
+    # -- pin, unpin, ttl -----------------------------------------------------------------
+    def op_pin(self, ns: str, args: dict) -> dict:
+        return self._rule(ns, args, "pin")
+
+    def op_unpin(self, ns: str, args: dict) -> dict:
+        return self._rule(ns, args, "unpin")
+
+    def op_ttl(self, ns: str, args: dict) -> dict:
+        """Drop a path's cached blocks `seconds` from now (None: remove the TTL)."""
+        seconds = args.get("seconds")
+        if seconds is not None and (not isinstance(seconds, (int, float)) or
+                                    isinstance(seconds, bool) or seconds < 0):
+            raise InvalidRequest("ttl needs a duration of 0 seconds or more")
+        return self._rule(ns, args, "ttl" if seconds is not None else "ttl_rm",
+                          None if seconds is None else time.time() + seconds)
+
+    def _rule(self, ns: str, args: dict, op: str, deadline: float | None = None) -> dict:
+        ds, path = self._target(ns, args)
+        files = self._files(ds, path)            # the path must exist: NotFound otherwise
+        rec = {"op": op, "ns": ns, "ds": ds.name, "path": path}
+        if deadline is not None:
+            rec["deadline"] = deadline
+        with self._lock:
+            self._commit(rec)
+        self._push_rules()
+        return {"path": f"fluid://{ds.name}/{path}".rstrip("/"), "files": len(files),
+                "rule": op, **({"deadline": deadline} if deadline is not None else {})}
+
+    def _push_rules(self) -> None:
+        rules = self.rules_for_worker()
+        self._call_workers([w["id"] for w in self._alive_workers()], "apply_rules", rules)
+
+    def rules_for_worker(self) -> dict:
+        """The pins and TTLs as block keys: {"version", "pin": [key], "ttl": [[key, t]]}."""
+        now = time.time()
+        with self._lock:
+            expired = self.core.expired_ttls(now, _TTL_GRACE)
+            for ns, ds, path in expired:
+                self._commit({"op": "ttl_rm", "ns": ns, "ds": ds, "path": path})
+            version = self.core.rules_version
+            if self._rules_cache is not None and self._rules_cache[0] == version:
+                return self._rules_cache[1]
+            rules = self.core.rules()
+        bs = self.config.block_size
+        pins: set[str] = set()
+        ttls: dict[str, float] = {}
+        for kind, rows in (("pin", rules["pins"]), ("ttl", rules["ttls"])):
+            for row in rows:
+                ns, name, path = row[:3]
+                try:
+                    with self._lock:
+                        ds = self.core.dataset(ns, name)
+                    files = self._files(ds, path)
+                except (NotFound, OSError) as exc:      # gone from the store: no keys
+                    log.warning("rule %s on %s/%s: %s", kind, name, path, exc)
+                    continue
+                for key in plan.keys(files, bs):
+                    if kind == "pin":
+                        pins.add(key)
+                    else:
+                        ttls[key] = min(row[3], ttls.get(key, row[3]))
+        out = {"version": version, "pin": sorted(pins), "ttl": sorted(ttls.items())}
+        with self._lock:
+            self._rules_cache = (version, out)
+        return out
+
+    def op_rules(self, ns: str, args: dict) -> dict:
+        with self._lock:
+            return self.core.rules(ns)
+
+    # -- du ----------------------------------------------------------------------------
+    def op_du(self, ns: str, args: dict) -> dict:
+        """Files, total bytes and cached bytes under a path (a block counts once however
+        many copies it has); per file and per tier on request."""
+        ds, path = self._target(ns, args)
+        files = self._files(ds, path)
+        with self._lock:
+            out = plan.usage(files, self.config.block_size, self._holders(),
+                             per_file=bool(args.get("per_file")))
+        out = {"path": f"fluid://{ds.name}/{path}".rstrip("/"), **out}
+        if args.get("tiers"):
+            keys = plan.keys(files, self.config.block_size)
+            tiers: dict[str, int] = {}
+            for res in self._call_workers([w["id"] for w in self._alive_workers()],
+                                          "where", keys, timeout=30).values():
+                for tier, n in res.items():
+                    tiers[tier] = tiers.get(tier, 0) + n
+            out["cached_by_tier"] = tiers
+        return out
+
+    def _free_owner(self, owner: str) -> None:
+        """A removed dataset's blocks, freed on every worker that holds them."""
+        with self._lock:
+            per = self.blocks.keys_of_owner(owner)
+        if per:
+            self._free(per, force=True)
+
+
+def worker_handle(handles: dict, wid: str):
+    handle = handles.get(wid)
+    if handle is None:
+        try:
+            handle = ray.get_actor(names.worker_actor(wid), namespace=names.RAY_NAMESPACE)
+        except ValueError:
+            return None
+    return handle
