@@ -176,27 +176,28 @@ def _status(a) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(f"master {st['master']['address']}")
     t = Table(title="workers")
-    for col in ("node", "address", "state", "tiers (used / capacity)", "hits", "misses",
-                "hit ratio", "served", "under store", "evictions"):
-        t.add_column(col, justify="right" if col in ("hits", "misses", "hit ratio", "served",
-                                                     "under store", "evictions") else "left")
+    for col in ("node / address", "state", "tier used / capacity", "hits", "misses", "hit%",
+                "served", "from store", "evicted"):
+        t.add_column(col, justify="left" if col in ("node / address", "state",
+                                                    "tier used / capacity") else "right")
     for w in st["workers"]:
         s = w.get("stats", {})
         hits, misses = s.get("hits", 0), s.get("misses", 0)
         tiers = "\n".join(f"{x['name']} {format_size(x['used'])} / {format_size(x['capacity'])}"
                           for x in w["tiers"]) or "-"
-        t.add_row(w["node_id"][:12], w.get("address", "-"),
+        t.add_row(f"{w['node_id'][:10]}\n{w.get('address', '-')}",
                   "alive" if w["alive"] else "LOST", tiers, str(hits), str(misses),
                   f"{hits / (hits + misses):.0%}" if hits + misses else "-",
                   format_size(s.get("bytes_served", 0)), format_size(s.get("ufs_bytes_read", 0)),
                   str(s.get("evictions", 0)))
     console.print(t)
     d = Table(title="datasets")
-    for col in ("name", "mounts", "cached", "hits", "misses", "hit ratio"):
-        d.add_column(col)
+    for col in ("name", "mounts", "cached", "hits", "misses", "hit%"):
+        d.add_column(col, justify="right" if col in ("cached", "hits", "misses", "hit%")
+                     else "left")
     for ds in st["datasets"]:
         hits, misses = ds.get("hits", 0), ds.get("misses", 0)
         d.add_row(ds["name"], "\n".join(f"{k} = {v}" for k, v in ds["mounts"].items()),

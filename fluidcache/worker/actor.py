@@ -328,7 +328,9 @@ class Worker:
             return None
         return mount, rel, myfid
 
-    async def block(self, ns: str, r: BlockRead, fid) -> memoryview | bytes:
+    async def block(self, ns: str, r: BlockRead, fid, read: bool = True) -> memoryview | bytes:
+        """A block's bytes: from a tier, else fetched once (single flight) and cached.
+        `read`: a reader's request, counted as a hit or a miss (a load's is not)."""
         for fresh in (False, True):
             ds = await self._dataset(ns, r.dataset, fresh)
             found = self._mount_of(ns, ds, r, fid)
@@ -345,7 +347,8 @@ class Worker:
         else:
             data = await loop.run_in_executor(None, self.store.get, key)
         if data is not None:
-            self._count(f"{ns}/{r.dataset}", 0)
+            if read:
+                self._count(f"{ns}/{r.dataset}", 0)
             return data
         fut = self._inflight.get(key)
         if fut is None:       # single flight: one fetch per key, however many readers
@@ -354,7 +357,8 @@ class Worker:
                 self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds, fid, fut))
             task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None),
                                                       self._fills.pop(k, None)))
-        self._count(f"{ns}/{r.dataset}", 1)
+        if read:
+            self._count(f"{ns}/{r.dataset}", 1)
         return await asyncio.shield(fut)
 
     def _expected(self, r: BlockRead) -> int:

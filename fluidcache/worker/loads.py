@@ -86,7 +86,7 @@ class Loads:
         no, path, version, size, index, fid = item
         r = BlockRead(j.dataset, path, version, size, index, 0, -1)
         try:
-            data = await self.w.block(j.ns, r, fid)
+            data = await self.w.block(j.ns, r, fid, read=False)
             key = blocks.block_key(fid, index, self.w.config.block_size)
             fill = self.w.fill_of(key)
             if fill is not None:

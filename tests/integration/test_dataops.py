@@ -160,7 +160,7 @@ def test_cli_verbs_and_their_errors(dc):
     ls = cli_env(env, "ls", "-l", "fluid://ops/small").stdout.splitlines()
     assert len(ls) == 24 and all(" * " in line for line in ls)
     st = cli_env(env, "status").stdout
-    assert "workers" in st and "datasets" in st and "ops" in st and "hit ratio" in st
+    assert "workers" in st and "datasets" in st and "ops" in st and "hit%" in st
     meta = cli_env(env, "load", "fluid://ops", "--metadata-only").stdout
     assert meta.startswith(f"listed {len(files)} files")
     assert cli_env(env, "pin", "fluid://ops/small/s02.bin").stdout.startswith("pinned")

@@ -1,0 +1,127 @@
+"""A latency-injecting TCP proxy on loopback, in front of an HTTP endpoint (moto's S3).
+
+Every response's first byte is held back `delay` seconds after the request that asked
+for it (a first-byte latency, as from an in-region object store; default 20 ms); the
+rest streams through. Any client goes through it alike, so no system is favoured.
+Runs as its own process (`python -m fluidcache.testing.proxy`), so it never shares a
+GIL with what it measures. Binds 127.0.0.1 only.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from .s3 import CREDENTIALS, free_port
+
+
+async def _pipe(reader, writer, before_first=None) -> None:
+    try:
+        while data := await reader.read(256 * 1024):
+            if before_first is not None:
+                await before_first()
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve(port: int, target: tuple[str, int], delay: float) -> None:
+    async def handle(c_reader, c_writer):
+        try:
+            s_reader, s_writer = await asyncio.open_connection(*target)
+        except OSError:
+            c_writer.close()
+            return
+        asked = asyncio.Event()          # a request went up since the last response byte
+
+        async def requests():
+            try:
+                while data := await c_reader.read(256 * 1024):
+                    asked.set()
+                    s_writer.write(data)
+                    await s_writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                s_writer.close()
+
+        async def first_byte_delay():
+            if asked.is_set():
+                asked.clear()
+                await asyncio.sleep(delay)   # the injected first-byte latency
+
+        await asyncio.gather(requests(), _pipe(s_reader, c_writer, first_byte_delay))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+class LatencyProxy:
+    """`with LatencyProxy(moto.endpoint, 0.02) as p: p.endpoint` (a subprocess)."""
+
+    def __init__(self, target: str, delay: float = 0.02) -> None:
+        host_port = target.split("://", 1)[-1].rstrip("/")
+        self.target, self.delay = host_port, delay
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LatencyProxy":
+        self.proc = subprocess.Popen([sys.executable, "-m", "fluidcache.testing.proxy",
+                                      "--port", str(self.port), "--target", self.target,
+                                      "--delay", str(self.delay)], start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)     # polling until the proxy listens (a condition)
+        self.__exit__()
+        raise RuntimeError("the latency proxy did not start")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+
+    def options(self) -> dict:
+        return {"endpoint_url": self.endpoint, **CREDENTIALS}
+
+    def filesystem(self):
+        import s3fs
+        return s3fs.S3FileSystem(key=CREDENTIALS["key"], secret=CREDENTIALS["secret"],
+                                 client_kwargs={"endpoint_url": self.endpoint},
+                                 skip_instance_cache=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--target", required=True, help="host:port")
+    p.add_argument("--delay", type=float, default=0.02, help="seconds (default 0.02)")
+    a = p.parse_args(argv)
+    host, _, port = a.target.rpartition(":")
+    try:
+        import uvloop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    except ImportError:
+        pass
+    try:
+        asyncio.run(_serve(a.port, (host, int(port)), a.delay))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
