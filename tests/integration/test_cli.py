@@ -40,7 +40,8 @@ def test_status_json_shape(cluster, cli, fluid_fs, dataset_files):
 
 def test_status_table(cluster, cli):
     out = cli("status").stdout
-    assert "worker" in out and "MEM" in out and "dataset mixed" in out
+    assert "workers" in out and "MEM" in out and "datasets" in out and "mixed" in out
+    assert "hit%" in out and "alive" in out
 
 
 def test_dataset_verbs(cluster, cli, moto):
