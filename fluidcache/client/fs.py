@@ -257,6 +257,7 @@ class FluidFile(io.RawIOBase):
         self.loc = 0
         self._block: tuple[int, memoryview | bytes] | None = None
         self._ahead: dict[int, Future] = {}          # block index -> background fetch
+        self._next_block, self._hinted = 0, 0        # for large sequential reads
 
     def readable(self) -> bool:
         return True
@@ -290,8 +291,23 @@ class FluidFile(io.RawIOBase):
             out = bytes(data[off:off + end - self.loc])
         else:   # always the version this file was opened at: never a mix of two versions
             out = self.fs.client.read(self.details, self.loc, end)
+            self._hint_ahead(first, last)
         self.loc += len(out)
         return out
+
+    def _hint_ahead(self, first: int, last: int) -> None:
+        """A large sequential reader: have the owners of the next reads' blocks fetch
+        them now, so they are cached when the reader gets there."""
+        if not self.fs.readahead or self._next_block != first:
+            self._next_block = last + 1
+            return
+        client = self.fs.client
+        n = blocks.block_count(self.size, client.cluster()["block_size"])
+        span = last - first + 1
+        for j in range(max(last + 1, self._hinted), min(n, last + 1 + span + self.fs.readahead)):
+            client.prefetch(self.details, j)
+            self._hinted = j + 1
+        self._next_block = last + 1
 
     read1 = read
 
@@ -309,7 +325,9 @@ class FluidFile(io.RawIOBase):
             data = self.read(want)
             view[:len(data)] = data
             return len(data)
+        bs = self.fs.client.cluster()["block_size"]
         n = self.fs.client.read_into(self.details, self.loc, view[:want])
+        self._hint_ahead(self.loc // bs, (self.loc + max(n, 1) - 1) // bs)
         self.loc += n
         return n
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import sys
 import threading
 import time
@@ -52,7 +53,8 @@ class ClusterClient:
         self._gen = FORKS[0]
         self._threads: ThreadPoolExecutor | None = None
         self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0,
-                         "master_calls": 0, "waits": 0, "readahead": 0, "direct": 0}
+                         "master_calls": 0, "waits": 0, "readahead": 0, "direct": 0,
+                         "prefetch": 0}
         # set by a filesystem given under-store options: req -> bytes, from the store
         self.direct: Callable[[dict], bytes] | None = None
         self._datasets: dict[str, tuple[float, dict]] = {}
@@ -167,6 +169,36 @@ class ClusterClient:
         req["f"] = entry["fid"]
         req["bs"] = bs
         return self._remote(key, req, m, into)
+
+    def prefetch(self, entry: dict, index: int) -> None:
+        """Ask a block's owner to fetch it into its tier now (a readahead hint for large
+        sequential reads), in the background; nothing if it is on this machine."""
+        m = self.cluster()
+        bs = m["block_size"]
+        key = blocks.block_key(entry["fid"], index, bs)
+        length = blocks.block_length(entry["size"], bs, index)
+        if self.short_circuit and any(os.path.exists(layout.block_path(p, key))
+                                      for _, paths in self._local for p in paths):
+            return
+        dataset, _, path = entry["name"].partition("/")
+        req = BlockRead(dataset, path, entry["version"], entry["size"], index, 0,
+                        length).to_args()
+        req["f"], req["bs"] = entry["fid"], bs
+        ds = self.dataset(dataset)
+        local = self._local_id if ds.get("routing") == "local-first" else None
+        order = placement.route(key, m["workers"], ds.get("selector"), local)
+        if not order:
+            return
+        address = next(w["address"] for w in m["workers"] if w["id"] == order[0])
+        self.counters["prefetch"] += 1
+
+        def hint() -> None:
+            try:
+                self.pool.call(address, "prefetch", req, self.endpoint.namespace,
+                               self.endpoint.token)
+            except FluidError:
+                pass           # a hint: the read itself fails over if it must
+        self.executor().submit(hint)
 
     def _local_into(self, key: str, dst: memoryview) -> bool:
         for address, paths in self._local:

@@ -72,7 +72,7 @@ class Worker:
         tiers = tuple(replace(t, path=claim_dir(t.path, self._locks)) for t in cfg.tiers)
         self.store = BlockStore(tiers, cfg.eviction, cfg.promote).start()
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
-                             ufs_fetches=0, short_circuit_hits=0)
+                             ufs_fetches=0, short_circuit_hits=0, prefetches=0)
         self._datasets: dict[tuple[str, str], tuple[float, Dataset]] = {}
         self.by_dataset: dict[str, list[int]] = {}     # "ns/name" -> [hits, misses]
         self._owner_of: dict[str, str] = {}            # block key -> "ns/name"
@@ -229,9 +229,9 @@ class Worker:
         of a dataset whose record we hold); None hands the request to `_handle`."""
         if req.op == "ping":
             return {"pong": True, "id": self.node_id}, None
-        if req.op not in ("read", "touch"):
+        if req.op not in ("read", "touch", "prefetch"):
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
-        if not self._token_ok(req.namespace, req.token):
+        if req.op == "prefetch" or not self._token_ok(req.namespace, req.token):
             return None                     # maybe a new namespace: ask the master
         if req.op == "touch":
             return self._touch(req.args)
@@ -252,13 +252,24 @@ class Worker:
         return self._serve(r, data)
 
     async def _handle(self, req, payload):
-        if req.op not in ("read", "touch"):
+        if req.op not in ("read", "touch", "prefetch"):
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
         await self._authorize(req.namespace, req.token)
         if req.op == "touch":
             return self._touch(req.args)
         r = self._block_read(req.args)
+        if req.op == "prefetch":    # a sequential reader's hint: fill it, answer at once
+            asyncio.get_running_loop().create_task(
+                self._prefetch(req.namespace, r, req.args.get("f")))
+            return {"ok": True}, None
         return self._serve(r, await self.block(req.namespace, r, req.args.get("f")))
+
+    async def _prefetch(self, ns: str, r: BlockRead, fid) -> None:
+        self.counters["prefetches"] += 1
+        try:
+            await self.block(ns, r, fid, read=False)
+        except Exception as exc:  # noqa: BLE001 - a hint: the read itself will report
+            log.debug("prefetch of %s/%s block %d: %s", r.dataset, r.path, r.index, exc)
 
     def _touch(self, args: dict):
         keys = args.get("keys")

@@ -393,3 +393,22 @@ def test_when_no_worker_answers_only_a_client_with_its_own_options_reads_the_sto
         assert fs.client.counters["direct"] == 1 and fs.client.counters["waits"] == 0
     else:                # waited for the cluster (a fresh map), then read through a worker
         assert fs.client.counters["direct"] == 0 and fs.client.counters["waits"] >= 1
+
+
+def test_large_sequential_reads_hint_the_owners_to_fetch_ahead(cluster, moto):
+    import fsspec
+    body = __import__("os").urandom(8 * 1024 * 1024 + 11)           # nine 1 MiB blocks
+    moto.filesystem().pipe_file("fc-test/ds/hint/big.bin", body)
+    client = cluster["client"]
+    before = sum(w["stats"]["prefetches"] for w in client.status()["workers"])
+    fetches = sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
+    fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True)
+    got = bytearray()
+    with fs.open("fluid://mixed/hint/big.bin", "rb") as f:
+        while chunk := f.read(2 * 1024 * 1024):                      # two blocks a read
+            got += chunk
+    assert bytes(got) == body
+    assert fs.client.counters["prefetch"] >= 4
+    st = client.status()["workers"]
+    assert sum(w["stats"]["prefetches"] for w in st) - before >= 4
+    assert sum(w["stats"]["ufs_fetches"] for w in st) - fetches == 9  # hinted or read: once

@@ -1,0 +1,144 @@
+"""The headline benchmark's report: the machine, Markdown tables with the ratios that
+matter, and PNG plots (matplotlib, headless)."""
+from __future__ import annotations
+
+import os
+import platform
+
+
+def machine() -> dict:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {}
+    for mod in ("ray", "torch", "fsspec", "s3fs", "pyarrow", "moto"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing module is just not listed
+            pass
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "memory_bytes": mem,
+            "python": platform.python_version(), **versions}
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(head, rows) -> list[str]:
+    return [_row(head), _row(["---"] * len(head)), *(_row(r) for r in rows)]
+
+
+def _warm(times: list[float]) -> float:
+    w = times[1:] or times
+    return sum(w) / len(w)
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    out = ["# fluidcache headline benchmark", "",
+           f"Run {r['started']} with `{r['command']}` on {m['platform']}, {m['cpus']} CPUs, "
+           f"{m['memory_bytes'] / 2**30:.0f} GiB; Python {m['python']}, "
+           + ", ".join(f"{k} {v}" for k, v in m.items()
+                       if k not in ("platform", "cpus", "memory_bytes", "python")) + ".",
+           f"Object store: moto S3 behind a proxy adding {r['delay_ms']:.0f} ms first-byte "
+           "latency per request, the same for every system.", ""]
+    for name, why in r.get("skipped", {}).items():
+        out.append(f"Not measured: {name} ({why}).")
+    img = r.get("images")
+    if img:
+        s3 = img["s3fs"]["epoch_s"]
+        ceil = img["tmpfs (ceiling)"]["epoch_s"]
+        out += ["", f"## 1. Image classification: {img['objects']} objects of 80-140 KB, "
+                "DataLoader(num_workers=2), tiny CPU model", ""]
+        rows = []
+        for sysname, v in img.items():
+            if not isinstance(v, dict):
+                continue
+            e = v["epoch_s"]
+            rows.append([sysname, *(f"{t:.1f}" for t in e), f"{v['samples_per_s'][-1]:.0f}",
+                         f"{_warm(e) / _warm(s3):.2f}x", f"{_warm(e) / _warm(ceil):.2f}x"])
+        out += _table(["system", *(f"epoch {i + 1} (s)" for i in range(img["epochs"])),
+                       "last epoch samples/s", "warm time vs s3fs", "warm time vs tmpfs"],
+                      rows)
+        fl = img["fluidcache"]["epoch_s"]
+        out += ["", f"- fluidcache warm epoch: {100 * (1 - _warm(fl) / _warm(s3)):.0f}% less "
+                f"time than direct s3fs (target >= 69%); {100 * (_warm(fl) / _warm(ceil) - 1):+.0f}% "
+                "against the tmpfs ceiling (target within 10%).",
+                f"- fluidcache cold epoch: {fl[0] / s3[0]:.2f}x the direct s3fs epoch "
+                "(target <= 1.0x).",
+                f"- fluidcache warm against simplecache warm: "
+                f"{_warm(img['simplecache::s3']['epoch_s']) / _warm(fl):.2f}x faster."]
+    pqr = r.get("parquet")
+    if pqr:
+        out += ["", f"## 2. Parquet: {pqr['files']} files, {pqr['rows']:,} rows, 2 of 6 "
+                "columns, pyarrow", ""]
+        out += _table(["system", "cold (s)", "warm (s)"],
+                      [[k, f"{v['cold']:.2f}", f"{v['warm']:.2f}"] for k, v in pqr.items()
+                       if isinstance(v, dict)])
+    st = r.get("stream")
+    if st:
+        out += ["", f"## 3. One {st['mib']} MiB object read sequentially (8 MiB reads)", ""]
+        out += _table(["system", "cold GB/s", "warm GB/s"],
+                      [[k, f"{v['cold']['gb_per_s']:.2f}", f"{v['warm']['gb_per_s']:.2f}"]
+                       for k, v in st.items() if isinstance(v, dict)])
+    cap = r.get("capacity")
+    if cap:
+        out += ["", f"## 4. Capacity: {cap['nodes']} Ray nodes, cache per node "
+                f"{cap['quota_per_node'] / 2**20:.0f} MiB = 40% of the "
+                f"{cap['dataset_bytes'] / 2**20:.0f} MiB dataset, reshuffled shards per epoch",
+                ""]
+        rows = []
+        for k, v in cap.items():
+            if isinstance(v, list):
+                rows.append([k, *(f"{e['hit_ratio']:.2f} / {e['s']:.1f}s" for e in v)])
+        n = max((len(v) for v in cap.values() if isinstance(v, list)), default=0)
+        out += _table(["system", *(f"epoch {i + 1} hit ratio / time" for i in range(n))], rows)
+        out += ["", "simplecache has no size limit: it keeps whatever its node read before "
+                "(here up to what one node reads in earlier epochs)."]
+    return "\n".join(out) + "\n"
+
+
+def plots(r: dict, out_dir: str) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    made = []
+    img = r.get("images")
+    if img:
+        names = [k for k, v in img.items() if isinstance(v, dict)]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / img["epochs"]
+        for e in range(img["epochs"]):
+            ax.bar([i + e * width for i in range(len(names))],
+                   [img[n]["epoch_s"][e] for n in names], width, label=f"epoch {e + 1}")
+        ax.set_xticks([i + width * (img["epochs"] - 1) / 2 for i in range(len(names))])
+        ax.set_xticklabels(names, rotation=15)
+        ax.set_ylabel("epoch time (s)")
+        ax.set_title(f"{img['objects']} images, DataLoader(num_workers=2), "
+                     f"{r['delay_ms']:.0f} ms store latency")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, "images_epochs.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path)
+    cap = r.get("capacity")
+    if cap:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for k, v in cap.items():
+            if isinstance(v, list):
+                ax.plot([e["epoch"] for e in v], [e["hit_ratio"] for e in v], marker="o", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("hit ratio")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("3 nodes, 40% of the dataset cached per node")
+        ax.legend()
+        fig.tight_layout()
+        path = os.path.join(out_dir, "capacity_hit_ratio.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path)
+    return made
