@@ -85,6 +85,19 @@ def _parser() -> argparse.ArgumentParser:
     nsub.add_parser("ls", help="list namespaces")
 
     cli_data.add_parsers(sub)
+    sv = sub.add_parser("serve", help="run a node of a cluster in the foreground (the "
+                        "container image's entry; SIGTERM stops it cleanly)")
+    svs = sv.add_subparsers(dest="role", required=True, metavar="ROLE")
+    hd = svs.add_parser("head", help="a Ray head with the master and this node's worker")
+    hd.add_argument("--config", help="the fluidcache config file (JSON)")
+    hd.add_argument("--datasets", help="a JSON list of datasets to create at start")
+    hd.add_argument("--ray-port", type=int, default=6379)
+    hd.add_argument("--metrics-port", type=int, help="Ray's Prometheus metrics port")
+    hd.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard")
+    wk = svs.add_parser("worker", help="a Ray node joining the head (gets a cache worker)")
+    wk.add_argument("--head", required=True, metavar="HOST:PORT", help="the Ray head's address")
+    hl = sub.add_parser("health", help="exit 0 if the master (or a worker) answers a ping")
+    hl.add_argument("--worker", metavar="HOST:PORT", help="ping this worker's data server")
     dm = sub.add_parser("demo", help="a local cluster, a local S3 and a DataLoader, cold vs warm")
     dm.add_argument("--files", type=int, default=300)
     dm.add_argument("--keep", action="store_true", help="leave the cluster running")
@@ -159,6 +172,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "dataset":
             return _dataset(a)
+        if a.cmd == "serve":
+            from . import node
+            if a.role == "head":
+                return node.serve_head(a.config, a.datasets, a.ray_port,
+                                       metrics_port=a.metrics_port,
+                                       dashboard=not a.no_dashboard)
+            return node.serve_worker(a.head)
+        if a.cmd == "health":
+            from . import node
+            return node.health(a.worker)
         done = cli_data.run(a)
         if done is not None:
             return done

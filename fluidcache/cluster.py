@@ -84,7 +84,8 @@ def running() -> dict | None:
 
 
 def start(config: Config, address: str | None = None, dashboard: bool = True,
-          timeout: float = 180.0) -> dict:
+          timeout: float = 180.0, token: str | None = None) -> dict:
+    """`token`: the `default` namespace's token for a new master (random if None)."""
     if running():
         raise InvalidRequest(f"a cluster is already running ({discovery.discovery_path()}); "
                              "run `fluidcache stop` first")
@@ -92,7 +93,7 @@ def start(config: Config, address: str | None = None, dashboard: bool = True,
         import ray
         ray.init(address=address, namespace=names.RAY_NAMESPACE, log_to_driver=False)
         try:
-            info = dict(deploy(config), supervisor=None)
+            info = dict(deploy(config, token), supervisor=None)
         finally:
             ray.shutdown()
         discovery.write(info)

@@ -44,6 +44,13 @@ def read(path: Path | None = None) -> dict | None:
         return None
 
 
+def ray_address() -> str:
+    """The Ray address of the cluster `fluidcache start` made (for `ray.init(address=...)`
+    in a driver that runs tasks next to the cache), else "auto"."""
+    info = read()
+    return (info or {}).get("ray_address") or "auto"
+
+
 def remove(path: Path | None = None) -> None:
     try:
         (path or discovery_path()).unlink()

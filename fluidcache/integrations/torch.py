@@ -40,3 +40,147 @@ class FluidDataset:
             self.fs, self._pid = pickle.loads(pickle.dumps(self.fs)), os.getpid()
         data = self.fs.cat_file(self.paths[i])
         return self.transform(data) if self.transform else data
+
+
+def assign(order: Sequence[int], homes: Sequence[str | None], rank_nodes: Sequence[str | None],
+           per_rank: int) -> list[list[int]]:
+    """Split one epoch's `order` (len == per_rank * ranks) into each rank's samples: a
+    sample goes to a rank on its home node (the node caching it) while that rank has
+    room, round-robin among the node's ranks; the rest fill the ranks with room, in
+    order. Every rank gets exactly `per_rank`; the ranks together get `order` exactly.
+    Pure and deterministic: every rank computes the same split from the same inputs."""
+    if len(order) != per_rank * len(rank_nodes):
+        raise ValueError("order must hold per_rank samples for every rank")
+    out: list[list[int]] = [[] for _ in rank_nodes]
+    ranks_of: dict[str, list[int]] = {}
+    for r, node in enumerate(rank_nodes):
+        if node is not None:
+            ranks_of.setdefault(node, []).append(r)
+    turn = {node: 0 for node in ranks_of}
+    rest = []
+    for i in order:
+        home = homes[i]
+        rs = ranks_of.get(home) if home is not None else None
+        for k in range(len(rs) if rs else 0):
+            r = rs[(turn[home] + k) % len(rs)]
+            if len(out[r]) < per_rank:
+                out[r].append(i)
+                turn[home] = (turn[home] + k + 1) % len(rs)
+                break
+        else:
+            rest.append(i)
+    r = 0
+    for i in rest:
+        while len(out[r]) >= per_rank:
+            r += 1
+        out[r].append(i)
+    return out
+
+
+class CacheAwareDistributedSampler:
+    """A DistributedSampler for DDP that hands each rank the samples cached on its node
+    first, while every epoch stays one seeded permutation split across the ranks (each
+    sample once; with `drop_last=False` the last few repeat to even out the ranks, as in
+    torch's DistributedSampler).
+
+    `rank_nodes`: the Ray node id of every rank's process (default: gathered with
+    torch.distributed when it is initialized, else all on this node). The samples' home
+    nodes come from the master's block reports (`refresh()`, a collective under
+    torch.distributed: rank 0 asks, everyone gets the same answer).
+    """
+
+    def __init__(self, dataset: FluidDataset, num_replicas: int | None = None,
+                 rank: int | None = None, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, rank_nodes: Sequence[str | None] | None = None,
+                 homes: Sequence[str | None] | None = None) -> None:
+        dist = _dist()
+        self.num_replicas = num_replicas if num_replicas is not None else \
+            (dist.get_world_size() if dist else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if dist else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
+        self.dataset, self.shuffle, self.seed, self.drop_last = dataset, shuffle, seed, drop_last
+        self.epoch = 0
+        n = len(dataset)
+        self.per_rank = n // self.num_replicas if drop_last else -(-n // self.num_replicas)
+        if rank_nodes is None:
+            me = _my_node()
+            if dist:
+                rank_nodes = [None] * self.num_replicas
+                dist.all_gather_object(rank_nodes, me)
+            else:
+                rank_nodes = [me] * self.num_replicas
+        self.rank_nodes = list(rank_nodes)
+        self.homes = list(homes) if homes is not None else self.refresh()
+
+    def refresh(self) -> list[str | None]:
+        """Ask the master where each sample is cached now (the node with most of it)."""
+        dist = _dist()
+        homes = None
+        if not dist or dist.get_rank() == 0:
+            from ..scheduling import locate
+            urls = [f"fluid://{p}" for p in self.dataset.paths]
+            found = locate(urls)
+            homes = [max(sorted(found[u]), key=found[u].get) if found[u] else None
+                     for u in urls]
+        if dist:
+            box = [homes]
+            dist.broadcast_object_list(box, src=0)
+            homes = box[0]
+        self.homes = homes
+        return homes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            import random
+            order = list(range(n))
+            random.Random(self.seed + self.epoch).shuffle(order)
+        else:
+            order = list(range(n))
+        total = self.per_rank * self.num_replicas
+        if total <= n:
+            return order[:total]
+        return (order * (-(-total // n)))[:total]      # pad by repeating, as torch does
+
+    def split(self) -> list[list[int]]:
+        return assign(self._order(), self.homes, self.rank_nodes, self.per_rank)
+
+    def __iter__(self):
+        return iter(self.split()[self.rank])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def local_share(self) -> float:
+        """Of this rank's samples this epoch, the share cached on its own node."""
+        mine = self.split()[self.rank]
+        node = self.rank_nodes[self.rank]
+        return sum(1 for i in mine if self.homes[i] == node) / max(1, len(mine))
+
+
+def _dist():
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _my_node() -> str | None:
+    """This process's Ray node id, or (outside Ray) the only worker on this machine."""
+    import sys
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    try:
+        from ..api import connect
+        from ..tiering.layout import machine_id
+        mine = [w["node_id"] for w in connect().status()["workers"]
+                if w.get("machine") == machine_id()]
+        return mine[0] if len(mine) == 1 else None
+    except Exception:  # noqa: BLE001 - no cluster to ask: no locality
+        return None

@@ -161,6 +161,8 @@ class Master(DataOps):
                 return {"version": version, "resync": True, "rules": self.core.rules_version}
             self.blocks.apply(info["id"], report)
             self._note_applied(info["id"], report.get("seq"))
+            if isinstance(report.get("by_dataset"), dict):
+                self._ds_counts[info["id"]] = report["by_dataset"]
             return {"version": version, "rules": self.core.rules_version}
 
     def _mark_lost(self, worker_id: str) -> None:
@@ -189,6 +191,7 @@ class Master(DataOps):
                 for wid in late:
                     log.warning("worker %s missed its heartbeats: marked lost", wid)
                     self._mark_lost(wid)
+                self._publish_metrics()
             except Exception:  # noqa: BLE001 - membership must keep running
                 log.exception("membership round failed")
 

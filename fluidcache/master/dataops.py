@@ -37,6 +37,25 @@ class DataOps:
         self._applied: dict[str, int] = {}           # worker id -> last report seq applied
         self._applied_cv = threading.Condition(self._lock)
         self._rules_cache: tuple[int, dict] | None = None
+        self._ds_counts: dict[str, dict] = {}        # worker -> {"ns/name": [hits, misses]}
+        self._metrics = None
+
+    def _publish_metrics(self) -> None:
+        """Per-dataset cached bytes and hit ratio to Ray's metrics (membership loop)."""
+        if self._metrics is None:
+            from ..worker.metrics import MasterMetrics
+            self._metrics = MasterMetrics()
+        rows = []
+        with self._lock:
+            datasets = list(self.core.datasets.values())
+            counts = list(self._ds_counts.values())
+            for d in datasets:
+                owner = f"{d.namespace}/{d.name}"
+                hits = sum(c.get(owner, [0, 0])[0] for c in counts)
+                misses = sum(c.get(owner, [0, 0])[1] for c in counts)
+                rows.append({"namespace": d.namespace, "name": d.name, "hits": hits,
+                             "misses": misses, "cached_bytes": self.blocks.cached_bytes(owner)})
+        self._metrics.publish(rows)
 
     # -- helpers -----------------------------------------------------------------------
     def _files(self, ds: Dataset, path: str, refresh: bool = False) -> list[plan.FileRef]:
@@ -305,6 +324,25 @@ class DataOps:
                 for tier, n in res.items():
                     tiers[tier] = tiers.get(tier, 0) + n
             out["cached_by_tier"] = tiers
+        return out
+
+    def op_locate(self, ns: str, args: dict) -> dict:
+        """Where the files under each path are cached: {path: {worker id: bytes}}, from
+        the block reports (worker ids are Ray node ids)."""
+        paths = args.get("paths")
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) \
+                or len(paths) > 100_000:
+            raise InvalidRequest("locate needs a list of at most 100000 paths")
+        out = {}
+        for p in paths:
+            ds, path = self._target(ns, {"ds": args.get("ds"), "p": p})
+            per: dict[str, int] = {}
+            for f in self._files(ds, path):
+                with self._lock:
+                    got = self.blocks.file_by_worker(f"{ns}/{ds.name}", f.fid)
+                for w, n in got.items():
+                    per[w] = per.get(w, 0) + n
+            out[p] = per
         return out
 
     def _free_owner(self, owner: str) -> None:

@@ -33,8 +33,23 @@ async def _pipe(reader, writer, before_first=None) -> None:
         writer.close()
 
 
-async def _serve(port: int, target: tuple[str, int], delay: float) -> None:
+_ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
+          b"Content-Length: 110\r\nConnection: close\r\n\r\n<?xml version=\"1.0\" "
+          b"encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>fault</Message></Error>"
+          b"            ")
+
+
+async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False) -> None:
     async def handle(c_reader, c_writer):
+        if fail:             # the store answers every request with a 503 (a fault test)
+            try:
+                await c_reader.read(65536)
+                c_writer.write(_ERROR)
+                await c_writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            c_writer.close()
+            return
         try:
             s_reader, s_writer = await asyncio.open_connection(*target)
         except OSError:
@@ -68,17 +83,21 @@ async def _serve(port: int, target: tuple[str, int], delay: float) -> None:
 class LatencyProxy:
     """`with LatencyProxy(moto.endpoint, 0.02) as p: p.endpoint` (a subprocess)."""
 
-    def __init__(self, target: str, delay: float = 0.02) -> None:
+    def __init__(self, target: str, delay: float = 0.02, port: int | None = None,
+                 fail: bool = False) -> None:
+        """`fail`: answer every request with HTTP 503 instead (the store erring)."""
         host_port = target.split("://", 1)[-1].rstrip("/")
-        self.target, self.delay = host_port, delay
-        self.port = free_port()
+        self.target, self.delay, self.fail = host_port, delay, fail
+        self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "LatencyProxy":
         self.proc = subprocess.Popen([sys.executable, "-m", "fluidcache.testing.proxy",
                                       "--port", str(self.port), "--target", self.target,
-                                      "--delay", str(self.delay)], start_new_session=True)
+                                      "--delay", str(self.delay)]
+                                     + (["--fail"] if self.fail else []),
+                                     start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -109,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--target", required=True, help="host:port")
     p.add_argument("--delay", type=float, default=0.02, help="seconds (default 0.02)")
+    p.add_argument("--fail", action="store_true", help="answer every request with a 503")
     a = p.parse_args(argv)
     host, _, port = a.target.rpartition(":")
     try:
@@ -117,7 +137,7 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     try:
-        asyncio.run(_serve(a.port, (host, int(port)), a.delay))
+        asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail))
     except KeyboardInterrupt:
         pass
     return 0

@@ -36,7 +36,12 @@ class CorruptBlock(Exception):
 
 def machine_id() -> str:
     """This machine (and boot): a client whose machine id matches a worker's may read
-    that worker's tier directories directly."""
+    that worker's tier directories directly. FLUIDCACHE_MACHINE_ID overrides it: on
+    Kubernetes every pod has its own hostname, so the chart sets it to the node's name in
+    the worker pods and app pods that share the node's tier directories (hostPath)."""
+    override = os.environ.get("FLUIDCACHE_MACHINE_ID")
+    if override:
+        return override
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()

@@ -207,6 +207,12 @@ class BlockStore:
         self._emit("remove", key, None, e.size)
         return e.size
 
+    def size_of(self, key: str) -> int:
+        """Bytes a held block takes on disk (0 if not held)."""
+        with self._lock:
+            e = self.index.entries.get(key)
+            return e.size if e is not None else 0
+
     def tier_bytes(self, keys) -> dict[str, int]:
         """Bytes on disk of those of `keys` held here, per tier name."""
         out: dict[str, int] = {}

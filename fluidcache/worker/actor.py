@@ -72,7 +72,9 @@ class Worker:
         tiers = tuple(replace(t, path=claim_dir(t.path, self._locks)) for t in cfg.tiers)
         self.store = BlockStore(tiers, cfg.eviction, cfg.promote).start()
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
-                             ufs_fetches=0, short_circuit_hits=0, prefetches=0)
+                             ufs_fetches=0, short_circuit_hits=0, short_circuit_bytes=0,
+                             prefetches=0)
+        self.metrics = _metrics(node_id)
         self._datasets: dict[tuple[str, str], tuple[float, Dataset]] = {}
         self.by_dataset: dict[str, list[int]] = {}     # "ns/name" -> [hits, misses]
         self._owner_of: dict[str, str] = {}            # block key -> "ns/name"
@@ -117,7 +119,14 @@ class Worker:
 
     def _beat(self) -> None:
         report = self._take_report()
+        report["by_dataset"] = {o: list(v) for o, v in list(self.by_dataset.items())}
         reply = ray.get(self._master.heartbeat.remote(self.info(), report), timeout=60)
+        if self.metrics is not None:
+            try:
+                self.metrics.publish(self.counters, self.by_dataset, self.store.tiers(),
+                                     self.store.evictions, self.counters["short_circuit_bytes"])
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop heartbeats
+                log.debug("metrics: %s", exc)
         self.map_version = max(self.map_version, reply.get("version", 0))
         if reply.get("resync"):
             self._resync = True
@@ -279,6 +288,7 @@ class Worker:
         for k in keys:
             if isinstance(k, str) and self.store.touch(k):
                 held += 1
+                self.counters["short_circuit_bytes"] += self.store.size_of(k)
                 self._count(self._owner_of.get(k), 0)
         self.counters["short_circuit_hits"] += held
         return {"held": held}, None
@@ -382,10 +392,13 @@ class Worker:
         the key stays in flight until the block is in its tier (no second fetch)."""
         loop = asyncio.get_running_loop()
         start = r.index * self.config.block_size
+        t0 = time.monotonic()
         try:
             data = await loop.run_in_executor(
                 self._fetch, mount.read_range, rel, r.version, start,
                 start + self.config.block_size)
+            if self.metrics is not None:
+                self.metrics.observe_fetch(time.monotonic() - t0)
         except asyncio.CancelledError:
             fut.cancel()
             raise
@@ -405,6 +418,15 @@ class Worker:
                                        layout.Meta(dsid, mount_fid, r.index))
         except Exception:      # noqa: BLE001 - the readers have their bytes; log, go on
             log.exception("caching block %s failed", key)
+
+
+def _metrics(node_id: str):
+    try:
+        from .metrics import WorkerMetrics
+        return WorkerMetrics(node_id)
+    except Exception as exc:  # noqa: BLE001 - no metrics agent: serve without metrics
+        log.warning("no Ray metrics: %s", exc)
+        return None
 
 
 async def _ray_call(ref):

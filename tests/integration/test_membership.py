@@ -3,6 +3,7 @@ nodes on this machine): a worker on every node, a node added later gets one, a r
 node's worker is marked lost and no longer routed to, and reads stay correct throughout."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -66,6 +67,19 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         lf = wait_for(lambda: next((d for d in status(env)["datasets"] if d["name"] == "lf"
                                     and d["cached_bytes"] > 0), None), what="lf's report")
         assert set(lf["cached_by_worker"]) == {nodes[1].node_id}
+        # data-affinity scheduling: the node that caches the data, from the block reports
+        from fluidcache import connect, scheduling
+        c = connect(address=json.loads((tmp_path / "home" / "cluster.json").read_text())[
+            "master"], token=json.loads((tmp_path / "home" / "cluster.json").read_text())[
+            "token"])
+        for ds, node in (("lf", nodes[1].node_id), ("sel", nodes[0].node_id)):
+            strategy = scheduling.strategy_for(f"fluid://{ds}", client=c)
+            assert strategy.node_id == node and strategy.soft
+        groups = scheduling.split_by_node([f"fluid://lf/{n}" for n in multi] +
+                                          [f"fluid://sel/{n}" for n in images], client=c)
+        assert {k: len(v) for k, v in groups.items()} == {nodes[1].node_id: len(multi),
+                                                          nodes[0].node_id: len(images)}
+        assert scheduling.strategy_for("fluid://d/deep", client=c) == "DEFAULT"  # not cached
         assert lf["cached_bytes"] == sum(len(dataset_files["multi/" + n]) for n in multi)
         assert read_digests(env, "d", names, short_circuit=False) == want
         served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]
