@@ -299,7 +299,7 @@ class FluidFile(io.RawIOBase):
         """A large sequential reader: have the owners of the next reads' blocks fetch
         them now, so they are cached when the reader gets there."""
         if not self.fs.readahead or self._next_block != first:
-            self._next_block = last + 1
+            self._next_block, self._hinted = last + 1, last + 1     # a seek: start over
             return
         client = self.fs.client
         n = blocks.block_count(self.size, client.cluster()["block_size"])
