@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     p.add_argument("parquet_url")
     p.add_argument("binary_url")
     a = p.parse_args(argv)
-    ray.init(address=fluidcache.ray_address(), log_to_driver=False)
+    fluidcache.init_ray(log_to_driver=False)
     try:
         table = frd.read_parquet(a.parquet_url)
         rows = table.count()

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     fs = fsspec.filesystem("fluid")
     urls = ["fluid://" + f for f in fs.find(a.url)]
-    ray.init(address=fluidcache.ray_address(), log_to_driver=False)
+    fluidcache.init_ray(log_to_driver=False)
     try:
         groups = split_by_node(urls)
         refs = []

@@ -9,11 +9,11 @@
 from __future__ import annotations
 
 from .api import Client, connect
-from .client.discovery import ray_address
+from .client.discovery import init_ray, ray_address
 from .client.fs import FluidFileSystem
 from .errors import (AccessDenied, ClusterNotRunning, FluidError, NotFound, StaleVersion,
                      Unavailable, UnderStoreError)
 
-__all__ = ["connect", "ray_address", "Client", "FluidFileSystem", "FluidError", "NotFound", "AccessDenied",
+__all__ = ["connect", "init_ray", "ray_address", "Client", "FluidFileSystem", "FluidError", "NotFound", "AccessDenied",
            "ClusterNotRunning", "StaleVersion", "Unavailable", "UnderStoreError"]
 __version__ = "0.1.0"

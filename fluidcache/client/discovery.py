@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def ray_address() -> str:
     in a driver that runs tasks next to the cache), else "auto"."""
     info = read()
     return (info or {}).get("ray_address") or "auto"
+
+
+def init_ray(**kwargs):
+    """`ray.init` joined to the Ray instance of the cluster `fluidcache start` made (else
+    `address="auto"`). Ray 2.60 local clusters use token auth: a joining driver must say
+    so (`RAY_AUTH_MODE=token`), and then reads the token from `~/.ray/auth_token` or
+    `RAY_AUTH_TOKEN`. Ray reads the mode when it is imported: set it in the environment
+    of a driver that imports ray first; this sets it when ray is not imported yet."""
+    if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or
+            (Path.home() / ".ray" / "auth_token").exists()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+    import ray
+    kwargs.setdefault("address", ray_address())
+    return ray.init(**kwargs)
 
 
 def remove(path: Path | None = None) -> None:

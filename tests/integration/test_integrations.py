@@ -18,8 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _example(name: str, *args: str, timeout: float = 300) -> str:
+    # a driver joining the cluster's Ray (token auth on, as Ray 2.60 local clusters are)
+    env = dict(os.environ, RAY_AUTH_MODE="token")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name), *args],
-                       capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
+                       capture_output=True, text=True, timeout=timeout, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return p.stdout
 
@@ -58,8 +60,9 @@ def test_scheduling_example_sends_each_group_to_its_node(cluster, dataset_files)
             fs.cat_file(f"fluid://mixed/{n}")
     fs.client.flush()
     node = cluster["client"].status()["workers"][0]["node_id"]
-    wait_for(lambda: all(v for v in __import__("fluidcache.scheduling", fromlist=["x"]).locate(
-        ["fluid://mixed/images"]).values()), timeout=30, what="block reports")
+    from fluidcache.scheduling import locate
+    urls = [f"fluid://mixed/{n}" for n in dataset_files if n.startswith("images/")]
+    wait_for(lambda: all(locate(urls).values()), timeout=30, what="every file's report")
     got = json.loads(_example("scheduling.py", "fluid://mixed/images").strip().splitlines()[-1])
     assert got["groups"] == {node: 12} and got["ran_on"] == [node]
     assert got["strategy_for_first"] == node
@@ -92,10 +95,12 @@ def test_metrics_reach_rays_prometheus_endpoint(cluster, dataset_files):
         fs.cat_file(f"fluid://mixed/{n}")
     fs.client.flush()
     info = json.loads((cluster["home"] / "cluster.json").read_text())
-    probe = ("import ray, json; ray.init(address=%r, log_to_driver=False); "
+    probe = ("import ray, json, fluidcache; fluidcache.init_ray(address=%r, "
+             "log_to_driver=False); "
              "print(json.dumps([n['MetricsExportPort'] for n in ray.nodes() if n['Alive']]))"
              % info["ray_address"])
-    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, RAY_AUTH_MODE="token"))
     assert p.returncode == 0, p.stderr[-2000:]
     ports = json.loads(p.stdout.strip().splitlines()[-1])
 
