@@ -9,6 +9,7 @@ Never: cache blocks or decide placement.
 """
 from __future__ import annotations
 
+import re
 import threading
 
 import fsspec
@@ -158,7 +159,11 @@ class translate:
             raise NotFound(f"{self.where}: no such file or directory") from None
         if isinstance(exc, PermissionError):
             raise AccessDenied(f"{self.where}: the under store denied access") from None
-        if isinstance(exc, (OSError, ValueError, RuntimeError, TimeoutError)):
+        if isinstance(exc, Exception):   # botocore, aiohttp, ...: any failure of the store
+            detail = _URL.sub("<under store>", str(exc))[:200]
             raise UnderStoreError(f"{self.where}: under store error: "
-                                  f"{type(exc).__name__}: {str(exc)[:200]}") from None
+                                  f"{type(exc).__name__}: {detail}") from None
         return False
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"']+")
