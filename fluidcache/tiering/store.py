@@ -47,6 +47,7 @@ class BlockStore:
         self._stopped = False
         self.write_failures = 0
         self.corrupt_blocks = 0
+        self.read_bytes: dict[str, int] = {}      # tier name -> bytes read by the worker
         # listener(event, key, meta, size): "add" / "remove", called outside the lock;
         # the worker turns these into block reports for the master
         self.listener: Callable[[str, str, layout.Meta | None, int], None] | None = None
@@ -121,6 +122,9 @@ class BlockStore:
                 return None
             if data is not None:
                 self._accessed(key, tier)
+                with self._lock:
+                    name = self.index.tiers[tier].name
+                    self.read_bytes[name] = self.read_bytes.get(name, 0) + len(data)
                 return data
             with self._lock:
                 moved = self.index.tier_of(key) != tier

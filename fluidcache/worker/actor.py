@@ -124,7 +124,8 @@ class Worker:
         if self.metrics is not None:
             try:
                 self.metrics.publish(self.counters, self.by_dataset, self.store.tiers(),
-                                     self.store.evictions, self.counters["short_circuit_bytes"])
+                                     self.store.evictions, self.counters["short_circuit_bytes"],
+                                     dict(self.store.read_bytes))
             except Exception as exc:  # noqa: BLE001 - metrics must never stop heartbeats
                 log.debug("metrics: %s", exc)
         self.map_version = max(self.map_version, reply.get("version", 0))

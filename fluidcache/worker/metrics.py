@@ -2,7 +2,7 @@
 
 Names start with `fluidcache_`. A worker exports, tagged with its node: hits and misses
 (per dataset), bytes served by path (`remote`: over its data server; `short_circuit`:
-read by local clients from its tier files, as they report), under-store bytes, fetches
+read by local clients from its tier files, as they report) and by tier, under-store bytes, fetches
 and fetch latency (a histogram), evictions, and each tier's capacity and use. The master
 exports per-dataset cached bytes and hit ratio. Counters are pushed as deltas of the
 worker's own counters once per heartbeat: nothing on the read path.
@@ -26,6 +26,9 @@ class WorkerMetrics:
                                 tag_keys=tags + ("dataset",))
         self.served = m.Counter("fluidcache_bytes_served", "bytes read from this worker's cache",
                                 tag_keys=tags + ("path",))
+        self.by_tier = m.Counter("fluidcache_tier_read_bytes",
+                                 "bytes the worker read from each tier to serve them",
+                                 tag_keys=tags + ("tier",))
         self.ufs = m.Counter("fluidcache_under_store_bytes", "bytes fetched from under stores",
                              tag_keys=tags)
         self.fetches = m.Counter("fluidcache_under_store_fetches", "under-store block fetches",
@@ -48,7 +51,7 @@ class WorkerMetrics:
         return max(0, d)
 
     def publish(self, counters: dict, by_dataset: dict, tiers: list[dict], evictions: int,
-                short_circuit_bytes: int) -> None:
+                short_circuit_bytes: int, tier_reads: dict | None = None) -> None:
         """Push what changed since the last call (called once per heartbeat)."""
         t = {"node": self.node}
         for owner, (h, m) in list(by_dataset.items()):
@@ -61,6 +64,9 @@ class WorkerMetrics:
                             ("short_circuit", short_circuit_bytes)):
             if d := self._delta(("s", path), value):
                 self.served.inc(d, tags=dict(t, path=path))
+        for tier, value in (tier_reads or {}).items():
+            if d := self._delta(("t", tier), value):
+                self.by_tier.inc(d, tags=dict(t, tier=tier))
         if d := self._delta("ufs", counters["ufs_bytes_read"]):
             self.ufs.inc(d, tags=t)
         if d := self._delta("fetch", counters["ufs_fetches"]):

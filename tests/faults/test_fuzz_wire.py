@@ -67,7 +67,13 @@ def _send(address: str, data: bytes) -> None:
 @pytest.fixture(scope="module")
 def targets(cluster):
     st_ = cluster["client"].status()
-    return {"master": st_["master"]["address"], "worker": st_["workers"][0]["address"]}
+    return {"master": st_["master"]["address"], "worker": st_["workers"][0]["address"],
+            "pids": {"master": st_["master"]["pid"], "worker": st_["workers"][0]["pid"]}}
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
 @pytest.mark.parametrize("target", ["master", "worker"])
@@ -75,6 +81,8 @@ def test_servers_survive_fuzzed_frames(cluster, targets, target):
     address = targets[target]
     pool = Pool(connect_timeout=5, request_timeout=10)
     endpoint = cluster["client"].endpoint
+    pid = targets["pids"][target]
+    rss_before = _rss(pid)
 
     @settings(max_examples=CASES, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
@@ -94,5 +102,7 @@ def test_servers_survive_fuzzed_frames(cluster, targets, target):
     assert len(body) > 0
     alive = cluster["client"].status()["workers"]
     assert all(w["alive"] for w in alive)
-    print(f"{target}: {CASES} fuzzed frames; protocol errors so far: "
-          f"{alive[0]['stats'].get('protocol_errors')}")
+    grown = _rss(pid) - rss_before
+    print(f"{target}: {CASES} fuzzed frames; worker protocol errors so far: "
+          f"{alive[0]['stats'].get('protocol_errors')}; RSS grew {grown / 2**20:.1f} MiB")
+    assert grown < 64 * 2**20            # frames over the limit are refused, not buffered
