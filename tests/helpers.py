@@ -2,8 +2,10 @@
 through fluid:// in a fresh process (as a user's job would) and hash what came back."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +27,21 @@ def cli_env(env: dict, *args: str, check: bool = True) -> subprocess.CompletedPr
 
 def status(env: dict | None = None) -> dict:
     return json.loads(run_cli("status", "--json", env=env).stdout)
+
+
+@contextlib.contextmanager
+def home_env(home: str):
+    """FLUIDCACHE_HOME set to `home` in this process for the block (the in-process API
+    finds that cluster), restored after."""
+    old = os.environ.get("FLUIDCACHE_HOME")
+    os.environ["FLUIDCACHE_HOME"] = home
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("FLUIDCACHE_HOME", None)
+        else:
+            os.environ["FLUIDCACHE_HOME"] = old
 
 
 def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):

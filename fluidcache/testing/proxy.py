@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from .s3 import CREDENTIALS, free_port
+from .s3 import Endpoint, free_port
 
 
 async def _pipe(reader, writer, before_first=None) -> None:
@@ -80,7 +80,7 @@ async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = 
         await server.serve_forever()
 
 
-class LatencyProxy:
+class LatencyProxy(Endpoint):
     """`with LatencyProxy(moto.endpoint, 0.02) as p: p.endpoint` (a subprocess)."""
 
     def __init__(self, target: str, delay: float = 0.02, port: int | None = None,
@@ -112,15 +112,6 @@ class LatencyProxy:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
-
-    def options(self) -> dict:
-        return {"endpoint_url": self.endpoint, **CREDENTIALS}
-
-    def filesystem(self):
-        import s3fs
-        return s3fs.S3FileSystem(key=CREDENTIALS["key"], secret=CREDENTIALS["secret"],
-                                 client_kwargs={"endpoint_url": self.endpoint},
-                                 skip_instance_cache=True)
 
 
 def main(argv=None) -> int:

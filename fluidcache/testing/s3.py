@@ -21,7 +21,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class MotoServer:
+class Endpoint:
+    """An S3 endpoint on loopback at `self.endpoint`, with the test credentials."""
+
+    endpoint: str
+
+    def options(self) -> dict:
+        """fsspec/s3fs options for this endpoint (what `--option` passes to a dataset)."""
+        return {"endpoint_url": self.endpoint, **CREDENTIALS}
+
+    def filesystem(self):
+        import s3fs
+        return s3fs.S3FileSystem(key=CREDENTIALS["key"], secret=CREDENTIALS["secret"],
+                                 client_kwargs={"endpoint_url": self.endpoint},
+                                 skip_instance_cache=True)
+
+
+class MotoServer(Endpoint):
     """`with MotoServer() as s3: s3.endpoint` -> 'http://127.0.0.1:PORT'."""
 
     def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
@@ -60,16 +76,6 @@ class MotoServer:
                 self.proc.wait()
         if getattr(self, "_log", None):
             self._log.close()
-
-    def options(self) -> dict:
-        """fsspec/s3fs options for this endpoint (what `--option` passes to a dataset)."""
-        return {"endpoint_url": self.endpoint, **CREDENTIALS}
-
-    def filesystem(self):
-        import s3fs
-        return s3fs.S3FileSystem(key=CREDENTIALS["key"], secret=CREDENTIALS["secret"],
-                                 client_kwargs={"endpoint_url": self.endpoint},
-                                 skip_instance_cache=True)
 
     def __enter__(self) -> "MotoServer":
         return self.start()

@@ -16,7 +16,7 @@ import pytest
 
 from fluidcache.testing.proxy import LatencyProxy
 
-from ..helpers import cli_env, wait_for
+from ..helpers import cli_env, home_env, wait_for
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -39,22 +39,17 @@ def fc(tmp_path_factory, moto):
     proxy = LatencyProxy(moto.endpoint, 0.0).__enter__()
     cli_env(env, "start", "--mem", "64MiB", "--mem-path", mem, "--ssd", f"{root}/ssd:64MiB",
             "--block-size", "1MiB", "--no-dashboard")
-    old = os.environ.get("FLUIDCACHE_HOME")
-    os.environ["FLUIDCACHE_HOME"] = env["FLUIDCACHE_HOME"]
     state = {"proxy": proxy}
     try:
-        import fluidcache
-        client = fluidcache.connect()
-        opts = dict(proxy.options(), config_kwargs={"connect_timeout": 2, "read_timeout": 3,
-                                                    "retries": {"max_attempts": 1}})
-        client.create_dataset("fault", {"/": "s3://fc-faults"}, opts)
-        yield {"env": env, "files": files, "client": client, "moto": moto, "state": state,
-               "mem": mem}
+        with home_env(env["FLUIDCACHE_HOME"]):
+            import fluidcache
+            client = fluidcache.connect()
+            opts = dict(proxy.options(), config_kwargs={
+                "connect_timeout": 2, "read_timeout": 3, "retries": {"max_attempts": 1}})
+            client.create_dataset("fault", {"/": "s3://fc-faults"}, opts)
+            yield {"env": env, "files": files, "client": client, "moto": moto,
+                   "state": state, "mem": mem}
     finally:
-        if old is None:
-            os.environ.pop("FLUIDCACHE_HOME", None)
-        else:
-            os.environ["FLUIDCACHE_HOME"] = old
         cli_env(env, "stop", check=False)
         state["proxy"].__exit__()
         import shutil

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from ..helpers import cli_env, wait_for
+from ..helpers import cli_env, home_env, wait_for
 
 pytestmark = pytest.mark.integration
 MiB = 1024 * 1024
@@ -34,18 +34,13 @@ def dc(tmp_path_factory, moto):
     s3.pipe({f"fc-ops/{k}": v for k, v in files.items()})
     cli_env(env, "start", "--mem", "8MiB", "--mem-path", mem, "--ssd", f"{root}/ssd:24MiB",
             "--block-size", "1MiB", "--no-dashboard")
-    old = os.environ.get("FLUIDCACHE_HOME")
-    os.environ["FLUIDCACHE_HOME"] = env["FLUIDCACHE_HOME"]
     try:
-        import fluidcache
-        client = fluidcache.connect()
-        client.create_dataset("ops", {"/": "s3://fc-ops"}, moto.options())
-        yield {"env": env, "files": files, "client": client}
+        with home_env(env["FLUIDCACHE_HOME"]):
+            import fluidcache
+            client = fluidcache.connect()
+            client.create_dataset("ops", {"/": "s3://fc-ops"}, moto.options())
+            yield {"env": env, "files": files, "client": client}
     finally:
-        if old is None:
-            os.environ.pop("FLUIDCACHE_HOME", None)
-        else:
-            os.environ["FLUIDCACHE_HOME"] = old
         cli_env(env, "stop", check=False)
         import shutil
         shutil.rmtree(mem, ignore_errors=True)
