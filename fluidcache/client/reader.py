@@ -45,7 +45,7 @@ class ClusterClient:
         self._map_at = 0.0
         self._map_stale = False
         self._local_id: str | None = None
-        self._local: list[tuple[str, list[str]]] = []     # (worker address, tier paths)
+        self._local_tiers: list[tuple[str, list[str]]] = []   # (worker address, tier paths)
         self._lock = threading.Lock()
         self._pending: collections.deque[tuple[str, str]] = collections.deque()
         self._flusher: threading.Thread | None = None
@@ -83,7 +83,7 @@ class ClusterClient:
         if refresh or self._map is None or self._map_stale or now - self._map_at > _MAP_TTL:
             m = self.master("cluster")
             me = layout.machine_id()
-            self._local = [(w["address"], w["tier_paths"]) for w in m["workers"]
+            self._local_tiers = [(w["address"], w["tier_paths"]) for w in m["workers"]
                            if w.get("machine") == me]
             self._local_id = _local_worker(m["workers"], me)
             self._map, self._map_at, self._map_stale = m, now, False
@@ -163,11 +163,7 @@ class ClusterClient:
                     return data                     # the bytes as read: no copy
                 end = length if piece.length < 0 else piece.offset + piece.length
                 return data[piece.offset:end]
-        dataset, _, path = entry["name"].partition("/")
-        req = BlockRead(dataset, path, entry["version"], entry["size"], piece.index,
-                        piece.offset, piece.length).to_args()
-        req["f"] = entry["fid"]
-        req["bs"] = bs
+        req = self._request(entry, piece.index, piece.offset, piece.length, bs)
         return self._remote(key, req, m, into)
 
     def prefetch(self, entry: dict, index: int) -> None:
@@ -178,15 +174,10 @@ class ClusterClient:
         key = blocks.block_key(entry["fid"], index, bs)
         length = blocks.block_length(entry["size"], bs, index)
         if self.short_circuit and any(os.path.exists(layout.block_path(p, key))
-                                      for _, paths in self._local for p in paths):
+                                      for _, paths in self._local_tiers for p in paths):
             return
-        dataset, _, path = entry["name"].partition("/")
-        req = BlockRead(dataset, path, entry["version"], entry["size"], index, 0,
-                        length).to_args()
-        req["f"], req["bs"] = entry["fid"], bs
-        ds = self.dataset(dataset)
-        local = self._local_id if ds.get("routing") == "local-first" else None
-        order = placement.route(key, m["workers"], ds.get("selector"), local)
+        req = self._request(entry, index, 0, length, bs)
+        order = self._route(key, self.dataset(req["ds"]), m)
         if not order:
             return
         address = next(w["address"] for w in m["workers"] if w["id"] == order[0])
@@ -200,34 +191,41 @@ class ClusterClient:
                 pass           # a hint: the read itself fails over if it must
         self.executor().submit(hint)
 
-    def _local_into(self, key: str, dst: memoryview) -> bool:
-        for address, paths in self._local:
+    @staticmethod
+    def _request(entry: dict, index: int, offset: int, length: int, bs: int) -> dict:
+        dataset, _, path = entry["name"].partition("/")
+        req = BlockRead(dataset, path, entry["version"], entry["size"], index, offset,
+                        length).to_args()
+        req["f"], req["bs"] = entry["fid"], bs
+        return req
+
+    def _route(self, key: str, ds: dict, m: dict) -> list[str]:
+        local = self._local_id if ds.get("routing") == "local-first" else None
+        return placement.route(key, m["workers"], ds.get("selector"), local)
+
+    def _local(self, key: str, read):
+        """`read(tier dir)` over this machine's workers' tiers: the first answer that is
+        not None, counted and reported as a hit; a corrupt or unreadable file is skipped
+        (the worker drops a corrupt block when it next reads it)."""
+        for address, paths in self._local_tiers:
             for p in paths:
                 try:
-                    found = layout.read_block_into(p, key, dst)
+                    found = read(p)
                 except (layout.CorruptBlock, OSError) as exc:
                     log.warning("short-circuit: block %s in %s: %s", key, p, exc)
                     continue
-                if found:
+                if found is not None:
                     self.counters["short_circuit"] += 1
                     self._report_hit(address, key)
-                    return True
-        return False
+                    return found
+        return None
+
+    def _local_into(self, key: str, dst: memoryview) -> bool:
+        return self._local(key, lambda p: layout.read_block_into(p, key, dst) or None) \
+            is not None
 
     def _local_block(self, key: str, length: int) -> bytes | None:
-        for address, paths in self._local:
-            for p in paths:
-                try:
-                    data = layout.read_exact(p, key, length)
-                except (layout.CorruptBlock, OSError) as exc:
-                    # the worker drops a corrupt block when it next reads it; go remote
-                    log.warning("short-circuit: block %s in %s: %s", key, p, exc)
-                    continue
-                if data is not None:
-                    self.counters["short_circuit"] += 1
-                    self._report_hit(address, key)
-                    return data
-        return None
+        return self._local(key, lambda p: layout.read_exact(p, key, length))
 
     def dataset(self, name: str) -> dict:
         """A dataset's public record (replicas, selector), cached like the cluster map."""
@@ -244,8 +242,7 @@ class ClusterClient:
         last: Exception | None = None
         deadline, delay = time.monotonic() + self.failover_timeout, 0.1
         while True:
-            local = self._local_id if ds.get("routing") == "local-first" else None
-            order = placement.route(key, m["workers"], ds.get("selector"), local)
+            order = self._route(key, ds, m)
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:
