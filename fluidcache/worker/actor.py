@@ -81,6 +81,7 @@ class Worker:
         self._mounts: dict[tuple, Mount] = {}
         self._tokens: dict[str, str] = {}
         self._tokens_at = 0.0
+        self._token_refresh: asyncio.Future | None = None
         self._inflight: dict[str, asyncio.Future] = {}
         self._fills: dict[str, asyncio.Task] = {}      # key -> fetch-and-cache in flight
         self.loads = Loads(self)
@@ -323,11 +324,20 @@ class Worker:
     async def _authorize(self, ns, token) -> None:
         if self._token_ok(ns, token):
             return
-        if time.monotonic() - self._tokens_at > 1.0:   # a new namespace or token
-            self._tokens = await _ray_call(self._master.tokens.remote())
-            self._tokens_at = time.monotonic()
+        # maybe a namespace made since we last asked: ask the master again, at most once a
+        # second for all requests together (a fresh token waits, a wrong one is refused)
+        if self._token_refresh is None or self._token_refresh.done():
+            self._token_refresh = asyncio.ensure_future(self._refresh_tokens())
+        await asyncio.shield(self._token_refresh)
         if not self._token_ok(ns, token):
             raise AccessDenied(f"wrong or missing token for namespace {ns!r}")
+
+    async def _refresh_tokens(self) -> None:
+        wait = 1.0 - (time.monotonic() - self._tokens_at)
+        if wait > 0:
+            await asyncio.sleep(wait)          # the rate limit on master lookups
+        self._tokens = await _ray_call(self._master.tokens.remote())
+        self._tokens_at = time.monotonic()
 
     async def _dataset(self, ns: str, name: str, fresh: bool = False) -> Dataset:
         hit = self._datasets.get((ns, name))
