@@ -20,11 +20,13 @@ import time
 from .s3 import Endpoint, free_port
 
 
-async def _pipe(reader, writer, before_first=None) -> None:
+async def _pipe(reader, writer, on_chunk=None) -> None:
+    """Copy `reader` to `writer` until either end closes; `on_chunk()` runs before each
+    chunk is passed on."""
     try:
         while data := await reader.read(256 * 1024):
-            if before_first is not None:
-                await before_first()
+            if on_chunk is not None:
+                await on_chunk()
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
@@ -33,10 +35,10 @@ async def _pipe(reader, writer, before_first=None) -> None:
         writer.close()
 
 
+_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>'
+         b"<Error><Code>SlowDown</Code><Message>fault</Message></Error>")
 _ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
-          b"Content-Length: 110\r\nConnection: close\r\n\r\n<?xml version=\"1.0\" "
-          b"encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>fault</Message></Error>"
-          b"            ")
+          b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BODY)) + _BODY
 
 
 async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False) -> None:
@@ -57,23 +59,16 @@ async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = 
             return
         asked = asyncio.Event()          # a request went up since the last response byte
 
-        async def requests():
-            try:
-                while data := await c_reader.read(256 * 1024):
-                    asked.set()
-                    s_writer.write(data)
-                    await s_writer.drain()
-            except (ConnectionError, OSError):
-                pass
-            finally:
-                s_writer.close()
+        async def request_went_up():
+            asked.set()
 
         async def first_byte_delay():
             if asked.is_set():
                 asked.clear()
                 await asyncio.sleep(delay)   # the injected first-byte latency
 
-        await asyncio.gather(requests(), _pipe(s_reader, c_writer, first_byte_delay))
+        await asyncio.gather(_pipe(c_reader, s_writer, request_went_up),
+                             _pipe(s_reader, c_writer, first_byte_delay))
 
     server = await asyncio.start_server(handle, "127.0.0.1", port)
     async with server:
