@@ -1,9 +1,11 @@
-"""Pure parts of the under-store layer: versions and redaction of URLs in messages."""
+"""The under-store layer without a cluster: versions, verified reads against stores that
+answer wrongly (fakes), local files changed under a reader, and redaction."""
 from __future__ import annotations
 
 import pytest
 
-from fluidcache.understore import redact, version_of
+from fluidcache.understore import redact, times, version_of
+from fluidcache.understore.versions import format_version, parse_version
 
 
 @pytest.mark.parametrize("url, shown", [
@@ -17,11 +19,147 @@ def test_redact(url, shown):
     assert redact(url) == shown
 
 
-def test_version_prefers_etags_then_size_and_mtime():
-    assert version_of({"ETag": '"abc"', "size": 3}) == '"abc"'
-    assert version_of({"generation": 7}) == "7"
-    assert version_of({"size": 3, "mtime": 12.5}) == "3-12.5"
-    assert version_of({"size": 3, "mtime": 12.5}) != version_of({"size": 3, "mtime": 13.0})
+def test_versions_say_what_they_rest_on():
+    assert version_of({"ETag": '"abc"', "size": 3}, "s3", "x") == "e:abc"
+    assert version_of({"ETag": "abc", "size": 3}, "s3", "x") == "e:abc"    # unquoted alike
+    assert version_of({"ETag": '"abc"', "VersionId": "v7"}, "s3", "x") == "e:abc@v7"
+    assert version_of({"ETag": '"abc"', "VersionId": "null"}, "s3", "x") == "e:abc"
+    assert version_of({"generation": 7, "etag": "CJ"}, "gcs", "x") == "g:7"
+    assert version_of({"size": 3, "mtime": 12.5}, "sftp", "x") == "m:3:12.5"
+    assert version_of({"size": 3, "mtime_ns": 5, "ino": 9, "mtime": 0.0}, "file", "x") \
+        == "f:3:5:9"
+    # a weak ETag promises equivalent content, not the same bytes: not a version
+    assert version_of({"ETag": 'W/"abc"', "size": 3,
+                       "Last-Modified": "Tue, 01 Dec 2026 03:00:00 GMT"}, "https", "x") \
+        == "m:3:" + repr(1796094000.0)
+    # no validator at all: weak, bound to the scope (dataset incarnation, master run)
+    assert version_of({"size": 100}, "reference", "ds1.run1") == "w:100:ds1.run1"
+    assert version_of({"size": 100}, "reference", "ds2.run1") != \
+        version_of({"size": 100}, "reference", "ds1.run1")
+    for v in ("e:abc", "e:abc@v7", "g:7", "m:3:12.5", "f:3:5:9", "w:100:s"):
+        assert format_version(parse_version(v)) == v
+    for bad in ("", "abc", "x:1", "e:", '"abc"'):
+        with pytest.raises(ValueError):
+            parse_version(bad)
+
+
+def test_times_from_what_stores_return():
+    import datetime
+    dt = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
+    assert times({"LastModified": dt}) == (dt.timestamp(), None)
+    assert times({"mtime": 12.5, "created": 10.0}) == (12.5, 10.0)
+    assert times({"updated": "2026-01-02T03:04:05Z", "timeCreated": "2026-01-02T03:04:05Z"}) \
+        == (dt.timestamp(), dt.timestamp())
+    assert times({"Last-Modified": "Fri, 02 Jan 2026 03:04:05 GMT"}) == (dt.timestamp(), None)
+    assert times({"size": 1}) == (None, None)
+
+
+class _Body:
+    def __init__(self, data):
+        self.data = data
+
+    async def read(self):
+        return self.data
+
+    def close(self):
+        pass
+
+
+class FakeS3:
+    """An S3 that ignores If-Match (as s3rver and some proxies do): it answers with the
+    object it holds now, with that object's ETag, or none when `drop_etag`."""
+
+    def __init__(self, data: bytes, etag: str, drop_etag: bool = False):
+        import asyncio
+        self.data, self.etag, self.drop_etag = data, etag, drop_etag
+        self.loop = asyncio.new_event_loop()
+        import threading
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.calls = []
+
+    def split_path(self, path):
+        b, _, k = path.partition("/")
+        return b, k, None
+
+    def call_s3(self, op, **kw):
+        self.calls.append((op, kw))
+        if op == "head_object":
+            return {"ETag": f'"{self.etag}"', "ContentLength": len(self.data)}
+        start, end = (int(x) for x in kw["Range"][6:].split("-"))
+        out = {"Body": _Body(self.data[start:end + 1]),
+               "ContentRange": f"bytes {start}-{end}/{len(self.data)}"}
+        if not self.drop_etag:
+            out["ETag"] = f'"{self.etag}"'
+        return out
+
+
+def test_a_store_that_ignores_if_match_is_caught_by_the_answers_etag():
+    from fluidcache.errors import StaleVersion
+    from fluidcache.understore.readers import read_verified
+    fs = FakeS3(b"new bytes!", "new")
+    with pytest.raises(StaleVersion):
+        read_verified(fs, "s3", "b/k", "k", "e:old", 0, 4, 10)
+    assert fs.calls[0][1]["IfMatch"] == '"old"'          # asked for, not relied on
+    assert read_verified(fs, "s3", "b/k", "k", "e:new", 0, 4, 10) == b"new "
+
+
+def test_an_answer_of_another_size_or_without_an_etag_is_checked():
+    from fluidcache.errors import StaleVersion
+    from fluidcache.understore.readers import read_verified
+    fs = FakeS3(b"0123456789", "same")
+    with pytest.raises(StaleVersion):                    # listed at 12 bytes, now 10
+        read_verified(fs, "s3", "b/k", "k", "e:same", 0, 4, 12)
+    fs = FakeS3(b"0123456789", "now", drop_etag=True)     # a proxy dropped the ETag
+    with pytest.raises(StaleVersion):
+        read_verified(fs, "s3", "b/k", "k", "e:before", 0, 4, 10)
+    assert fs.calls[-1][0] == "head_object"               # so it asked once more
+    assert read_verified(fs, "s3", "b/k", "k", "e:now", 0, 4, 10) == b"0123"
+
+
+def test_a_versioned_read_asks_for_the_version_and_checks_it():
+    from fluidcache.errors import StaleVersion
+    from fluidcache.understore.readers import read_verified
+    fs = FakeS3(b"0123456789", "t")
+    real = fs.call_s3
+    fs.call_s3 = lambda op, **kw: dict(real(op, **kw), VersionId="other")
+    with pytest.raises(StaleVersion):
+        read_verified(fs, "s3", "b/k", "k", "e:t@mine", 0, 4, 10)
+    assert fs.calls[-1][1]["VersionId"] == "mine"
+
+
+def test_a_local_file_changed_or_replaced_is_stale(tmp_path):
+    import os
+
+    from fluidcache.errors import StaleVersion
+    from fluidcache.understore import Mount
+    (tmp_path / "f.bin").write_bytes(b"a" * 100)
+    m = Mount(f"file://{tmp_path}")
+    v = m.version_of(m.info("f.bin"), "s")
+    assert v.startswith("f:100:")
+    assert m.read_range("f.bin", v, 10, 20, 100) == b"a" * 10
+    (tmp_path / "f.bin").write_bytes(b"b" * 100)          # same size, rewritten
+    with pytest.raises(StaleVersion):
+        m.read_range("f.bin", v, 10, 20, 100)
+    v2 = m.version_of(m.info("f.bin"), "s")
+    (tmp_path / "g.bin").write_bytes(b"c" * 100)
+    st = os.stat(tmp_path / "f.bin")
+    os.utime(tmp_path / "g.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp_path / "g.bin", tmp_path / "f.bin")   # same size and mtime, new inode
+    with pytest.raises(StaleVersion):
+        m.read_range("f.bin", v2, 0, 10, 100)
+    assert [e["name"].rsplit("/", 1)[-1] for e in m.ls("")] == ["f.bin"]
+
+
+def test_a_weak_version_is_checked_by_its_size_only(tmp_path):
+    from fluidcache.errors import StaleVersion
+    from fluidcache.understore.readers import read_verified
+    import fsspec
+    (tmp_path / "w.bin").write_bytes(b"x" * 50)
+    fs = fsspec.filesystem("file")
+    assert read_verified(fs, "memoryish", str(tmp_path / "w.bin"), "w.bin", "w:50:s",
+                         0, 5, 50) == b"xxxxx"
+    with pytest.raises(StaleVersion):
+        read_verified(fs, "memoryish", str(tmp_path / "w.bin"), "w.bin", "w:60:s", 0, 5, 60)
 
 
 def test_any_store_failure_becomes_an_under_store_error_without_urls():

@@ -1,0 +1,184 @@
+"""One mount of a dataset: its under-store filesystem, listings, versions and reads.
+
+Owns: opening a mount's filesystem from its URL and options (once per process), turning
+under-store entries into entries with a version and times, and routing every range read
+through the verified reader. A versioned S3 bucket is found when the mount is opened and
+then listed with its object versions, so a listed version stays readable after an
+overwrite. Local files are listed here (size, mtime_ns, inode: what their versions need).
+Lives on the master and the workers only: under-store credentials never reach clients.
+Never: cache blocks or decide placement.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import threading
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from ..errors import AccessDenied, NotFound, StaleVersion, UnderStoreError
+from .readers import read_verified
+from .versions import version_of
+
+
+class Mount:
+    """One mount's filesystem and root path, opened lazily and at most once per process."""
+
+    def __init__(self, url: str, options: dict | None = None) -> None:
+        self.url, self.options = url, dict(options or {})
+        self._fs = None
+        self._root = ""
+        self.protocol = ""
+        self.versioned = False      # an S3 bucket with versioning on: read by VersionId
+        self._lock = threading.Lock()
+
+    def _open(self):
+        with self._lock:
+            if self._fs is None:
+                try:
+                    fs, root = url_to_fs(self.url, **self.options)
+                    proto = fs.protocol
+                    self.protocol = proto[0] if isinstance(proto, (tuple, list)) else proto
+                    if self.protocol in ("s3", "s3a") and "version_aware" not in self.options \
+                            and _bucket_versioned(fs, root):
+                        fs, root = url_to_fs(self.url, version_aware=True, **self.options)
+                    self.versioned = bool(getattr(fs, "version_aware", False))
+                except (ValueError, ImportError, TypeError) as exc:
+                    raise UnderStoreError(f"cannot open {redact(self.url)}: {exc}") from None
+                self._root = root.rstrip("/")
+                self._fs = fs
+        return self._fs
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._fs or self._open()
+
+    @property
+    def root(self) -> str:
+        self.fs  # noqa: B018 - opens it
+        return self._root
+
+    def under_path(self, rel: str) -> str:
+        """The under-store path of `rel` ('' is the mount root); `rel` is normalized."""
+        root = self.root
+        if root:
+            return f"{root}/{rel}" if rel else root
+        marker = self.fs.root_marker          # '/' for local files, '' for most others
+        return f"{marker}{rel}" if rel else marker
+
+    def rel_of(self, under_name: str) -> str:
+        name = under_name.rstrip("/")
+        root = self.root
+        if root and name.startswith(root + "/"):
+            return name[len(root) + 1:]
+        if not root:
+            return name.lstrip("/")
+        return name.rsplit("/", 1)[-1]
+
+    def url_of(self, rel: str) -> str:
+        """The identity of a file for block keys: protocol + under path."""
+        self.fs  # noqa: B018 - opens it (sets the protocol)
+        return f"{self.protocol}://{self.under_path(rel)}"
+
+    def version_of(self, info: dict, weak_scope: str) -> str:
+        return version_of(info, self.protocol, weak_scope)
+
+    def ls(self, rel: str) -> list[dict]:
+        """The entries of a directory (a file: itself), fresh from the store."""
+        path = self.under_path(rel)        # opens the filesystem: the protocol is known
+        with translate(rel):
+            if self.protocol == "file":
+                return _local_ls(path)
+            return self.fs.ls(path, detail=True, refresh=True)
+
+    def info(self, rel: str) -> dict:
+        path = self.under_path(rel)        # opens the filesystem: the protocol is known
+        with translate(rel):
+            if self.protocol == "file":
+                return _local_entry(path, os.stat(path))
+            try:
+                self.fs.invalidate_cache(path)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+            return self.fs.info(path)
+
+    def read_range(self, rel: str, version: str, start: int, end: int,
+                   size: int | None = None) -> bytes:
+        """Bytes [start, end) of the file if the store shows them to be `version`'s,
+        else StaleVersion (readers.py). `size`: the listed size, checked too."""
+        path = self.under_path(rel)
+        with translate(rel):
+            return read_verified(self.fs, self.protocol, path, rel, version, start, end, size)
+
+
+def _bucket_versioned(fs, root: str) -> bool:
+    """Does the bucket keep object versions? Asked once per mount; a store that does not
+    answer (no permission, not implemented) is taken as unversioned."""
+    bucket = root.strip("/").split("/", 1)[0]
+    if not bucket or not hasattr(fs, "call_s3"):
+        return False
+    try:
+        return fs.call_s3("get_bucket_versioning", Bucket=bucket).get("Status") == "Enabled"
+    except Exception:  # noqa: BLE001 - any refusal means: read without version ids
+        return False
+
+
+def _local_entry(path: str, st: os.stat_result) -> dict:
+    kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    return {"name": path, "size": st.st_size if kind == "file" else 0, "type": kind,
+            "mtime": st.st_mtime, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
+            "created": st.st_ctime}
+
+
+def _local_ls(path: str) -> list[dict]:
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return [_local_entry(path, st)]
+    out = []
+    with os.scandir(path) as it:
+        for e in it:
+            try:
+                out.append(_local_entry(e.path, e.stat()))
+            except FileNotFoundError:       # removed while we listed
+                continue
+    return out
+
+
+def redact(url: str) -> str:
+    """A URL fit for messages: user info (`key:secret@`, where a secret may hold `/` or
+    `@`) and the query string (signatures, tokens) removed."""
+    proto, sep, rest = url.partition("://")
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    at = rest.rfind("@")
+    if sep and at >= 0 and ":" in rest[:at]:
+        rest = rest[at + 1:]
+    return f"{proto}{sep}{rest}"
+
+
+class translate:
+    """Turn under-store exceptions into fluidcache errors that name the fluid path only."""
+
+    def __init__(self, rel: str) -> None:
+        self.where = rel or "/"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, (StaleVersion, NotFound, AccessDenied,
+                                           UnderStoreError)):
+            return False
+        if isinstance(exc, FileNotFoundError):
+            raise NotFound(f"{self.where}: no such file or directory") from None
+        if isinstance(exc, PermissionError):
+            raise AccessDenied(f"{self.where}: the under store denied access") from None
+        if isinstance(exc, Exception):   # botocore, aiohttp, ...: any failure of the store
+            detail = _URL.sub("<under store>", str(exc))[:200]
+            raise UnderStoreError(f"{self.where}: under store error: "
+                                  f"{type(exc).__name__}: {detail}") from None
+        return False
+
+
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"']+")
