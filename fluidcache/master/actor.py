@@ -18,28 +18,26 @@ from concurrent.futures import ThreadPoolExecutor
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .. import blocks, names, placement
+from .. import names, placement
 from ..config import Config
-from ..errors import AccessDenied, AlreadyExists, InvalidRequest, NotFound, Unavailable
+from ..errors import AccessDenied, AlreadyExists, InvalidRequest, Unavailable
 from ..service import Server, bind_host as _bind_host
-from ..understore import Mount, version_of
 from .blockmap import BlockMap
 from .core import MasterCore
 from .dataops import DataOps, worker_handle
 from .journal import Journal, JournalError
-from .listing import DIR, FILE, DirListing, info_entry, ls_page
+from .listings import PAGE, Listings
 from .namespace import Dataset, MountSpec, check_name, normalize
 
 log = logging.getLogger(__name__)
-PAGE = 2000     # entries per ls reply: a page of ~150-byte entries stays under max_frame
 
 
 class Master(DataOps):
     def __init__(self, config: dict, token: str | None = None) -> None:
         self.config = Config.from_dict(config)
-        self.core = MasterCore()
+        self.core = MasterCore(incarnation=secrets.token_hex(4))
         self._lock = threading.RLock()
-        self._mounts: dict[tuple, Mount] = {}
+        self.listings = Listings(self.core, self._lock, self.config.sync_interval)
         self._handles: dict[str, object] = {}
         self._seen: dict[str, float] = {}          # worker id -> last heartbeat (monotonic)
         self._lost: dict[str, dict] = {}           # worker id -> its last info
@@ -56,6 +54,8 @@ class Master(DataOps):
             for rec in records:
                 self.core.apply(rec)
             restarted = snapshot is not None or bool(records)
+        if not self.core.cluster_id:
+            self._commit({"op": "cluster", "id": secrets.token_hex(8)})
         if "default" not in self.core.tokens:
             self._commit({"op": "namespace", "ns": "default",
                           "token": token or secrets.token_urlsafe(32)})
@@ -136,7 +136,7 @@ class Master(DataOps):
                     name=name, namespace=names.RAY_NAMESPACE, lifetime="detached",
                     max_restarts=-1, max_task_retries=0, num_cpus=0,
                     scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False),
-                ).remote(self.config.to_dict(), nid)
+                ).remote(dict(self.config.to_dict(), cluster_id=self.core.cluster_id), nid)
             self._handles[nid] = handle
         for nid in set(self._handles) - alive:
             self._dead_nodes.add(nid)
@@ -204,8 +204,15 @@ class Master(DataOps):
         with self._lock:
             return dict(self.core.tokens)
 
-    def shutdown(self) -> None:
+    def shutdown(self, keep_cache: bool = False) -> None:
+        """Stop the cluster: every worker stops serving and gives its memory tier back
+        (unless `keep_cache`), then the workers and the server go."""
         self._stop.set()
+        refs = [h.release.remote(keep_cache) for h in self._handles.values()]
+        try:
+            ray.wait(refs, num_returns=len(refs), timeout=30)
+        except Exception:  # noqa: BLE001 - a worker already gone keeps nothing to release
+            pass
         for handle in list(self._handles.values()):
             try:
                 ray.kill(handle, no_restart=True)
@@ -280,9 +287,9 @@ class Master(DataOps):
             raise InvalidRequest("read_only must be true or false")
         ds = Dataset(_str(args, "name"), ns, tuple(specs), args.get("replicas", 1),
                      args.get("sync"), args.get("selector") or {}, read_only,
-                     args.get("routing") or "partitioned")
+                     args.get("routing") or "partitioned", uid=secrets.token_hex(8))
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
-            self._mount(ds, spec).info("")
+            self.listings.mount(ds, spec).info("")
         with self._lock:
             self.core.check_new(ds)
             self._commit({"op": "dataset_add", "dataset": ds.to_record()})
@@ -295,39 +302,28 @@ class Master(DataOps):
         with self._lock:
             self._commit({"op": "dataset_rm", "ns": ns, "name": ds.name})
             self.blocks.drop_owner(f"{ns}/{ds.name}")
-            for key in [k for k in self._mounts if k[:2] == (ns, ds.name)]:
-                del self._mounts[key]
+        self.listings.forget(ns, ds.name)
         return ds.public()
 
     def op_ls(self, ns: str, args: dict) -> dict:
-        """One page of a directory: {"entries": [...], "next": cursor or None}. A file
-        lists as itself, as in other fsspec filesystems."""
+        """One page of a directory: {"entries": [...], "next": cursor or None, "epoch"}.
+        A file lists as itself, as in other fsspec filesystems."""
         ds, path = self._target(ns, args)
-        after, limit = args.get("after"), args.get("limit", PAGE)
-        if not (after is None or isinstance(after, str)) or not isinstance(limit, int) \
-                or isinstance(limit, bool) or not 1 <= limit <= PAGE:
-            raise InvalidRequest(f"ls: 'after' must be a string, 'limit' 1..{PAGE}")
-        fresh = bool(args.get("refresh")) or ds.sync_interval == 0   # "always": re-list
-        listing = self._listing(ds, path, refresh=fresh and after is None)
-        if isinstance(listing, dict):
-            return {"entries": [listing], "next": None}
-        entries, nxt = ls_page(listing, _prefix(ds, path), self._url_of(ds, path), after, limit,
-                               ds.namespace)
-        return {"entries": entries, "next": nxt}
+        page = self.listings.page(ds, path, args.get("after"),
+                                  args.get("limit", PAGE), bool(args.get("refresh")))
+        return dict(page, epoch=self.listings.epoch(ds))
 
     def op_info(self, ns: str, args: dict) -> dict:
+        """{"entry": a file's or directory's info, "epoch": the dataset's epoch}."""
         ds, path = self._target(ns, args)
-        if path == "" or (ds.is_virtual_dir(path) and path not in
-                          {m.point for m in ds.mounts}):
-            return _dir_entry(ds, path)
-        parent, _, child = path.rpartition("/")
-        listing = self._listing(ds, parent,
-                                refresh=ds.sync_interval == 0 or bool(args.get("refresh")))
-        entry = None if isinstance(listing, dict) else \
-            info_entry(listing, _prefix(ds, parent), self._url_of(ds, parent), child, ds.namespace)
-        if entry is None:
-            raise NotFound(f"{ds.name}/{path}: no such file or directory")
-        return entry
+        entry = self.listings.entry(ds, path, bool(args.get("refresh")))
+        return {"entry": entry, "epoch": self.listings.epoch(ds)}
+
+    def op_epoch(self, ns: str, args: dict) -> dict:
+        """The dataset's metadata epoch: when it moves, cached listings are stale."""
+        with self._lock:
+            ds = self.core.dataset(ns, _str(args, "ds"))
+        return {"epoch": self.listings.epoch(ds)}
 
     def op_status(self, ns: str, args: dict) -> dict:
         workers = []
@@ -383,76 +379,6 @@ class Master(DataOps):
             ds = self.core.dataset(ns, _str(args, "ds"))
         return ds, normalize(_str(args, "p", ""))
 
-    def _mount(self, ds: Dataset, spec: MountSpec) -> Mount:
-        key = (ds.namespace, ds.name, spec.point, spec.url, repr(sorted(spec.options.items())))
-        with self._lock:
-            m = self._mounts.get(key)
-            if m is None:
-                m = self._mounts[key] = Mount(spec.url, spec.options)
-        return m
-
-    def _url_of(self, ds: Dataset, path: str):
-        """child name -> the under-store URL of `path/child` (for file ids)."""
-        spec, rel = ds.resolve(path)
-        mount = self._mount(ds, spec)
-        return lambda child: mount.url_of(f"{rel}/{child}" if rel else child)
-
-    def _listing(self, ds: Dataset, path: str, refresh: bool) -> DirListing | dict:
-        """The cached listing of a directory (or, for a file, its entry), fetched from
-        the under store when absent, expired (the dataset's sync interval) or refreshed."""
-        now = time.monotonic()
-        if not refresh:
-            with self._lock:
-                hit = self.core.listing(ds.namespace, ds.name, path, now)
-            if hit is not None:
-                return hit
-        rows: list[tuple[str, int, int, str]] = []
-        found = False
-        try:
-            spec, rel = ds.resolve(path)
-        except NotFound:
-            spec = None
-        if spec is not None:
-            mount = self._mount(ds, spec)
-            try:
-                raw = mount.ls(rel)
-                found = True
-            except NotFound:
-                raw = []
-            if len(raw) == 1 and raw[0].get("type") != "directory" and rel and \
-                    mount.rel_of(raw[0]["name"]) == rel:
-                parent, _, child = path.rpartition("/")
-                e = raw[0]
-                return {"name": f"{ds.name}/{path}", "size": int(e.get("size") or 0),
-                        "type": "file", "version": version_of(e),
-                        "fid": blocks.file_id(mount.url_of(rel), version_of(e), ds.namespace)}
-            for e in raw:
-                child = mount.rel_of(e["name"]).rsplit("/", 1)[-1]
-                if e.get("type") == "directory":
-                    rows.append((child, DIR, 0, ""))
-                else:
-                    rows.append((child, FILE, int(e.get("size") or 0), version_of(e)))
-        for child in ds.child_mounts(path):
-            rows.append((child, DIR, 0, ""))
-            found = True
-        if not found and not ds.is_virtual_dir(path):
-            raise NotFound(f"{ds.name}/{path}: no such file or directory")
-        listing = DirListing(rows)
-        sync = ds.sync_interval if ds.sync_interval is not None else self.config.sync_interval
-        # "always" (0) still keeps a listing long enough to page through it
-        expires = float("inf") if sync < 0 else now + max(sync, 5.0)
-        with self._lock:
-            self.core.store_listing(ds.namespace, ds.name, path, listing, expires)
-        return listing
-
-
-def _prefix(ds: Dataset, path: str) -> str:
-    return f"{ds.name}/{path}/" if path else f"{ds.name}/"
-
-
-def _dir_entry(ds: Dataset, fpath: str) -> dict:
-    return {"name": f"{ds.name}/{fpath}".rstrip("/"), "size": 0, "type": "directory"}
-
 
 def _str(args: dict, key: str, default: str | None = None) -> str:
     v = args.get(key, default)
@@ -489,5 +415,5 @@ class MasterActor:
     def rules_for_worker(self) -> dict:
         return self._m.rules_for_worker()
 
-    def shutdown(self) -> None:
-        self._m.shutdown()
+    def shutdown(self, keep_cache: bool = False) -> None:
+        self._m.shutdown(keep_cache)

@@ -1,7 +1,13 @@
-"""The master's state: namespaces and tokens, datasets, workers, cached listings.
+"""The master's state: namespaces and tokens, datasets, workers, cached listings and
+each dataset's metadata epoch.
 
+A dataset's metadata epoch changes whenever a listing of it is found changed (a refresh,
+an expiry, a file listed again after a stale read). Replies carry it, and clients drop
+their cached listings of the dataset when it moves: a refresh reaches every client.
+Epochs are `incarnation.n` with `n` from one counter for all datasets, so neither a
+restarted master nor a dataset made again under an old name repeats an epoch.
 Pure: every method takes the time it needs as an argument; listings are fetched by the
-shell (actor.py) and handed in. Tokens are compared in constant time.
+shell (listings.py) and handed in. Tokens are compared in constant time.
 Never: touch the under store, Ray or sockets.
 """
 from __future__ import annotations
@@ -14,7 +20,9 @@ from .namespace import Dataset, check_name
 
 
 class MasterCore:
-    def __init__(self) -> None:
+    def __init__(self, incarnation: str = "0") -> None:
+        self.incarnation = incarnation      # this run of the master (epochs, weak versions)
+        self.cluster_id = ""                # journaled: tier directories carry it
         self.tokens: dict[str, str] = {}
         self.datasets: dict[tuple[str, str], Dataset] = {}
         self.workers: dict[str, dict] = {}
@@ -23,7 +31,9 @@ class MasterCore:
         self.pins: dict[tuple[str, str], dict[str, bool]] = {}
         self.ttls: dict[tuple[str, str], dict[str, float]] = {}
         self.rules_version = 0
-        self._listings: dict[tuple[str, str, str], tuple[float, list[dict]]] = {}
+        self._listings: dict[tuple[str, str, str], tuple[float, object]] = {}
+        self._epochs: dict[tuple[str, str], int] = {}
+        self._epoch_seq = 0
 
     # -- namespaces ------------------------------------------------------------
     def create_namespace(self, ns: str, token: str | None = None) -> str:
@@ -73,13 +83,14 @@ class MasterCore:
 
     # -- the journal's view: what cannot be rebuilt ----------------------------
     def state(self) -> dict:
-        return {"tokens": dict(self.tokens),
+        return {"cluster_id": self.cluster_id, "tokens": dict(self.tokens),
                 "datasets": [d.to_record() for d in self.datasets.values()],
                 "pins": [[ns, ds, p] for (ns, ds), paths in self.pins.items() for p in paths],
                 "ttls": [[ns, ds, p, t] for (ns, ds), paths in self.ttls.items()
                          for p, t in paths.items()]}
 
     def restore(self, state: dict | None) -> None:
+        self.cluster_id = (state or {}).get("cluster_id") or self.cluster_id
         for ns, token in (state or {}).get("tokens", {}).items():
             self.tokens[ns] = token
         for rec in (state or {}).get("datasets", []):
@@ -95,7 +106,9 @@ class MasterCore:
         """Replay one journal record. Idempotent: a record already reflected in a
         snapshot (a crash between snapshot and log cut) changes nothing."""
         op = rec.get("op")
-        if op == "namespace":
+        if op == "cluster":
+            self.cluster_id = self.cluster_id or rec["id"]
+        elif op == "namespace":
             self.tokens.setdefault(rec["ns"], rec["token"])
         elif op == "dataset_add":
             ds = Dataset.from_record(rec["dataset"])
@@ -154,16 +167,40 @@ class MasterCore:
                 "workers": [self.workers[k] for k in sorted(self.workers)]}
 
     # -- listing cache ---------------------------------------------------------
-    def listing(self, ns: str, name: str, path: str, now: float) -> list[dict] | None:
+    def listing(self, ns: str, name: str, path: str, now: float | None):
+        """The cached listing of a directory; None when absent or expired at `now`
+        (None: expired or not, as long as it is held)."""
         hit = self._listings.get((ns, name, path))
-        if hit is None or hit[0] <= now:
+        if hit is None or (now is not None and hit[0] <= now):
             return None
         return hit[1]
 
-    def store_listing(self, ns: str, name: str, path: str, entries: list[dict],
-                      expires: float) -> None:
-        self._listings[(ns, name, path)] = (expires, entries)
+    def store_listing(self, ns: str, name: str, path: str, listing,
+                      expires: float | None = None) -> bool:
+        """Keep a fresh listing (`expires` None: keep the old deadline). Returns whether
+        it differs from the one held before; then the dataset's epoch moves."""
+        old = self._listings.get((ns, name, path))
+        if expires is None:
+            expires = old[0] if old is not None else 0.0
+        self._listings[(ns, name, path)] = (expires, listing)
+        changed = old is not None and old[1] != listing
+        if changed:
+            self.bump_epoch(ns, name)
+        return changed
 
     def invalidate(self, ns: str, name: str) -> None:
         for key in [k for k in self._listings if k[:2] == (ns, name)]:
             del self._listings[key]
+        self._epochs.pop((ns, name), None)
+
+    # -- metadata epochs -------------------------------------------------------
+    def epoch(self, ns: str, name: str) -> str:
+        n = self._epochs.get((ns, name))
+        if n is None:
+            self._epoch_seq += 1
+            n = self._epochs[(ns, name)] = self._epoch_seq
+        return f"{self.incarnation}.{n}"
+
+    def bump_epoch(self, ns: str, name: str) -> str:
+        self._epochs.pop((ns, name), None)
+        return self.epoch(ns, name)

@@ -17,11 +17,10 @@ import time
 
 import ray
 
-from .. import blocks, names
+from .. import names
 from ..errors import InvalidRequest, NotFound, Unavailable
 from ..master.namespace import Dataset
 from . import plan
-from .listing import DIR
 
 log = logging.getLogger(__name__)
 _TTL_GRACE = 60.0       # an expired TTL rule is retired this long after its deadline
@@ -29,8 +28,8 @@ _MAX_JOBS = 64          # finished load jobs remembered (for status) per master
 
 
 class DataOps:
-    """Mixed into Master (actor.py): uses its core, blocks, _lock, _listing, _target,
-    _mount, _commit, _worker_handle and config."""
+    """Mixed into Master (actor.py): uses its core, blocks, _lock, listings, _target,
+    _commit, _worker_handle and config."""
 
     def _init_dataops(self) -> None:
         self._jobs: dict[str, dict] = {}
@@ -59,10 +58,8 @@ class DataOps:
 
     # -- helpers -----------------------------------------------------------------------
     def _files(self, ds: Dataset, path: str, refresh: bool = False) -> list[plan.FileRef]:
-        def fid(p: str, version: str) -> str:
-            spec, rel = ds.resolve(p)
-            return blocks.file_id(self._mount(ds, spec).url_of(rel), version, ds.namespace)
-        return list(plan.walk(lambda d: self._listing(ds, d, refresh), fid, path))
+        return list(plan.walk(lambda d: self.listings.listing(ds, d, refresh),
+                              lambda p, v: self.listings.fid(ds, p, v), path))
 
     def _holders(self):
         return lambda key: self.blocks.holders(key)
@@ -106,23 +103,10 @@ class DataOps:
 
     # -- load --------------------------------------------------------------------------
     def op_metadata_load(self, ns: str, args: dict) -> dict:
-        """Refresh the listings under a path, recursively (`load --metadata-only`)."""
+        """Refresh the listings under a path, recursively (`load --metadata-only`); a
+        file is asked for on its own and replaces its entry in its parent's listing."""
         ds, path = self._target(ns, args)
-        todo, dirs, files = [path], 0, 0
-        while todo:
-            d = todo.pop()
-            listing = self._listing(ds, d, refresh=True)
-            if isinstance(listing, dict):
-                files += 1
-                continue
-            dirs += 1
-            for i in range(len(listing)):
-                name, kind, _, _ = listing.entry(i)
-                if kind == DIR:
-                    todo.append(f"{d}/{name}" if d else name)
-                else:
-                    files += 1
-        return {"directories": dirs, "files": files}
+        return self.listings.refresh_tree(ds, path)
 
     def op_load(self, ns: str, args: dict) -> dict:
         """Plan a warm-up of a file, directory or dataset and start it on the workers.

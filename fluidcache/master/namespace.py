@@ -92,6 +92,7 @@ class Dataset:
     selector: dict = field(default_factory=dict)
     read_only: bool = True
     routing: str = "partitioned"            # or "local-first"
+    uid: str = ""                           # this incarnation of the name (set at create)
 
     def __post_init__(self) -> None:
         check_name("dataset", self.name)
@@ -153,7 +154,7 @@ class Dataset:
     def to_record(self) -> dict:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "sync_interval": self.sync_interval, "selector": dict(self.selector),
-                "read_only": self.read_only, "routing": self.routing,
+                "read_only": self.read_only, "routing": self.routing, "uid": self.uid,
                 "mounts": [[m.point, m.url, m.options] for m in self.mounts]}
 
     @classmethod
@@ -161,7 +162,8 @@ class Dataset:
         return cls(r["name"], r["namespace"],
                    tuple(MountSpec(p, u, dict(o)) for p, u, o in r["mounts"]),
                    r.get("replicas", 1), r.get("sync_interval"), dict(r.get("selector") or {}),
-                   r.get("read_only", True), r.get("routing", "partitioned"))
+                   r.get("read_only", True), r.get("routing", "partitioned"),
+                   r.get("uid", ""))
 
 
 def _nested(a: str, b: str) -> bool:

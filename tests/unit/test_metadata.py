@@ -1,0 +1,127 @@
+"""Metadata freshness without a cluster: the master's listings and epochs over a local
+mount, and the client's metadata cache with an injected clock."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fluidcache.client.metadata import MetadataCache, older
+from fluidcache.errors import NotFound
+from fluidcache.master.core import MasterCore
+from fluidcache.master.listing import FILE, DirListing
+from fluidcache.master.listings import Listings
+from fluidcache.master.namespace import Dataset, MountSpec
+
+
+def test_a_changed_listing_moves_the_epoch_and_an_unchanged_one_does_not():
+    core = MasterCore(incarnation="r1")
+    a = DirListing([("x", FILE, 1, "e:1")])
+    e0 = core.epoch("ns", "ds")
+    assert not core.store_listing("ns", "ds", "", a, 10.0)       # first: nothing to drop
+    assert not core.store_listing("ns", "ds", "", DirListing([("x", FILE, 1, "e:1")]), 20.0)
+    assert core.epoch("ns", "ds") == e0
+    assert core.store_listing("ns", "ds", "", DirListing([("x", FILE, 1, "e:2")]), 30.0)
+    e1 = core.epoch("ns", "ds")
+    assert e1 != e0 and older(e0, e1)
+    core.invalidate("ns", "ds")                 # removed, made again: a fresh epoch
+    assert core.epoch("ns", "ds") not in (e0, e1)
+    assert core.epoch("other", "ds") != core.epoch("ns", "ds")
+    assert not older("r1.5", "r2.1") and not older("r2.1", "r1.5")   # runs: unordered
+
+
+def test_with_entry_replaces_or_removes_one_file():
+    lst = DirListing([("a", FILE, 1, "e:1", 5.0, None), ("b", FILE, 2, "e:2")])
+    new = lst.with_entry("a", (FILE, 3, "e:3", 6.0, 1.0))
+    assert new.entry(new.find("a")) == ("a", FILE, 3, "e:3")
+    assert new.times(new.find("a")) == (6.0, 1.0)
+    assert new.entry(new.find("b")) == ("b", FILE, 2, "e:2")
+    assert lst.with_entry("a", None).names == ("b",)
+    assert lst != new and lst == DirListing(lst.rows())
+
+
+@pytest.fixture()
+def local(tmp_path):
+    (tmp_path / "d").mkdir()
+    for n in ("a.bin", "b.bin"):
+        (tmp_path / "d" / n).write_bytes(b"1" * 10)
+    core = MasterCore(incarnation="run")
+    ds = Dataset("ds", "ns", (MountSpec("", f"file://{tmp_path}"),), uid="u1",
+                 sync_interval=-1)                   # never re-listed on its own
+    return tmp_path, core, Listings(core, threading.RLock(), 60.0), ds
+
+
+def test_a_file_refreshed_on_its_own_replaces_its_entry_in_the_parent(local):
+    root, core, lst, ds = local
+    before = lst.entry(ds, "d/a.bin")
+    epoch = lst.epoch(ds)
+    assert before["size"] == 10 and before["version"].startswith("f:10:")
+    assert "mtime" in before and before["fid"]
+    (root / "d" / "a.bin").write_bytes(b"2" * 20)
+    assert lst.entry(ds, "d/a.bin")["size"] == 10            # cached ("never")
+    fresh = lst.entry(ds, "d/a.bin", refresh=True)
+    assert fresh["size"] == 20 and fresh["fid"] != before["fid"]
+    assert lst.epoch(ds) != epoch                             # every client will drop
+    names = {e["name"]: e for e in lst.page(ds, "d", None, 100)["entries"]}
+    assert names["ds/d/a.bin"] == fresh                       # the parent's listing too
+    (root / "d" / "b.bin").unlink()
+    with pytest.raises(NotFound):
+        lst.entry(ds, "d/b.bin", refresh=True)
+    assert [e["name"] for e in lst.page(ds, "d", None, 100)["entries"]] == ["ds/d/a.bin"]
+
+
+def test_refresh_tree_of_a_file_or_a_directory(local):
+    root, core, lst, ds = local
+    lst.page(ds, "d", None, 100)
+    (root / "d" / "c.bin").write_bytes(b"3")
+    assert lst.refresh_tree(ds, "d/a.bin") == {"directories": 0, "files": 1}
+    assert lst.refresh_tree(ds, "") == {"directories": 2, "files": 3}
+    assert len(lst.page(ds, "d", None, 100)["entries"]) == 3
+    with pytest.raises(NotFound):
+        lst.refresh_tree(ds, "d/nope.bin")
+
+
+def test_weak_versions_are_bound_to_the_dataset_incarnation_and_the_master_run(local):
+    _, core, lst, ds = local
+    again = Dataset("ds", "ns", ds.mounts, uid="u2")
+    assert lst.weak_scope(ds) != lst.weak_scope(again)
+    other_run = Listings(MasterCore(incarnation="run2"), threading.RLock(), 60.0)
+    assert other_run.weak_scope(ds) != lst.weak_scope(ds)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_the_client_drops_a_datasets_listings_when_its_epoch_moves():
+    clock = Clock()
+    m = MetadataCache(check_every=1.0, clock=clock)
+    m.saw("ds", "r.1")
+    m.put("ds/d", [{"name": "ds/d/a", "size": 1}], ttl=60, epoch="r.1")
+    m.put("other/d", [{"name": "other/d/a"}], ttl=60, epoch=None)
+    assert m.entry("ds/d", "ds/d/a") == ({"name": "ds/d/a", "size": 1}, True)
+    assert not m.due("ds")
+    clock.t += 1.5
+    assert m.due("ds")                                   # ask before trusting it
+    m.saw("ds", "r.1")
+    assert not m.due("ds") and m.listing("ds/d") is not None
+    m.saw("ds", "r.3")                                   # moved: dropped
+    assert m.listing("ds/d") is None and m.entry("ds/d", "ds/d/a") == (None, False)
+    m.put("ds/d", [], ttl=60, epoch="r.3")
+    m.saw("ds", "r.2")                                   # a late reply: ignored
+    assert m.epoch("ds") == "r.3" and m.listing("ds/d") == []
+    m.put("ds/e", [], ttl=60, epoch="r.2")               # fetched before the move
+    assert m.listing("ds/e") is None
+    clock.t += 61
+    assert m.listing("ds/d") is None                     # and time to live as before
+
+
+def test_infos_of_one_directory_ask_to_list_it_after_two():
+    m = MetadataCache()
+    assert [m.missed("ds/d") for _ in range(3)] == [1, 2, 3]
+    m.put("ds/d", [], ttl=60, epoch=None)
+    assert m.missed("ds/d") == 1                         # listing it reset the count
