@@ -73,6 +73,13 @@ class StaleVersion(FluidError):
     default_errno = errno.ESTALE
 
 
+class NotSupported(FluidError):
+    """The under store cannot answer this (e.g. a creation time S3 does not keep)."""
+
+    code = "unsupported"
+    default_errno = errno.ENOTSUP
+
+
 class UnderStoreError(FluidError):
     """The under store (S3, file, ...) failed; the message names what it said."""
 
@@ -100,7 +107,8 @@ _BY_CODE = {
     cls.code: cls
     for cls in (
         FluidError, NotFound, AccessDenied, InvalidRequest, AlreadyExists, IsADirectory,
-        ProtocolError, StaleVersion, UnderStoreError, Unavailable, ClusterNotRunning,
+        ProtocolError, StaleVersion, NotSupported, UnderStoreError, Unavailable,
+        ClusterNotRunning,
         InternalError,
     )
 }

@@ -8,17 +8,19 @@ The filesystem is read-only: writes raise PermissionError.
 """
 from __future__ import annotations
 
-import io
+import datetime
 import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 from fsspec.spec import AbstractFileSystem
 
-from .. import blocks, names
-from ..errors import AccessDenied, IsADirectory, NotFound, StaleVersion, Unavailable
+from .. import names
+from ..errors import (AccessDenied, IsADirectory, NotFound, NotSupported, StaleVersion,
+                      Unavailable)
 from .conn import FORKS
 from .discovery import find
+from .file import FluidFile
+from .metadata import MetadataCache
 from .reader import ClusterClient
 
 _LISTING_TTL = 60.0
@@ -33,13 +35,15 @@ class FluidFileSystem(AbstractFileSystem):
                  connect_timeout: float = 5.0, request_timeout: float = 60.0,
                  listing_ttl: float = _LISTING_TTL, failover_timeout: float = 60.0,
                  readahead: int = 2, under_store_options: dict | None = None,
-                 **kwargs) -> None:
+                 metadata_check: float = 1.0, **kwargs) -> None:
         """`failover_timeout`: how long a read waits for the cluster when no worker
         answers (a worker restarting) before it raises; `request_timeout`: one request;
         `readahead`: blocks a sequential reader of an open file fetches ahead (0: off);
         `under_store_options`: storage options per protocol (`{"s3": {...}}`) of the
         user's own: only then, when no worker answers at all, read the under store
-        directly (counted as `direct`) instead of waiting for the cluster."""
+        directly (counted as `direct`) instead of waiting for the cluster;
+        `metadata_check`: at most how long (seconds) cached listings are trusted without
+        a word from the master on whether their dataset changed (0: ask every time)."""
         super().__init__(**kwargs)
         self._opts = dict(address=address, token=token, namespace=namespace,
                           short_circuit=short_circuit, connect_timeout=connect_timeout,
@@ -50,8 +54,7 @@ class FluidFileSystem(AbstractFileSystem):
         self._mounts: dict[tuple[str, str], object] = {}
         self._client: ClusterClient | None = None
         self._gen = -1
-        self._meta: dict[str, tuple[float, list[dict], dict[str, dict]]] = {}
-        self._misses: dict[str, int] = {}       # per directory: infos not in a listing
+        self.meta = MetadataCache(metadata_check)
         self._lock = threading.Lock()
 
     # -- per-process state --------------------------------------------------------------
@@ -91,26 +94,40 @@ class FluidFileSystem(AbstractFileSystem):
         entries = self._listing(path, refresh)   # a file lists as itself, as elsewhere in fsspec
         return entries if detail else [e["name"] for e in entries]
 
+    def _fresh(self, dataset: str) -> None:
+        """Before cached metadata of `dataset` is trusted: if no reply has said its epoch
+        for `metadata_check` seconds, ask (a moved epoch drops its listings)."""
+        if dataset and self.meta.due(dataset):
+            self.meta.saw(dataset, self.client.master("epoch", {"ds": dataset})["epoch"])
+
     def _listing(self, path: str, refresh: bool = False) -> list[dict]:
-        now = time.monotonic()
-        hit = None if refresh else self._meta.get(path)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         ds, rest = self._split(path)
+        if not refresh:
+            self._fresh(ds)
+            hit = self.meta.listing(path)
+            if hit is not None:
+                return hit
+        epoch = None
         if not ds:
             entries = [{"name": d["name"], "size": 0, "type": "directory"}
                        for d in self.client.master("datasets")]
         else:
-            entries, after = [], None
-            while True:          # pages of up to 2,000 entries; one directory, few calls
-                page = self.client.master("ls", {"ds": ds, "p": rest, "after": after,
-                                                 "refresh": refresh and after is None})
-                entries += page["entries"]
-                after = page["next"]
+            for _ in range(3):   # pages of up to 2,000 entries; one directory, few calls
+                entries, after, epoch = [], None, None
+                while True:
+                    page = self.client.master("ls", {"ds": ds, "p": rest, "after": after,
+                                                     "refresh": refresh and after is None})
+                    self.meta.saw(ds, page["epoch"])
+                    if epoch not in (None, page["epoch"]):
+                        break       # listed again between pages: start over, never mix
+                    epoch = page["epoch"]
+                    entries += page["entries"]
+                    after = page["next"]
+                    if after is None:
+                        break
                 if after is None:
                     break
-        with self._lock:
-            self._meta[path] = (now + self._ttl(ds), entries, {e["name"]: e for e in entries})
+        self.meta.put(path, entries, self._ttl(ds), epoch)
         return entries
 
     def _ttl(self, dataset: str) -> float:
@@ -123,6 +140,17 @@ class FluidFileSystem(AbstractFileSystem):
         return float("inf") if sync < 0 else min(sync, self.listing_ttl)
 
     def info(self, path, refresh=False, **kwargs):
+        """A file's or directory's info: name, size, type and, for files, `version`,
+        `fid`, `mtime` (seconds), `created` where the store knows it, and `ETag` where
+        the version is an entity tag (as s3fs gives it).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such dataset, file or directory.
+        PermissionError
+            A wrong token, or a path that leaves its dataset.
+        """
         return self._info(self._strip_protocol(path), refresh)
 
     def _info(self, path: str, refresh: bool = False) -> dict:
@@ -134,30 +162,49 @@ class FluidFileSystem(AbstractFileSystem):
                 raise NotFound(f"fluid://{ds}: no such dataset")
             return {"name": ds, "size": 0, "type": "directory"}
         parent = path.rsplit("/", 1)[0]
-        hit = None if refresh else self._meta.get(parent)
-        if hit is not None and hit[0] <= time.monotonic():
-            hit = None                   # expired: list it again (below), not per file
-        if hit is None and not refresh and self._misses.get(parent, 0) >= 2:
-            # a job reading several files of one directory: list it once (one call per
-            # directory) instead of one call per file
-            self._listing(parent)
-            self._misses.pop(parent, None)
-            hit = self._meta.get(parent)
-        if hit is not None:
-            e = hit[2].get(path)        # a listed file's info costs no RPC
+        if not refresh:
+            self._fresh(ds)
+            e, listed = self.meta.entry(parent, path)
+            if not listed and self.meta.missed(parent) > 2:
+                # a job reading several files of one directory: list it once (one call
+                # per directory) instead of one call per file
+                self._listing(parent)
+                e, listed = self.meta.entry(parent, path)
             if e is not None:
-                return e
-        self._misses[parent] = self._misses.get(parent, 0) + 1
-        return self.client.master("info", {"ds": ds, "p": rest, "refresh": bool(refresh)})
+                return e            # a listed file's info costs no RPC
+        reply = self.client.master("info", {"ds": ds, "p": rest, "refresh": bool(refresh)})
+        self.meta.saw(ds, reply["epoch"])
+        return reply["entry"]
 
     def invalidate_cache(self, path=None):
-        with self._lock:
-            if path is None:
-                self._meta.clear()
-            else:
-                path = self._strip_protocol(path)
-                self._meta.pop(path, None)
-                self._meta.pop(path.rsplit("/", 1)[0], None)
+        self.meta.invalidate(None if path is None else self._strip_protocol(path))
+
+    # -- metadata beyond info (what duckdb, polars, pyarrow datasets and zarr ask) --------
+    def modified(self, path):
+        """When the file was last modified in the under store (a UTC datetime).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        OSError
+            The under store gives no modification time for this file (ENOTSUP).
+        """
+        return _when(self._file_entry(self._strip_protocol(path)), "mtime", path)
+
+    def created(self, path):
+        """When the file was created, where the under store knows it (GCS, Azure,
+        local files; S3 does not say): a UTC datetime, else OSError (ENOTSUP)."""
+        return _when(self._file_entry(self._strip_protocol(path)), "created", path)
+
+    def ukey(self, path):
+        """A key that changes whenever the file's content may have: its file id (a hash
+        of namespace, under-store URL and version)."""
+        return self._file_entry(self._strip_protocol(path))["fid"]
+
+    def checksum(self, path):
+        """An int that is the same only for the same version of the file."""
+        return int(self.ukey(path)[:16], 16)
 
     # -- bytes ----------------------------------------------------------------------------
     def _file_entry(self, path: str, refresh: bool = False) -> dict:
@@ -233,7 +280,7 @@ class FluidFileSystem(AbstractFileSystem):
         bs = req["bs"]
         start = req["b"] * bs + req["o"]
         length = min(bs, req["s"] - req["b"] * bs) - req["o"] if req["l"] < 0 else req["l"]
-        return mount.read_range(rel, req["v"], start, start + length)
+        return mount.read_range(rel, req["v"], start, start + length, size=req["s"])
 
     # -- read-only ------------------------------------------------------------------------
     def _readonly(self, *args, **kwargs):
@@ -243,128 +290,9 @@ class FluidFileSystem(AbstractFileSystem):
         rmdir = _readonly
 
 
-class FluidFile(io.RawIOBase):
-    """A seekable, read-only file over the blocks of one listed file.
-
-    Keeps the last block it read, so small sequential reads (CSV parsers, tar readers)
-    cost one block fetch per block, not one per call.
-    """
-
-    def __init__(self, fs: FluidFileSystem, path: str, entry: dict) -> None:
-        super().__init__()
-        self.fs, self.path, self.details = fs, path, entry
-        self.size = entry["size"]
-        self.loc = 0
-        self._block: tuple[int, memoryview | bytes] | None = None
-        self._ahead: dict[int, Future] = {}          # block index -> background fetch
-        self._next_block, self._hinted = 0, 0        # for large sequential reads
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.loc
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.loc, io.SEEK_END: self.size}.get(whence)
-        if base is None:
-            raise ValueError(f"invalid whence {whence}")
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self.loc = base + offset
-        return self.loc
-
-    def read(self, size: int = -1) -> bytes:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
-        end = self.size if size is None or size < 0 else min(self.size, self.loc + size)
-        if self.loc >= end:
-            return b""
-        bs = self.fs.client.cluster()["block_size"]
-        first, last = self.loc // bs, (end - 1) // bs
-        if first == last and (end - self.loc) < bs:
-            data = self._cached_block(first)
-            off = self.loc - first * bs
-            out = bytes(data[off:off + end - self.loc])
-        else:   # always the version this file was opened at: never a mix of two versions
-            out = self.fs.client.read(self.details, self.loc, end)
-            self._hint_ahead(first, last)
-        self.loc += len(out)
-        return out
-
-    def _hint_ahead(self, first: int, last: int) -> None:
-        """A large sequential reader: have the owners of the next reads' blocks fetch
-        them now, so they are cached when the reader gets there."""
-        if not self.fs.readahead or self._next_block != first:
-            self._next_block, self._hinted = last + 1, last + 1     # a seek: start over
-            return
-        client = self.fs.client
-        n = blocks.block_count(self.size, client.cluster()["block_size"])
-        span = last - first + 1
-        for j in range(max(last + 1, self._hinted), min(n, last + 1 + span + self.fs.readahead)):
-            client.prefetch(self.details, j)
-            self._hinted = j + 1
-        self._next_block = last + 1
-
-    read1 = read
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer) -> int:
-        """Read into the caller's buffer; large reads go straight from the local tier
-        files into it (the fastest way to read a big file through fluid://)."""
-        if self.closed:
-            raise ValueError("I/O operation on closed file")
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), max(0, self.size - self.loc))
-        if want < self.fs.client.cluster()["block_size"]:
-            data = self.read(want)
-            view[:len(data)] = data
-            return len(data)
-        bs = self.fs.client.cluster()["block_size"]
-        n = self.fs.client.read_into(self.details, self.loc, view[:want])
-        self._hint_ahead(self.loc // bs, (self.loc + max(n, 1) - 1) // bs)
-        self.loc += n
-        return n
-
-    def _cached_block(self, index: int):
-        """A whole block of the version this file was opened at. If that version is gone
-        from the under store (StaleVersion), the read fails: reopen the file.
-        A reader moving from block i-1 to i is sequential: blocks i+1.. are fetched in the
-        background (readahead), so a cold stream overlaps the under store's latency."""
-        if self._block is None or self._block[0] != index:
-            fut = self._ahead.pop(index, None)
-            data = None
-            if fut is not None:
-                try:
-                    data = fut.result()
-                except Exception:  # noqa: BLE001 - fetch it again below, errors and all
-                    data = None
-            if data is None:
-                data = self.fs.client.block(self.details, index)
-            sequential = self._block is not None and self._block[0] == index - 1
-            self._block = (index, data)
-            if sequential and self.fs.readahead:
-                self._read_ahead(index)
-        return self._block[1]
-
-    def _read_ahead(self, index: int) -> None:
-        client = self.fs.client
-        last = blocks.block_count(self.size, client.cluster()["block_size"]) - 1
-        for j in [j for j in self._ahead if j <= index]:
-            self._ahead.pop(j).cancel()
-        for j in range(index + 1, min(last, index + self.fs.readahead) + 1):
-            if j not in self._ahead:
-                self._ahead[j] = client.executor().submit(client.block, self.details, j)
-                client.counters["readahead"] += 1
-
-    def close(self) -> None:
-        self._block = None
-        for fut in self._ahead.values():
-            fut.cancel()
-        self._ahead.clear()
-        super().close()
+def _when(entry: dict, key: str, path: str) -> datetime.datetime:
+    t = entry.get(key)
+    if t is None:
+        what = "modification" if key == "mtime" else "creation"
+        raise NotSupported(f"{path}: the under store gives no {what} time for this file")
+    return datetime.datetime.fromtimestamp(t, tz=datetime.timezone.utc)
