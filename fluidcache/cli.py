@@ -51,7 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
                    help="put workers only on Ray nodes with this label (or resource:NAME)")
 
-    sub.add_parser("stop", help="stop the cluster `start` made")
+    st = sub.add_parser("stop", help="stop the cluster `start` made (its memory tier is "
+                        "given back)")
+    st.add_argument("--keep-cache", action="store_true",
+                    help="keep the memory tier's blocks for the next start of this cluster")
 
     d = sub.add_parser("dataset", help="create, list, show and remove datasets")
     dsub = d.add_subparsers(dest="dcmd", required=True, metavar="VERB")
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             return _start(a)
         if a.cmd == "stop":
             from . import cluster
-            print("stopped" if cluster.stop() else "no cluster was running")
+            print("stopped" if cluster.stop(keep_cache=a.keep_cache)
+                  else "no cluster was running")
             return 0
         if a.cmd == "dataset":
             return _dataset(a)

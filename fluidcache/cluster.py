@@ -3,7 +3,9 @@
 Local mode (no --address): a supervisor process of ours, in its own session, starts a
 local Ray instance as its driver, deploys the master and the workers as detached named
 actors, writes the discovery file, and waits; `stop` sends it SIGTERM, and it kills the
-actors and shuts Ray down, leaving no process behind.
+actors and shuts Ray down, leaving no process behind. The workers give their memory
+tiers back first unless `stop --keep-cache` asked to keep them (`stop.json` in the
+home says so to the supervisor).
 Cluster mode (--address ADDR): the CLI joins the Ray cluster as a short-lived driver,
 deploys the master (which puts a worker on every alive node) and leaves them running.
 """
@@ -17,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from . import names
 from .client import discovery
@@ -58,14 +61,14 @@ def head_node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def undeploy() -> None:
+def undeploy(keep_cache: bool = False) -> None:
     import ray
     try:
         master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
     except ValueError:
         return
     try:
-        ray.get(master.shutdown.remote(), timeout=30)
+        ray.get(master.shutdown.remote(keep_cache), timeout=60)
     finally:
         ray.kill(master, no_restart=True)
 
@@ -122,13 +125,19 @@ def start(config: Config, address: str | None = None, dashboard: bool = True,
     raise Unavailable(f"the cluster did not start in {timeout:.0f}s; see {log_path}")
 
 
-def stop(timeout: float = 60.0) -> bool:
-    """Stop the cluster the discovery file names. False if there was none."""
+def _stop_request() -> Path:
+    return default_home() / "stop.json"
+
+
+def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
+    """Stop the cluster the discovery file names. False if there was none. The memory
+    tiers are given back unless `keep_cache`."""
     info = discovery.read()
     if not info:
         return False
     pid = info.get("supervisor")
     if pid:
+        discovery.write({"keep_cache": keep_cache}, _stop_request())
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -147,7 +156,7 @@ def stop(timeout: float = 60.0) -> bool:
         except Exception as exc:  # noqa: BLE001
             raise ClusterNotRunning(f"cannot reach Ray at {info.get('ray_address')}: {exc}")
         try:
-            undeploy()
+            undeploy(keep_cache)
         finally:
             ray.shutdown()
     discovery.remove()
@@ -180,6 +189,7 @@ def _supervise(cfg_path: str, dashboard: bool) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     # address="local": always a new instance of our own, even when RAY_ADDRESS or
     # /tmp/ray/ray_current_cluster names another one (ray.init() would join that)
+    discovery.remove(_stop_request())          # a request left by an earlier run is not ours
     ctx = ray.init(address="local", namespace=names.RAY_NAMESPACE, include_dashboard=dashboard,
                    log_to_driver=False, configure_logging=False)
     try:
@@ -191,8 +201,10 @@ def _supervise(cfg_path: str, dashboard: bool) -> int:
         print(f"fluidcache supervisor {os.getpid()} serving at {info['master']}", flush=True)
         stopping.wait()
     finally:
+        request = discovery.read(_stop_request()) or {}
+        discovery.remove(_stop_request())
         try:
-            undeploy()
+            undeploy(bool(request.get("keep_cache")))
         except Exception as exc:  # noqa: BLE001 - shutting down anyway
             print(f"undeploy: {exc}", flush=True)
         ray.shutdown()

@@ -133,6 +133,7 @@ class Config:
                                                        # resource:NAME); empty: every node
     fetch_threads: int = 16         # under-store fetches in flight per worker
     load_concurrency: int = 16      # blocks a worker loads at once for one `load` job
+    cluster_id: str = ""            # set by the master: whose blocks the tiers may hold
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):

@@ -10,7 +10,6 @@ and index; a mismatch is reported as StaleVersion).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hmac
 import logging
 import os
@@ -27,7 +26,7 @@ from ..config import Config
 from ..errors import AccessDenied, InvalidRequest, StaleVersion
 from ..master.namespace import Dataset, normalize
 from ..service import Server, bind_host as _bind_host
-from ..tiering import layout
+from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
 from ..understore import Mount
 from ..wire import BlockRead
@@ -35,26 +34,6 @@ from .loads import Loads
 
 log = logging.getLogger(__name__)
 _RECORD_TTL = 5.0
-
-
-def claim_dir(path: str, held: list) -> str:
-    """`path`, or `path/w1`, `path/w2`... : the first one no other live worker holds.
-
-    Several workers on one machine (a multi-node Ray cluster on one host) must not share
-    a tier directory; a restarted worker finds its own directory again.
-    """
-    for n in range(64):
-        d = path if n == 0 else os.path.join(path, f"w{n}")
-        os.makedirs(d, exist_ok=True)
-        fd = os.open(os.path.join(d, ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        held.append(fd)
-        return d
-    raise RuntimeError(f"no free tier directory under {path}")
 
 
 class Worker:
@@ -69,7 +48,9 @@ class Worker:
             r for n in ray.nodes() if n["NodeID"] == node_id for r in n.get("Resources", {})
             if not r.startswith("node:") and r not in ("CPU", "GPU", "memory",
                                                        "object_store_memory"))
-        tiers = tuple(replace(t, path=claim_dir(t.path, self._locks)) for t in cfg.tiers)
+        tiers = tuple(replace(t, path=dirs.claim_dir(t.path, cfg.cluster_id, self._locks))
+                      for t in cfg.tiers)
+        self._tier_bases = [(t.medium, t.path) for t in cfg.tiers]
         self.store = BlockStore(tiers, cfg.eviction, cfg.promote).start()
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
                              ufs_fetches=0, short_circuit_hits=0, short_circuit_bytes=0,
@@ -214,6 +195,18 @@ class Worker:
                 self._owner_of[key] = meta.owner
                 held.append([key, meta.owner, meta.fid, meta.index, size])
         return {"full": True, "add": held, "seq": seq}
+
+    def release(self, keep_cache: bool = False) -> None:
+        """The cluster stops: stop serving and, unless `keep_cache`, give the memory
+        tiers back (their blocks and directories are removed; SSD and HDD tiers stay)."""
+        self._stopping.set()
+        self.server.stop()
+        self.store.stop()
+        if keep_cache:
+            return
+        for (medium, base), path in zip(self._tier_bases, self.store.paths):
+            if medium == "MEM":
+                dirs.release(path, base)
 
     # -- Ray API ---------------------------------------------------------------------
     def info(self) -> dict:
@@ -407,7 +400,7 @@ class Worker:
         try:
             data = await loop.run_in_executor(
                 self._fetch, mount.read_range, rel, r.version, start,
-                start + self.config.block_size)
+                start + self.config.block_size, r.size)
             if self.metrics is not None:
                 self.metrics.observe_fetch(time.monotonic() - t0)
         except asyncio.CancelledError:
@@ -481,3 +474,6 @@ class WorkerActor:
 
     def where(self, keys: list) -> dict:
         return self._w.store.tier_bytes(keys)
+
+    def release(self, keep_cache: bool = False) -> None:
+        self._w.release(keep_cache)

@@ -35,12 +35,51 @@ def test_local_start_stop_leaves_nothing(tmp_path, moto, dataset_files):
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
         cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds/small", *opts)
         assert "a.txt" in cli_env(env, "ls", "fluid://d").stdout
+        _read(env, "fluid://d/a.txt")
+        assert _mem_blocks(env) >= 1
     finally:
         cli_env(env, "stop")
     assert _session_members(sup) == []
+    assert not (tmp_path / "mem").exists()             # the memory tier was given back
     assert not (tmp_path / "home" / "cluster.json").exists()
     p = cli_env(env, "status", check=False)
     assert p.returncode == 1 and "fluidcache start" in p.stderr
+
+
+def _read(env: dict, url: str) -> None:
+    code = f"import fsspec; fsspec.filesystem('fluid').cat_file({url!r})"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+
+
+def _mem_blocks(env: dict) -> int:
+    st = json.loads(cli_env(env, "status", "--json").stdout)
+    return sum(t["blocks"] for w in st["workers"] for t in w["tiers"] if t["name"] == "MEM")
+
+
+def test_a_kept_memory_tier_is_adopted_by_its_own_cluster_only(tmp_path, moto, dataset_files):
+    mem = str(tmp_path / "mem")
+    a, b = _env(tmp_path / "a"), _env(tmp_path / "b")
+    start = ["start", "--mem", "16MiB", "--mem-path", mem, "--no-dashboard"]
+    opts = [f"--option={k}={v}" for k, v in moto.options().items()]
+    cli_env(a, *start, "--ssd", f"{tmp_path}/ssd-a:32MiB")
+    try:
+        cli_env(a, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds/small", *opts)
+        _read(a, "fluid://d/a.txt")
+        assert _mem_blocks(a) == 1
+    finally:
+        cli_env(a, "stop", "--keep-cache")
+    assert os.path.isdir(mem)                          # kept for the next start
+    cli_env(a, *start, "--ssd", f"{tmp_path}/ssd-a:32MiB")
+    try:
+        assert _mem_blocks(a) == 1                     # the same cluster finds its block
+    finally:
+        cli_env(a, "stop", "--keep-cache")
+    cli_env(b, *start, "--ssd", f"{tmp_path}/ssd-b:32MiB")    # another cluster, same path
+    try:
+        assert _mem_blocks(b) == 0                     # never adopts another's blocks
+    finally:
+        cli_env(b, "stop")
+    assert not os.path.exists(mem)
 
 
 def test_join_an_existing_ray_cluster(tmp_path, moto, dataset_files):

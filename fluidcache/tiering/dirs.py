@@ -1,0 +1,106 @@
+"""Tier directories: which worker and which cluster a directory belongs to.
+
+A tier path (e.g. `/dev/shm/fluidcache-<uid>`) may be shared by several workers on one
+machine (a multi-node Ray cluster on one host) and outlive the cluster that filled it.
+Each worker claims `path`, or `path/w1`, `path/w2`...: the first one no live worker holds
+(an flock on `.lock`). The claimed directory carries the identity of its cluster in
+`.cluster`; blocks found under another cluster's identity (or none) are removed, never
+adopted, so a cluster only ever serves what it cached itself. A restarted worker of the
+same cluster finds its blocks again. `release` removes a memory tier when the cluster
+stops.
+Only block files (`xx/KEY.blk` and leftover temporaries) and our own markers are ever
+removed; anything else in a tier directory is left alone.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+
+from .layout import SUFFIX, TMP_PREFIX
+
+log = logging.getLogger(__name__)
+MARKER, LOCK = ".cluster", ".lock"
+_SUB = re.compile(r"^[0-9a-f]{2}\Z")
+
+
+def claim_dir(path: str, cluster_id: str, held: list) -> str:
+    """A tier directory under `path` for this worker, holding only `cluster_id`'s blocks.
+    The flock's descriptor is appended to `held` (kept for the worker's life)."""
+    for n in range(64):
+        d = path if n == 0 else os.path.join(path, f"w{n}")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(d, LOCK), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        held.append(fd)
+        _adopt(d, cluster_id)
+        return d
+    raise RuntimeError(f"no free tier directory under {path}")
+
+
+def owner_of(d: str) -> str | None:
+    try:
+        with open(os.path.join(d, MARKER)) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _adopt(d: str, cluster_id: str) -> None:
+    """Make `d` this cluster's: another cluster's blocks (or blocks of no known
+    cluster) are removed first."""
+    if not cluster_id or owner_of(d) == cluster_id:
+        return
+    removed = clear_blocks(d)
+    if removed:
+        log.warning("tier %s held %d blocks of another cluster: removed", d, removed)
+    tmp = os.path.join(d, MARKER + ".tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(cluster_id + "\n")
+    os.replace(tmp, os.path.join(d, MARKER))
+
+
+def clear_blocks(d: str) -> int:
+    """Remove every block file (and leftover temporary) in tier directory `d`; returns
+    how many. Subdirectories that are not block subdirectories are not touched."""
+    n = 0
+    try:
+        subs = [e for e in os.scandir(d) if _SUB.match(e.name) and
+                e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return 0
+    for sub in subs:
+        for entry in os.scandir(sub.path):
+            if entry.name.endswith(SUFFIX) or entry.name.startswith(TMP_PREFIX):
+                try:
+                    os.unlink(entry.path)
+                    n += entry.name.endswith(SUFFIX)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(sub.path)
+        except OSError:
+            pass
+    return n
+
+
+def release(d: str, base: str) -> None:
+    """Remove a tier directory's blocks and markers, then the directory itself and its
+    base when they are empty (a stopped cluster gives its memory back)."""
+    clear_blocks(d)
+    for name in (MARKER, LOCK):
+        try:
+            os.unlink(os.path.join(d, name))
+        except FileNotFoundError:
+            pass
+    for p in (d, base) if d != base else (d,):
+        try:
+            os.rmdir(p)
+        except OSError:          # not empty: another worker's directory is inside
+            pass
