@@ -3,6 +3,8 @@
 Every response's first byte is held back `delay` seconds after the request that asked
 for it (a first-byte latency, as from an in-region object store; default 20 ms); the
 rest streams through. Any client goes through it alike, so no system is favoured.
+With `strip` it also removes request headers (e.g. `If-Match`): moto behind it is a
+store that ignores conditional reads, as several S3-compatible stores and proxies do.
 Runs as its own process (`python -m fluidcache.testing.proxy`), so it never shares a
 GIL with what it measures. Binds 127.0.0.1 only.
 """
@@ -35,13 +37,60 @@ async def _pipe(reader, writer, on_chunk=None) -> None:
         writer.close()
 
 
+_MAX_HEAD = 64 * 1024
+
+
+async def _requests(reader, writer, strip: set[bytes], on_request) -> None:
+    """Copy HTTP/1.1 requests from `reader` to `writer`, without the headers named in
+    `strip` (lowercase); bodies (Content-Length or chunked) pass through as they are."""
+    try:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            if len(head) > _MAX_HEAD:
+                return
+            lines = head[:-4].split(b"\r\n")
+            kept = [lines[0]] + [ln for ln in lines[1:]
+                                 if ln.split(b":", 1)[0].strip().lower() not in strip]
+            fields = {ln.split(b":", 1)[0].strip().lower(): ln.split(b":", 1)[1].strip()
+                      for ln in lines[1:] if b":" in ln}
+            await on_request()
+            writer.write(b"\r\n".join(kept) + b"\r\n\r\n")
+            if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+                while True:
+                    size_line = await reader.readuntil(b"\r\n")
+                    writer.write(size_line)
+                    n = int(size_line.split(b";")[0], 16)
+                    writer.write(await reader.readexactly(n + 2))
+                    if n == 0:
+                        break
+            else:
+                left = int(fields.get(b"content-length", b"0"))
+                while left:
+                    chunk = await reader.read(min(left, 256 * 1024))
+                    if not chunk:
+                        return
+                    writer.write(chunk)
+                    left -= len(chunk)
+            await writer.drain()
+    except (ConnectionError, OSError, ValueError, asyncio.LimitOverrunError):
+        pass
+    finally:
+        writer.close()
+
+
 _BODY = (b'<?xml version="1.0" encoding="UTF-8"?>'
          b"<Error><Code>SlowDown</Code><Message>fault</Message></Error>")
 _ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_BODY)) + _BODY
 
 
-async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False) -> None:
+async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False,
+                 strip: tuple[str, ...] = ()) -> None:
+    dropped = {h.lower().encode() for h in strip}
+
     async def handle(c_reader, c_writer):
         if fail:             # the store answers every request with a 503 (a fault test)
             try:
@@ -67,10 +116,11 @@ async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = 
                 asked.clear()
                 await asyncio.sleep(delay)   # the injected first-byte latency
 
-        await asyncio.gather(_pipe(c_reader, s_writer, request_went_up),
-                             _pipe(s_reader, c_writer, first_byte_delay))
+        upstream = _requests(c_reader, s_writer, dropped, request_went_up) if dropped \
+            else _pipe(c_reader, s_writer, request_went_up)
+        await asyncio.gather(upstream, _pipe(s_reader, c_writer, first_byte_delay))
 
-    server = await asyncio.start_server(handle, "127.0.0.1", port)
+    server = await asyncio.start_server(handle, "127.0.0.1", port, limit=_MAX_HEAD)
     async with server:
         await server.serve_forever()
 
@@ -79,10 +129,12 @@ class LatencyProxy(Endpoint):
     """`with LatencyProxy(moto.endpoint, 0.02) as p: p.endpoint` (a subprocess)."""
 
     def __init__(self, target: str, delay: float = 0.02, port: int | None = None,
-                 fail: bool = False) -> None:
-        """`fail`: answer every request with HTTP 503 instead (the store erring)."""
+                 fail: bool = False, strip: tuple[str, ...] = ()) -> None:
+        """`fail`: answer every request with HTTP 503 instead (the store erring);
+        `strip`: request headers to remove (e.g. ("If-Match",))."""
         host_port = target.split("://", 1)[-1].rstrip("/")
         self.target, self.delay, self.fail = host_port, delay, fail
+        self.strip = tuple(strip)
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -91,7 +143,8 @@ class LatencyProxy(Endpoint):
         self.proc = subprocess.Popen([sys.executable, "-m", "fluidcache.testing.proxy",
                                       "--port", str(self.port), "--target", self.target,
                                       "--delay", str(self.delay)]
-                                     + (["--fail"] if self.fail else []),
+                                     + (["--fail"] if self.fail else [])
+                                     + [f"--strip={h}" for h in self.strip],
                                      start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -115,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--target", required=True, help="host:port")
     p.add_argument("--delay", type=float, default=0.02, help="seconds (default 0.02)")
     p.add_argument("--fail", action="store_true", help="answer every request with a 503")
+    p.add_argument("--strip", action="append", default=[], metavar="HEADER",
+                   help="remove this request header (repeatable), e.g. If-Match")
     a = p.parse_args(argv)
     host, _, port = a.target.rpartition(":")
     try:
@@ -123,7 +178,7 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     try:
-        asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail))
+        asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail, tuple(a.strip)))
     except KeyboardInterrupt:
         pass
     return 0

@@ -314,7 +314,7 @@ def test_an_expired_listing_is_listed_again_not_asked_per_file(cluster, dataset_
     names = sorted(n for n in dataset_files if n.startswith("images/"))
     fs = fsspec.filesystem("fluid", listing_ttl=1.0, skip_instance_cache=True)
     fs.ls("fluid://mixed/images")
-    listed_at = fs._meta["mixed/images"][0]
+    listed_at = fs.meta._lists["mixed/images"].expires
     wait_for(lambda: time.monotonic() > listed_at, what="the listing to expire")
     before = fs.client.counters["master_calls"]
     for n in names:
