@@ -35,6 +35,16 @@ class Client:
     def _call(self, op: str, args: dict | None = None):
         return self._client.master(op, args)
 
+    def close(self) -> None:
+        """Close this client's sockets and threads."""
+        self._client.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def ping(self) -> bool:
         return bool(self._call("ping").get("pong"))
 
@@ -69,10 +79,16 @@ class Client:
         return self._call("metadata_load", self._target(url))
 
     def datasets(self) -> list[dict]:
-        return self._call("datasets")
+        """The namespace's datasets (public records: mounts without credentials)."""
+        return self._client.paged("datasets")
 
     def dataset(self, name: str) -> dict:
-        return self._call("dataset_show", {"name": name})
+        """A dataset's public record with its pins (paths) and TTLs ({path: deadline})."""
+        d = self._call("dataset_show", {"name": name})
+        rows = self._client.paged("rules", {"ds": name}) if \
+            d.get("pin_count") or d.get("ttl_count") else []
+        return dict(d, pins=[r[2] for r in rows if r[0] == "pin"],
+                    ttls={r[2]: r[3] for r in rows if r[0] == "ttl"})
 
     def remove_dataset(self, name: str) -> dict:
         return self._call("dataset_rm", {"name": name})
@@ -109,12 +125,26 @@ class Client:
 
     def rules(self) -> dict:
         """The namespace's pins and TTLs: {"pins": [[ns, ds, path]], "ttls": [...]}."""
-        return self._call("rules")
+        rows, ns = self._client.paged("rules"), self.endpoint.namespace
+        return {"pins": [[ns, r[1], r[2]] for r in rows if r[0] == "pin"],
+                "ttls": [[ns, r[1], r[2], r[3]] for r in rows if r[0] == "ttl"]}
 
     def du(self, url: str, per_file: bool = False, tiers: bool = False) -> dict:
         """{"path", "files", "total_bytes", "cached_bytes"} (+ "cached_by_file",
         "cached_by_tier"); a block counts once however many copies it has."""
-        return self._call("du", {**self._target(url), "per_file": per_file, "tiers": tiers})
+        out = self._call("du", {**self._target(url), "tiers": tiers})
+        if per_file:          # in pages: a large directory never makes one large reply
+            by_file: dict[str, int] = {}
+            after = None
+            while True:
+                page = self._call("du", {**self._target(url), "per_file": True,
+                                         "after": after})
+                by_file.update(page["cached_by_file"])
+                after = page["next"]
+                if after is None:
+                    break
+            out["cached_by_file"] = by_file
+        return out
 
     @staticmethod
     def _target(url: str) -> dict:
@@ -124,16 +154,61 @@ class Client:
         return {"ds": ds, "p": path}
 
     # -- namespaces -------------------------------------------------------------------
-    def create_namespace(self, name: str) -> str:
-        """A new namespace; returns its token (needs the default namespace's token)."""
-        return self._call("namespace_create", {"name": name})["token"]
+    def create_namespace(self, name: str, allow: list[str] | None = None,
+                         endpoints: list[str] | None = None,
+                         node_credentials: bool = False) -> str:
+        """A new namespace; returns its token (needs the default namespace's token).
+
+        Parameters
+        ----------
+        allow
+            URL prefixes the namespace may mount (`s3://bucket/prefix`); it may mount
+            nothing else.
+        endpoints
+            Store endpoints its mounts may name (`http://minio.internal:9000`).
+        node_credentials
+            Whether its mounts may use the nodes' own credentials; otherwise each mount
+            brings its own (or reads anonymously).
+
+        Raises
+        ------
+        PermissionError
+            Not the default namespace's token.
+        FileExistsError
+            The namespace exists.
+        """
+        return self._call("namespace_create", {
+            "name": name, "allow": list(allow or []), "endpoints": list(endpoints or []),
+            "node_credentials": node_credentials})["token"]
+
+    def grant(self, name: str, allow: list[str] | None = None,
+              endpoints: list[str] | None = None, node_credentials: bool = False) -> dict:
+        """Let namespace `name` mount more (prefixes, endpoints, node credentials); grants
+        only add. Returns its whole grant."""
+        return self._call("namespace_grant", {
+            "name": name, "allow": list(allow or []), "endpoints": list(endpoints or []),
+            "node_credentials": node_credentials})["grant"]
+
+    def namespace(self, name: str | None = None) -> dict:
+        """A namespace's grant ({"namespace", "admin", "grant"}); a tenant sees only
+        its own."""
+        return self._call("namespace_show", {"name": name} if name else {})
 
     def namespaces(self) -> list[str]:
-        return self._call("namespaces")
+        return self._client.paged("namespaces")
 
     # -- cluster ----------------------------------------------------------------------
     def status(self) -> dict:
-        return self._call("status")
+        """The master, every worker (tiers, counters) and the namespace's datasets
+        (cached bytes, hits, misses); fetched in pages."""
+        st = self._call("status")
+        for part in ("workers", "datasets"):
+            after = st.pop(f"{part}_next", None)
+            while after is not None:
+                page = self._call("status", {"part": part, "after": after})
+                st[part] += page["items"]
+                after = page["next"]
+        return st
 
     def filesystem(self, **kwargs) -> FluidFileSystem:
         e = self.endpoint
@@ -176,5 +251,31 @@ class LoadJob:
 def connect(address: str | None = None, token: str | None = None,
             namespace: str | None = None) -> Client:
     """A client of the cluster at `address` (host:port), else FLUIDCACHE_MASTER, else the
-    cluster `fluidcache start` runs, else the master of the Ray job this runs in."""
+    cluster `fluidcache start` runs, else the master of the Ray job this runs in. Close it
+    (`close()`, or `with connect() as c:`) when done; a dropped client closes its sockets
+    when it is collected.
+
+    Raises
+    ------
+    ConnectionError
+        No cluster can be found (ClusterNotRunning).
+    """
     return Client(address, token, namespace)
+
+
+_SHARED: dict = {}
+
+
+def shared_client() -> Client:
+    """One client per process for the helpers that are called often (scheduling): made
+    on first use, made again after a fork or when the discovery answer changes."""
+    from .client.conn import FORKS
+    endpoint = find()
+    key = (FORKS[0], endpoint)
+    client = _SHARED.get("client")
+    if _SHARED.get("key") != key or client is None:
+        if client is not None and _SHARED.get("key", (None,))[0] == FORKS[0]:
+            client.close()
+        client = _SHARED["client"] = Client(endpoint.master, endpoint.token, endpoint.namespace)
+        _SHARED["key"] = key
+    return client

@@ -83,9 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     n = sub.add_parser("namespace", help="create and list namespaces (each has a token)")
     nsub = n.add_subparsers(dest="ncmd", required=True, metavar="VERB")
     nc = nsub.add_parser("create", help="create a namespace and print its token",
-                         epilog="example: FLUIDCACHE_TOKEN=$(fluidcache namespace create team-a)")
-    nc.add_argument("name")
+                         epilog="example: FLUIDCACHE_TOKEN=$(fluidcache namespace create team-a "
+                                "--allow s3://team-a-data)")
+    ng = nsub.add_parser("grant", help="let a namespace mount more (grants only add)",
+                         epilog="example: fluidcache namespace grant team-a --allow "
+                                "s3://shared/imagenet --allow-endpoint http://minio:9000")
+    for v in (nc, ng):
+        v.add_argument("name")
+        v.add_argument("--allow", action="append", default=[], metavar="URL",
+                       help="a URL prefix it may mount, e.g. s3://bucket/prefix (repeatable)")
+        v.add_argument("--allow-endpoint", action="append", default=[], metavar="URL",
+                       help="a store endpoint its mounts may name (repeatable)")
+        v.add_argument("--node-credentials", action="store_true",
+                       help="its mounts may use the nodes' own credentials")
     nsub.add_parser("ls", help="list namespaces")
+    nshow = nsub.add_parser("show", help="a namespace's grant (JSON)")
+    nshow.add_argument("name", nargs="?")
 
     cli_data.add_parsers(sub)
     sv = sub.add_parser("serve", help="run a node of a cluster in the foreground (the "
@@ -191,10 +204,17 @@ def main(argv: list[str] | None = None) -> int:
             return done
         if a.cmd == "namespace":
             from . import connect
+            client = connect()
             if a.ncmd == "create":
-                print(connect().create_namespace(a.name))
+                print(client.create_namespace(a.name, a.allow, a.allow_endpoint,
+                                              a.node_credentials))
+            elif a.ncmd == "grant":
+                print(json.dumps(client.grant(a.name, a.allow, a.allow_endpoint,
+                                              a.node_credentials), indent=2))
+            elif a.ncmd == "show":
+                print(json.dumps(client.namespace(a.name), indent=2))
             else:
-                print("\n".join(connect().namespaces()))
+                print("\n".join(client.namespaces()))
             return 0
         if a.cmd == "demo":
             from .demo import run

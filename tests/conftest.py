@@ -79,8 +79,12 @@ def cluster(tmp_path_factory, moto, dataset_files, local_extra):
     old = os.environ.get("FLUIDCACHE_HOME")
     os.environ["FLUIDCACHE_HOME"] = str(home)
     try:
+        # the nodes' own (ambient) credentials, as a chart's Secret gives them: a tenant
+        # may use them only where the admin grants it
         _run_cli("start", "--mem", "64MiB", "--mem-path", mem, "--ssd", f"{home}/ssd:256MiB",
-                 "--block-size", "1MiB", "--no-dashboard")
+                 "--block-size", "1MiB", "--no-dashboard",
+                 env=dict(os.environ, AWS_ACCESS_KEY_ID="node-key",
+                          AWS_SECRET_ACCESS_KEY="node-secret"))
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
         _run_cli("dataset", "create", "mixed", "--mount", "/=s3://fc-test/ds", *opts)
         import fluidcache

@@ -14,16 +14,29 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections import OrderedDict
 
 from ..errors import AccessDenied, AlreadyExists, NotFound
 from .namespace import Dataset, check_name
+from .tenants import Grant
+
+
+MAX_LISTED = 2_000_000        # entries in all cached listings (~200 bytes each)
+MAX_DIGESTS = 1_000_000       # digests of dropped listings (~150 bytes each)
+
+
+def _digest(listing) -> int:
+    return hash((listing.names, listing.kinds, bytes(listing.sizes), listing.versions))
 
 
 class MasterCore:
-    def __init__(self, incarnation: str = "0") -> None:
+    def __init__(self, incarnation: str = "0", max_listed: int = MAX_LISTED) -> None:
         self.incarnation = incarnation      # this run of the master (epochs, weak versions)
         self.cluster_id = ""                # journaled: tier directories carry it
+        self.worker_secret = ""             # journaled: what workers show the master
         self.tokens: dict[str, str] = {}
+        self.grants: dict[str, Grant] = {}      # what each tenant namespace may mount
+        self.restore_errors: list[str] = []     # snapshot parts that could not be restored
         self.datasets: dict[tuple[str, str], Dataset] = {}
         self.workers: dict[str, dict] = {}
         self.map_version = 0
@@ -31,7 +44,13 @@ class MasterCore:
         self.pins: dict[tuple[str, str], dict[str, bool]] = {}
         self.ttls: dict[tuple[str, str], dict[str, float]] = {}
         self.rules_version = 0
-        self._listings: dict[tuple[str, str, str], tuple[float, object]] = {}
+        # cached listings, least recently used first, holding at most `max_listed`
+        # entries in all; a listing dropped (expired or evicted) leaves a digest, so one
+        # listed again is still known to have changed or not
+        self._listings: OrderedDict[tuple[str, str, str], tuple[float, object]] = OrderedDict()
+        self._digests: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self.listed = 0
+        self.max_listed = max_listed
         self._epochs: dict[tuple[str, str], int] = {}
         self._epoch_seq = 0
 
@@ -83,7 +102,9 @@ class MasterCore:
 
     # -- the journal's view: what cannot be rebuilt ----------------------------
     def state(self) -> dict:
-        return {"cluster_id": self.cluster_id, "tokens": dict(self.tokens),
+        return {"cluster_id": self.cluster_id, "worker_secret": self.worker_secret,
+                "tokens": dict(self.tokens),
+                "grants": {ns: g.to_record() for ns, g in self.grants.items()},
                 "datasets": [d.to_record() for d in self.datasets.values()],
                 "pins": [[ns, ds, p] for (ns, ds), paths in self.pins.items() for p in paths],
                 "ttls": [[ns, ds, p, t] for (ns, ds), paths in self.ttls.items()
@@ -91,10 +112,17 @@ class MasterCore:
 
     def restore(self, state: dict | None) -> None:
         self.cluster_id = (state or {}).get("cluster_id") or self.cluster_id
+        self.worker_secret = (state or {}).get("worker_secret") or self.worker_secret
         for ns, token in (state or {}).get("tokens", {}).items():
             self.tokens[ns] = token
+        for ns, g in (state or {}).get("grants", {}).items():
+            self.grants[ns] = Grant.from_record(g)
         for rec in (state or {}).get("datasets", []):
-            ds = Dataset.from_record(rec)
+            try:
+                ds = Dataset.from_record(rec)
+            except Exception as exc:  # noqa: BLE001 - one bad record never loses the rest
+                self.restore_errors.append(f"dataset {str(rec)[:80]}: {exc}")
+                continue
             self.datasets[(ds.namespace, ds.name)] = ds
         for ns, ds, p in (state or {}).get("pins", []):
             self.pins.setdefault((ns, ds), {})[p] = True
@@ -102,14 +130,22 @@ class MasterCore:
             self.ttls.setdefault((ns, ds), {})[p] = t
         self.rules_version += 1
 
-    def apply(self, rec: dict) -> None:
+    def apply(self, rec: dict | None) -> None:
         """Replay one journal record. Idempotent: a record already reflected in a
-        snapshot (a crash between snapshot and log cut) changes nothing."""
+        snapshot (a crash between snapshot and log cut) changes nothing. A record that is
+        not one (None: undecodable; an unknown op; bad fields) raises ValueError."""
+        if not isinstance(rec, dict):
+            raise ValueError("not a journal record")
         op = rec.get("op")
         if op == "cluster":
             self.cluster_id = self.cluster_id or rec["id"]
+        elif op == "worker_secret":
+            self.worker_secret = self.worker_secret or rec["secret"]
         elif op == "namespace":
             self.tokens.setdefault(rec["ns"], rec["token"])
+        elif op == "grant":
+            old = self.grants.get(rec["ns"], Grant())
+            self.grants[rec["ns"]] = old.merged(Grant.from_record(rec))
         elif op == "dataset_add":
             ds = Dataset.from_record(rec["dataset"])
             self.datasets.setdefault((ds.namespace, ds.name), ds)
@@ -121,6 +157,8 @@ class MasterCore:
             self.rules_version += 1
         elif op in ("pin", "unpin", "ttl", "ttl_rm"):
             self._apply_rule(op, (rec["ns"], rec["ds"]), rec["path"], rec.get("deadline"))
+        else:
+            raise ValueError(f"unknown journal record op {str(op)[:40]!r}")
 
     def _apply_rule(self, op: str, key: tuple[str, str], path: str, deadline) -> None:
         if op == "pin":
@@ -170,27 +208,59 @@ class MasterCore:
     def listing(self, ns: str, name: str, path: str, now: float | None):
         """The cached listing of a directory; None when absent or expired at `now`
         (None: expired or not, as long as it is held)."""
-        hit = self._listings.get((ns, name, path))
+        key = (ns, name, path)
+        hit = self._listings.get(key)
         if hit is None or (now is not None and hit[0] <= now):
             return None
+        self._listings.move_to_end(key)
         return hit[1]
 
     def store_listing(self, ns: str, name: str, path: str, listing,
                       expires: float | None = None) -> bool:
         """Keep a fresh listing (`expires` None: keep the old deadline). Returns whether
-        it differs from the one held before; then the dataset's epoch moves."""
-        old = self._listings.get((ns, name, path))
+        it differs from the one known before (held, or its digest); then the dataset's
+        epoch moves. Listings used least recently go when over `max_listed` entries."""
+        key = (ns, name, path)
+        old = self._listings.pop(key, None)
+        if old is not None:
+            self.listed -= len(old[1])
+            changed = old[1] != listing
+        else:
+            digest = self._digests.pop(key, None)
+            changed = digest is not None and digest != _digest(listing)
         if expires is None:
             expires = old[0] if old is not None else 0.0
-        self._listings[(ns, name, path)] = (expires, listing)
-        changed = old is not None and old[1] != listing
+        self._listings[key] = (expires, listing)
+        self.listed += len(listing)
+        while self.listed > self.max_listed and len(self._listings) > 1:
+            self._drop(next(iter(self._listings)))
         if changed:
             self.bump_epoch(ns, name)
         return changed
 
+    def _drop(self, key) -> None:
+        _, listing = self._listings.pop(key)
+        self.listed -= len(listing)
+        self._digests[key] = _digest(listing)
+        while len(self._digests) > MAX_DIGESTS:
+            self._digests.popitem(last=False)
+
+    def prune(self, now: float) -> int:
+        """Drop the listings that expired before `now` (their digests stay); returns
+        how many."""
+        old = [k for k, (expires, _) in self._listings.items() if expires <= now]
+        for key in old:
+            self._drop(key)
+        return len(old)
+
+    def listing_count(self) -> int:
+        return len(self._listings)
+
     def invalidate(self, ns: str, name: str) -> None:
         for key in [k for k in self._listings if k[:2] == (ns, name)]:
-            del self._listings[key]
+            self.listed -= len(self._listings.pop(key)[1])
+        for key in [k for k in self._digests if k[:2] == (ns, name)]:
+            del self._digests[key]
         self._epochs.pop((ns, name), None)
 
     # -- metadata epochs -------------------------------------------------------

@@ -1,21 +1,26 @@
 """The master's journal: what cannot be rebuilt from worker reports survives a restart.
 
-Datasets, mounts, namespaces and tokens (and, later, pins and TTLs) are appended as
-records to `journal.log`; `snapshot.msgpack` holds the whole state as of a record count,
-and the log is cut after each snapshot. A record is `u32 length | u32 xxh32(body) | body`
-(msgpack). Replay stops at the first torn or corrupt record: a crash mid-append loses
-only that record, never what came before it.
+The cluster's identity, namespaces, tokens and grants, datasets and mounts, pins and
+TTLs are appended as records to `journal.log`; `snapshot.msgpack` holds the whole state
+as of a record count, and the log is cut after each snapshot. A record is
+`u32 length | u32 xxh32(body) | body` (msgpack). Replay stops at the first torn or
+corrupt record: a crash mid-append loses only that record, never what came before it;
+whatever follows an unreadable record is set aside in `journal.log.damaged-N` (and
+said in the log), never dropped silently. A record that is whole but cannot be decoded
+or applied is skipped with an error, and the records after it are replayed.
 
 `encode`/`decode` are pure; `Journal` is the file shell (append, fsync, snapshot).
 """
 from __future__ import annotations
 
+import logging
 import os
 import struct
 
 import msgpack
 import xxhash
 
+log = logging.getLogger(__name__)
 _HEAD = struct.Struct(">II")
 MAX_RECORD = 16 * 1024 * 1024
 
@@ -25,8 +30,10 @@ def encode(record: dict) -> bytes:
     return _HEAD.pack(len(body), xxhash.xxh32_intdigest(body)) + body
 
 
-def decode(data: bytes, max_record: int = MAX_RECORD) -> tuple[list[dict], int]:
-    """The whole records at the start of `data`, and how many bytes they take."""
+def decode(data: bytes, max_record: int = MAX_RECORD) -> tuple[list, int]:
+    """The whole records at the start of `data`, and how many bytes they take. A record
+    whose checksum holds but whose body is not a msgpack map comes back as None (the
+    caller skips it and goes on)."""
     records, pos = [], 0
     while pos + _HEAD.size <= len(data):
         n, digest = _HEAD.unpack_from(data, pos)
@@ -37,12 +44,10 @@ def decode(data: bytes, max_record: int = MAX_RECORD) -> tuple[list[dict], int]:
         if xxhash.xxh32_intdigest(body) != digest:
             break
         try:
-            rec = msgpack.unpackb(body, raw=False)
-        except Exception:  # noqa: BLE001 - a corrupt body ends the valid prefix
-            break
-        if not isinstance(rec, dict):
-            break
-        records.append(rec)
+            rec = msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except Exception:  # noqa: BLE001 - whole (checksummed) but not ours to read
+            rec = None
+        records.append(rec if isinstance(rec, dict) else None)
         pos = end
     return records, pos
 
@@ -77,7 +82,7 @@ class Journal:
             with open(self.snap_path, "rb") as f:
                 raw = f.read()
             snaps, _ = decode(raw, max_record=len(raw))
-            if not snaps:   # never start empty over a snapshot we cannot read: say so
+            if not snaps or snaps[0] is None:   # never start empty over it: say so
                 raise JournalError(f"the snapshot {self.snap_path} is unreadable")
             snapshot = snaps[0]
         except FileNotFoundError:
@@ -89,9 +94,22 @@ class Journal:
             data = b""
         records, valid = decode(data)
         if valid < len(data):
+            kept = self._set_aside(data[valid:])
+            log.error("journal %s: %d bytes after record %d are unreadable (a torn append "
+                      "or damage); set aside in %s", self.log_path, len(data) - valid,
+                      len(records), kept)
             with open(self.log_path, "r+b") as f:
                 f.truncate(valid)
         return snapshot, records
+
+    def _set_aside(self, tail: bytes) -> str:
+        n = 0
+        while os.path.exists(f"{self.log_path}.damaged-{n}"):
+            n += 1
+        path = f"{self.log_path}.damaged-{n}"
+        with _open_private(path, "wb") as f:
+            f.write(tail)
+        return path
 
     def append(self, record: dict) -> None:
         """Append durably, or raise JournalError and leave the log as it was (a failed

@@ -23,7 +23,8 @@ ESCAPES = ["../ds/one.bin", "a/../../one.bin", "/etc/passwd", "//fc-test/ds/one.
 @pytest.fixture(scope="module")
 def two(cluster, moto):
     admin = cluster["client"]
-    token = admin.create_namespace(f"iso{secrets.token_hex(3)}")
+    token = admin.create_namespace(f"iso{secrets.token_hex(3)}", allow=["s3://fc-test/ds/small"],
+                                   endpoints=[moto.endpoint])
     ns = [n for n in admin.namespaces() if n.startswith("iso")][-1]
     team = fluidcache.connect(token=token, namespace=ns)
     secret = "s3cr3t-" + secrets.token_hex(8)      # a credential we can look for later

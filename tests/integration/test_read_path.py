@@ -250,7 +250,8 @@ def test_namespaces_are_isolated(cluster, moto, dataset_files):
     from fluidcache.client.conn import Pool
 
     admin = cluster["client"]
-    token = admin.create_namespace("team")
+    token = admin.create_namespace("team", allow=["s3://fc-test/ds/small"],
+                                   endpoints=[moto.endpoint])
     assert "team" in admin.namespaces()
     team = fluidcache.connect(token=token, namespace="team")
     team.create_dataset("mixed", {"/": "s3://fc-test/ds/small"}, moto.options())  # same name

@@ -132,3 +132,39 @@ def test_a_snapshot_larger_than_a_record_loads(tmp_path):
     j.snapshot(state)
     j.close()
     assert Journal(str(tmp_path)).load()[0] == state
+
+
+def test_a_record_that_cannot_be_applied_never_loses_the_records_after_it(tmp_path):
+    """A whole record that replay cannot use (non-string map keys in a dataset's options,
+    an unknown op) is skipped; every later namespace, token and dataset survives."""
+    j = Journal(str(tmp_path), fsync=False)
+    j.append({"op": "namespace", "ns": "first", "token": "t1"})
+    j.append({"op": "dataset_add", "dataset": {"name": "evil", "namespace": "first",
+                                               "mounts": [["", "s3://b", {1: 0}]]}})
+    j.append({"op": "no-such-op"})
+    j.append({"op": "namespace", "ns": "later", "token": "t2"})
+    j.close()
+    snap, recs = Journal(str(tmp_path), fsync=False).load()
+    assert len(recs) == 4
+    core = MasterCore()
+    for rec in recs:
+        try:
+            core.apply(rec)
+        except Exception:          # what the master does: log, skip, go on
+            pass
+    assert core.tokens == {"first": "t1", "later": "t2"}
+    assert len(Journal(str(tmp_path), fsync=False).load()[1]) == 4     # nothing cut
+
+
+def test_unreadable_bytes_are_set_aside_not_dropped(tmp_path):
+    j = Journal(str(tmp_path), fsync=False)
+    j.append({"op": "namespace", "ns": "a", "token": "t"})
+    j.close()
+    good = os.path.getsize(tmp_path / "journal.log")
+    with open(tmp_path / "journal.log", "ab") as f:
+        f.write(b"\xff" * 40 + encode({"op": "namespace", "ns": "b", "token": "u"}))
+    _, recs = Journal(str(tmp_path), fsync=False).load()
+    assert recs == [{"op": "namespace", "ns": "a", "token": "t"}]
+    assert os.path.getsize(tmp_path / "journal.log") == good
+    kept = (tmp_path / "journal.log.damaged-0").read_bytes()
+    assert kept.endswith(encode({"op": "namespace", "ns": "b", "token": "u"}))
