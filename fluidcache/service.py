@@ -1,9 +1,15 @@
 """A msgpack/TCP server on uvloop, run in a thread of its own (inside a Ray actor).
 
 Owns: accepting connections, reading frames within the limits, dispatching each request
-to a handler (a synchronous fast path, else an async one), writing replies, and turning any failure into an error reply. A
-malformed frame gets a `protocol` error reply and the connection is closed; the server
-keeps serving everyone else.
+to a handler (a synchronous fast path, else an async one), writing replies, and turning
+any failure into an error reply. A malformed frame gets a `protocol` error reply and the
+connection is closed; a request refused for its token gets its error and the connection
+is closed; the server keeps serving everyone else.
+No peer can hold the server's slots: a new connection must send a whole frame within
+`first_frame_timeout`; a frame, once begun, must be whole within `frame_timeout` (plus
+its payload at `min_rate`), however slowly bytes trickle in; a connection silent between
+frames for `idle_timeout` is closed; and when every slot is taken, the connection idle
+the longest gives its slot to the new one.
 Never: hold state of its own beyond connections; the handler owns the logic.
 """
 from __future__ import annotations
@@ -13,13 +19,15 @@ import collections
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import uvloop
 
 from . import wire
-from .errors import FluidError, ProtocolError
+from .errors import AccessDenied, FluidError, ProtocolError
 
 log = logging.getLogger(__name__)
+_TRICKLING = 0.25    # a frame begun this long ago and not whole is slow, not in flight
 
 # handler(request, payload) -> (result, payload bytes or None)
 Handler = Callable[[wire.Request, bytes], Awaitable[tuple[object, object]]]
@@ -35,25 +43,63 @@ def bind_host(host: str) -> str:
     return host
 
 
+def advertised(host: str) -> str:
+    """The address peers should dial for a server bound to `host`: a wildcard bind
+    (0.0.0.0, ::) is advertised as this node's address, never as itself."""
+    if host not in ("0.0.0.0", "::", ""):
+        return host
+    import sys
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.util.get_node_ip_address()
+    import socket
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server lets a peer hold (config.Config fills it)."""
+
+    max_connections: int = 1024
+    idle_timeout: float = 300.0         # silent between frames: closed (clients reconnect)
+    first_frame_timeout: float = 10.0   # a new connection's first whole frame, at most
+    frame_timeout: float = 10.0         # a begun frame's header, at most
+    min_rate: float = 1024 * 1024       # bytes/s a payload must at least arrive at
+
+
+def limits_of(config) -> Limits:
+    """A server's limits from the cluster's config."""
+    return Limits(config.max_connections, config.idle_timeout, config.first_frame_timeout,
+                  config.frame_timeout)
+
+
 class Server:
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0,
                  max_frame: int = wire.DEFAULT_MAX_FRAME, max_data: int = 0,
-                 max_connections: int = 1024, name: str = "fluidcache-server",
-                 idle_timeout: float = 300.0, fast: FastHandler | None = None) -> None:
+                 name: str = "fluidcache-server", fast: FastHandler | None = None,
+                 limits: Limits = Limits(), **overrides) -> None:
         """`max_data`: the largest payload a *request* may carry (no op takes one today,
-        so 0); `idle_timeout`: a connection silent for this long between or within
-        frames is closed (clients reconnect), so idle peers cannot hold every slot."""
+        so 0); `limits` (or keyword overrides of its fields): see the module header."""
         self.handler, self.fast, self.host, self.port = handler, fast, host, port
         self.max_frame, self.max_data = max_frame, max_data
-        self.idle_timeout = idle_timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self.limits = Limits(**{**limits.__dict__, **overrides})
+        self.idle_timeout = self.limits.idle_timeout
+        self._conns: collections.OrderedDict = collections.OrderedDict()   # by last use
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.base_events.Server | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.connections = 0
         self.protocol_errors = 0
+        self.timeouts = 0                 # connections closed for a frame too slow or late
+        self.evicted = 0                  # idle connections closed to make room
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
 
     def start(self, timeout: float = 30.0) -> "Server":
         self._thread.start()
@@ -65,7 +111,8 @@ class Server:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        shown = advertised(self.host)
+        host = f"[{shown}]" if ":" in shown else shown
         return f"{host}:{self.port}"
 
     def _run(self) -> None:
@@ -130,51 +177,112 @@ class _Connection(asyncio.Protocol):
         self.dec = wire.FrameDecoder(server.max_frame, server.max_data)
         self.pending: collections.deque = collections.deque()
         self.transport: asyncio.Transport | None = None
-        self.busy = self.paused = self.closing = self.counted = False
+        self.busy = self.paused = self.closing = self.counted = self.spoke = False
         self.last = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None      # idle / first-frame deadline
+        self.frame_timer: asyncio.TimerHandle | None = None
+        self.frame_started = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        if not self.s._slots.acquire(blocking=False):
+        conns, limits = self.s._conns, self.s.limits
+        if len(conns) >= limits.max_connections and not self._evict_idle():
             self.closing = True
             transport.close()
             return
         self.counted = True
-        self.s.connections += 1
+        conns[self] = None
         self.last = self.s.loop.time()
-        self.timer = self.s.loop.call_later(self.s.idle_timeout, self._check_idle)
+        self.timer = self.s.loop.call_later(limits.first_frame_timeout, self._check_idle)
+
+    def _evict_idle(self) -> bool:
+        """Every slot taken: make room for the new peer. The victim is the connection
+        idle the longest (between frames, owed nothing), else the one whose frame has
+        been trickling in the longest (a peer that sends a frame at network speed is
+        done in milliseconds). False when every one is owed a reply."""
+        now, victim, oldest = self.s.loop.time(), None, None
+        for conn in self.s._conns:
+            if conn.busy or conn.pending or conn.closing:
+                continue
+            if not conn.dec.partial:
+                victim = conn
+                break
+            if now - conn.frame_started > _TRICKLING and (
+                    oldest is None or conn.frame_started < oldest.frame_started):
+                oldest = conn
+        victim = victim or oldest
+        if victim is None:
+            return False
+        victim.closing = True
+        victim.transport.close()
+        victim._release()
+        self.s.evicted += 1
+        return True
+
+    def _release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.s._conns.pop(self, None)
 
     def connection_lost(self, exc) -> None:
         self.closing = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.counted:
-            self.counted = False
-            self.s.connections -= 1
-            self.s._slots.release()
+        for t in (self.timer, self.frame_timer):
+            if t is not None:
+                t.cancel()
+        self._release()
 
     def _check_idle(self) -> None:
-        """Close a connection silent for idle_timeout (between or within frames)."""
+        """Close a connection that never sent a whole frame within first_frame_timeout,
+        or that was silent between frames for idle_timeout."""
+        limit = self.s.limits.idle_timeout if self.spoke else \
+            self.s.limits.first_frame_timeout
         idle = self.s.loop.time() - self.last
-        if self.busy:
-            idle = 0.0                           # we owe it a reply: not the peer's silence
-        if idle >= self.s.idle_timeout:
+        if self.busy or self.dec.partial:
+            idle = 0.0              # we owe it a reply, or the frame deadline watches it
+        if idle >= limit:
+            if not self.spoke:
+                self.s.timeouts += 1
             self.transport.close()
         else:
-            self.timer = self.s.loop.call_later(self.s.idle_timeout - idle, self._check_idle)
+            self.timer = self.s.loop.call_later(limit - idle, self._check_idle)
+
+    def _frame_deadline(self) -> None:
+        """Watch a begun frame: it must be whole by its deadline, however slowly its
+        bytes trickle in (a slowloris peer holds nothing for long)."""
+        if not self.dec.partial:
+            if self.frame_timer is not None:
+                self.frame_timer.cancel()
+                self.frame_timer = None
+            return
+        now = self.s.loop.time()
+        if self.frame_timer is None:
+            self.frame_started = now
+        limits = self.s.limits
+        due = self.frame_started + limits.frame_timeout + self.dec.awaiting / limits.min_rate
+        if self.frame_timer is not None:
+            self.frame_timer.cancel()
+        self.frame_timer = self.s.loop.call_at(due, self._frame_late)
+
+    def _frame_late(self) -> None:
+        if self.dec.partial and not self.closing:
+            self.s.timeouts += 1
+            self.closing = True
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.last = self.s.loop.time()
+        self.s._conns.move_to_end(self, last=True)
         try:
             self.dec.feed(data)
             while (frame := self.dec.next_frame()) is not None:
                 self.pending.append(frame)
+                self.spoke = True
         except ProtocolError as exc:
             self._fatal(0, exc)
             return
+        self._frame_deadline()
         self._pump()
 
     def eof_received(self) -> bool:
@@ -234,7 +342,7 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         self._send(req.id, outcome)
-        if not self.paused:
+        if not (self.paused or self.closing):
             self.transport.resume_reading()
         self._pump()
 
@@ -243,3 +351,8 @@ class _Connection(asyncio.Protocol):
         self.transport.write(head)
         if data:
             self.transport.write(data)
+        if isinstance(outcome, AccessDenied) and not self.closing:
+            # a wrong token: the answer, then the door (no guessing on one connection)
+            self.closing = True
+            self.pending.clear()
+            self.transport.close()

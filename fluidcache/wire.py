@@ -171,6 +171,16 @@ class FrameDecoder:
         self._header: dict | None = None
         self._need = 0
 
+    @property
+    def partial(self) -> bool:
+        """Is a frame begun but not complete?"""
+        return bool(self._buf) or self._header is not None
+
+    @property
+    def awaiting(self) -> int:
+        """Payload bytes the frame begun still needs (0 before its header is read)."""
+        return max(0, self._need - len(self._buf)) if self._header is not None else 0
+
     def feed(self, data: bytes) -> None:
         self._buf += data
         if len(self._buf) > self.max_frame + self.max_data + _LEN.size:

@@ -24,7 +24,7 @@ async def _echo(req, payload):
 
 @pytest.fixture()
 def server():
-    s = Server(_echo, idle_timeout=0.5).start()
+    s = Server(_echo, idle_timeout=0.5, first_frame_timeout=0.5).start()
     yield s
     s.stop()
 
@@ -70,3 +70,16 @@ def test_idle_connections_are_closed_and_the_pool_reconnects(server):
         assert idle.recv(1) == b""              # closed by the server after 0.5 s of silence
     # the pool's own idle socket was closed the same way; the next call reconnects
     assert pool.call(server.address, "hi", {"b": 1})[0] == {"echo": {"b": 1}}
+
+
+def test_a_wildcard_bind_is_advertised_as_this_nodes_address():
+    from fluidcache.service import advertised
+    assert advertised("0.0.0.0") not in ("0.0.0.0", "")
+    assert advertised("::") != "::"
+    assert advertised("127.0.0.1") == "127.0.0.1"
+    s = Server(_echo, host="0.0.0.0").start()
+    try:
+        assert not s.address.startswith("0.0.0.0")
+        assert Pool().call(s.address, "hi")[0] == {"echo": {}}       # and it answers there
+    finally:
+        s.stop()

@@ -1,0 +1,94 @@
+"""No peer can starve a server: slowloris connections that trickle a frame a byte at a
+time, and squatters that connect and say nothing, while a normal client keeps being
+served (in-process server on loopback, small limits so the test is quick)."""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+from fluidcache.client.conn import Pool
+from fluidcache.errors import AccessDenied
+from fluidcache.service import Server
+
+
+async def _handler(req, payload):
+    if req.token != "right":
+        raise AccessDenied("wrong token")
+    return {"ok": True}, None
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Did the server close it? (A timeout means it is still open.)"""
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except (ConnectionError, OSError):
+        return True
+
+
+def test_slowloris_and_squatters_cannot_hold_the_servers_slots():
+    server = Server(_handler, max_connections=40, frame_timeout=1.0,
+                    first_frame_timeout=1.0, idle_timeout=60.0).start()
+    try:
+        stop = threading.Event()
+        slow = []
+        for _ in range(60):                   # more than every slot
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(struct.pack(">I", 200))  # a frame begun ...
+            slow.append(s)
+        squat = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                 for _ in range(30)]           # ... and peers that say nothing at all
+
+        def trickle():                         # ... a byte every 0.2 s, forever
+            while not stop.is_set():
+                for s in slow:
+                    try:
+                        s.sendall(b"\x80")
+                    except OSError:
+                        pass
+                stop.wait(0.2)
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        pool = Pool(connect_timeout=2, request_timeout=3)
+        worst = 0.0
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:     # a normal client, all along
+            t0 = time.monotonic()
+            while True:                        # a refused connection is retried, as clients do
+                try:
+                    assert pool.call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
+                    break
+                except Exception:              # noqa: BLE001 - bounded below
+                    assert time.monotonic() - t0 < 3, "the normal client was never served"
+                    pool = Pool(connect_timeout=2, request_timeout=3)
+                    stop.wait(0.05)            # the client's backoff
+            worst = max(worst, time.monotonic() - t0)
+        stop.set()
+        t.join(2)
+        for s in slow + squat:
+            s.settimeout(3)
+        assert all(_closed(s) for s in slow), "a trickled frame held its slot"
+        assert all(_closed(s) for s in squat), "a silent connection held its slot"
+        assert server.timeouts >= 1 and worst < 3.0, (server.timeouts, worst)
+        for s in slow + squat:
+            s.close()
+    finally:
+        server.stop()
+
+
+def test_a_wrong_token_closes_the_connection():
+    server = Server(_handler).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+            from fluidcache import wire
+            wire.send_request(c, wire.Request("ping", {}, 1, "ns", "guess"))
+            reply, _ = wire.recv_reply(c)
+            assert not reply.ok and reply.error["code"] == "access_denied"
+            c.settimeout(3)
+            assert _closed(c)                  # no second guess on the same connection
+        assert Pool().call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
+    finally:
+        server.stop()
