@@ -12,20 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .api import Client, connect
+from . import paging
+from .api import Client, shared_client
 from .client.fs import FluidFileSystem
 
 
 def locate(urls: Iterable[str], client: Client | None = None) -> dict[str, dict[str, int]]:
-    """{url: {node id: cached bytes}} for files or directories (a directory: its files)."""
-    client = client or connect()
+    """{url: {node id: cached bytes}} for files or directories (a directory: its files).
+    Asked in chunks that each fit in a frame; the master answers as many as fit in its
+    reply and is asked again for the rest."""
+    client = client or shared_client()
     by_ds: dict[str, list[tuple[str, str]]] = {}
     for url in urls:
         ds, _, path = FluidFileSystem._strip_protocol(url).partition("/")
         by_ds.setdefault(ds, []).append((url, path))
     out: dict[str, dict[str, int]] = {}
     for ds, items in by_ds.items():
-        found = client._call("locate", {"ds": ds, "paths": [p for _, p in items]})
+        found: dict[str, dict[str, int]] = {}
+        for chunk in paging.chunks([p for _, p in items]):
+            while chunk:
+                reply = client._call("locate", {"ds": ds, "paths": chunk})
+                found.update(reply["found"])
+                chunk = chunk[max(1, reply["done"]):]
         for url, path in items:
             out[url] = found.get(path, {})
     return out

@@ -177,9 +177,9 @@ def _my_node() -> str | None:
     if ray is not None and ray.is_initialized():
         return ray.get_runtime_context().get_node_id()
     try:
-        from ..api import connect
+        from ..api import shared_client
         from ..tiering.layout import machine_id
-        mine = [w["node_id"] for w in connect().status()["workers"]
+        mine = [w["node_id"] for w in shared_client()._client.cluster()["workers"]
                 if w.get("machine") == machine_id()]
         return mine[0] if len(mine) == 1 else None
     except Exception:  # noqa: BLE001 - no cluster to ask: no locality

@@ -1,0 +1,113 @@
+"""Nothing grows without bound: list-shaped messages are paged (a 30,000-file dataset),
+clients do not leak sockets and threads, the master does not keep what failed, and the
+hints a worker takes are capped."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+
+from fluidcache.client.conn import Pool
+from fluidcache.testing.proxy import LatencyProxy
+
+from ..helpers import wait_for
+
+pytestmark = pytest.mark.integration
+N = 30_000
+
+
+@pytest.fixture(scope="module")
+def big(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("big")
+    (root / "files").mkdir()
+    for i in range(N):
+        (root / "files" / f"sample-{i:06d}-{'x' * 40}.bin").write_bytes(b"%d" % (i % 10))
+    cluster["client"].create_dataset("big", {"/": f"file://{root}"})
+    return root
+
+
+def test_a_30000_file_dataset_is_located_measured_and_sampled(big, cluster):
+    from fluidcache import scheduling
+    from fluidcache.integrations.torch import CacheAwareDistributedSampler, FluidDataset
+
+    import fsspec
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    names = fs.ls("fluid://big/files", detail=False)
+    assert len(names) == N
+    fs.cat_file(names[7])                                     # one of them cached
+    wait_for(lambda: scheduling.locate([f"fluid://{names[7]}"])[f"fluid://{names[7]}"],
+             timeout=30, what="the block report of the cached file")
+    found = scheduling.locate([f"fluid://{n}" for n in names])
+    assert len(found) == N and sum(1 for v in found.values() if v) >= 1
+    du = cluster["client"].du("fluid://big/files", per_file=True)
+    assert du["files"] == N and len(du["cached_by_file"]) == N
+    sampler = CacheAwareDistributedSampler(FluidDataset("fluid://big/files"), num_replicas=2,
+                                           rank=0, seed=1)
+    assert len(list(iter(sampler))) == N // 2
+
+
+def test_dataset_show_does_not_grow_with_its_pins(big, cluster):
+    client = cluster["client"]
+    for i in range(3):
+        client.pin(f"fluid://big/files/sample-{i:06d}-{'x' * 40}.bin")
+    slim = client._call("dataset_show", {"name": "big"})
+    assert slim["pin_count"] == 3 and "pins" not in slim       # the rules come in pages
+    assert len(client.dataset("big")["pins"]) == 3
+    assert len(client.rules()["pins"]) >= 3
+
+
+_MANY = """
+import os, threading, json, fluidcache
+from fluidcache import scheduling
+for _ in range(300):
+    fluidcache.connect().ping()
+    scheduling.locate(["fluid://mixed/one.bin"])
+import gc; gc.collect()
+print(json.dumps({"fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count()}))
+"""
+
+
+def test_many_connects_leak_no_sockets_or_threads(cluster):
+    env = dict(os.environ, FLUIDCACHE_HOME=str(cluster["home"]))
+    p = subprocess.run([sys.executable, "-c", _MANY], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["fds"] < 64 and got["threads"] < 16, got
+    assert cluster["client"].status()["master"]["connections"] < 64
+
+
+def test_failed_datasets_leave_nothing_in_the_master(cluster, moto):
+    client = cluster["client"]
+    before = client.status()["master"]
+    for i in range(40):
+        with pytest.raises(OSError):
+            client.create_dataset(f"ghost{i}", {"/": f"s3://no-such-bucket-{i}"}, moto.options())
+    after = client.status()["master"]
+    assert after["mounts"] == before["mounts"] and after["listings"] <= before["listings"]
+    assert not [d for d in client.datasets() if d["name"].startswith("ghost")]
+
+
+def test_a_worker_takes_a_bounded_number_of_prefetch_hints(cluster, moto):
+    s3 = moto.filesystem()
+    prefix = f"fc-test/hints-{secrets.token_hex(3)}"
+    s3.pipe({f"{prefix}/f{i:03d}": b"%03d" % i for i in range(150)})
+    with LatencyProxy(moto.endpoint, 1.0) as slow:                 # every fetch takes 1 s
+        name = f"hints{secrets.token_hex(3)}"
+        cluster["client"].create_dataset(name, {"/": f"s3://{prefix}"}, slow.options())
+        import fsspec
+        fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+        entries = fs.ls(f"fluid://{name}", detail=True)
+        worker = cluster["client"].status()["workers"][0]["address"]
+        pool, token = Pool(), cluster["client"].endpoint.token
+        busy = 0
+        for e in entries:
+            args = {"ds": name, "p": e["name"].split("/", 1)[1], "v": e["version"],
+                    "s": e["size"], "b": 0, "f": e["fid"]}
+            got, _ = pool.call(worker, "prefetch", args, "default", token)
+            busy += bool(got.get("busy"))
+        assert busy >= len(entries) - 64, busy                     # the rest were dropped
