@@ -10,6 +10,10 @@ same cluster finds its blocks again. `release` removes a memory tier when the cl
 stops.
 Only block files (`xx/KEY.blk` and leftover temporaries) and our own markers are ever
 removed; anything else in a tier directory is left alone.
+A tier directory must be ours: a real directory (not a symlink) owned by this user, not
+writable or readable by others (0700; 0750 with `group`, for pods that share an fsGroup).
+One we own with a looser mode is tightened; one owned by someone else, or a symlink, is
+refused (another local user could read every namespace's blocks or plant their own).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 
 from .layout import SUFFIX, TMP_PREFIX
 
@@ -25,12 +30,44 @@ MARKER, LOCK = ".cluster", ".lock"
 _SUB = re.compile(r"^[0-9a-f]{2}\Z")
 
 
-def claim_dir(path: str, cluster_id: str, held: list) -> str:
+class TierDirError(RuntimeError):
+    """A tier directory that is not safely ours: the worker refuses to start on it."""
+
+
+def dir_mode(group: bool) -> int:
+    return 0o750 if group else 0o700
+
+
+def file_mode(group: bool) -> int:
+    return 0o640 if group else 0o600
+
+
+def ensure_private(d: str, group: bool = False) -> None:
+    """Create `d` (and missing parents) if absent; then check it is a real directory
+    owned by us with no access for others (tightening our own). TierDirError else."""
+    os.makedirs(d, mode=dir_mode(group), exist_ok=True)
+    st = os.lstat(d)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise TierDirError(f"tier directory {d} is a symlink or not a directory: refusing "
+                           "it (remove it, or choose another path)")
+    if st.st_uid != os.geteuid():
+        raise TierDirError(f"tier directory {d} belongs to uid {st.st_uid}, not to this user "
+                           f"({os.geteuid()}): refusing it (another user could read or plant "
+                           "blocks); remove it or choose another path")
+    allowed = dir_mode(group)
+    if stat.S_IMODE(st.st_mode) & ~allowed:
+        log.warning("tier directory %s had mode %o: tightened to %o", d,
+                    stat.S_IMODE(st.st_mode), allowed)
+        os.chmod(d, allowed)
+
+
+def claim_dir(path: str, cluster_id: str, held: list, group: bool = False) -> str:
     """A tier directory under `path` for this worker, holding only `cluster_id`'s blocks.
     The flock's descriptor is appended to `held` (kept for the worker's life)."""
+    ensure_private(path, group)
     for n in range(64):
         d = path if n == 0 else os.path.join(path, f"w{n}")
-        os.makedirs(d, mode=0o700, exist_ok=True)
+        ensure_private(d, group)
         fd = os.open(os.path.join(d, LOCK), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -85,12 +85,16 @@ def disk_size(data_len: int, meta: Meta = Meta()) -> int:
     return data_len + len(meta.owner.encode()) + TRAILER.size
 
 
-def _atomic_write(final: str, key: str, *chunks) -> None:
-    """Write `chunks` to a temporary name beside `final`, then rename it into place."""
-    os.makedirs(os.path.dirname(final), exist_ok=True)
+def _atomic_write(final: str, key: str, *chunks, mode: int = 0o600) -> None:
+    """Write `chunks` to a temporary name beside `final` (created with `mode`, never
+    through a symlink), then rename it into place."""
+    os.makedirs(os.path.dirname(final), mode=mode | 0o100 | (mode & 0o040) >> 2,
+                exist_ok=True)
     tmp = os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{key}-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "wb") as f:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+        with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, final)
@@ -102,12 +106,13 @@ def _atomic_write(final: str, key: str, *chunks) -> None:
         raise
 
 
-def write_block(tier_dir: str, key: str, data, meta: Meta = Meta()) -> int:
-    """Write atomically; returns the bytes used on disk. Raises OSError (ENOSPC, EACCES)."""
+def write_block(tier_dir: str, key: str, data, meta: Meta = Meta(), mode: int = 0o600) -> int:
+    """Write atomically (file mode `mode`); returns the bytes used on disk. Raises
+    OSError (ENOSPC, EACCES)."""
     owner, fixed = _meta_bytes(meta)
     trailer = TRAILER.pack(MAGIC, len(owner), meta.index, bytes.fromhex(meta.fid), len(data),
                            checksum(key, data, owner + fixed))
-    _atomic_write(block_path(tier_dir, key), key, data, owner, trailer)
+    _atomic_write(block_path(tier_dir, key), key, data, owner, trailer, mode=mode)
     return len(data) + len(owner) + TRAILER.size
 
 
@@ -196,7 +201,7 @@ def scan(tier_dir: str) -> Iterator[tuple[str, int]]:
                     yield entry.name[: -len(SUFFIX)], entry.stat().st_size
 
 
-def copy_block(src_dir: str, dst_dir: str, key: str) -> bool:
+def copy_block(src_dir: str, dst_dir: str, key: str, mode: int = 0o600) -> bool:
     """Copy a block file as it is (data, owner and trailer) after verifying it; atomic at
     the destination. False if the source is gone; raises CorruptBlock or OSError."""
     try:
@@ -205,7 +210,7 @@ def copy_block(src_dir: str, dst_dir: str, key: str) -> bool:
     except FileNotFoundError:
         return False
     parse(key, raw)
-    _atomic_write(block_path(dst_dir, key), key, raw)
+    _atomic_write(block_path(dst_dir, key), key, raw, mode=mode)
     return True
 
 

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 class BlockStore:
     def __init__(self, tiers: Sequence, eviction: str = "lru", promote: bool = True,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, file_mode: int = 0o600) -> None:
         """`tiers`: objects with `medium`, `path`, `quota` and optionally `high`/`low`
-        (config.TierConfig), fastest first. `clock` gives wall time for TTLs."""
+        (config.TierConfig), fastest first. `clock` gives wall time for TTLs;
+        `file_mode` the mode of block files (0600; 0640 for a shared fsGroup)."""
+        self.file_mode = file_mode
         names, seen = [], {}
         for t in tiers:
             seen[t.medium] = seen.get(t.medium, 0) + 1
@@ -53,7 +55,7 @@ class BlockStore:
         self.listener: Callable[[str, str, layout.Meta | None, int], None] | None = None
         for p in self.paths:
             try:
-                os.makedirs(p, exist_ok=True)
+                os.makedirs(p, mode=0o700, exist_ok=True)
             except OSError as exc:
                 log.warning("tier directory %s is unusable: %s", p, exc)
         self.rescan()
@@ -172,7 +174,7 @@ class BlockStore:
             layout.remove_block(self.paths[res.tier], victim)
             self._emit("remove", victim, None, vsize)
         try:
-            layout.write_block(self.paths[res.tier], key, data, meta)
+            layout.write_block(self.paths[res.tier], key, data, meta, self.file_mode)
         except OSError as exc:
             with self._lock:
                 self.index.abort(key)
@@ -263,7 +265,8 @@ class BlockStore:
             self._emit("remove", m.key, None, m.size)
             return True
         try:
-            if not layout.copy_block(self.paths[m.src], self.paths[m.dst], m.key):
+            if not layout.copy_block(self.paths[m.src], self.paths[m.dst], m.key,
+                                     self.file_mode):
                 raise FileNotFoundError(m.key)
         except (OSError, layout.CorruptBlock) as exc:
             with self._lock:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from fluidcache.tiering import dirs, layout
 
 
@@ -52,3 +54,30 @@ def test_release_gives_the_memory_tier_back(tmp_path):
     _block(d2)
     dirs.release(d1, base)
     assert os.path.isdir(d2) and len(list(layout.scan(d2))) == 1   # the other's stays
+
+
+def test_tiers_are_private_and_a_foreign_or_linked_directory_is_refused(tmp_path):
+    import stat
+    held = []
+    d = dirs.claim_dir(str(tmp_path / "mem"), "c", held)
+    key = _block(d)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(layout.block_path(d, key)).st_mode) == 0o600
+    (tmp_path / "loose").mkdir(mode=0o755)
+    os.chmod(tmp_path / "loose", 0o777)
+    dirs.claim_dir(str(tmp_path / "loose"), "c", [])               # ours: tightened
+    assert stat.S_IMODE(os.stat(tmp_path / "loose").st_mode) == 0o700
+    (tmp_path / "target").mkdir()
+    os.symlink(tmp_path / "target", tmp_path / "linked")           # planted by someone
+    with pytest.raises(dirs.TierDirError, match="symlink"):
+        dirs.claim_dir(str(tmp_path / "linked"), "c", [])
+    g = dirs.claim_dir(str(tmp_path / "group"), "c", [], group=True)   # fsGroup sharing
+    assert stat.S_IMODE(os.stat(g).st_mode) == 0o750
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_a_tier_directory_of_another_user_is_refused(tmp_path):
+    (tmp_path / "theirs").mkdir()
+    os.chown(tmp_path / "theirs", os.geteuid() + 4242, -1)
+    with pytest.raises(dirs.TierDirError, match="belongs to uid"):
+        dirs.claim_dir(str(tmp_path / "theirs"), "c", [])
