@@ -121,7 +121,11 @@ def start(config: Config, address: str | None = None, dashboard: bool = True,
             raise Unavailable(f"the cluster failed to start; see {log_path}:\n"
                               + _tail(log_path))
         time.sleep(0.2)   # polling for the supervisor's discovery file (a condition)
-    proc.kill()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # the supervisor and what it started (Ray)
+    except ProcessLookupError:
+        pass
+    proc.wait()
     raise Unavailable(f"the cluster did not start in {timeout:.0f}s; see {log_path}")
 
 
@@ -137,6 +141,11 @@ def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
         return False
     pid = info.get("supervisor")
     if pid:
+        if not is_our_supervisor(pid, info.get("supervisor_started")):
+            # after a crash or a reboot the pid may be anyone's now: never signal it
+            log.warning("the recorded supervisor (pid %s) is gone; removing its record", pid)
+            discovery.remove()
+            return True
         discovery.write({"keep_cache": keep_cache}, _stop_request())
         try:
             os.kill(pid, signal.SIGTERM)
@@ -146,7 +155,7 @@ def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)   # polling for the supervisor's exit (a condition)
-        if _alive(pid):
+        if _alive(pid) and is_our_supervisor(pid, info.get("supervisor_started")):
             os.killpg(pid, signal.SIGKILL)
     else:
         import ray
@@ -161,6 +170,28 @@ def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
             ray.shutdown()
     discovery.remove()
     return True
+
+
+def process_started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, from /proc), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[19])
+
+
+def is_our_supervisor(pid: int, started: int | None) -> bool:
+    """Is `pid` still the supervisor `start` recorded (same start time, our command)?"""
+    if process_started(pid) is None or (started is not None and
+                                        process_started(pid) != started):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"fluidcache.cluster" in f.read()
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -195,6 +226,7 @@ def _supervise(cfg_path: str, dashboard: bool) -> int:
     try:
         info = deploy(config)
         info["supervisor"] = os.getpid()
+        info["supervisor_started"] = process_started(os.getpid())
         if dashboard and getattr(ctx, "dashboard_url", None):
             info["dashboard"] = f"http://{ctx.dashboard_url}"
         discovery.write(info)
