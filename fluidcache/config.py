@@ -124,6 +124,12 @@ class Config:
     max_data: int = 64 * 1024**2    # largest raw payload any peer reads
     connect_timeout: float = 5.0
     request_timeout: float = 60.0
+    # what one peer may hold on a server (service.Limits): slots, and how long a
+    # connection may stay silent, take to send its first frame, or take over one frame
+    max_connections: int = 1024
+    idle_timeout: float = 300.0
+    first_frame_timeout: float = 10.0
+    frame_timeout: float = 10.0
     sync_interval: float = 60.0     # seconds a listing stays fresh
     heartbeat_interval: float = 2.0
     journal_dir: str | None = None  # where the master journals datasets and tokens
@@ -131,9 +137,15 @@ class Config:
     tenant_protocols: tuple = ("s3", "s3a", "gs", "gcs", "abfs", "az", "oss", "https")
     node_selector: dict = field(default_factory=dict)  # nodes that get a worker (labels,
                                                        # resource:NAME); empty: every node
+    listing_cache_entries: int = 2_000_000  # listed entries the master keeps (~200 B each)
+    max_dir_entries: int = 1_000_000        # one directory listed larger is refused
+    max_load_jobs: int = 64         # load jobs a master runs at once (more are refused)
     fetch_threads: int = 16         # under-store fetches in flight per worker
     load_concurrency: int = 16      # blocks a worker loads at once for one `load` job
     cluster_id: str = ""            # set by the master: whose blocks the tiers may hold
+    worker_secret: str = ""         # set by the master: what its workers show it
+    tier_group_access: bool = False  # tiers 0750/0640 (app pods sharing an fsGroup read
+                                     # them), else 0700/0600: only this user
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):

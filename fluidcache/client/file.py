@@ -30,6 +30,7 @@ class FluidFile(io.RawIOBase):
         self._block: tuple[int, memoryview | bytes] | None = None
         self._ahead: dict[int, Future] = {}          # block index -> background fetch
         self._next_block, self._hinted = 0, 0        # for large sequential reads
+        self._bs = 0                                 # block size of what _ahead holds
 
     @property
     def loc(self) -> int:
@@ -140,7 +141,7 @@ class FluidFile(io.RawIOBase):
         held = self._block            # one read of the shared slot: threads may replace it
         if held is not None and held[0] == index:
             return held[1]
-        fut = self._ahead.pop(index, None)
+        fut = self._take_ahead(index)
         data = None
         if fut is not None:
             try:
@@ -154,21 +155,34 @@ class FluidFile(io.RawIOBase):
             self._read_ahead(index)
         return data
 
+    def _take_ahead(self, index: int) -> Future | None:
+        """The background fetch of block `index` (its budget given back), if any."""
+        fut = self._ahead.pop(index, None)
+        if fut is not None:
+            self.fs.client.readahead.give(self._bs)
+        return fut
+
     def _read_ahead(self, index: int) -> None:
+        """Fetch the next blocks in the background, as far as the process's readahead
+        budget (shared by every open file) allows."""
         client = self.fs.client
-        last = blocks.block_count(self.size, client.cluster()["block_size"]) - 1
+        self._bs = client.cluster()["block_size"]
+        last = blocks.block_count(self.size, self._bs) - 1
         for j in [j for j in list(self._ahead) if j <= index]:
-            fut = self._ahead.pop(j, None)
+            fut = self._take_ahead(j)
             if fut is not None:
                 fut.cancel()
         for j in range(index + 1, min(last, index + self.fs.readahead) + 1):
             if j not in self._ahead:
+                if not client.readahead.take(self._bs):
+                    break                      # over budget: read it when it is asked for
                 self._ahead[j] = client.executor().submit(client.block, self.details, j)
                 client.counters["readahead"] += 1
 
     def close(self) -> None:
         self._block = None
-        for fut in list(self._ahead.values()):
-            fut.cancel()
-        self._ahead.clear()
+        for j in list(self._ahead):
+            fut = self._take_ahead(j)
+            if fut is not None:
+                fut.cancel()
         super().close()

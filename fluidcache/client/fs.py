@@ -110,7 +110,7 @@ class FluidFileSystem(AbstractFileSystem):
         epoch = None
         if not ds:
             entries = [{"name": d["name"], "size": 0, "type": "directory"}
-                       for d in self.client.master("datasets")]
+                       for d in self.client.paged("datasets")]
         else:
             for _ in range(3):   # pages of up to 2,000 entries; one directory, few calls
                 entries, after, epoch = [], None, None

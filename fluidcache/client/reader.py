@@ -15,10 +15,11 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import blocks, placement
+from .. import blocks, paging, placement
 from ..errors import FluidError, StaleVersion, Unavailable
 from ..tiering import layout
 from ..wire import BlockRead
@@ -30,6 +31,28 @@ _MAP_TTL = 10.0
 _FLUSH_EVERY = 0.5
 _FLUSH_BATCH = 512
 _FANOUT = 8          # blocks of one large read fetched at once
+_PENDING_MAX = 65536  # short-circuit hits queued for reporting, at most
+READAHEAD_BUDGET = 256 * 1024 * 1024   # bytes all open files of a process read ahead
+_TOUCH_CHUNK = 4096   # keys per touch message (well under a frame)
+
+
+class Budget:
+    """Bytes shared by many holders (all open files' readahead): `take` or go without."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
 
 
 class ClusterClient:
@@ -47,7 +70,9 @@ class ClusterClient:
         self._local_id: str | None = None
         self._local_tiers: list[tuple[str, list[str]]] = []   # (worker address, tier paths)
         self._lock = threading.Lock()
-        self._pending: collections.deque[tuple[str, str]] = collections.deque()
+        # hits waiting to be reported: advisory, so bounded (the oldest are dropped)
+        self._pending: collections.deque[tuple[str, str]] = collections.deque(
+            maxlen=_PENDING_MAX)
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
         self._gen = FORKS[0]
@@ -58,7 +83,17 @@ class ClusterClient:
         # set by a filesystem given under-store options: req -> bytes, from the store
         self.direct: Callable[[dict], bytes] | None = None
         self._datasets: dict[str, tuple[float, dict]] = {}
-        atexit.register(self.flush)
+        self.readahead = Budget(READAHEAD_BUDGET)
+        _LIVE.add(self)           # flushed at exit; nothing here keeps the client alive
+        self._finalizer = weakref.finalize(self, _release, self.pool, self._wake)
+
+    def close(self) -> None:
+        """Report pending hits, close the sockets and stop the threads now (a client
+        that is dropped does the same when it is collected)."""
+        self.flush()
+        self._finalizer()
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- master ------------------------------------------------------------------------
     def master(self, op: str, args: dict | None = None):
@@ -78,10 +113,20 @@ class ClusterClient:
                 time.sleep(delay)     # backoff before the next attempt to reach the master
                 delay = min(2.0, delay * 2)
 
+    def paged(self, op: str, args: dict | None = None, field: str = "items") -> list:
+        """Every item of a paged master reply (paging.py), page after page."""
+        return list(paging.pages(lambda after: self.master(op, {**(args or {}),
+                                                               "after": after}), field))
+
     def cluster(self, refresh: bool = False) -> dict:
         now = time.monotonic()
         if refresh or self._map is None or self._map_stale or now - self._map_at > _MAP_TTL:
             m = self.master("cluster")
+            after = m.pop("next", None)
+            while after is not None:       # a large cluster's map comes in pages
+                more = self.master("cluster", {"after": after})
+                m["workers"] += more["workers"]
+                after = more.get("next")
             me = layout.machine_id()
             self._local_tiers = [(w["address"], w["tier_paths"]) for w in m["workers"]
                            if w.get("machine") == me]
@@ -284,17 +329,13 @@ class ClusterClient:
         if self._flusher is None:
             with self._lock:
                 if self._flusher is None:
-                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                     name="fluidcache-hits")
+                    self._flusher = threading.Thread(
+                        target=_flush_loop, args=(weakref.ref(self), self._wake),
+                        daemon=True, name="fluidcache-hits")
                     self._flusher.start()
         if len(self._pending) >= _FLUSH_BATCH:
             self._wake.set()
 
-    def _flush_loop(self) -> None:
-        while True:
-            self._wake.wait(_FLUSH_EVERY)
-            self._wake.clear()
-            self.flush()
 
     def flush(self) -> None:
         """Send pending short-circuit hits to their workers now."""
@@ -308,11 +349,40 @@ class ClusterClient:
         except IndexError:
             pass
         for address, keys in by_worker.items():
-            try:
-                self.pool.call(address, "touch", {"keys": keys},
-                               self.endpoint.namespace, self.endpoint.token)
-            except FluidError as exc:   # hits are advisory: never fail a read for them
-                log.debug("could not report %d hits to %s: %s", len(keys), address, exc)
+            for i in range(0, len(keys), _TOUCH_CHUNK):
+                try:
+                    self.pool.call(address, "touch", {"keys": keys[i:i + _TOUCH_CHUNK]},
+                                   self.endpoint.namespace, self.endpoint.token)
+                except FluidError as exc:   # hits are advisory: never fail a read for them
+                    log.debug("could not report %d hits to %s: %s", len(keys), address, exc)
+                    break
+
+
+_LIVE: "weakref.WeakSet[ClusterClient]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for client in list(_LIVE):
+        client.flush()
+
+
+def _release(pool: Pool, wake: threading.Event) -> None:
+    pool.close()
+    wake.set()
+
+
+def _flush_loop(ref, wake: threading.Event) -> None:
+    """Report hits every interval while the client lives (a weak reference: the thread
+    never keeps a dropped client alive, and ends with it)."""
+    while True:
+        wake.wait(_FLUSH_EVERY)
+        wake.clear()
+        client = ref()
+        if client is None or client._finalizer.alive is False:
+            return
+        client.flush()
+        del client
 
 
 def _local_worker(workers: list[dict], machine: str) -> str | None:

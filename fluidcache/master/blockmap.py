@@ -7,23 +7,39 @@ with no worker call: how many bytes of a dataset are cached and on which nodes (
 Memory per block is kept small: a 16-byte key and one int (file slot and size) per
 holder; a file's owner and id are stored once, however many blocks it has.
 Pure: no Ray, no clocks. Sizes count every copy (a block on two workers counts twice).
+Thread-safe on its own (one short lock per call): heartbeats that apply reports never
+wait on the master's lock, nor on a long planning walk that asks for holders.
 """
 from __future__ import annotations
+
+import functools
+import threading
 
 _SIZE_BITS = 40
 
 
+def _locked(fn):
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return fn(self, *args, **kwargs)
+    return call
+
+
 class BlockMap:
     def __init__(self) -> None:
+        self._lock = threading.RLock()   # apply() of a full report drops the worker first
         self._slots: dict[tuple[str, str], int] = {}       # (owner, fid) -> slot
         self._files: list[tuple[str, str]] = []            # slot -> (owner, fid)
         self._held: dict[str, dict[bytes, int]] = {}       # worker -> key -> slot|size
         self._by_owner: dict[str, dict[str, int]] = {}     # owner -> worker -> bytes
         self._by_file: dict[int, dict[str, int]] = {}      # slot -> worker -> bytes
 
+    @_locked
     def known(self, worker: str) -> bool:
         return worker in self._held
 
+    @_locked
     def apply(self, worker: str, report: dict) -> None:
         """`report`: {"full": bool, "add": [[key, owner, fid, index, size]], "remove": [key]}."""
         if report.get("full"):
@@ -57,11 +73,13 @@ class BlockMap:
                 if not per:
                     del table[key]
 
+    @_locked
     def drop_worker(self, worker: str) -> None:
         held = self._held.pop(worker, None) or {}
         for k in list(held):
             self._remove(worker, held, k)
 
+    @_locked
     def drop_owner(self, owner: str) -> None:
         """Forget a removed dataset's blocks (its workers free them on their own)."""
         for worker, held in self._held.items():
@@ -70,24 +88,30 @@ class BlockMap:
                     self._remove(worker, held, k)
 
     # -- queries ---------------------------------------------------------------
+    @_locked
     def cached_bytes(self, owner: str) -> int:
         return sum(self._by_owner.get(owner, {}).values())
 
+    @_locked
     def by_worker(self, owner: str) -> dict[str, int]:
         return dict(self._by_owner.get(owner, {}))
 
+    @_locked
     def file_by_worker(self, owner: str, fid: str) -> dict[str, int]:
         slot = self._slots.get((owner, fid))
         return {} if slot is None else dict(self._by_file.get(slot, {}))
 
+    @_locked
     def blocks(self, worker: str) -> int:
         return len(self._held.get(worker, {}))
 
+    @_locked
     def holders(self, key: str) -> list[str]:
         """The workers that hold block `key` (hex)."""
         k = bytes.fromhex(key)
         return [w for w, held in self._held.items() if k in held]
 
+    @_locked
     def keys_of_owner(self, owner: str) -> dict[str, list[str]]:
         """worker -> the keys (hex) it holds of dataset `owner`."""
         out: dict[str, list[str]] = {}

@@ -20,11 +20,13 @@ import ray
 from .. import names
 from ..errors import InvalidRequest, NotFound, Unavailable
 from ..master.namespace import Dataset
+from .. import paging
 from . import plan
 
 log = logging.getLogger(__name__)
 _TTL_GRACE = 60.0       # an expired TTL rule is retired this long after its deadline
 _MAX_JOBS = 64          # finished load jobs remembered (for status) per master
+_JOB_IDLE = 3600.0      # a running job nobody asked about for this long is dropped
 
 
 class DataOps:
@@ -118,16 +120,21 @@ class DataOps:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or \
                 not 1 <= replicas <= 16:
             raise InvalidRequest("replicas must be 1..16")
+        with self._lock:
+            running = sum(1 for j in self._jobs.values() if j["state"] == "running")
+        if running >= self.config.max_load_jobs:
+            raise Unavailable(f"{running} loads are running (at most "
+                              f"{self.config.max_load_jobs}); wait for one, or cancel one")
         files = self._files(ds, path, refresh=True)
         workers = self._alive_workers()
-        with self._lock:
-            p = plan.plan_load(files, workers, ds.selector, replicas, self.config.block_size,
-                               self._holders())
+        p = plan.plan_load(files, workers, ds.selector, replicas, self.config.block_size,
+                           self._holders())          # no master lock: heartbeats go on
         job = secrets.token_hex(8)
         record = {"job": job, "ns": ns, "ds": ds.name, "path": path, "files": p.files,
                   "blocks": p.blocks, "bytes": p.bytes, "cached_bytes": p.cached_bytes,
                   "per_file": p.blocks_per_file, "sizes": p.sizes,
-                  "workers": sorted(p.items), "started": time.time(), "state": "running"}
+                  "workers": sorted(p.items), "started": time.time(), "state": "running",
+                  "polled": time.monotonic()}
         accepted = self._call_workers(p.items, "load_start", job, ns, ds.name,
                                       self.config.load_concurrency, timeout=30)
         for wid in p.items:      # handed its part separately: the items can be large
@@ -147,6 +154,7 @@ class DataOps:
 
     def op_load_status(self, ns: str, args: dict) -> dict:
         record = self._job(ns, args)
+        record["polled"] = time.monotonic()
         parts = self._call_workers(record["workers"], "load_progress", record["job"],
                                    timeout=10)
         if record["state"] == "running" and record["workers"]:
@@ -169,6 +177,14 @@ class DataOps:
         record = self._job(ns, args)
         self._call_workers(record["workers"], "load_cancel", record["job"], timeout=10)
         return self.op_load_status(ns, {"job": record["job"]})
+
+    def _prune_jobs(self, now: float) -> None:
+        """Running jobs nobody has asked about for an hour are dropped (their workers'
+        parts end on their own); finished ones beyond the last _MAX_JOBS go."""
+        with self._lock:
+            for job in [j for j, r in self._jobs.items()
+                        if r["state"] == "running" and now - r.get("polled", now) > _JOB_IDLE]:
+                del self._jobs[job]
 
     def _job(self, ns: str, args: dict) -> dict:
         job = args.get("job")
@@ -287,18 +303,32 @@ class DataOps:
         return out
 
     def op_rules(self, ns: str, args: dict) -> dict:
+        """A page of the namespace's pins and TTLs (of one dataset with `ds`):
+        {"items": [[kind, dataset, path, deadline or None]], "next"}."""
+        limit = paging.check_cursor(args.get("after"), args.get("limit", paging.PAGE_ITEMS))
+        only = args.get("ds")
         with self._lock:
-            return self.core.rules(ns)
+            rules = self.core.rules(ns)
+        rows = sorted([["pin", d, p, None] for _, d, p in rules["pins"]] +
+                      [["ttl", d, p, t] for _, d, p, t in rules["ttls"]])
+        rows = [r for r in rows if only in (None, r[1])]
+        items, nxt = paging.page(rows, lambda r: r[:3], args.get("after"), limit)
+        return {"items": items, "next": nxt}
 
     # -- du ----------------------------------------------------------------------------
     def op_du(self, ns: str, args: dict) -> dict:
         """Files, total bytes and cached bytes under a path (a block counts once however
-        many copies it has); per file and per tier on request."""
+        many copies it has); per tier on request. With `per_file`, the cached bytes of a
+        page of files (`after`, `limit`) instead: {"cached_by_file", "next"}."""
         ds, path = self._target(ns, args)
         files = self._files(ds, path)
-        with self._lock:
-            out = plan.usage(files, self.config.block_size, self._holders(),
-                             per_file=bool(args.get("per_file")))
+        if args.get("per_file"):
+            limit = paging.check_cursor(args.get("after"),
+                                        args.get("limit", paging.PAGE_ITEMS))
+            chosen, nxt = paging.page(files, lambda f: f.path, args.get("after"), limit)
+            got = plan.usage(chosen, self.config.block_size, self._holders(), per_file=True)
+            return {"cached_by_file": got["cached_by_file"], "next": nxt}
+        out = plan.usage(files, self.config.block_size, self._holders())
         out = {"path": f"fluid://{ds.name}/{path}".rstrip("/"), **out}
         if args.get("tiers"):
             keys = plan.keys(files, self.config.block_size)
@@ -311,35 +341,37 @@ class DataOps:
         return out
 
     def op_locate(self, ns: str, args: dict) -> dict:
-        """Where the files under each path are cached: {path: {worker id: bytes}}, from
-        the block reports (worker ids are Ray node ids)."""
+        """Where the files under each path are cached: {"found": {path: {worker id:
+        bytes}}, "done": n}, from the block reports (worker ids are Ray node ids). The
+        reply stops when it is full: the caller asks again for paths[done:]."""
         paths = args.get("paths")
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) \
-                or len(paths) > 100_000:
-            raise InvalidRequest("locate needs a list of at most 100000 paths")
-        out = {}
+                or len(paths) > paging.PAGE_ITEMS:
+            raise InvalidRequest(f"locate needs a list of at most {paging.PAGE_ITEMS} paths")
+        out, size = {}, 0
         for p in paths:
             ds, path = self._target(ns, {"ds": args.get("ds"), "p": p})
             per: dict[str, int] = {}
             for f in self._files(ds, path):
-                with self._lock:
-                    got = self.blocks.file_by_worker(f"{ns}/{ds.name}", f.fid)
+                got = self.blocks.file_by_worker(f"{ns}/{ds.name}", f.fid)
                 for w, n in got.items():
                     per[w] = per.get(w, 0) + n
+            size += paging.size_of([p, per])
+            if out and size > paging.PAGE_BYTES:
+                break
             out[p] = per
-        return out
+        return {"found": out, "done": len(out)}
 
     def _free_owner(self, owner: str) -> None:
         """A removed dataset's blocks, freed on every worker that holds them."""
-        with self._lock:
-            per = self.blocks.keys_of_owner(owner)
+        per = self.blocks.keys_of_owner(owner)
         if per:
             self._free(per, force=True)
 
 
 def worker_handle(handles: dict, wid: str):
     handle = handles.get(wid)
-    if handle is None:
+    if handle is None and ray.is_initialized():      # never start Ray just to look
         try:
             handle = ray.get_actor(names.worker_actor(wid), namespace=names.RAY_NAMESPACE)
         except ValueError:

@@ -26,8 +26,10 @@ MIN_KEEP = 5.0       # "always" still keeps a listing long enough to page throug
 
 
 class Listings:
-    def __init__(self, core: MasterCore, lock: threading.RLock, default_sync: float) -> None:
+    def __init__(self, core: MasterCore, lock: threading.RLock, default_sync: float,
+                 max_dir_entries: int = 1_000_000) -> None:
         self.core, self._lock, self.default_sync = core, lock, default_sync
+        self.max_dir_entries = max_dir_entries
         self._mounts: dict[tuple, Mount] = {}
 
     # -- mounts ----------------------------------------------------------------------------
@@ -37,8 +39,11 @@ class Listings:
         with self._lock:
             m = self._mounts.get(key)
             if m is None:
-                m = self._mounts[key] = Mount(spec.url, spec.options)
+                m = self._mounts[key] = Mount(spec.url, spec.options, self.max_dir_entries)
         return m
+
+    def mount_count(self) -> int:
+        return len(self._mounts)
 
     def forget(self, ns: str, name: str) -> None:
         """A removed dataset: its mounts go (the core drops its listings)."""

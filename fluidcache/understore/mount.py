@@ -18,16 +18,24 @@ import threading
 import fsspec
 from fsspec.core import url_to_fs
 
-from ..errors import AccessDenied, NotFound, StaleVersion, UnderStoreError
+from ..errors import AccessDenied, InvalidRequest, NotFound, StaleVersion, UnderStoreError
 from .readers import read_verified
+from .s3list import ls_s3
 from .versions import version_of
 
 
-class Mount:
-    """One mount's filesystem and root path, opened lazily and at most once per process."""
+MAX_DIR_ENTRIES = 1_000_000
 
-    def __init__(self, url: str, options: dict | None = None) -> None:
+
+class Mount:
+    """One mount's filesystem and root path, opened lazily and at most once per process.
+    `max_entries`: the most entries one directory listing may hold (a larger one is
+    refused with a clear error, never gathered whole into memory)."""
+
+    def __init__(self, url: str, options: dict | None = None,
+                 max_entries: int = MAX_DIR_ENTRIES) -> None:
         self.url, self.options = url, dict(options or {})
+        self.max_entries = max_entries
         self._fs = None
         self._root = ""
         self.protocol = ""
@@ -45,6 +53,10 @@ class Mount:
                             and _bucket_versioned(fs, root):
                         fs, root = url_to_fs(self.url, version_aware=True, **self.options)
                     self.versioned = bool(getattr(fs, "version_aware", False))
+                    cache = getattr(fs, "dircache", None)
+                    if cache is not None:      # we keep our own listings, bounded
+                        cache.use_listings_cache = False
+                        cache.clear()
                 except (ValueError, ImportError, TypeError) as exc:
                     raise UnderStoreError(f"cannot open {redact(self.url)}: {exc}") from None
                 self._root = root.rstrip("/")
@@ -90,8 +102,15 @@ class Mount:
         path = self.under_path(rel)        # opens the filesystem: the protocol is known
         with translate(rel):
             if self.protocol == "file":
-                return _local_ls(path)
-            return self.fs.ls(path, detail=True, refresh=True)
+                out = _local_ls(path)
+            elif hasattr(self.fs, "call_s3"):
+                return ls_s3(self.fs, path, self.versioned, self.max_entries)
+            else:
+                out = self.fs.ls(path, detail=True, refresh=True)
+            if len(out) > self.max_entries:
+                raise InvalidRequest(f"{rel or '/'}: more than {self.max_entries} entries "
+                                     "in one directory; mount a narrower path")
+            return out
 
     def info(self, rel: str) -> dict:
         path = self.under_path(rel)        # opens the filesystem: the protocol is known
@@ -168,7 +187,7 @@ class translate:
 
     def __exit__(self, kind, exc, tb):
         if exc is None or isinstance(exc, (StaleVersion, NotFound, AccessDenied,
-                                           UnderStoreError)):
+                                           UnderStoreError, InvalidRequest)):
             return False
         if isinstance(exc, FileNotFoundError):
             raise NotFound(f"{self.where}: no such file or directory") from None

@@ -25,7 +25,7 @@ from .. import blocks, names, placement
 from ..config import Config
 from ..errors import AccessDenied, InvalidRequest, StaleVersion
 from ..master.namespace import Dataset, normalize
-from ..service import Server, bind_host as _bind_host
+from ..service import Server, bind_host as _bind_host, limits_of
 from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
 from ..understore import Mount
@@ -34,12 +34,15 @@ from .loads import Loads
 
 log = logging.getLogger(__name__)
 _RECORD_TTL = 5.0
+TOUCH_MAX = 8192         # keys in one touch (~300 KiB: well under a frame)
+PREFETCH_MAX = 64        # prefetch hints being filled at once; more are dropped
 
 
 class Worker:
     def __init__(self, config: dict, node_id: str) -> None:
         cfg = Config.from_dict(config)
         self.config, self.node_id = cfg, node_id
+        self._secret = cfg.worker_secret
         self._locks: list[int] = []
         self.labels = {k: str(v) for k, v in
                        ray.get_runtime_context().get_node_labels().items()
@@ -48,10 +51,12 @@ class Worker:
             r for n in ray.nodes() if n["NodeID"] == node_id for r in n.get("Resources", {})
             if not r.startswith("node:") and r not in ("CPU", "GPU", "memory",
                                                        "object_store_memory"))
-        tiers = tuple(replace(t, path=dirs.claim_dir(t.path, cfg.cluster_id, self._locks))
+        group = cfg.tier_group_access
+        tiers = tuple(replace(t, path=dirs.claim_dir(t.path, cfg.cluster_id, self._locks, group))
                       for t in cfg.tiers)
         self._tier_bases = [(t.medium, t.path) for t in cfg.tiers]
-        self.store = BlockStore(tiers, cfg.eviction, cfg.promote).start()
+        self.store = BlockStore(tiers, cfg.eviction, cfg.promote,
+                                file_mode=dirs.file_mode(group)).start()
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
                              ufs_fetches=0, short_circuit_hits=0, short_circuit_bytes=0,
                              prefetches=0)
@@ -65,6 +70,7 @@ class Worker:
         self._token_refresh: asyncio.Future | None = None
         self._inflight: dict[str, asyncio.Future] = {}
         self._fills: dict[str, asyncio.Task] = {}      # key -> fetch-and-cache in flight
+        self._prefetching = 0                          # hints being filled now
         self.loads = Loads(self)
         self._rules_version = -1
         self._pinned: set[str] = set()                 # keys pinned by the master's rules
@@ -81,7 +87,8 @@ class Worker:
         self._stopping = threading.Event()
         self._master = ray.get_actor(names.MASTER_ACTOR, namespace=names.RAY_NAMESPACE)
         self.server = Server(self._handle, _bind_host(cfg.host), cfg.worker_port, cfg.max_frame,
-                             name="fluidcache-data", fast=self._fast).start()
+                             name="fluidcache-data", fast=self._fast,
+                             limits=limits_of(cfg)).start()
         self._beat()
         threading.Thread(target=self._heartbeats, daemon=True, name="fluidcache-hb").start()
 
@@ -102,7 +109,8 @@ class Worker:
     def _beat(self) -> None:
         report = self._take_report()
         report["by_dataset"] = {o: list(v) for o, v in list(self.by_dataset.items())}
-        reply = ray.get(self._master.heartbeat.remote(self.info(), report), timeout=60)
+        reply = ray.get(self._master.heartbeat.remote(self.info(), report, self._secret),
+                        timeout=60)
         if self.metrics is not None:
             try:
                 self.metrics.publish(self.counters, self.by_dataset, self.store.tiers(),
@@ -114,7 +122,8 @@ class Worker:
         if reply.get("resync"):
             self._resync = True
         if reply.get("rules", self._rules_version) != self._rules_version:
-            self.apply_rules(ray.get(self._master.rules_for_worker.remote(), timeout=60))
+            self.apply_rules(ray.get(self._master.rules_for_worker.remote(self._secret),
+                                     timeout=60))
 
     def report_after(self) -> int:
         """The number of the next report (it carries every change made so far); it is
@@ -238,7 +247,7 @@ class Worker:
         if req.op == "prefetch" or not self._token_ok(req.namespace, req.token):
             return None                     # maybe a new namespace: ask the master
         if req.op == "touch":
-            return self._touch(req.args)
+            return self._touch(req.namespace, req.args)
         r = self._block_read(req.args)
         hit = self._datasets.get((req.namespace, r.dataset))
         if hit is None or hit[0] < time.monotonic():
@@ -260,9 +269,12 @@ class Worker:
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
         await self._authorize(req.namespace, req.token)
         if req.op == "touch":
-            return self._touch(req.args)
+            return self._touch(req.namespace, req.args)
         r = self._block_read(req.args)
         if req.op == "prefetch":    # a sequential reader's hint: fill it, answer at once
+            if self._prefetching >= PREFETCH_MAX:
+                return {"ok": False, "busy": True}, None      # a hint may be dropped
+            self._prefetching += 1
             asyncio.get_running_loop().create_task(
                 self._prefetch(req.namespace, r, req.args.get("f")))
             return {"ok": True}, None
@@ -274,14 +286,20 @@ class Worker:
             await self.block(ns, r, fid, read=False)
         except Exception as exc:  # noqa: BLE001 - a hint: the read itself will report
             log.debug("prefetch of %s/%s block %d: %s", r.dataset, r.path, r.index, exc)
+        finally:
+            self._prefetching -= 1
 
-    def _touch(self, args: dict):
+    def _touch(self, ns: str, args: dict):
+        """Short-circuit hits of namespace `ns`: only blocks of its own datasets count (a
+        key of another namespace is ignored: no probing whether it is cached, no keeping
+        it hot)."""
         keys = args.get("keys")
-        if not isinstance(keys, list) or len(keys) > 100_000:
-            raise InvalidRequest("touch needs a list of at most 100000 keys")
-        held = 0
+        if not isinstance(keys, list) or len(keys) > TOUCH_MAX:
+            raise InvalidRequest(f"touch needs a list of at most {TOUCH_MAX} keys")
+        held, mine = 0, f"{ns}/"
         for k in keys:
-            if isinstance(k, str) and self.store.touch(k):
+            owner = self._owner_of.get(k) if isinstance(k, str) else None
+            if owner is not None and owner.startswith(mine) and self.store.touch(k):
                 held += 1
                 self.counters["short_circuit_bytes"] += self.store.size_of(k)
                 self._count(self._owner_of.get(k), 0)
@@ -329,13 +347,14 @@ class Worker:
         wait = 1.0 - (time.monotonic() - self._tokens_at)
         if wait > 0:
             await asyncio.sleep(wait)          # the rate limit on master lookups
-        self._tokens = await _ray_call(self._master.tokens.remote())
+        self._tokens = await _ray_call(self._master.tokens.remote(self._secret))
         self._tokens_at = time.monotonic()
 
     async def _dataset(self, ns: str, name: str, fresh: bool = False) -> Dataset:
         hit = self._datasets.get((ns, name))
         if hit is None or fresh or hit[0] < time.monotonic():
-            record = await _ray_call(self._master.dataset_for_worker.remote(ns, name))
+            record = await _ray_call(self._master.dataset_for_worker.remote(ns, name,
+                                                                            self._secret))
             hit = (time.monotonic() + _RECORD_TTL, Dataset.from_record(record))
             self._datasets[(ns, name)] = hit
         return hit[1]

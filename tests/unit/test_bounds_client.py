@@ -1,0 +1,80 @@
+"""Bounds on the client and master shells, with fakes: every open file's readahead comes
+out of one budget per process, and a snapshot that fails after a change was journaled
+does not report the change as failed."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from fluidcache.client.file import FluidFile
+from fluidcache.client.reader import Budget
+
+BS = 1024
+
+
+class FakeClient:
+    def __init__(self, budget: int):
+        self.readahead = Budget(budget)
+        self.pool = ThreadPoolExecutor(4)
+        self.counters = {"readahead": 0}
+        self.release = threading.Event()
+
+    def cluster(self):
+        return {"block_size": BS}
+
+    def executor(self):
+        return self.pool
+
+    def block(self, entry, index):
+        if threading.current_thread() is not threading.main_thread():
+            self.release.wait(10)          # background fetches stay in flight
+        return bytes([index % 256]) * BS
+
+    def prefetch(self, entry, index):
+        pass
+
+
+class FakeFs:
+    readahead = 4
+
+    def __init__(self, client):
+        self.client = client
+
+    def invalidate_cache(self, path):
+        pass
+
+
+def test_readahead_of_all_open_files_stays_within_one_budget():
+    client = FakeClient(budget=3 * BS)
+    fs = FakeFs(client)
+    files = [FluidFile(fs, f"ds/f{i}", {"name": f"ds/f{i}", "size": 20 * BS, "version": "e:x",
+                                        "fid": "0" * 32}) for i in range(6)]
+    for f in files:                        # sequential: each wants 4 blocks ahead
+        for b in range(2):
+            assert f.read(BS // 2) == bytes([b]) * (BS // 2)
+            f.seek((b + 1) * BS)
+    in_flight = sum(len(f._ahead) for f in files)
+    assert client.counters["readahead"] == in_flight <= 3, in_flight   # the budget: 3 blocks
+    client.release.set()
+    for f in files:
+        f.close()
+    assert client.readahead.used == 0      # every reservation given back
+
+
+def test_a_failed_snapshot_does_not_fail_a_journaled_change(tmp_path):
+    from fluidcache.master.actor import Master
+    from fluidcache.master.journal import Journal
+
+    class FullDisk(Journal):
+        def snapshot(self, state):
+            raise OSError(28, "No space left on device")
+
+    m = Master({"tiers": [{"medium": "MEM", "path": str(tmp_path / "mem"), "quota": "1MiB"}],
+                "journal_dir": str(tmp_path / "journal")})
+    try:
+        m.journal = FullDisk(str(tmp_path / "journal"), fsync=False)
+        m.journal.appended = 999                     # the next change asks for a snapshot
+        out = m.op_namespace_create("default", {"name": "team"})
+        assert out["namespace"] == "team" and "team" in m.core.tokens
+    finally:
+        m.shutdown()
