@@ -133,8 +133,12 @@ class Config:
     sync_interval: float = 60.0     # seconds a listing stays fresh
     heartbeat_interval: float = 2.0
     journal_dir: str | None = None  # where the master journals datasets and tokens
-    # what namespaces other than `default` may mount (never file://: the nodes' own disks)
-    tenant_protocols: tuple = ("s3", "s3a", "gs", "gcs", "abfs", "az", "oss", "https")
+    # what namespaces other than `default` may mount (never file://: the nodes' own
+    # disks); tenants.py knows the options of s3 and https only
+    tenant_protocols: tuple = ("s3", "s3a", "https")
+    tenant_requests: int = 4        # master requests one tenant namespace runs at once
+    tenant_datasets: int = 1000     # datasets one tenant namespace may have
+    max_walk_files: int = 2_000_000  # files one request may walk (load, du, free, locate)
     node_selector: dict = field(default_factory=dict)  # nodes that get a worker (labels,
                                                        # resource:NAME); empty: every node
     listing_cache_entries: int = 2_000_000  # listed entries the master keeps (~200 B each)
@@ -146,6 +150,8 @@ class Config:
     worker_secret: str = ""         # set by the master: what its workers show it
     tier_group_access: bool = False  # tiers 0750/0640 (app pods sharing an fsGroup read
                                      # them), else 0700/0600: only this user
+    tier_trust_parents: bool = False  # a container's own volumes: the directories above a
+                                      # tier are not checked for other local users
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):

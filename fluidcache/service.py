@@ -28,6 +28,7 @@ from .errors import AccessDenied, FluidError, ProtocolError
 
 log = logging.getLogger(__name__)
 _TRICKLING = 0.25    # a frame begun this long ago and not whole is slow, not in flight
+_PIPELINE = 256      # requests one connection may send ahead of their replies
 
 # handler(request, payload) -> (result, payload bytes or None)
 Handler = Callable[[wire.Request, bytes], Awaitable[tuple[object, object]]]
@@ -181,7 +182,8 @@ class _Connection(asyncio.Protocol):
         self.last = 0.0
         self.timer: asyncio.TimerHandle | None = None      # idle / first-frame deadline
         self.frame_timer: asyncio.TimerHandle | None = None
-        self.frame_started = 0.0
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.frame_started = self.paused_at = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -196,26 +198,29 @@ class _Connection(asyncio.Protocol):
         self.timer = self.s.loop.call_later(limits.first_frame_timeout, self._check_idle)
 
     def _evict_idle(self) -> bool:
-        """Every slot taken: make room for the new peer. The victim is the connection
-        idle the longest (between frames, owed nothing), else the one whose frame has
-        been trickling in the longest (a peer that sends a frame at network speed is
-        done in milliseconds). False when every one is owed a reply."""
+        """Every slot taken: make room for the new peer. The victim is a peer that does
+        not take its replies, else the connection idle the longest (between frames,
+        owed nothing), else the one whose frame has been trickling in the longest (a
+        peer that sends a frame at network speed is done in milliseconds). False when
+        every one is being served."""
         now, victim, oldest = self.s.loop.time(), None, None
         for conn in self.s._conns:
-            if conn.busy or conn.pending or conn.closing:
+            if conn.closing:
                 continue
-            if not conn.dec.partial:
+            if conn.paused and now - conn.paused_at > _TRICKLING:
                 victim = conn
                 break
-            if now - conn.frame_started > _TRICKLING and (
+            if conn.busy or conn.pending:
+                continue
+            if not conn.dec.partial:
+                victim = victim or conn
+            elif now - conn.frame_started > _TRICKLING and (
                     oldest is None or conn.frame_started < oldest.frame_started):
                 oldest = conn
         victim = victim or oldest
         if victim is None:
             return False
-        victim.closing = True
-        victim.transport.close()
-        victim._release()
+        victim._drop()
         self.s.evicted += 1
         return True
 
@@ -226,7 +231,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closing = True
-        for t in (self.timer, self.frame_timer):
+        for t in (self.timer, self.frame_timer, self.write_timer):
             if t is not None:
                 t.cancel()
         self._release()
@@ -242,7 +247,7 @@ class _Connection(asyncio.Protocol):
         if idle >= limit:
             if not self.spoke:
                 self.s.timeouts += 1
-            self.transport.close()
+            self._drop()
         else:
             self.timer = self.s.loop.call_later(limit - idle, self._check_idle)
 
@@ -266,8 +271,7 @@ class _Connection(asyncio.Protocol):
     def _frame_late(self) -> None:
         if self.dec.partial and not self.closing:
             self.s.timeouts += 1
-            self.closing = True
-            self.transport.close()
+            self._drop()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -279,6 +283,9 @@ class _Connection(asyncio.Protocol):
             while (frame := self.dec.next_frame()) is not None:
                 self.pending.append(frame)
                 self.spoke = True
+                if len(self.pending) > _PIPELINE:
+                    raise ProtocolError(f"more than {_PIPELINE} requests sent ahead of "
+                                        "their replies")
         except ProtocolError as exc:
             self._fatal(0, exc)
             return
@@ -289,14 +296,34 @@ class _Connection(asyncio.Protocol):
         return False                             # close our side too
 
     def pause_writing(self) -> None:
+        """The peer does not take our replies. It has `frame_timeout` to start again;
+        a peer that asks and never reads would otherwise hold its slot for ever."""
         self.paused = True
+        self.paused_at = self.s.loop.time()
         self.transport.pause_reading()
+        self.write_timer = self.s.loop.call_later(self.s.limits.frame_timeout,
+                                                  self._write_late)
 
     def resume_writing(self) -> None:
         self.paused = False
-        if not self.busy:
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+        if not (self.busy or self.closing):
             self.transport.resume_reading()
         self._pump()
+
+    def _write_late(self) -> None:
+        if self.paused and not self.closing:
+            self.s.timeouts += 1
+            self._drop()
+
+    def _drop(self) -> None:
+        """Close at once, unsent replies and all: the slot is free now."""
+        self.closing = True
+        self.pending.clear()
+        self.transport.abort()
+        self._release()
 
     def _fatal(self, rid: int, exc: ProtocolError) -> None:
         self.s.protocol_errors += 1

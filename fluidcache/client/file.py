@@ -27,10 +27,9 @@ class FluidFile(io.RawIOBase):
         self.size = entry["size"]
         self._pos = threading.local()
         self._last = 0                               # where a new thread starts
-        self._block: tuple[int, memoryview | bytes] | None = None
-        self._ahead: dict[int, Future] = {}          # block index -> background fetch
+        self._block: tuple[int, int, memoryview | bytes] | None = None   # (bs, index, data)
+        self._ahead: dict[tuple[int, int], Future] = {}   # (bs, index) -> background fetch
         self._next_block, self._hinted = 0, 0        # for large sequential reads
-        self._bs = 0                                 # block size of what _ahead holds
 
     @property
     def loc(self) -> int:
@@ -81,7 +80,7 @@ class FluidFile(io.RawIOBase):
         bs = self.fs.client.cluster()["block_size"]
         first, last = loc // bs, (end - 1) // bs
         if first == last and (end - loc) < bs:
-            data = self._cached_block(first)
+            data = self._cached_block(first, bs)
             off = loc - first * bs
             out = bytes(data[off:off + end - loc])
         else:   # always the version this file was opened at: never a mix of two versions
@@ -133,15 +132,17 @@ class FluidFile(io.RawIOBase):
         self.loc = loc + n
         return n
 
-    def _cached_block(self, index: int):
+    def _cached_block(self, index: int, bs: int):
         """A whole block of the version this file was opened at. If that version is gone
-        from the under store (StaleVersion), the read fails: reopen the file.
+        from the under store (StaleVersion), the read fails: reopen the file. Blocks are
+        kept by (block size, index): a cluster started again with another block size
+        while the file is open never answers with a block of the old size.
         A reader moving from block i-1 to i is sequential: blocks i+1.. are fetched in the
         background (readahead), so a cold stream overlaps the under store's latency."""
         held = self._block            # one read of the shared slot: threads may replace it
-        if held is not None and held[0] == index:
-            return held[1]
-        fut = self._take_ahead(index)
+        if held is not None and held[:2] == (bs, index):
+            return held[2]
+        fut = self._take_ahead((bs, index))
         data = None
         if fut is not None:
             try:
@@ -150,39 +151,39 @@ class FluidFile(io.RawIOBase):
                 data = None
         if data is None:
             data = self.fs.client.block(self.details, index)
-        self._block = (index, data)
-        if held is not None and held[0] == index - 1 and self.fs.readahead:
-            self._read_ahead(index)
+        self._block = (bs, index, data)
+        if held is not None and held[:2] == (bs, index - 1) and self.fs.readahead:
+            self._read_ahead(index, bs)
         return data
 
-    def _take_ahead(self, index: int) -> Future | None:
-        """The background fetch of block `index` (its budget given back), if any."""
-        fut = self._ahead.pop(index, None)
+    def _take_ahead(self, at: tuple[int, int]) -> Future | None:
+        """The background fetch of block (block size, index) `at` (its budget given
+        back), if any."""
+        fut = self._ahead.pop(at, None)
         if fut is not None:
-            self.fs.client.readahead.give(self._bs)
+            self.fs.client.readahead.give(at[0])
         return fut
 
-    def _read_ahead(self, index: int) -> None:
+    def _read_ahead(self, index: int, bs: int) -> None:
         """Fetch the next blocks in the background, as far as the process's readahead
         budget (shared by every open file) allows."""
         client = self.fs.client
-        self._bs = client.cluster()["block_size"]
-        last = blocks.block_count(self.size, self._bs) - 1
-        for j in [j for j in list(self._ahead) if j <= index]:
-            fut = self._take_ahead(j)
+        last = blocks.block_count(self.size, bs) - 1
+        for at in [at for at in list(self._ahead) if at[0] != bs or at[1] <= index]:
+            fut = self._take_ahead(at)
             if fut is not None:
                 fut.cancel()
         for j in range(index + 1, min(last, index + self.fs.readahead) + 1):
-            if j not in self._ahead:
-                if not client.readahead.take(self._bs):
+            if (bs, j) not in self._ahead:
+                if not client.readahead.take(bs):
                     break                      # over budget: read it when it is asked for
-                self._ahead[j] = client.executor().submit(client.block, self.details, j)
+                self._ahead[(bs, j)] = client.executor().submit(client.block, self.details, j)
                 client.counters["readahead"] += 1
 
     def close(self) -> None:
         self._block = None
-        for j in list(self._ahead):
-            fut = self._take_ahead(j)
+        for at in list(self._ahead):
+            fut = self._take_ahead(at)
             if fut is not None:
                 fut.cancel()
         super().close()

@@ -280,7 +280,7 @@ class FluidFileSystem(AbstractFileSystem):
         bs = req["bs"]
         start = req["b"] * bs + req["o"]
         length = min(bs, req["s"] - req["b"] * bs) - req["o"] if req["l"] < 0 else req["l"]
-        return mount.read_range(rel, req["v"], start, start + length, size=req["s"])
+        return mount.read_range(rel, req["v"], start, start + length, size=req["s"]).data
 
     # -- read-only ------------------------------------------------------------------------
     def _readonly(self, *args, **kwargs):

@@ -160,7 +160,8 @@ class ClusterClient:
             dst = out[pos:pos + p.length]
             whole = p.offset == 0 and p.length == blocks.block_length(entry["size"], bs, p.index)
             if not (whole and self.short_circuit and
-                    self._local_into(blocks.block_key(entry["fid"], p.index, bs), dst)):
+                    self._local_into(blocks.block_key(entry["fid"], p.index, bs), dst,
+                                     (entry["fid"], p.index))):
                 remote.append((p, dst))
             pos += p.length
 
@@ -202,7 +203,7 @@ class ClusterClient:
         key = blocks.block_key(entry["fid"], piece.index, bs)
         if self.short_circuit:
             length = blocks.block_length(entry["size"], bs, piece.index)
-            data = self._local_block(key, length)
+            data = self._local_block(key, length, (entry["fid"], piece.index))
             if data is not None:
                 if piece.offset == 0 and piece.length in (-1, length):
                     return data                     # the bytes as read: no copy
@@ -265,12 +266,14 @@ class ClusterClient:
                     return found
         return None
 
-    def _local_into(self, key: str, dst: memoryview) -> bool:
-        return self._local(key, lambda p: layout.read_block_into(p, key, dst) or None) \
-            is not None
+    def _local_into(self, key: str, dst: memoryview, expect: tuple[str, int]) -> bool:
+        """Read a whole local block into `dst`; its trailer must name the file and index
+        we asked for (a block planted under the key fails)."""
+        return self._local(key, lambda p: layout.read_block_into(p, key, dst, expect)
+                           or None) is not None
 
-    def _local_block(self, key: str, length: int) -> bytes | None:
-        return self._local(key, lambda p: layout.read_exact(p, key, length))
+    def _local_block(self, key: str, length: int, expect: tuple[str, int]) -> bytes | None:
+        return self._local(key, lambda p: layout.read_exact(p, key, length, expect))
 
     def dataset(self, name: str) -> dict:
         """A dataset's public record (replicas, selector), cached like the cluster map."""
@@ -311,8 +314,9 @@ class ClusterClient:
             # no worker answered: membership may have moved (a worker restarted by Ray
             # comes back at a new address); wait for the cluster, up to failover_timeout
             if time.monotonic() + delay > deadline:
-                raise Unavailable(f"no worker could serve block {key} within "
-                                  f"{self.failover_timeout:g}s: {last}")
+                raise Unavailable(f"fluid://{req['ds']}/{req['p']} (block {req['b']}): no "
+                                  f"worker could serve it within {self.failover_timeout:g}s "
+                                  f"(the under store may be stalled or down): {last}")
             time.sleep(delay)     # backoff while the cluster recovers
             delay = min(2.0, delay * 2)
             self.counters["waits"] += 1

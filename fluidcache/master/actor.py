@@ -34,6 +34,7 @@ from . import tenants
 from .namespace import Dataset, MountSpec, check_name, normalize
 
 log = logging.getLogger(__name__)
+_THREADS = 16        # master request threads; 4 of them are always the admin's
 
 
 class Master(DataOps):
@@ -49,7 +50,8 @@ class Master(DataOps):
         self._lost: dict[str, dict] = {}           # worker id -> its last info
         self._dead_nodes: set[str] = set()         # Ray nodes seen dead
         self.blocks = BlockMap()                   # soft state: rebuilt from reports
-        self._pool = ThreadPoolExecutor(16, thread_name_prefix="fc-master")
+        self._pool = ThreadPoolExecutor(_THREADS, thread_name_prefix="fc-master")
+        self._gate = tenants.Gate(self.config.tenant_requests, _THREADS - 4)
         self._init_dataops()
         self.journal = None
         restarted = False
@@ -225,9 +227,11 @@ class Master(DataOps):
             raise AccessDenied("this call is for the cluster's workers only")
 
     def dataset_for_worker(self, ns: str, name: str) -> dict:
-        """The full record (with under-store options) of a dataset, for workers only."""
+        """The full record (with under-store options) of a dataset, for workers only,
+        with the scope its weak versions must carry."""
         with self._lock:
-            return self.core.dataset(ns, name).to_record()
+            ds = self.core.dataset(ns, name)
+        return dict(ds.to_record(), weak_scope=self.listings.weak_scope(ds))
 
     def tokens(self) -> dict:
         with self._lock:
@@ -259,8 +263,12 @@ class Master(DataOps):
         if fn is None:
             raise InvalidRequest(f"unknown master operation {req.op!r}")
         ns = self.core.authorize(req.namespace, req.token)   # dict reads: no lock needed
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, ns, req.args), None
+        self._gate.enter(ns)                  # a tenant's share of the master's threads
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, fn, ns, req.args), None
+        finally:
+            self._gate.leave(ns)
 
     def op_cluster(self, ns: str, args: dict) -> dict:
         """The cluster map, a page of workers at a time: {"version", "block_size",
@@ -373,6 +381,9 @@ class Master(DataOps):
         tenants.check_plain(ds.to_record(), "the dataset")
         with self._lock:
             self.core.check_new(ds)
+            if ns != "default" and len(self.core.in_namespace(ns)) >= self.config.tenant_datasets:
+                raise InvalidRequest(f"namespace {ns} has {self.config.tenant_datasets} "
+                                     "datasets already (the most a tenant may have)")
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
             Mount(spec.url, spec.options, self.config.max_dir_entries).info("")
         with self._lock:
@@ -394,15 +405,17 @@ class Master(DataOps):
         """One page of a directory: {"entries": [...], "next": cursor or None, "epoch"}.
         A file lists as itself, as in other fsspec filesystems."""
         ds, path = self._target(ns, args)
+        epoch = self.listings.epoch(ds)      # before the listing: never newer than it
         page = self.listings.page(ds, path, args.get("after"),
                                   args.get("limit", PAGE), bool(args.get("refresh")))
-        return dict(page, epoch=self.listings.epoch(ds))
+        return dict(page, epoch=epoch)
 
     def op_info(self, ns: str, args: dict) -> dict:
         """{"entry": a file's or directory's info, "epoch": the dataset's epoch}."""
         ds, path = self._target(ns, args)
+        epoch = self.listings.epoch(ds)      # before the entry: never newer than it
         entry = self.listings.entry(ds, path, bool(args.get("refresh")))
-        return {"entry": entry, "epoch": self.listings.epoch(ds)}
+        return {"entry": entry, "epoch": epoch}
 
     def op_epoch(self, ns: str, args: dict) -> dict:
         """The dataset's metadata epoch: when it moves, cached listings are stale."""

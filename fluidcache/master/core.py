@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections import OrderedDict
+from typing import NamedTuple
 
 from ..errors import AccessDenied, AlreadyExists, NotFound
 from .namespace import Dataset, check_name
@@ -23,6 +24,12 @@ from .tenants import Grant
 
 MAX_LISTED = 2_000_000        # entries in all cached listings (~200 bytes each)
 MAX_DIGESTS = 1_000_000       # digests of dropped listings (~150 bytes each)
+
+
+class Held(NamedTuple):
+    expires: float          # when it must be listed again (the shell's clock)
+    listing: object         # a DirListing
+    started: float          # when its fetch began: an older one never replaces it
 
 
 def _digest(listing) -> int:
@@ -47,7 +54,7 @@ class MasterCore:
         # cached listings, least recently used first, holding at most `max_listed`
         # entries in all; a listing dropped (expired or evicted) leaves a digest, so one
         # listed again is still known to have changed or not
-        self._listings: OrderedDict[tuple[str, str, str], tuple[float, object]] = OrderedDict()
+        self._listings: OrderedDict[tuple[str, str, str], Held] = OrderedDict()
         self._digests: OrderedDict[tuple[str, str, str], int] = OrderedDict()
         self.listed = 0
         self.max_listed = max_listed
@@ -210,27 +217,32 @@ class MasterCore:
         (None: expired or not, as long as it is held)."""
         key = (ns, name, path)
         hit = self._listings.get(key)
-        if hit is None or (now is not None and hit[0] <= now):
+        if hit is None or (now is not None and hit.expires <= now):
             return None
         self._listings.move_to_end(key)
-        return hit[1]
+        return hit.listing
 
-    def store_listing(self, ns: str, name: str, path: str, listing,
-                      expires: float | None = None) -> bool:
-        """Keep a fresh listing (`expires` None: keep the old deadline). Returns whether
-        it differs from the one known before (held, or its digest); then the dataset's
-        epoch moves. Listings used least recently go when over `max_listed` entries."""
+    def store_listing(self, ns: str, name: str, path: str, listing, expires: float | None,
+                      started: float) -> bool:
+        """Keep a listing the shell began to fetch at `started` (`expires` None: keep the
+        old deadline). One begun before the listing held now is older news and is
+        dropped: a slow listing never overwrites a refresh. Returns whether the stored
+        listing differs from the one known before (held, or its digest); then the
+        dataset's epoch moves. Listings used least recently go over `max_listed`."""
         key = (ns, name, path)
-        old = self._listings.pop(key, None)
+        old = self._listings.get(key)
+        if old is not None and old.started > started:
+            return False
         if old is not None:
-            self.listed -= len(old[1])
-            changed = old[1] != listing
+            del self._listings[key]
+            self.listed -= len(old.listing)
+            changed = old.listing != listing
         else:
             digest = self._digests.pop(key, None)
             changed = digest is not None and digest != _digest(listing)
         if expires is None:
-            expires = old[0] if old is not None else 0.0
-        self._listings[key] = (expires, listing)
+            expires = old.expires if old is not None else 0.0
+        self._listings[key] = Held(expires, listing, started)
         self.listed += len(listing)
         while self.listed > self.max_listed and len(self._listings) > 1:
             self._drop(next(iter(self._listings)))
@@ -238,17 +250,38 @@ class MasterCore:
             self.bump_epoch(ns, name)
         return changed
 
+    def forget_listing(self, ns: str, name: str, path: str) -> bool:
+        """A directory that is gone: its listing (and those below it) and digests go,
+        and the epoch moves if any was held. Returns whether one was."""
+        below = path + "/" if path else ""
+        keys = [k for k in self._listings if k[:2] == (ns, name) and
+                (k[2] == path or k[2].startswith(below))]
+        for key in keys:
+            self.listed -= len(self._listings.pop(key).listing)
+        for key in [k for k in self._digests if k[:2] == (ns, name) and
+                    (k[2] == path or k[2].startswith(below))]:
+            del self._digests[key]
+        if keys:
+            self.bump_epoch(ns, name)
+        return bool(keys)
+
+    def held_below(self, ns: str, name: str, path: str) -> set[str]:
+        """Paths at or below `path` whose listings (or digests) are held."""
+        below = path + "/" if path else ""
+        return {k[2] for table in (self._listings, self._digests) for k in table
+                if k[:2] == (ns, name) and (k[2] == path or k[2].startswith(below))}
+
     def _drop(self, key) -> None:
-        _, listing = self._listings.pop(key)
-        self.listed -= len(listing)
-        self._digests[key] = _digest(listing)
+        held = self._listings.pop(key)
+        self.listed -= len(held.listing)
+        self._digests[key] = _digest(held.listing)
         while len(self._digests) > MAX_DIGESTS:
             self._digests.popitem(last=False)
 
     def prune(self, now: float) -> int:
         """Drop the listings that expired before `now` (their digests stay); returns
         how many."""
-        old = [k for k, (expires, _) in self._listings.items() if expires <= now]
+        old = [k for k, held in self._listings.items() if held.expires <= now]
         for key in old:
             self._drop(key)
         return len(old)
@@ -258,7 +291,7 @@ class MasterCore:
 
     def invalidate(self, ns: str, name: str) -> None:
         for key in [k for k in self._listings if k[:2] == (ns, name)]:
-            self.listed -= len(self._listings.pop(key)[1])
+            self.listed -= len(self._listings.pop(key).listing)
         for key in [k for k in self._digests if k[:2] == (ns, name)]:
             del self._digests[key]
         self._epochs.pop((ns, name), None)

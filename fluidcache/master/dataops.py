@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _TTL_GRACE = 60.0       # an expired TTL rule is retired this long after its deadline
 _MAX_JOBS = 64          # finished load jobs remembered (for status) per master
 _JOB_IDLE = 3600.0      # a running job nobody asked about for this long is dropped
+_JOB_CHECK = 5.0        # a running job nobody polls is asked about this often
+_TENANT_LOADS = 8       # loads one tenant namespace runs at once
 
 
 class DataOps:
@@ -59,9 +61,20 @@ class DataOps:
         self._metrics.publish(rows)
 
     # -- helpers -----------------------------------------------------------------------
-    def _files(self, ds: Dataset, path: str, refresh: bool = False) -> list[plan.FileRef]:
-        return list(plan.walk(lambda d: self.listings.listing(ds, d, refresh),
-                              lambda p, v: self.listings.fid(ds, p, v), path))
+    def _files(self, ds: Dataset, path: str, refresh: bool = False,
+               budget: int | None = None) -> list[plan.FileRef]:
+        """The files under a path, sorted by path; at most `budget` (max_walk_files) of
+        them: a larger walk is refused with a clear error, never done whole."""
+        limit = self.config.max_walk_files if budget is None else budget
+        out = []
+        for f in plan.walk(lambda d: self.listings.listing(ds, d, refresh),
+                           lambda p, v: self.listings.fid(ds, p, v), path):
+            out.append(f)
+            if len(out) > limit:
+                raise InvalidRequest(f"fluid://{ds.name}/{path}: more than {limit} files; "
+                                     "name a narrower path (or raise max_walk_files)")
+        out.sort(key=lambda f: f.path)
+        return out
 
     def _holders(self):
         return lambda key: self.blocks.holders(key)
@@ -121,10 +134,13 @@ class DataOps:
                 not 1 <= replicas <= 16:
             raise InvalidRequest("replicas must be 1..16")
         with self._lock:
-            running = sum(1 for j in self._jobs.values() if j["state"] == "running")
-        if running >= self.config.max_load_jobs:
-            raise Unavailable(f"{running} loads are running (at most "
-                              f"{self.config.max_load_jobs}); wait for one, or cancel one")
+            running = [j for j in self._jobs.values() if j["state"] == "running"]
+        mine = sum(1 for j in running if j["ns"] == ns)
+        cap = self.config.max_load_jobs if ns == "default" else _TENANT_LOADS
+        if mine >= cap or len(running) >= self.config.max_load_jobs:
+            raise Unavailable(f"{mine} loads of this namespace ({len(running)} in all) are "
+                              f"running (at most {cap}, and {self.config.max_load_jobs} in "
+                              "all); wait for one, or cancel one")
         files = self._files(ds, path, refresh=True)
         workers = self._alive_workers()
         p = plan.plan_load(files, workers, ds.selector, replicas, self.config.block_size,
@@ -133,8 +149,8 @@ class DataOps:
         record = {"job": job, "ns": ns, "ds": ds.name, "path": path, "files": p.files,
                   "blocks": p.blocks, "bytes": p.bytes, "cached_bytes": p.cached_bytes,
                   "per_file": p.blocks_per_file, "sizes": p.sizes,
-                  "workers": sorted(p.items), "started": time.time(), "state": "running",
-                  "polled": time.monotonic()}
+                  "workers": sorted(p.items), "started": time.time(),
+                  "state": "running" if p.items else "done", "polled": time.monotonic()}
         accepted = self._call_workers(p.items, "load_start", job, ns, ds.name,
                                       self.config.load_concurrency, timeout=30)
         for wid in p.items:      # handed its part separately: the items can be large
@@ -155,13 +171,18 @@ class DataOps:
     def op_load_status(self, ns: str, args: dict) -> dict:
         record = self._job(ns, args)
         record["polled"] = time.monotonic()
+        return self._refresh_job(record, bool(args.get("poll")))
+
+    def _refresh_job(self, record: dict, poll: bool) -> dict:
+        """Ask a job's workers how far they are; a job all of whose parts ended is done
+        (or failed, or cancelled) once the reports that carry its blocks are applied."""
         parts = self._call_workers(record["workers"], "load_progress", record["job"],
                                    timeout=10)
         if record["state"] == "running" and record["workers"]:
             states = [parts.get(w, {}).get("state", "lost") for w in record["workers"]]
             if all(s != "running" for s in states):
                 seqs = {w: parts[w]["seq"] for w in record["workers"] if w in parts}
-                if self._wait_applied(seqs, timeout=0.5 if args.get("poll") else 15):
+                if self._wait_applied(seqs, timeout=0.5 if poll else 15):
                     record["state"] = ("cancelled" if "cancelled" in states else
                                        "failed" if any(parts.get(w, {}).get("failed") or
                                                        s == "lost" for w, s in
@@ -179,19 +200,28 @@ class DataOps:
         return self.op_load_status(ns, {"job": record["job"]})
 
     def _prune_jobs(self, now: float) -> None:
-        """Running jobs nobody has asked about for an hour are dropped (their workers'
-        parts end on their own); finished ones beyond the last _MAX_JOBS go."""
+        """Running jobs nobody asked about lately are asked about here (so a finished
+        one stops counting as running although no one polls it); those nobody asked
+        about for an hour are dropped (their workers' parts end on their own)."""
         with self._lock:
             for job in [j for j, r in self._jobs.items()
                         if r["state"] == "running" and now - r.get("polled", now) > _JOB_IDLE]:
                 del self._jobs[job]
+            quiet = [r for r in self._jobs.values() if r["state"] == "running" and
+                     now - r.get("seen", r["polled"]) > _JOB_CHECK]
+        for record in quiet:
+            record["seen"] = now
+            try:
+                self._refresh_job(record, poll=True)
+            except Exception as exc:  # noqa: BLE001 - the next round asks again
+                log.debug("load %s: %s", record["job"], exc)
 
     def _job(self, ns: str, args: dict) -> dict:
         job = args.get("job")
         with self._lock:
             record = self._jobs.get(job) if isinstance(job, str) else None
-        if record is None or record["ns"] != ns:
-            raise NotFound(f"no load job {job!r}")
+        if record is None or (record["ns"] != ns and ns != "default"):
+            raise NotFound(f"no load job {job!r}")       # the admin sees every job
         return record
 
     def _files_done(self, record: dict, parts: dict) -> int:
@@ -343,16 +373,27 @@ class DataOps:
     def op_locate(self, ns: str, args: dict) -> dict:
         """Where the files under each path are cached: {"found": {path: {worker id:
         bytes}}, "done": n}, from the block reports (worker ids are Ray node ids). The
-        reply stops when it is full: the caller asks again for paths[done:]."""
+        reply stops when it is full, or when the files walked reach max_walk_files: the
+        caller asks again for paths[done:]."""
         paths = args.get("paths")
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) \
                 or len(paths) > paging.PAGE_ITEMS:
             raise InvalidRequest(f"locate needs a list of at most {paging.PAGE_ITEMS} paths")
-        out, size = {}, 0
+        out, size, walked, done = {}, 0, 0, 0
         for p in paths:
+            if p in out:                       # asked twice: answered once
+                done += 1
+                continue
             ds, path = self._target(ns, {"ds": args.get("ds"), "p": p})
+            try:
+                files = self._files(ds, path, budget=self.config.max_walk_files - walked)
+            except InvalidRequest:
+                if done == 0:
+                    raise                      # one path alone is over the budget
+                break                          # this request's budget is spent
+            walked += len(files)
             per: dict[str, int] = {}
-            for f in self._files(ds, path):
+            for f in files:
                 got = self.blocks.file_by_worker(f"{ns}/{ds.name}", f.fid)
                 for w, n in got.items():
                     per[w] = per.get(w, 0) + n
@@ -360,7 +401,8 @@ class DataOps:
             if out and size > paging.PAGE_BYTES:
                 break
             out[p] = per
-        return {"found": out, "done": len(out)}
+            done += 1
+        return {"found": out, "done": done}
 
     def _free_owner(self, owner: str) -> None:
         """A removed dataset's blocks, freed on every worker that holds them."""

@@ -14,6 +14,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
+import msgpack
+
 from ..blocks import file_id
 from ..understore.versions import etag_field
 
@@ -101,19 +103,18 @@ def _reply(listing: DirListing, i: int, prefix: str, url_of, scope: str) -> dict
 def ls_page(listing: DirListing, prefix: str, url_of, after: str | None,
             limit: int, scope: str = "", max_bytes: int = 512 * 1024
             ) -> tuple[list[dict], str | None]:
-    """One page of a directory as clients see it: at most `limit` entries and about
-    `max_bytes` of reply in UTF-8 (long names make short pages). `prefix` is
+    """One page of a directory as clients see it: at most `limit` entries and at most
+    `max_bytes` of msgpack (long names make short pages). `prefix` is
     'dataset/dir/', `url_of(child)` the under-store URL of a child and `scope` the
     namespace (for ids)."""
     rng, nxt = listing.page(after, limit)
     out, budget = [], max_bytes
-    fixed = len(prefix.encode()) + 160            # keys, size, fid, times, ETag
     for i in rng:
-        name = listing.names[i]
-        budget -= fixed + len(name.encode()) + 2 * len(listing.versions[i].encode())
+        reply = _reply(listing, i, prefix, url_of, scope)
+        budget -= len(msgpack.packb(reply, use_bin_type=True))
         if out and budget < 0:
             return out, listing.names[i - 1]
-        out.append(_reply(listing, i, prefix, url_of, scope))
+        out.append(reply)
     return out, nxt
 
 

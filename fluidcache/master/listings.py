@@ -17,6 +17,7 @@ import time
 from .. import blocks
 from ..errors import InvalidRequest, NotFound
 from ..understore import Mount, times
+from ..understore.versions import weak_scope
 from .core import MasterCore
 from .listing import DIR, FILE, DirListing, info_entry, ls_page
 from .namespace import Dataset, MountSpec
@@ -64,7 +65,7 @@ class Listings:
     def weak_scope(self, ds: Dataset) -> str:
         """What a weak version (no validator) is bound to: this dataset incarnation and
         this run of the master."""
-        return f"{ds.uid or ds.name}.{self.core.incarnation}"
+        return weak_scope(ds.uid or ds.name, self.core.incarnation)
 
     def epoch(self, ds: Dataset) -> str:
         with self._lock:
@@ -83,7 +84,8 @@ class Listings:
 
     def listing(self, ds: Dataset, path: str, refresh: bool = False) -> DirListing | dict:
         """The listing of a directory, or the entry of a file (a dict), from the cache
-        unless absent, expired or `refresh`."""
+        unless absent, expired or `refresh`. A directory found gone is forgotten (and
+        the dataset's epoch moves)."""
         now = time.monotonic()
         if not refresh:
             with self._lock:
@@ -104,7 +106,7 @@ class Listings:
                 raw = []
             if len(raw) == 1 and raw[0].get("type") != "directory" and rel and \
                     mount.rel_of(raw[0]["name"]) == rel:
-                return self._file(ds, path, self._row(mount, ds, raw[0]))
+                return self._file(ds, path, self._row(mount, ds, raw[0]), now, refresh)
             for e in raw:
                 rows.append((mount.rel_of(e["name"]).rsplit("/", 1)[-1],
                              *self._row(mount, ds, e)))
@@ -112,26 +114,45 @@ class Listings:
             rows.append((child, DIR, 0, "", None, None))
             found = True
         if not found and not ds.is_virtual_dir(path):
+            self._gone(ds, path, now)
             raise NotFound(f"{ds.name}/{path}: no such file or directory")
         listing = DirListing(rows)
         with self._lock:
-            self.core.store_listing(ds.namespace, ds.name, path, listing,
-                                    self._expiry(ds, now))
+            before = self.core.listing(ds.namespace, ds.name, path, None)
+            if self.core.store_listing(ds.namespace, ds.name, path, listing,
+                                       self._expiry(ds, now), started=now) and before:
+                for gone in _subdirs(before) - _subdirs(listing):   # and all below them
+                    self.core.forget_listing(ds.namespace, ds.name,
+                                             f"{path}/{gone}" if path else gone)
         return listing
 
-    def _file(self, ds: Dataset, path: str, row: tuple | None) -> dict:
-        """A file looked at on its own (`row`: (FILE, size, version, mtime, created), or
-        None when it is gone): its entry replaces the one in its parent's cached listing,
-        and the entry is returned (NotFound when gone)."""
+    def _gone(self, ds: Dataset, path: str, started: float) -> None:
+        """A directory found gone: its listings (and those below) are forgotten, and its
+        entry leaves its parent's listing (some stores list a prefix that holds only
+        delete markers as a directory: once found empty, it is shown no more)."""
+        parent, _, child = path.rpartition("/")
+        with self._lock:
+            self.core.forget_listing(ds.namespace, ds.name, path)
+            held = self.core.listing(ds.namespace, ds.name, parent, None) if path else None
+            if held is not None and held.find(child) is not None:
+                self.core.store_listing(ds.namespace, ds.name, parent,
+                                        held.with_entry(child, None), None, started)
+
+    def _file(self, ds: Dataset, path: str, row: tuple | None, started: float,
+              refresh: bool = True) -> dict:
+        """A file looked at on its own, asked of the store at `started` (`row`: (FILE,
+        size, version, mtime, created), or None when it is gone): its entry replaces the
+        one in its parent's cached listing, and the entry is returned (NotFound when
+        gone). When a refresh finds the parent's listing not held here, clients may still
+        hold one with the old entry: the dataset's epoch moves."""
         parent, _, child = path.rpartition("/")
         with self._lock:
             held = self.core.listing(ds.namespace, ds.name, parent, None)
-            if held is not None:
-                i = held.find(child)
-                old = None if i is None else (*held.entry(i)[1:], *held.times(i))
-                if old != row and not (i is None and row is None):
-                    self.core.store_listing(ds.namespace, ds.name, parent,
-                                            held.with_entry(child, row))
+            if held is None and refresh:
+                self.core.bump_epoch(ds.namespace, ds.name)
+            if held is not None and old_differs(held, child, row):
+                self.core.store_listing(ds.namespace, ds.name, parent,
+                                        held.with_entry(child, row), None, started)
         if row is None:
             raise NotFound(f"{ds.name}/{path}: no such file or directory")
         one = DirListing([(child, *row)])
@@ -149,12 +170,13 @@ class Listings:
             spec, rel = ds.resolve(path)
             if rel:
                 mount = self.mount(ds, spec)
+                started = time.monotonic()
                 try:
                     info = mount.info(rel)
                 except NotFound:
-                    return self._file(ds, path, None)
+                    return self._file(ds, path, None, started)
                 if info.get("type") != "directory":
-                    return self._file(ds, path, self._row(mount, ds, info))
+                    return self._file(ds, path, self._row(mount, ds, info), started)
                 return _dir_entry(ds, path)
         listing = self.listing(ds, parent)
         entry = None if isinstance(listing, dict) else info_entry(
@@ -178,7 +200,8 @@ class Listings:
 
     def refresh_tree(self, ds: Dataset, path: str) -> dict:
         """List everything under `path` again (`load --metadata-only`); a file is asked
-        for on its own. Returns the directories and files seen."""
+        for on its own. Cached listings below `path` of directories that are gone are
+        forgotten. Returns the directories and files seen."""
         try:
             top = self.listing(ds, path, refresh=True)
         except NotFound:
@@ -186,7 +209,7 @@ class Listings:
         if isinstance(top, dict) or top is None:
             self.entry(ds, path, refresh=True)        # NotFound when it is not there
             return {"directories": 0, "files": 1}
-        todo, dirs, files = [(path, top)], 0, 0
+        todo, dirs, files, seen = [(path, top)], 0, 0, {path}
         while todo:
             d, listing = todo.pop()
             dirs += 1
@@ -196,11 +219,26 @@ class Listings:
                     child = f"{d}/{name}" if d else name
                     try:
                         todo.append((child, self.listing(ds, child, refresh=True)))
+                        seen.add(child)
                     except NotFound:          # removed while we walked
                         continue
                 else:
                     files += 1
+        with self._lock:
+            for gone in self.core.held_below(ds.namespace, ds.name, path) - seen:
+                self.core.forget_listing(ds.namespace, ds.name, gone)
         return {"directories": dirs, "files": files}
+
+
+def _subdirs(listing: DirListing) -> set[str]:
+    return {listing.names[i] for i in range(len(listing)) if listing.kinds[i] == DIR}
+
+
+def old_differs(held: DirListing, child: str, row: tuple | None) -> bool:
+    """Does `row` (or None: gone) say something else than `held` says of `child`?"""
+    i = held.find(child)
+    old = None if i is None else (*held.entry(i)[1:], *held.times(i))
+    return old != row and not (i is None and row is None)
 
 
 def _prefix(ds: Dataset, path: str) -> str:

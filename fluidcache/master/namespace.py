@@ -8,6 +8,7 @@ mount point; directories that hold mount points list them as child directories.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -62,8 +63,8 @@ def parse_sync(value) -> float | None:
     lookup), 'never' -> -1 (list once), '90', '90s', '5m', '1h' -> seconds; None -> the
     cluster's default."""
     if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value is not None and value < 0 and value != -1:
-            raise InvalidRequest("sync interval must not be negative")
+        if value is not None and (not math.isfinite(value) or value < 0 and value != -1):
+            raise InvalidRequest("sync interval must be a finite number of seconds")
         return None if value is None else float(value)
     text = str(value).strip().lower()
     if text == "always":
@@ -104,7 +105,8 @@ class Dataset:
             for b in points[i + 1:]:
                 if a == b or _nested(a, b):
                     raise InvalidRequest(f"mount points /{a} and /{b} overlap")
-        if not isinstance(self.replicas, int) or not 1 <= self.replicas <= 16:
+        if not isinstance(self.replicas, int) or isinstance(self.replicas, bool) or \
+                not 1 <= self.replicas <= 16:
             raise InvalidRequest("replicas must be between 1 and 16")
         if not isinstance(self.selector, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.selector.items()):

@@ -11,9 +11,11 @@ stops.
 Only block files (`xx/KEY.blk` and leftover temporaries) and our own markers are ever
 removed; anything else in a tier directory is left alone.
 A tier directory must be ours: a real directory (not a symlink) owned by this user, not
-writable or readable by others (0700; 0750 with `group`, for pods that share an fsGroup).
-One we own with a looser mode is tightened; one owned by someone else, or a symlink, is
-refused (another local user could read every namespace's blocks or plant their own).
+writable or readable by others (0700; 0750 with `group`, for pods that share an fsGroup),
+below directories that only root or we control (a sticky /tmp or /dev/shm is fine). One
+we own with a looser mode is tightened; one owned by someone else, a symlink, or one
+below a directory another user owns is refused (another local user could read every
+namespace's blocks, or swap the directory and plant their own).
 """
 from __future__ import annotations
 
@@ -42,10 +44,33 @@ def file_mode(group: bool) -> int:
     return 0o640 if group else 0o600
 
 
-def ensure_private(d: str, group: bool = False) -> None:
+def _check_ancestors(d: str) -> None:
+    """Nobody else can swap `d` away: every directory above it belongs to root or to us,
+    and one others may write into (/tmp, /dev/shm) has the sticky bit (only the owner of
+    an entry may rename or remove it)."""
+    me = os.geteuid()
+    real = os.path.realpath(d)
+    cur = "/"
+    for part in real.strip("/").split("/")[:-1]:
+        cur = os.path.join(cur, part)
+        st = os.lstat(cur)
+        if st.st_uid not in (0, me):
+            raise TierDirError(f"{cur}, above the tier directory {d}, belongs to uid "
+                               f"{st.st_uid}: it could swap the tier away; refusing (choose "
+                               "a path under directories of root or of this user)")
+        if stat.S_IMODE(st.st_mode) & 0o022 and not st.st_mode & stat.S_ISVTX:
+            raise TierDirError(f"{cur}, above the tier directory {d}, is writable by others "
+                               "and not sticky: refusing")
+
+
+def ensure_private(d: str, group: bool = False, trust_parents: bool = False) -> None:
     """Create `d` (and missing parents) if absent; then check it is a real directory
-    owned by us with no access for others (tightening our own). TierDirError else."""
+    owned by us with no access for others (tightening our own), under directories only
+    root or we control (unless `trust_parents`: a container's own volume, whose other
+    writers are the pod's own containers). TierDirError else."""
     os.makedirs(d, mode=dir_mode(group), exist_ok=True)
+    if not trust_parents:
+        _check_ancestors(d)
     st = os.lstat(d)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise TierDirError(f"tier directory {d} is a symlink or not a directory: refusing "
@@ -61,13 +86,14 @@ def ensure_private(d: str, group: bool = False) -> None:
         os.chmod(d, allowed)
 
 
-def claim_dir(path: str, cluster_id: str, held: list, group: bool = False) -> str:
+def claim_dir(path: str, cluster_id: str, held: list, group: bool = False,
+              trust_parents: bool = False) -> str:
     """A tier directory under `path` for this worker, holding only `cluster_id`'s blocks.
     The flock's descriptor is appended to `held` (kept for the worker's life)."""
-    ensure_private(path, group)
+    ensure_private(path, group, trust_parents)
     for n in range(64):
         d = path if n == 0 else os.path.join(path, f"w{n}")
-        ensure_private(d, group)
+        ensure_private(d, group, trust_parents)
         fd = os.open(os.path.join(d, LOCK), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

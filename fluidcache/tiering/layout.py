@@ -214,7 +214,7 @@ def copy_block(src_dir: str, dst_dir: str, key: str, mode: int = 0o600) -> bool:
     return True
 
 
-def _open_exact(tier_dir: str, key: str, length: int):
+def _open_exact(tier_dir: str, key: str, length: int, expect: tuple[str, int] | None = None):
     """(fd, owner + index + file id, checksum) of block `key` if its file holds exactly
     `length` data bytes; None if absent or of another length. Reads the tail only, with
     pread (no Python file object: this is the short-circuit hot path)."""
@@ -233,18 +233,21 @@ def _open_exact(tier_dir: str, key: str, length: int):
         if got != length or n + TRAILER.size != len(tail):
             os.close(fd)
             return None
+        if expect is not None and (fid.hex(), index) != expect:
+            raise CorruptBlock(f"block {key}: its trailer names another file or index")
         return fd, tail[:n] + struct.pack(">Q", index) + fid, digest
     except BaseException:
         os.close(fd)
         raise
 
 
-def read_exact(tier_dir: str, key: str, length: int) -> bytes | None:
+def read_exact(tier_dir: str, key: str, length: int,
+               expect: tuple[str, int] | None = None) -> bytes | None:
     """The verified bytes of block `key` when its file holds exactly `length` bytes of
     data (what the reader expects), as one bytes object read straight from the file:
     no copy beyond the read itself. None if absent or of another length; raises
     CorruptBlock or OSError."""
-    found = _open_exact(tier_dir, key, length)
+    found = _open_exact(tier_dir, key, length, expect)
     if found is None:
         return None
     fd, meta_bytes, digest = found
@@ -265,10 +268,11 @@ def read_exact(tier_dir: str, key: str, length: int) -> bytes | None:
     return data
 
 
-def read_block_into(tier_dir: str, key: str, out: memoryview) -> bool:
+def read_block_into(tier_dir: str, key: str, out: memoryview,
+                    expect: tuple[str, int] | None = None) -> bool:
     """Read the whole block `key` straight into `out` (its exact length) and verify it:
     no intermediate copy. False if absent or of another length; raises CorruptBlock."""
-    found = _open_exact(tier_dir, key, len(out))
+    found = _open_exact(tier_dir, key, len(out), expect)
     if found is None:
         return False
     fd, meta_bytes, digest = found

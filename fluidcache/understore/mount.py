@@ -19,7 +19,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from ..errors import AccessDenied, InvalidRequest, NotFound, StaleVersion, UnderStoreError
-from .readers import read_verified
+from .readers import Fetched, read_verified
 from .s3list import ls_s3
 from .versions import version_of
 
@@ -40,18 +40,23 @@ class Mount:
         self._root = ""
         self.protocol = ""
         self.versioned = False      # an S3 bucket with versioning on: read by VersionId
+        self.hints: dict = {}       # what the store was seen to do (readers.py)
         self._lock = threading.Lock()
 
     def _open(self):
         with self._lock:
             if self._fs is None:
                 try:
-                    fs, root = url_to_fs(self.url, **self.options)
+                    # a filesystem of our own: fsspec's instance cache would keep one
+                    # per set of options forever (every tenant's random key, failed
+                    # datasets too)
+                    fs, root = url_to_fs(self.url, skip_instance_cache=True, **self.options)
                     proto = fs.protocol
                     self.protocol = proto[0] if isinstance(proto, (tuple, list)) else proto
                     if self.protocol in ("s3", "s3a") and "version_aware" not in self.options \
                             and _bucket_versioned(fs, root):
-                        fs, root = url_to_fs(self.url, version_aware=True, **self.options)
+                        fs, root = url_to_fs(self.url, version_aware=True,
+                                             skip_instance_cache=True, **self.options)
                     self.versioned = bool(getattr(fs, "version_aware", False))
                     cache = getattr(fs, "dircache", None)
                     if cache is not None:      # we keep our own listings, bounded
@@ -106,11 +111,25 @@ class Mount:
             elif hasattr(self.fs, "call_s3"):
                 return ls_s3(self.fs, path, self.versioned, self.max_entries)
             else:
-                out = self.fs.ls(path, detail=True, refresh=True)
+                out = self._ls_generic(path, rel)
             if len(out) > self.max_entries:
                 raise InvalidRequest(f"{rel or '/'}: more than {self.max_entries} entries "
                                      "in one directory; mount a narrower path")
             return out
+
+    def _ls_generic(self, path: str, rel: str) -> list[dict]:
+        """Any other fsspec store's listing, made whole: a file some stores list as
+        nothing (HTTP: a file is not a page of links) is asked for on its own, and an
+        entry without a size (HTTP links) is asked for its size and validators."""
+        out = self.fs.ls(path, detail=True, refresh=True)
+        if not out and rel:
+            info = self.fs.info(path)
+            if info.get("type") != "directory":
+                return [info]
+        if len(out) > self.max_entries:
+            return out
+        return [self.fs.info(e["name"]) if e.get("type") != "directory" and
+                e.get("size") is None else e for e in out]
 
     def info(self, rel: str) -> dict:
         path = self.under_path(rel)        # opens the filesystem: the protocol is known
@@ -124,12 +143,14 @@ class Mount:
             return self.fs.info(path)
 
     def read_range(self, rel: str, version: str, start: int, end: int,
-                   size: int | None = None) -> bytes:
+                   size: int | None = None) -> Fetched:
         """Bytes [start, end) of the file if the store shows them to be `version`'s,
-        else StaleVersion (readers.py). `size`: the listed size, checked too."""
+        else StaleVersion, and whether they may be cached (readers.py). `size`: the
+        listed size, checked too."""
         path = self.under_path(rel)
         with translate(rel):
-            return read_verified(self.fs, self.protocol, path, rel, version, start, end, size)
+            return read_verified(self.fs, self.protocol, path, rel, version, start, end,
+                                 size, self.hints)
 
 
 def _bucket_versioned(fs, root: str) -> bool:
@@ -145,10 +166,12 @@ def _bucket_versioned(fs, root: str) -> bool:
 
 
 def _local_entry(path: str, st: os.stat_result) -> dict:
+    """A local file's entry. No `created`: Linux's stat has no birth time (st_ctime is
+    the inode's last change)."""
     kind = "directory" if stat.S_ISDIR(st.st_mode) else "file"
     return {"name": path, "size": st.st_size if kind == "file" else 0, "type": kind,
             "mtime": st.st_mtime, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-            "created": st.st_ctime}
+            "ctime_ns": st.st_ctime_ns}
 
 
 def _local_ls(path: str) -> list[dict]:

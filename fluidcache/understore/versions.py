@@ -6,7 +6,8 @@ how to check bytes against it (readers.py):
     e:ETAG            an entity tag (S3, Azure, HTTP), quotes removed
     e:ETAG@ID         an object version of a versioned S3 bucket (read *by* that id)
     g:GENERATION      a GCS generation (a new one for every write, never reused)
-    f:SIZE:MTIME_NS:INODE   a local file
+    f:SIZE:MTIME_NS:INODE:CTIME_NS   a local file (ctime: a rewrite whose mtime was
+                      put back, `touch -r`, `cp -p`, still changes it)
     m:SIZE:MTIME      another store's size and modification time
     w:SIZE:SCOPE      no validator at all (a reference or HTTP file without ETag or
                       Last-Modified): weak. SCOPE names one dataset incarnation and one
@@ -34,6 +35,7 @@ class Version(NamedTuple):
     value: str = ""    # g: the generation; f, m: the mtime; w: the scope
     size: int = -1     # f, m, w
     ino: int = -1      # f
+    ctime: int = -1    # f
 
 
 def norm_etag(raw) -> str | None:
@@ -52,7 +54,7 @@ def format_version(v: Version) -> str:
     if v.kind == "g":
         return f"g:{v.value}"
     if v.kind == "f":
-        return f"f:{v.size}:{v.value}:{v.ino}"
+        return f"f:{v.size}:{v.value}:{v.ino}:{v.ctime}"
     return f"{v.kind}:{v.size}:{v.value}"
 
 
@@ -69,8 +71,8 @@ def parse_version(text: str) -> Version:
     if kind == "g":
         return Version("g", value=body)
     if kind == "f":
-        size, mtime, ino = body.split(":")
-        return Version("f", value=mtime, size=int(size), ino=int(ino))
+        size, mtime, ino, ctime = body.split(":")
+        return Version("f", value=mtime, size=int(size), ino=int(ino), ctime=int(ctime))
     size, _, value = body.partition(":")
     return Version(kind, value=value, size=int(size))
 
@@ -120,7 +122,8 @@ def version_of(info: dict, protocol: str, weak_scope: str) -> str:
     size = int(info.get("size") or 0)
     if protocol == "file" and info.get("mtime_ns") is not None:
         return format_version(Version("f", value=str(int(info["mtime_ns"])), size=size,
-                                      ino=int(info.get("ino") or 0)))
+                                      ino=int(info.get("ino") or 0),
+                                      ctime=int(info.get("ctime_ns") or 0)))
     generation = info.get("generation")
     if generation not in (None, ""):
         return format_version(Version("g", value=str(generation)))
@@ -137,6 +140,16 @@ def version_of(info: dict, protocol: str, weak_scope: str) -> str:
 
 def is_weak(version: str) -> bool:
     return version.startswith("w:")
+
+
+def weak_scope(dataset_uid: str, incarnation: str) -> str:
+    """What a weak version is bound to: one dataset incarnation, one run of the master."""
+    return f"{dataset_uid}.{incarnation}"
+
+
+def scope_of(version: str) -> str | None:
+    """The scope of a weak version (None for any other)."""
+    return parse_version(version).value if is_weak(version) else None
 
 
 def etag_field(version: str) -> str | None:

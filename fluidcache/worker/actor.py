@@ -17,23 +17,33 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 from dataclasses import replace
 
 import ray
 
 from .. import blocks, names, placement
 from ..config import Config
-from ..errors import AccessDenied, InvalidRequest, StaleVersion
+from ..errors import AccessDenied, InvalidRequest, NotFound, StaleVersion
 from ..master.namespace import Dataset, normalize
 from ..service import Server, bind_host as _bind_host, limits_of
 from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
 from ..understore import Mount
+from ..understore.versions import is_weak, scope_of
 from ..wire import BlockRead
 from .loads import Loads
 
 log = logging.getLogger(__name__)
 _RECORD_TTL = 5.0
+_KEEP_DATASETS = 1024    # dataset records a worker keeps (least recently fetched go)
+_KEEP_MOUNTS = 256       # opened mounts a worker keeps
+
+
+class Record(NamedTuple):
+    expires: float
+    dataset: Dataset
+    weak_scope: str
 TOUCH_MAX = 8192         # keys in one touch (~300 KiB: well under a frame)
 PREFETCH_MAX = 64        # prefetch hints being filled at once; more are dropped
 
@@ -52,7 +62,8 @@ class Worker:
             if not r.startswith("node:") and r not in ("CPU", "GPU", "memory",
                                                        "object_store_memory"))
         group = cfg.tier_group_access
-        tiers = tuple(replace(t, path=dirs.claim_dir(t.path, cfg.cluster_id, self._locks, group))
+        tiers = tuple(replace(t, path=dirs.claim_dir(t.path, cfg.cluster_id, self._locks, group,
+                                                     cfg.tier_trust_parents))
                       for t in cfg.tiers)
         self._tier_bases = [(t.medium, t.path) for t in cfg.tiers]
         self.store = BlockStore(tiers, cfg.eviction, cfg.promote,
@@ -61,7 +72,7 @@ class Worker:
                              ufs_fetches=0, short_circuit_hits=0, short_circuit_bytes=0,
                              prefetches=0)
         self.metrics = _metrics(node_id)
-        self._datasets: dict[tuple[str, str], tuple[float, Dataset]] = {}
+        self._datasets: dict[tuple[str, str], Record] = {}
         self.by_dataset: dict[str, list[int]] = {}     # "ns/name" -> [hits, misses]
         self._owner_of: dict[str, str] = {}            # block key -> "ns/name"
         self._mounts: dict[tuple, Mount] = {}
@@ -250,9 +261,9 @@ class Worker:
             return self._touch(req.namespace, req.args)
         r = self._block_read(req.args)
         hit = self._datasets.get((req.namespace, r.dataset))
-        if hit is None or hit[0] < time.monotonic():
+        if hit is None or hit.expires < time.monotonic():
             return None
-        found = self._mount_of(req.namespace, hit[1], r, req.args.get("f"))
+        found = self._mount_of(req.namespace, hit, r, req.args.get("f"))
         if found is None:
             return None
         key = blocks.block_key(found[2], r.index, self.config.block_size)
@@ -350,23 +361,49 @@ class Worker:
         self._tokens = await _ray_call(self._master.tokens.remote(self._secret))
         self._tokens_at = time.monotonic()
 
-    async def _dataset(self, ns: str, name: str, fresh: bool = False) -> Dataset:
+    async def _dataset(self, ns: str, name: str, fresh: bool = False) -> Record:
+        """The dataset's record (mounts, options, weak scope), asked of the master at most
+        every _RECORD_TTL seconds. A dataset the master no longer knows is forgotten here
+        too: its record, its mounts and its counters."""
         hit = self._datasets.get((ns, name))
-        if hit is None or fresh or hit[0] < time.monotonic():
-            record = await _ray_call(self._master.dataset_for_worker.remote(ns, name,
-                                                                            self._secret))
-            hit = (time.monotonic() + _RECORD_TTL, Dataset.from_record(record))
+        if hit is None or fresh or hit.expires < time.monotonic():
+            try:
+                record = await _ray_call(self._master.dataset_for_worker.remote(
+                    ns, name, self._secret))
+            except Exception as exc:
+                if "no dataset" in str(exc):
+                    self._forget(ns, name)
+                    raise NotFound(f"no dataset {name!r} in namespace {ns!r}") from None
+                raise
+            hit = Record(time.monotonic() + _RECORD_TTL, Dataset.from_record(record),
+                         record.get("weak_scope", ""))
             self._datasets[(ns, name)] = hit
-        return hit[1]
+            while len(self._datasets) > _KEEP_DATASETS:
+                self._datasets.pop(next(iter(self._datasets)))
+        return hit
 
-    def _mount_of(self, ns: str, ds: Dataset, r: BlockRead, fid):
-        """(mount, relative path, file id) of a read in dataset `ds`, computed from our own
-        mount table; None when the client's file id is not ours (our record is stale)."""
+    def _forget(self, ns: str, name: str) -> None:
+        self._datasets.pop((ns, name), None)
+        for key in [k for k in self._mounts if k[:2] == (ns, name)]:
+            del self._mounts[key]
+        self.by_dataset.pop(f"{ns}/{name}", None)
+
+    def _mount_of(self, ns: str, rec: Record, r: BlockRead, fid):
+        """(mount, relative path, file id) of a read in the record's dataset, computed
+        from our own mount table; None when the client's file id is not ours (our record
+        is stale). A weak version must carry this dataset's scope: a client cannot plant
+        one dataset's bytes under another's weak keys."""
+        ds = rec.dataset
+        if is_weak(r.version) and scope_of(r.version) != rec.weak_scope:
+            raise StaleVersion(f"{r.dataset}/{r.path}: a weak version of another dataset "
+                               "or master run; list it again")
         spec, rel = ds.resolve(normalize(r.path))
-        key = (ns, ds.name, spec.point, spec.url, repr(sorted(spec.options.items())))
+        key = (ns, ds.name, ds.uid, spec.point, spec.url, repr(sorted(spec.options.items())))
         mount = self._mounts.get(key)
         if mount is None:
             mount = self._mounts[key] = Mount(spec.url, spec.options)
+            while len(self._mounts) > _KEEP_MOUNTS:
+                self._mounts.pop(next(iter(self._mounts)))
         myfid = blocks.file_id(mount.url_of(rel), r.version, ns)
         if isinstance(fid, str) and fid != myfid:
             return None
@@ -376,8 +413,8 @@ class Worker:
         """A block's bytes: from a tier, else fetched once (single flight) and cached.
         `read`: a reader's request, counted as a hit or a miss (a load's is not)."""
         for fresh in (False, True):
-            ds = await self._dataset(ns, r.dataset, fresh)
-            found = self._mount_of(ns, ds, r, fid)
+            rec = await self._dataset(ns, r.dataset, fresh)
+            found = self._mount_of(ns, rec, r, fid)
             if found is not None:
                 break
         else:
@@ -398,7 +435,7 @@ class Worker:
         if fut is None:       # single flight: one fetch per key, however many readers
             fut = self._inflight[key] = loop.create_future()
             task = self._fills[key] = loop.create_task(
-                self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", ds, fid, fut))
+                self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", rec.dataset, fid, fut))
             task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None),
                                                       self._fills.pop(k, None)))
         if read:
@@ -417,7 +454,7 @@ class Worker:
         start = r.index * self.config.block_size
         t0 = time.monotonic()
         try:
-            data = await loop.run_in_executor(
+            data, cacheable = await loop.run_in_executor(
                 self._fetch, mount.read_range, rel, r.version, start,
                 start + self.config.block_size, r.size)
             if self.metrics is not None:
@@ -432,8 +469,9 @@ class Worker:
         fut.set_result(data)
         self.counters["ufs_bytes_read"] += len(data)
         self.counters["ufs_fetches"] += 1
-        if len(data) != self._expected(r):
-            return             # not the listed size: the readers report it; never cache it
+        if len(data) != self._expected(r) or not cacheable:
+            return             # not the listed size, or not shown to be that version's
+                               # (racy, or no validator in the answer): never cache it
         if not placement.matches(ds.selector, self.labels, self.resources):
             return             # not a node this dataset may cache on: read through only
         try:

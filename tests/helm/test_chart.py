@@ -74,8 +74,13 @@ def test_the_rendered_config_is_what_the_values_say(values, tmp_path):
         given = yaml.safe_load(f) or {}
     levels = (given.get("tieredstore") or defaults["tieredstore"])["levels"]
     assert [(t.medium, t.path, t.quota, t.high, t.low) for t in cfg.tiers] == [
-        (lv["mediumtype"].upper(), lv["path"], parse_size(lv["quota"]), lv.get("high", 0.95),
-         lv.get("low", 0.7)) for lv in levels]
+        (lv["mediumtype"].upper(), lv["path"] + "/blocks", parse_size(lv["quota"]),
+         lv.get("high", 0.95), lv.get("low", 0.7)) for lv in levels]
+    # blocks live in a directory the worker makes inside each volume (whose mount point
+    # is root's); the volumes are the pod's own, and shared with app pods' group only
+    # with short-circuit
+    assert cfg.tier_trust_parents is True
+    assert cfg.tier_group_access == bool((given.get("shortCircuit") or {}).get("enabled"))
     cache = {**defaults["cache"], **(given.get("cache") or {})}
     assert cfg.block_size == parse_size(cache["blockSize"]) and cfg.eviction == cache["eviction"]
     assert cfg.master_port == defaults["master"]["port"]
@@ -87,7 +92,7 @@ def test_the_rendered_config_is_what_the_values_say(values, tmp_path):
          for g in d["spec"]["workerGroupSpecs"]]
     for spec in pods:
         mounts = {m["mountPath"] for c in spec["containers"] for m in c["volumeMounts"]}
-        assert {t.path for t in cfg.tiers} <= mounts
+        assert {os.path.dirname(t.path) for t in cfg.tiers} <= mounts
 
 
 def test_mem_tiers_are_memory_backed_with_their_quota_and_secrets_are_kept():

@@ -16,7 +16,7 @@ from fluidcache.service import Server
 async def _handler(req, payload):
     if req.token != "right":
         raise AccessDenied("wrong token")
-    return {"ok": True}, None
+    return {"ok": True}, (b"x" * (1 << 20) if req.op == "big" else None)
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -90,5 +90,35 @@ def test_a_wrong_token_closes_the_connection():
             c.settimeout(3)
             assert _closed(c)                  # no second guess on the same connection
         assert Pool().call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
+    finally:
+        server.stop()
+
+
+def test_peers_that_ask_and_never_read_the_replies_lose_their_slots():
+    """Each sends 16 reads of a 1 MiB reply and never reads: the server stops reading
+    from it (flow control) with requests pending. It must still give the slot back."""
+    from fluidcache import wire
+    server = Server(_handler, max_connections=8, frame_timeout=1.0,
+                    first_frame_timeout=1.0, idle_timeout=60.0).start()
+    try:
+        hogs = []
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"".join(wire.pack(wire.Request("big", {}, i, "ns", "right").header())
+                               for i in range(16)))
+            hogs.append(s)
+        t0 = time.monotonic()
+        pool = Pool(connect_timeout=2, request_timeout=3)
+        while True:
+            try:
+                assert pool.call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
+                break
+            except Exception:                      # noqa: BLE001 - bounded below
+                assert time.monotonic() - t0 < 5, "the normal client was never served"
+                pool = Pool(connect_timeout=2, request_timeout=3)
+                time.sleep(0.05)                   # the client's backoff
+        for s in hogs:
+            s.close()
     finally:
         server.stop()

@@ -84,6 +84,11 @@ def test_the_reference_exploit_is_refused_and_nothing_is_read(tenant):
     ("s3://fc-test/ds/small", {"client_kwargs": {"endpoint_url": "x"}}, "not allowed"),
     ("s3://fc-test/ds/small", {"key": "k"}, "own credentials"),    # no secret: the nodes'
     ("s3://fc-test/ds/small", {}, "own credentials"),
+    # stores whose options reach the network or the nodes' identity in ways not vetted
+    # (a service account's token_uri, an account name that becomes a host, credentials
+    # from the nodes' environment): the admin mounts them, tenants do not
+    ("gs://fc-test/ds/small", {"token": {"token_uri": "http://127.0.0.1:1/"}}, "may not mount"),
+    ("abfs://c/x", {"account_name": "127.0.0.1:1/x?", "anon": True}, "may not mount"),
 ])
 def test_a_tenant_mounts_only_what_was_granted(tenant, moto, url, options, why):
     opts = dict({"endpoint_url": moto.endpoint} if url.startswith("s3") and
@@ -186,3 +191,31 @@ def test_a_ray_user_without_the_worker_secret_cannot_act_as_a_worker(cluster):
         "heartbeat": "refused", "tokens": "refused", "dataset": "refused", "rules": "refused"}
     st = cluster["client"].status()
     assert "127.0.0.1:1" not in [w.get("address") for w in st["workers"]]
+
+
+def test_an_https_mount_sends_no_header_but_authorization(cluster):
+    admin = cluster["client"]
+    name = f"web{secrets.token_hex(3)}"
+    token = admin.create_namespace(name, allow=["https://127.0.0.1:9/pub"])
+    team = fluidcache.connect(token=token, namespace=name)
+    with pytest.raises(PermissionError, match="Authorization"):
+        team.create_dataset("vhost", {"/": "https://127.0.0.1:9/pub"},
+                            {"headers": {"Host": "admin.internal"}})
+
+
+def test_failed_creates_with_new_options_do_not_grow_the_master(cluster, moto, tenant):
+    """Seen: every distinct set of options kept a filesystem in fsspec's instance cache
+    (~13 MiB each), refused datasets too."""
+    def rss() -> int:
+        pid = cluster["client"].status()["master"]["pid"]
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+    before = rss()
+    for i in range(40):
+        with pytest.raises(OSError):
+            tenant["client"].create_dataset(
+                f"gone{i}", {"/": "s3://fc-test/ds/small/no-such-dir"},
+                {"endpoint_url": moto.endpoint, "key": secrets.token_hex(8),
+                 "secret": secrets.token_hex(8)})
+    grown = (rss() - before) / 1024
+    assert grown < 120, f"the master grew {grown:.0f} MiB over 40 refused datasets"

@@ -78,3 +78,28 @@ def test_a_failed_snapshot_does_not_fail_a_journaled_change(tmp_path):
         assert out["namespace"] == "team" and "team" in m.core.tokens
     finally:
         m.shutdown()
+
+
+def test_an_open_file_survives_a_new_block_size():
+    """The cluster started again with another block size while a file is open: its reads
+    use blocks of the new size, never a block of the old one (seen: b"" mid-file)."""
+    content = bytes(i % 251 for i in range(8 * BS))
+
+    class Sized(FakeClient):
+        bs = BS
+
+        def cluster(self):
+            return {"block_size": self.bs}
+
+        def block(self, entry, index):
+            return content[index * self.bs:(index + 1) * self.bs]
+
+    client = Sized(budget=0)
+    f = FluidFile(FakeFs(client), "ds/f", {"name": "ds/f", "size": len(content),
+                                           "version": "e:x", "fid": "0" * 32})
+    assert f.read(100) == content[:100]
+    client.bs = 2 * BS                                 # stop; start --block-size 2x
+    f.seek(BS + 500)
+    assert f.read(100) == content[BS + 500:BS + 600]
+    f.seek(BS // 2)
+    assert f.read(10) == content[BS // 2:BS // 2 + 10]

@@ -109,7 +109,7 @@ def test_map_version_bumps_only_on_change(core):
 def test_listing_expires_at_its_deadline(core):
     entries = [{"name": "a", "size": 1}]
     assert core.listing("team", "imgs", "", now=0.0) is None
-    core.store_listing("team", "imgs", "", entries, expires=100.0)
+    core.store_listing("team", "imgs", "", entries, expires=100.0, started=1.0)
     assert core.listing("team", "imgs", "", now=0.0) == entries
     assert core.listing("team", "imgs", "", now=99.999) == entries
     assert core.listing("team", "imgs", "", now=100.0) is None
@@ -118,8 +118,8 @@ def test_listing_expires_at_its_deadline(core):
 
 
 def test_store_listing_replaces(core):
-    core.store_listing("team", "imgs", "", [{"name": "old"}], expires=10.0)
-    core.store_listing("team", "imgs", "", [{"name": "new"}], expires=20.0)
+    core.store_listing("team", "imgs", "", [{"name": "old"}], expires=10.0, started=1.0)
+    core.store_listing("team", "imgs", "", [{"name": "new"}], expires=20.0, started=2.0)
     assert core.listing("team", "imgs", "", now=15.0) == [{"name": "new"}]
 
 
@@ -127,7 +127,8 @@ def test_invalidate_and_remove_drop_only_that_dataset(core):
     core.add_dataset(dataset("imgs"))
     for ns, name in (("team", "imgs"), ("team", "text"), ("other", "imgs")):
         for path in ("", "a"):
-            core.store_listing(ns, name, path, [{"name": f"{ns}/{name}/{path}"}], expires=10.0)
+            core.store_listing(ns, name, path, [{"name": f"{ns}/{name}/{path}"}], expires=10.0,
+                               started=1.0)
     core.remove_dataset("team", "imgs")
     assert core.listing("team", "imgs", "", now=0.0) is None
     assert core.listing("team", "imgs", "a", now=0.0) is None

@@ -18,11 +18,15 @@ def test_a_changed_listing_moves_the_epoch_and_an_unchanged_one_does_not():
     core = MasterCore(incarnation="r1")
     a = DirListing([("x", FILE, 1, "e:1")])
     e0 = core.epoch("ns", "ds")
-    assert not core.store_listing("ns", "ds", "", a, 10.0)       # first: nothing to drop
-    assert not core.store_listing("ns", "ds", "", DirListing([("x", FILE, 1, "e:1")]), 20.0)
+    assert not core.store_listing("ns", "ds", "", a, 10.0, 1.0)   # first: nothing to drop
+    assert not core.store_listing("ns", "ds", "", DirListing([("x", FILE, 1, "e:1")]), 20.0,
+                                  2.0)
     assert core.epoch("ns", "ds") == e0
-    assert core.store_listing("ns", "ds", "", DirListing([("x", FILE, 1, "e:2")]), 30.0)
+    assert core.store_listing("ns", "ds", "", DirListing([("x", FILE, 1, "e:2")]), 30.0, 3.0)
     e1 = core.epoch("ns", "ds")
+    # a slow listing begun before the one held (older news) never replaces it
+    assert not core.store_listing("ns", "ds", "", a, 40.0, started=2.5)
+    assert core.listing("ns", "ds", "", None) != a and core.epoch("ns", "ds") == e1
     assert e1 != e0 and older(e0, e1)
     core.invalidate("ns", "ds")                 # removed, made again: a fresh epoch
     assert core.epoch("ns", "ds") not in (e0, e1)
@@ -125,3 +129,28 @@ def test_infos_of_one_directory_ask_to_list_it_after_two():
     assert [m.missed("ds/d") for _ in range(3)] == [1, 2, 3]
     m.put("ds/d", [], ttl=60, epoch=None)
     assert m.missed("ds/d") == 1                         # listing it reset the count
+
+
+def test_a_file_refreshed_when_its_parent_is_not_held_still_moves_the_epoch(local):
+    """Clients may hold the parent's listing although the master dropped it."""
+    root, core, lst, ds = local
+    lst.page(ds, "d", None, 100)
+    core.prune(float("inf"))                          # the master's copy expired and went
+    epoch = lst.epoch(ds)
+    (root / "d" / "a.bin").write_bytes(b"2" * 20)
+    assert lst.entry(ds, "d/a.bin", refresh=True)["size"] == 20
+    assert lst.epoch(ds) != epoch
+
+
+def test_a_directory_gone_is_forgotten_by_a_refresh(local):
+    import shutil
+    root, core, lst, ds = local
+    (root / "d" / "sub").mkdir()
+    (root / "d" / "sub" / "f.bin").write_bytes(b"x")
+    assert [e["name"] for e in lst.page(ds, "d/sub", None, 100)["entries"]] == ["ds/d/sub/f.bin"]
+    shutil.rmtree(root / "d" / "sub")
+    epoch = lst.epoch(ds)
+    lst.refresh_tree(ds, "d")
+    assert core.listing("ns", "ds", "d/sub", None) is None and lst.epoch(ds) != epoch
+    with pytest.raises(NotFound):
+        lst.page(ds, "d/sub", None, 100)

@@ -81,3 +81,19 @@ def test_a_tier_directory_of_another_user_is_refused(tmp_path):
     os.chown(tmp_path / "theirs", os.geteuid() + 4242, -1)
     with pytest.raises(dirs.TierDirError, match="belongs to uid"):
         dirs.claim_dir(str(tmp_path / "theirs"), "c", [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_a_tier_below_a_directory_another_user_owns_is_refused(tmp_path):
+    """Seen: a local user pre-created /tmp/x, let the worker make /tmp/x/ssd, then
+    swapped `ssd` for a directory of its own and planted blocks."""
+    (tmp_path / "theirs").mkdir()
+    os.chown(tmp_path / "theirs", os.geteuid() + 4242, -1)
+    with pytest.raises(dirs.TierDirError, match="above the tier directory"):
+        dirs.claim_dir(str(tmp_path / "theirs" / "ssd"), "c", [])
+    (tmp_path / "open").mkdir()
+    os.chmod(tmp_path / "open", 0o777)                             # writable, not sticky
+    with pytest.raises(dirs.TierDirError, match="not sticky"):
+        dirs.claim_dir(str(tmp_path / "open" / "ssd"), "c", [])
+    os.chmod(tmp_path / "open", 0o1777)                            # like /tmp: fine
+    dirs.claim_dir(str(tmp_path / "open" / "ssd"), "c", [])

@@ -26,8 +26,8 @@ def test_versions_say_what_they_rest_on():
     assert version_of({"ETag": '"abc"', "VersionId": "null"}, "s3", "x") == "e:abc"
     assert version_of({"generation": 7, "etag": "CJ"}, "gcs", "x") == "g:7"
     assert version_of({"size": 3, "mtime": 12.5}, "sftp", "x") == "m:3:12.5"
-    assert version_of({"size": 3, "mtime_ns": 5, "ino": 9, "mtime": 0.0}, "file", "x") \
-        == "f:3:5:9"
+    assert version_of({"size": 3, "mtime_ns": 5, "ino": 9, "ctime_ns": 6, "mtime": 0.0},
+                      "file", "x") == "f:3:5:9:6"
     # a weak ETag promises equivalent content, not the same bytes: not a version
     assert version_of({"ETag": 'W/"abc"', "size": 3,
                        "Last-Modified": "Tue, 01 Dec 2026 03:00:00 GMT"}, "https", "x") \
@@ -36,7 +36,7 @@ def test_versions_say_what_they_rest_on():
     assert version_of({"size": 100}, "reference", "ds1.run1") == "w:100:ds1.run1"
     assert version_of({"size": 100}, "reference", "ds2.run1") != \
         version_of({"size": 100}, "reference", "ds1.run1")
-    for v in ("e:abc", "e:abc@v7", "g:7", "m:3:12.5", "f:3:5:9", "w:100:s"):
+    for v in ("e:abc", "e:abc@v7", "g:7", "m:3:12.5", "f:3:5:9:6", "w:100:s"):
         assert format_version(parse_version(v)) == v
     for bad in ("", "abc", "x:1", "e:", '"abc"'):
         with pytest.raises(ValueError):
@@ -72,6 +72,7 @@ class FakeS3:
     def __init__(self, data: bytes, etag: str, drop_etag: bool = False):
         import asyncio
         self.data, self.etag, self.drop_etag = data, etag, drop_etag
+        self.modified, self.script = 1, []
         self.loop = asyncio.new_event_loop()
         import threading
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -83,9 +84,14 @@ class FakeS3:
 
     def call_s3(self, op, **kw):
         self.calls.append((op, kw))
+        if self.script:                      # a scripted change before this call
+            self.data, self.etag, self.modified = self.script.pop(0)
         if op == "head_object":
-            return {"ETag": f'"{self.etag}"', "ContentLength": len(self.data)}
+            return {"ETag": f'"{self.etag}"', "ContentLength": len(self.data),
+                    "LastModified": self.modified}
         start, end = (int(x) for x in kw["Range"][6:].split("-"))
+        if start >= len(self.data):
+            raise OSError("InvalidRange: The requested range is not satisfiable")
         out = {"Body": _Body(self.data[start:end + 1]),
                "ContentRange": f"bytes {start}-{end}/{len(self.data)}"}
         if not self.drop_etag:
@@ -100,23 +106,39 @@ def test_a_store_that_ignores_if_match_is_caught_by_the_answers_etag():
     with pytest.raises(StaleVersion):
         read_verified(fs, "s3", "b/k", "k", "e:old", 0, 4, 10)
     assert fs.calls[0][1]["IfMatch"] == '"old"'          # asked for, not relied on
-    assert read_verified(fs, "s3", "b/k", "k", "e:new", 0, 4, 10) == b"new "
+    assert read_verified(fs, "s3", "b/k", "k", "e:new", 0, 4, 10) == (b"new ", True)
 
 
-def test_an_answer_of_another_size_or_without_an_etag_is_checked():
+def test_an_answer_of_another_size_or_shorter_than_asked_is_stale():
     from fluidcache.errors import StaleVersion
     from fluidcache.understore.readers import read_verified
     fs = FakeS3(b"0123456789", "same")
     with pytest.raises(StaleVersion):                    # listed at 12 bytes, now 10
         read_verified(fs, "s3", "b/k", "k", "e:same", 0, 4, 12)
-    fs = FakeS3(b"0123456789", "now", drop_etag=True)     # a proxy dropped the ETag
+    with pytest.raises(StaleVersion):                    # shrunk past the range: 416
+        read_verified(fs, "s3", "b/k", "k", "e:same", 11, 12, 12)
+
+
+def test_an_answer_without_an_etag_is_served_between_two_heads_and_never_cached():
+    """A store (or proxy) that sends no ETag and ignores If-Match: an overwrite and a
+    revert during the read must not get the new bytes cached under the old key."""
+    from fluidcache.errors import StaleVersion
+    from fluidcache.understore.readers import read_verified
+    fs = FakeS3(b"1111111111", "v1", drop_etag=True)
+    hints = {}
+    got = read_verified(fs, "s3", "b/k", "k", "e:v1", 0, 4, 10, hints)
+    assert got == (b"1111", False) and hints == {"no_etag": True}
+    assert [c[0] for c in fs.calls] == ["get_object", "head_object", "get_object",
+                                       "head_object"]
+    # overwritten with v2 before the GET, put back to v1 (same ETag) before the HEAD
+    fs = FakeS3(b"1111111111", "v1", drop_etag=True)
+    fs.script = [(b"1111111111", "v1", 1), (b"2222222222", "v2", 2),
+                 (b"1111111111", "v1", 3)]
     with pytest.raises(StaleVersion):
-        read_verified(fs, "s3", "b/k", "k", "e:before", 0, 4, 10)
-    assert fs.calls[-1][0] == "head_object"               # so it asked once more
-    assert read_verified(fs, "s3", "b/k", "k", "e:now", 0, 4, 10) == b"0123"
+        read_verified(fs, "s3", "b/k", "k", "e:v1", 0, 4, 10, {"no_etag": True})
 
 
-def test_a_versioned_read_asks_for_the_version_and_checks_it():
+def test_a_versioned_read_asks_for_the_version_and_a_vanished_one_is_stale():
     from fluidcache.errors import StaleVersion
     from fluidcache.understore.readers import read_verified
     fs = FakeS3(b"0123456789", "t")
@@ -125,6 +147,12 @@ def test_a_versioned_read_asks_for_the_version_and_checks_it():
     with pytest.raises(StaleVersion):
         read_verified(fs, "s3", "b/k", "k", "e:t@mine", 0, 4, 10)
     assert fs.calls[-1][1]["VersionId"] == "mine"
+
+    def gone(op, **kw):
+        raise FileNotFoundError("The specified version does not exist.")
+    fs.call_s3 = gone
+    with pytest.raises(StaleVersion):                    # listed again, not ENOENT
+        read_verified(fs, "s3", "b/k", "k", "e:t@mine", 0, 4, 10)
 
 
 def test_a_local_file_changed_or_replaced_is_stale(tmp_path):
@@ -136,10 +164,17 @@ def test_a_local_file_changed_or_replaced_is_stale(tmp_path):
     m = Mount(f"file://{tmp_path}")
     v = m.version_of(m.info("f.bin"), "s")
     assert v.startswith("f:100:")
-    assert m.read_range("f.bin", v, 10, 20, 100) == b"a" * 10
+    assert m.read_range("f.bin", v, 10, 20, 100).data == b"a" * 10
     (tmp_path / "f.bin").write_bytes(b"b" * 100)          # same size, rewritten
     with pytest.raises(StaleVersion):
         m.read_range("f.bin", v, 10, 20, 100)
+    v2 = m.version_of(m.info("f.bin"), "s")
+    st = os.stat(tmp_path / "f.bin")
+    with open(tmp_path / "f.bin", "r+b") as f:           # rewritten in place ...
+        f.write(b"d" * 100)
+    os.utime(tmp_path / "f.bin", ns=(st.st_atime_ns, st.st_mtime_ns))   # ... mtime put back
+    with pytest.raises(StaleVersion):                    # the ctime still moved
+        m.read_range("f.bin", v2, 0, 10, 100)
     v2 = m.version_of(m.info("f.bin"), "s")
     (tmp_path / "g.bin").write_bytes(b"c" * 100)
     st = os.stat(tmp_path / "f.bin")
@@ -157,7 +192,7 @@ def test_a_weak_version_is_checked_by_its_size_only(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"x" * 50)
     fs = fsspec.filesystem("file")
     assert read_verified(fs, "memoryish", str(tmp_path / "w.bin"), "w.bin", "w:50:s",
-                         0, 5, 50) == b"xxxxx"
+                         0, 5, 50).data == b"xxxxx"
     with pytest.raises(StaleVersion):
         read_verified(fs, "memoryish", str(tmp_path / "w.bin"), "w.bin", "w:60:s", 0, 5, 60)
 
@@ -177,3 +212,19 @@ def test_any_store_failure_becomes_an_under_store_error_without_urls():
     msg = str(err.value)
     assert msg.startswith("a/b.bin: under store error: EndpointConnectionError")
     assert "secret" not in msg and "10.0.0.1" not in msg and "<under store>" in msg
+
+
+def test_a_file_written_just_now_is_served_but_not_cached(tmp_path):
+    """A write in progress may already carry its final mtime: bytes read within the
+    racy window are never kept under the version's key."""
+    import os
+
+    from fluidcache.understore import Mount
+    (tmp_path / "f.bin").write_bytes(b"a" * 100)
+    m = Mount(f"file://{tmp_path}")
+    v = m.version_of(m.info("f.bin"), "s")
+    assert m.read_range("f.bin", v, 0, 10, 100) == (b"a" * 10, False)     # just written
+    lib = Mount(f"file://{os.path.dirname(os.__file__)}")    # a file written long ago
+    size = os.stat(os.__file__).st_size
+    v = lib.version_of(lib.info("os.py"), "s")
+    assert lib.read_range("os.py", v, 0, 10, size).cacheable is True
