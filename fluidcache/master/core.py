@@ -32,6 +32,11 @@ class Held(NamedTuple):
     started: float          # when its fetch began: an older one never replaces it
 
 
+class Gone(NamedTuple):
+    digest: int | None      # of the listing dropped; None: the directory was found gone
+    started: float          # listings whose fetch began before this are older news
+
+
 def _digest(listing) -> int:
     return hash((listing.names, listing.kinds, bytes(listing.sizes), listing.versions))
 
@@ -55,7 +60,9 @@ class MasterCore:
         # entries in all; a listing dropped (expired or evicted) leaves a digest, so one
         # listed again is still known to have changed or not
         self._listings: OrderedDict[tuple[str, str, str], Held] = OrderedDict()
-        self._digests: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        # what is known of a listing no longer held: its digest (None when it was found
+        # gone) and when that knowledge began (an older fetch never replaces it)
+        self._gone: OrderedDict[tuple[str, str, str], Gone] = OrderedDict()
         self.listed = 0
         self.max_listed = max_listed
         self._epochs: dict[tuple[str, str], int] = {}
@@ -225,21 +232,22 @@ class MasterCore:
     def store_listing(self, ns: str, name: str, path: str, listing, expires: float | None,
                       started: float) -> bool:
         """Keep a listing the shell began to fetch at `started` (`expires` None: keep the
-        old deadline). One begun before the listing held now is older news and is
+        old deadline). One begun before what is known of the path now (the listing held,
+        a refresh, the directory found gone, a listing dropped) is older news and is
         dropped: a slow listing never overwrites a refresh. Returns whether the stored
         listing differs from the one known before (held, or its digest); then the
         dataset's epoch moves. Listings used least recently go over `max_listed`."""
         key = (ns, name, path)
-        old = self._listings.get(key)
-        if old is not None and old.started > started:
+        old, gone = self._listings.get(key), self._gone.get(key)
+        if (old is not None and old.started > started) or self._floor(key) > started:
             return False
         if old is not None:
             del self._listings[key]
             self.listed -= len(old.listing)
             changed = old.listing != listing
         else:
-            digest = self._digests.pop(key, None)
-            changed = digest is not None and digest != _digest(listing)
+            self._gone.pop(key, None)
+            changed = gone is not None and gone.digest != _digest(listing)
         if expires is None:
             expires = old.expires if old is not None else 0.0
         self._listings[key] = Held(expires, listing, started)
@@ -250,33 +258,66 @@ class MasterCore:
             self.bump_epoch(ns, name)
         return changed
 
-    def forget_listing(self, ns: str, name: str, path: str) -> bool:
-        """A directory that is gone: its listing (and those below it) and digests go,
-        and the epoch moves if any was held. Returns whether one was."""
+    def refreshed(self, ns: str, name: str, path: str, at: float) -> None:
+        """A file of directory `path` was asked for at `at` while its listing is not
+        held: a listing of `path` begun before that is older news; clients may hold one,
+        so the epoch moves."""
+        key = (ns, name, path)
+        gone = self._gone.get(key)
+        if key not in self._listings:
+            self._remember(key, Gone(gone.digest if gone else None,
+                                     max(at, gone.started if gone else at)))
+        self.bump_epoch(ns, name)
+
+    def forget_listing(self, ns: str, name: str, path: str, at: float) -> bool:
+        """A directory found gone at `at`: its listing (and those below it) go, and a
+        listing of them begun before `at` is never stored; the epoch moves if any was
+        held. Returns whether one was."""
         below = path + "/" if path else ""
-        keys = [k for k in self._listings if k[:2] == (ns, name) and
-                (k[2] == path or k[2].startswith(below))]
+        keys = {k for k in list(self._listings) + list(self._gone) if k[:2] == (ns, name)
+                and (k[2] == path or k[2].startswith(below))} | {(ns, name, path)}
+        held = False
         for key in keys:
-            self.listed -= len(self._listings.pop(key).listing)
-        for key in [k for k in self._digests if k[:2] == (ns, name) and
-                    (k[2] == path or k[2].startswith(below))]:
-            del self._digests[key]
-        if keys:
+            h = self._listings.pop(key, None)
+            if h is not None:
+                self.listed -= len(h.listing)
+                held = True
+            self._remember(key, Gone(None, at))
+        if held:
             self.bump_epoch(ns, name)
-        return bool(keys)
+        return held
 
     def held_below(self, ns: str, name: str, path: str) -> set[str]:
-        """Paths at or below `path` whose listings (or digests) are held."""
+        """Paths at or below `path` whose listings are held, or remembered as dropped."""
         below = path + "/" if path else ""
-        return {k[2] for table in (self._listings, self._digests) for k in table
-                if k[:2] == (ns, name) and (k[2] == path or k[2].startswith(below))}
+        return {k[2] for table in (self._listings, self._gone) for k in table
+                if k[:2] == (ns, name) and (k[2] == path or k[2].startswith(below))
+                and not (table is self._gone and self._gone[k].digest is None)}
+
+    def _floor(self, key) -> float:
+        """When what is known of `key`'s directory began: the path's own record, and
+        any directory above it found gone (a listing below it begun before then is
+        older news)."""
+        ns, name, path = key
+        gone = self._gone.get(key)
+        floor = gone.started if gone is not None else float("-inf")
+        while path:
+            path = path.rpartition("/")[0]
+            up = self._gone.get((ns, name, path))
+            if up is not None and up.digest is None:
+                floor = max(floor, up.started)
+        return floor
+
+    def _remember(self, key, gone: Gone) -> None:
+        self._gone[key] = gone
+        self._gone.move_to_end(key)
+        while len(self._gone) > MAX_DIGESTS:
+            self._gone.popitem(last=False)
 
     def _drop(self, key) -> None:
         held = self._listings.pop(key)
         self.listed -= len(held.listing)
-        self._digests[key] = _digest(held.listing)
-        while len(self._digests) > MAX_DIGESTS:
-            self._digests.popitem(last=False)
+        self._remember(key, Gone(_digest(held.listing), held.started))
 
     def prune(self, now: float) -> int:
         """Drop the listings that expired before `now` (their digests stay); returns
@@ -292,8 +333,8 @@ class MasterCore:
     def invalidate(self, ns: str, name: str) -> None:
         for key in [k for k in self._listings if k[:2] == (ns, name)]:
             self.listed -= len(self._listings.pop(key).listing)
-        for key in [k for k in self._digests if k[:2] == (ns, name)]:
-            del self._digests[key]
+        for key in [k for k in self._gone if k[:2] == (ns, name)]:
+            del self._gone[key]
         self._epochs.pop((ns, name), None)
 
     # -- metadata epochs -------------------------------------------------------

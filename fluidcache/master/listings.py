@@ -123,7 +123,7 @@ class Listings:
                                        self._expiry(ds, now), started=now) and before:
                 for gone in _subdirs(before) - _subdirs(listing):   # and all below them
                     self.core.forget_listing(ds.namespace, ds.name,
-                                             f"{path}/{gone}" if path else gone)
+                                             f"{path}/{gone}" if path else gone, now)
         return listing
 
     def _gone(self, ds: Dataset, path: str, started: float) -> None:
@@ -132,7 +132,7 @@ class Listings:
         delete markers as a directory: once found empty, it is shown no more)."""
         parent, _, child = path.rpartition("/")
         with self._lock:
-            self.core.forget_listing(ds.namespace, ds.name, path)
+            self.core.forget_listing(ds.namespace, ds.name, path, started)
             held = self.core.listing(ds.namespace, ds.name, parent, None) if path else None
             if held is not None and held.find(child) is not None:
                 self.core.store_listing(ds.namespace, ds.name, parent,
@@ -149,7 +149,7 @@ class Listings:
         with self._lock:
             held = self.core.listing(ds.namespace, ds.name, parent, None)
             if held is None and refresh:
-                self.core.bump_epoch(ds.namespace, ds.name)
+                self.core.refreshed(ds.namespace, ds.name, parent, started)
             if held is not None and old_differs(held, child, row):
                 self.core.store_listing(ds.namespace, ds.name, parent,
                                         held.with_entry(child, row), None, started)
@@ -202,6 +202,7 @@ class Listings:
         """List everything under `path` again (`load --metadata-only`); a file is asked
         for on its own. Cached listings below `path` of directories that are gone are
         forgotten. Returns the directories and files seen."""
+        started = time.monotonic()
         try:
             top = self.listing(ds, path, refresh=True)
         except NotFound:
@@ -226,7 +227,7 @@ class Listings:
                     files += 1
         with self._lock:
             for gone in self.core.held_below(ds.namespace, ds.name, path) - seen:
-                self.core.forget_listing(ds.namespace, ds.name, gone)
+                self.core.forget_listing(ds.namespace, ds.name, gone, started)
         return {"directories": dirs, "files": files}
 
 

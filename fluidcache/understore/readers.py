@@ -41,7 +41,8 @@ _RANGE_TOTAL = re.compile(r"/\s*(\d+)\s*$")
 RACY_SECONDS = 2.0
 _REFUSED = ("PreconditionFailed", "412", "pre-condition", "NoSuchVersion",
             "specified version does not exist", "InvalidRange", "416",
-            "Range Not Satisfiable")
+            "range not satisfiable", "range is not satisfiable")
+_NO_ETAG_HINT = 60.0     # seconds an S3 mount is read the no-ETag way after such an answer
 
 
 class Fetched(NamedTuple):
@@ -89,9 +90,11 @@ def read_verified(fs, protocol: str, path: str, rel: str, version: str, start: i
 
 # -- S3 ------------------------------------------------------------------------------------
 
-def _s3_refused(exc: OSError) -> bool:
-    text = str(exc)
-    return any(s in text for s in _REFUSED)
+def _s3_refused(exc: BaseException) -> bool:
+    """Did S3 refuse the listed version (412, a deleted version, 416 past the end)?
+    s3fs words some of these its own way and keeps S3's in the cause."""
+    texts = [str(exc), str(exc.__cause__ or "")]
+    return any(s.lower() in t.lower() for s in _REFUSED for t in texts)
 
 
 def _s3_get(fs, kw: dict, rel: str) -> tuple[dict, bytes]:
@@ -116,7 +119,7 @@ def _read_s3(fs, path: str, rel: str, v: Version, start: int, end: int,
     vid = {"VersionId": v.vid} if v.vid else {}
     kw = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end - 1}",
           "IfMatch": f'"{v.etag}"', **vid}
-    if not hints.get("no_etag"):
+    if hints.get("no_etag", 0.0) < time.monotonic():
         resp, data = _s3_get(fs, kw, rel)
         got = norm_etag(resp.get("ETag"))
         if got is not None:
@@ -128,7 +131,8 @@ def _read_s3(fs, path: str, rel: str, v: Version, start: int, end: int,
             if total and size is not None and int(total.group(1)) != size:
                 raise stale(rel, "the object has another size")
             return Fetched(data, True)
-        hints["no_etag"] = True          # this store's answers carry no ETag (a proxy?)
+        # this store's answers carry no ETag (a proxy?): read the no-ETag way for a while
+        hints["no_etag"] = time.monotonic() + _NO_ETAG_HINT
     # no ETag in the answer: nothing in it shows whose bytes these are. Read the range
     # between two HEADs that must agree; serve, never cache.
     def head() -> tuple:
@@ -137,6 +141,10 @@ def _read_s3(fs, path: str, rel: str, v: Version, start: int, end: int,
     before = head()
     if before[0] != v.etag or (size is not None and before[2] not in (None, size)):
         raise stale(rel, "its ETag changed")
+    if _racy(times({"LastModified": before[1]})[0]):
+        # Last-Modified has one-second resolution: an overwrite and a revert within the
+        # second would pass both HEADs. Refuse until the object is older than that.
+        raise stale(rel, "the store sends no ETag and it changed in the last seconds")
     _, data = _s3_get(fs, kw, rel)
     if head() != before:
         raise stale(rel, "it changed while it was read")

@@ -154,3 +154,25 @@ def test_a_directory_gone_is_forgotten_by_a_refresh(local):
     assert core.listing("ns", "ds", "d/sub", None) is None and lst.epoch(ds) != epoch
     with pytest.raises(NotFound):
         lst.page(ds, "d/sub", None, 100)
+
+
+def test_older_news_never_lands_whatever_is_held():
+    """A listing begun before a refresh, a forget or an eviction is dropped when it lands:
+    seen as stale bytes when the parent was not held (F2), when the refreshed listing was
+    evicted by the cap (A3cap), and as a deleted directory coming back (n2)."""
+    core = MasterCore(incarnation="r", max_listed=2)
+    old = DirListing([("f", FILE, 1, "e:old")])
+    new = DirListing([("f", FILE, 1, "e:new")])
+    core.refreshed("ns", "ds", "dir", at=5.0)            # a file refresh, parent not held
+    assert not core.store_listing("ns", "ds", "dir", old, 10.0, started=4.0)
+    assert core.listing("ns", "ds", "dir", None) is None
+    core.store_listing("ns", "ds", "dir", new, 10.0, started=6.0)    # newer: it lands
+    assert core.listing("ns", "ds", "dir", None) == new
+    core.store_listing("ns", "ds", "x", DirListing([("a", FILE, 1, "e:a")]), 10.0, 7.0)
+    core.store_listing("ns", "ds", "y", DirListing([("a", FILE, 1, "e:a")]), 10.0, 8.0)
+    assert core.listing("ns", "ds", "dir", None) is None   # evicted by the cap ...
+    assert not core.store_listing("ns", "ds", "dir", old, 10.0, started=5.5)   # ... remembered
+    assert core.listing("ns", "ds", "dir", None) is None
+    core.forget_listing("ns", "ds", "gone", at=9.0)        # a directory found gone
+    assert not core.store_listing("ns", "ds", "gone/sub", old, 10.0, started=8.5)
+    assert core.listing("ns", "ds", "gone/sub", None) is None
