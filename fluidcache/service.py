@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import uvloop
 
 from . import wire
-from .errors import AccessDenied, FluidError, ProtocolError
+from .errors import AccessDenied, FluidError, ProtocolError, Unavailable
 
 log = logging.getLogger(__name__)
 _TRICKLING = 0.25    # a frame begun this long ago and not whole is slow, not in flight
@@ -69,12 +69,13 @@ class Limits:
     first_frame_timeout: float = 10.0   # a new connection's first whole frame, at most
     frame_timeout: float = 10.0         # a begun frame's header, at most
     min_rate: float = 1024 * 1024       # bytes/s a payload must at least arrive at
+    request_timeout: float = 60.0       # a request's handler, at most (then: Unavailable)
 
 
 def limits_of(config) -> Limits:
     """A server's limits from the cluster's config."""
     return Limits(config.max_connections, config.idle_timeout, config.first_frame_timeout,
-                  config.frame_timeout)
+                  config.frame_timeout, request_timeout=config.request_timeout)
 
 
 class Server:
@@ -183,7 +184,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None      # idle / first-frame deadline
         self.frame_timer: asyncio.TimerHandle | None = None
         self.write_timer: asyncio.TimerHandle | None = None
-        self.frame_started = self.paused_at = 0.0
+        self.frame_started = self.paused_at = self.busy_since = 0.0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -198,26 +199,31 @@ class _Connection(asyncio.Protocol):
         self.timer = self.s.loop.call_later(limits.first_frame_timeout, self._check_idle)
 
     def _evict_idle(self) -> bool:
-        """Every slot taken: make room for the new peer. The victim is a peer that does
-        not take its replies, else the connection idle the longest (between frames,
-        owed nothing), else the one whose frame has been trickling in the longest (a
-        peer that sends a frame at network speed is done in milliseconds). False when
-        every one is being served."""
-        now, victim, oldest = self.s.loop.time(), None, None
+        """Every slot taken: make room for the new peer. The victim is, in this order:
+        the connection idle the longest (between frames, owed nothing); the one whose
+        frame has been trickling in the longest (a peer that sends a frame at network
+        speed is done in milliseconds); the one that has not taken its replies for the
+        longest; the one whose request has run the longest. False when none qualifies."""
+        now, idle, trickling, paused, busy = self.s.loop.time(), None, None, None, None
         for conn in self.s._conns:
             if conn.closing:
                 continue
-            if conn.paused and now - conn.paused_at > _TRICKLING:
-                victim = conn
-                break
-            if conn.busy or conn.pending:
+            if conn.paused:
+                if now - conn.paused_at > _TRICKLING and (
+                        paused is None or conn.paused_at < paused.paused_at):
+                    paused = conn
+            elif conn.busy:
+                if now - conn.busy_since > self.s.limits.frame_timeout and (
+                        busy is None or conn.busy_since < busy.busy_since):
+                    busy = conn
+            elif conn.pending:
                 continue
-            if not conn.dec.partial:
-                victim = victim or conn
+            elif not conn.dec.partial:
+                idle = idle or conn                   # the first is the longest idle
             elif now - conn.frame_started > _TRICKLING and (
-                    oldest is None or conn.frame_started < oldest.frame_started):
-                oldest = conn
-        victim = victim or oldest
+                    trickling is None or conn.frame_started < trickling.frame_started):
+                trickling = conn
+        victim = idle or trickling or paused or busy
         if victim is None:
             return False
         victim._drop()
@@ -358,8 +364,13 @@ class _Connection(asyncio.Protocol):
             self.s.loop.create_task(self._slow(req, payload))
 
     async def _slow(self, req: wire.Request, payload: bytes) -> None:
+        self.busy_since = self.s.loop.time()
         try:
-            outcome = await self.s.handler(req, payload)
+            outcome = await asyncio.wait_for(self.s.handler(req, payload),
+                                             self.s.limits.request_timeout)
+        except asyncio.TimeoutError:
+            outcome = Unavailable(f"{req.op} took longer than "
+                                  f"{self.s.limits.request_timeout:g}s; try again")
         except FluidError as exc:
             outcome = exc
         except Exception as exc:  # a bug: reply, log, keep serving

@@ -265,10 +265,13 @@ class Master(DataOps):
         ns = self.core.authorize(req.namespace, req.token)   # dict reads: no lock needed
         self._gate.enter(ns)                  # a tenant's share of the master's threads
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, fn, ns, req.args), None
-        finally:
+            work = self._pool.submit(fn, ns, req.args)
+        except BaseException:
             self._gate.leave(ns)
+            raise
+        # the share is given back when the thread is done, not when the request gives up
+        work.add_done_callback(lambda _w: self._gate.leave(ns))
+        return await asyncio.wrap_future(work), None
 
     def op_cluster(self, ns: str, args: dict) -> dict:
         """The cluster map, a page of workers at a time: {"version", "block_size",
@@ -381,15 +384,19 @@ class Master(DataOps):
         tenants.check_plain(ds.to_record(), "the dataset")
         with self._lock:
             self.core.check_new(ds)
-            if ns != "default" and len(self.core.in_namespace(ns)) >= self.config.tenant_datasets:
-                raise InvalidRequest(f"namespace {ns} has {self.config.tenant_datasets} "
-                                     "datasets already (the most a tenant may have)")
+            self._check_share(ns)
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
             Mount(spec.url, spec.options, self.config.max_dir_entries).info("")
         with self._lock:
             self.core.check_new(ds)
+            self._check_share(ns)             # again: others may have been made meanwhile
             self._commit({"op": "dataset_add", "dataset": ds.to_record()})
         return ds.public()
+
+    def _check_share(self, ns: str) -> None:
+        if ns != "default" and len(self.core.in_namespace(ns)) >= self.config.tenant_datasets:
+            raise InvalidRequest(f"namespace {ns} has {self.config.tenant_datasets} "
+                                 "datasets already (the most a tenant may have)")
 
     def op_dataset_rm(self, ns: str, args: dict) -> dict:
         with self._lock:

@@ -29,6 +29,8 @@ _MAX_JOBS = 64          # finished load jobs remembered (for status) per master
 _JOB_IDLE = 3600.0      # a running job nobody asked about for this long is dropped
 _JOB_CHECK = 5.0        # a running job nobody polls is asked about this often
 _TENANT_LOADS = 8       # loads one tenant namespace runs at once
+_WALK_SECONDS = 120.0   # one request's walk over listings, at most
+_TENANT_RULES = 1000    # pins and TTLs one tenant namespace may have
 
 
 class DataOps:
@@ -40,6 +42,7 @@ class DataOps:
         self._applied: dict[str, int] = {}           # worker id -> last report seq applied
         self._applied_cv = threading.Condition(self._lock)
         self._rules_cache: tuple[int, dict] | None = None
+        self._rule_keys: dict[tuple, tuple[str, list[str]]] = {}   # rule -> (epoch, keys)
         self._ds_counts: dict[str, dict] = {}        # worker -> {"ns/name": [hits, misses]}
         self._metrics = None
 
@@ -66,6 +69,7 @@ class DataOps:
         """The files under a path, sorted by path; at most `budget` (max_walk_files) of
         them: a larger walk is refused with a clear error, never done whole."""
         limit = self.config.max_walk_files if budget is None else budget
+        deadline = time.monotonic() + _WALK_SECONDS
         out = []
         for f in plan.walk(lambda d: self.listings.listing(ds, d, refresh),
                            lambda p, v: self.listings.fid(ds, p, v), path):
@@ -73,6 +77,9 @@ class DataOps:
             if len(out) > limit:
                 raise InvalidRequest(f"fluid://{ds.name}/{path}: more than {limit} files; "
                                      "name a narrower path (or raise max_walk_files)")
+            if len(out) % 1024 == 0 and time.monotonic() > deadline:
+                raise InvalidRequest(f"fluid://{ds.name}/{path}: walking it took over "
+                                     f"{_WALK_SECONDS:g}s; name a narrower path")
         out.sort(key=lambda f: f.path)
         return out
 
@@ -285,6 +292,12 @@ class DataOps:
     def _rule(self, ns: str, args: dict, op: str, deadline: float | None = None) -> dict:
         ds, path = self._target(ns, args)
         files = self._files(ds, path)            # the path must exist: NotFound otherwise
+        if op in ("pin", "ttl") and ns != "default":
+            with self._lock:
+                rules = self.core.rules(ns)
+            if len(rules["pins"]) + len(rules["ttls"]) >= _TENANT_RULES:
+                raise InvalidRequest(f"namespace {ns} has {_TENANT_RULES} pins and TTLs "
+                                     "already (the most a tenant may have)")
         rec = {"op": op, "ns": ns, "ds": ds.name, "path": path}
         if deadline is not None:
             rec["deadline"] = deadline
@@ -309,28 +322,43 @@ class DataOps:
             if self._rules_cache is not None and self._rules_cache[0] == version:
                 return self._rules_cache[1]
             rules = self.core.rules()
-        bs = self.config.block_size
         pins: set[str] = set()
         ttls: dict[str, float] = {}
+        live = set()
         for kind, rows in (("pin", rules["pins"]), ("ttl", rules["ttls"])):
             for row in rows:
-                ns, name, path = row[:3]
-                try:
-                    with self._lock:
-                        ds = self.core.dataset(ns, name)
-                    files = self._files(ds, path)
-                except (NotFound, OSError) as exc:      # gone from the store: no keys
-                    log.warning("rule %s on %s/%s: %s", kind, name, path, exc)
-                    continue
-                for key in plan.keys(files, bs):
+                rule = (kind, *row[:3])
+                live.add(rule)
+                for key in self._rule_keys_of(rule):
                     if kind == "pin":
                         pins.add(key)
                     else:
                         ttls[key] = min(row[3], ttls.get(key, row[3]))
+        for gone in set(self._rule_keys) - live:
+            del self._rule_keys[gone]
         out = {"version": version, "pin": sorted(pins), "ttl": sorted(ttls.items())}
         with self._lock:
             self._rules_cache = (version, out)
         return out
+
+    def _rule_keys_of(self, rule: tuple) -> list[str]:
+        """The block keys a rule covers, walked once (bounded like every walk) and kept
+        while its dataset's metadata epoch stays: a new rule costs its own walk, not a
+        walk of every rule."""
+        kind, ns, name, path = rule
+        try:
+            with self._lock:
+                ds = self.core.dataset(ns, name)
+            epoch = self.listings.epoch(ds)
+            hit = self._rule_keys.get(rule)
+            if hit is not None and hit[0] == epoch:
+                return hit[1]
+            keys = plan.keys(self._files(ds, path), self.config.block_size)
+        except (NotFound, OSError) as exc:              # gone from the store: no keys
+            log.warning("rule %s on %s/%s: %s", kind, name, path, exc)
+            return []
+        self._rule_keys[rule] = (epoch, keys)
+        return keys
 
     def op_rules(self, ns: str, args: dict) -> dict:
         """A page of the namespace's pins and TTLs (of one dataset with `ds`):
@@ -379,12 +407,13 @@ class DataOps:
         if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) \
                 or len(paths) > paging.PAGE_ITEMS:
             raise InvalidRequest(f"locate needs a list of at most {paging.PAGE_ITEMS} paths")
-        out, size, walked, done = {}, 0, 0, 0
+        out, size, walked, done, seen = {}, 0, 0, 0, {}
         for p in paths:
-            if p in out:                       # asked twice: answered once
+            ds, path = self._target(ns, {"ds": args.get("ds"), "p": p})
+            if path in seen:                   # asked twice, however spelled: once
+                out[p] = seen[path]
                 done += 1
                 continue
-            ds, path = self._target(ns, {"ds": args.get("ds"), "p": p})
             try:
                 files = self._files(ds, path, budget=self.config.max_walk_files - walked)
             except InvalidRequest:
@@ -400,7 +429,7 @@ class DataOps:
             size += paging.size_of([p, per])
             if out and size > paging.PAGE_BYTES:
                 break
-            out[p] = per
+            out[p] = seen[path] = per
             done += 1
         return {"found": out, "done": done}
 

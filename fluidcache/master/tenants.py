@@ -137,9 +137,10 @@ def _check_value(name: str, kind, value, grant: Grant):
                                "--allow-endpoint URL)")
         return endpoint
     if kind == "headers":
-        if isinstance(value, dict) and all(
+        if isinstance(value, dict) and len({k.lower() for k in value if isinstance(k, str)}) \
+                == len(value) and all(
                 isinstance(k, str) and k.lower() in _HEADERS and isinstance(v, str) and
-                len(v) <= _STR_LIMIT and "\n" not in v and "\r" not in v
+                len(v) <= _STR_LIMIT and all(32 <= ord(c) < 127 for c in v)
                 for k, v in value.items()):
             return dict(value)
         raise AccessDenied("option headers may only carry Authorization (a string)")
@@ -176,6 +177,7 @@ def check_tenant(url: str, options: dict, grant: Grant | None,
         if "region_name" in out:
             out["client_kwargs"] = {"region_name": out.pop("region_name")}
         out["config_kwargs"] = dict(_S3_CLIENT)
+        out["store_retries"] = 1         # s3fs's own retries of timeouts, beyond botocore's
     if scheme == "https":
         out["allow_redirects"] = False        # a redirect must not lead the nodes elsewhere
     return norm, out

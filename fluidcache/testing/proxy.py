@@ -5,6 +5,8 @@ for it (a first-byte latency, as from an in-region object store; default 20 ms);
 rest streams through. Any client goes through it alike, so no system is favoured.
 With `strip` it also removes request headers (e.g. `If-Match`): moto behind it is a
 store that ignores conditional reads, as several S3-compatible stores and proxies do.
+With `hang_ranges` it never answers a request that asks for a byte range (listings and
+HEADs still answer): a store that hangs on reads.
 Runs as its own process (`python -m fluidcache.testing.proxy`), so it never shares a
 GIL with what it measures. Binds 127.0.0.1 only.
 """
@@ -40,9 +42,11 @@ async def _pipe(reader, writer, on_chunk=None) -> None:
 _MAX_HEAD = 64 * 1024
 
 
-async def _requests(reader, writer, strip: set[bytes], on_request) -> None:
+async def _requests(reader, writer, strip: set[bytes], on_request,
+                    hang_ranges: bool = False) -> None:
     """Copy HTTP/1.1 requests from `reader` to `writer`, without the headers named in
-    `strip` (lowercase); bodies (Content-Length or chunked) pass through as they are."""
+    `strip` (lowercase); bodies (Content-Length or chunked) pass through as they are.
+    With `hang_ranges`, a request for a byte range is held: nothing more is copied."""
     try:
         while True:
             try:
@@ -56,6 +60,9 @@ async def _requests(reader, writer, strip: set[bytes], on_request) -> None:
                                  if ln.split(b":", 1)[0].strip().lower() not in strip]
             fields = {ln.split(b":", 1)[0].strip().lower(): ln.split(b":", 1)[1].strip()
                       for ln in lines[1:] if b":" in ln}
+            if hang_ranges and b"range" in fields:
+                await reader.read()            # held until the client gives up
+                return
             await on_request()
             writer.write(b"\r\n".join(kept) + b"\r\n\r\n")
             if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
@@ -88,7 +95,7 @@ _ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\
 
 
 async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False,
-                 strip: tuple[str, ...] = ()) -> None:
+                 strip: tuple[str, ...] = (), hang_ranges: bool = False) -> None:
     dropped = {h.lower().encode() for h in strip}
 
     async def handle(c_reader, c_writer):
@@ -116,8 +123,8 @@ async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = 
                 asked.clear()
                 await asyncio.sleep(delay)   # the injected first-byte latency
 
-        upstream = _requests(c_reader, s_writer, dropped, request_went_up) if dropped \
-            else _pipe(c_reader, s_writer, request_went_up)
+        upstream = _requests(c_reader, s_writer, dropped, request_went_up, hang_ranges) \
+            if dropped or hang_ranges else _pipe(c_reader, s_writer, request_went_up)
         await asyncio.gather(upstream, _pipe(s_reader, c_writer, first_byte_delay))
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, limit=_MAX_HEAD)
@@ -129,12 +136,13 @@ class LatencyProxy(Endpoint):
     """`with LatencyProxy(moto.endpoint, 0.02) as p: p.endpoint` (a subprocess)."""
 
     def __init__(self, target: str, delay: float = 0.02, port: int | None = None,
-                 fail: bool = False, strip: tuple[str, ...] = ()) -> None:
+                 fail: bool = False, strip: tuple[str, ...] = (),
+                 hang_ranges: bool = False) -> None:
         """`fail`: answer every request with HTTP 503 instead (the store erring);
         `strip`: request headers to remove (e.g. ("If-Match",))."""
         host_port = target.split("://", 1)[-1].rstrip("/")
         self.target, self.delay, self.fail = host_port, delay, fail
-        self.strip = tuple(strip)
+        self.strip, self.hang_ranges = tuple(strip), hang_ranges
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -144,7 +152,8 @@ class LatencyProxy(Endpoint):
                                       "--port", str(self.port), "--target", self.target,
                                       "--delay", str(self.delay)]
                                      + (["--fail"] if self.fail else [])
-                                     + [f"--strip={h}" for h in self.strip],
+                                     + [f"--strip={h}" for h in self.strip]
+                                     + (["--hang-ranges"] if self.hang_ranges else []),
                                      start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -170,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--fail", action="store_true", help="answer every request with a 503")
     p.add_argument("--strip", action="append", default=[], metavar="HEADER",
                    help="remove this request header (repeatable), e.g. If-Match")
+    p.add_argument("--hang-ranges", action="store_true",
+                   help="never answer a request for a byte range")
     a = p.parse_args(argv)
     host, _, port = a.target.rpartition(":")
     try:
@@ -178,7 +189,8 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     try:
-        asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail, tuple(a.strip)))
+        asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail, tuple(a.strip),
+                           a.hang_ranges))
     except KeyboardInterrupt:
         pass
     return 0

@@ -55,6 +55,17 @@ def _wait_listening(proc: subprocess.Popen, port: int, what: str, timeout: float
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
 
 
+def terminate(proc: subprocess.Popen | None) -> None:
+    """Stop a child server: politely, then for sure."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def s3rver_script() -> str | None:
     """Where s3rver's entry script is: FLUIDCACHE_S3RVER, else what `.ci/run` installed."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -94,13 +105,7 @@ class S3rverServer(Endpoint):
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 class MotoServer(Endpoint):
@@ -133,13 +138,7 @@ class MotoServer(Endpoint):
         raise RuntimeError(f"moto_server did not answer on {self.endpoint}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if getattr(self, "_log", None):
             self._log.close()
 

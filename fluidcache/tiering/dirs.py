@@ -53,7 +53,10 @@ def _check_ancestors(d: str) -> None:
     cur = "/"
     for part in real.strip("/").split("/")[:-1]:
         cur = os.path.join(cur, part)
-        st = os.lstat(cur)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:         # not made yet: we make it, as ours
+            return
         if st.st_uid not in (0, me):
             raise TierDirError(f"{cur}, above the tier directory {d}, belongs to uid "
                                f"{st.st_uid}: it could swap the tier away; refusing (choose "
@@ -68,6 +71,8 @@ def ensure_private(d: str, group: bool = False, trust_parents: bool = False) -> 
     owned by us with no access for others (tightening our own), under directories only
     root or we control (unless `trust_parents`: a container's own volume, whose other
     writers are the pod's own containers). TierDirError else."""
+    if not trust_parents:
+        _check_ancestors(d)               # before making anything below them
     os.makedirs(d, mode=dir_mode(group), exist_ok=True)
     if not trust_parents:
         _check_ancestors(d)
@@ -88,9 +93,11 @@ def ensure_private(d: str, group: bool = False, trust_parents: bool = False) -> 
 
 def claim_dir(path: str, cluster_id: str, held: list, group: bool = False,
               trust_parents: bool = False) -> str:
-    """A tier directory under `path` for this worker, holding only `cluster_id`'s blocks.
-    The flock's descriptor is appended to `held` (kept for the worker's life)."""
+    """A tier directory under `path` for this worker, holding only `cluster_id`'s blocks,
+    as a path with no symlinks in it (one re-pointed later changes nothing for us). The
+    flock's descriptor is appended to `held` (kept for the worker's life)."""
     ensure_private(path, group, trust_parents)
+    path = os.path.realpath(path)
     for n in range(64):
         d = path if n == 0 else os.path.join(path, f"w{n}")
         ensure_private(d, group, trust_parents)

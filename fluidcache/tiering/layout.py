@@ -130,9 +130,12 @@ def _split(key: str, raw) -> tuple[memoryview, Meta, int]:
     return view[:length], Meta(owner, fid.hex(), index), digest
 
 
-def parse(key: str, raw) -> memoryview:
-    """The verified data of a whole block file's bytes `raw`; raises CorruptBlock."""
+def parse(key: str, raw, expect: tuple[str, int] | None = None) -> memoryview:
+    """The verified data of a whole block file's bytes `raw`; raises CorruptBlock (also
+    when `expect`, (file id, index), is not what its trailer names)."""
     data, meta, digest = _split(key, raw)
+    if expect is not None and (meta.fid, meta.index) != expect:
+        raise CorruptBlock(f"block {key}: its trailer names another file or index")
     owner, fixed = _meta_bytes(meta)
     if checksum(key, data, owner + fixed) != digest:
         raise CorruptBlock(f"block {key}: checksum mismatch")
@@ -164,14 +167,15 @@ def read_meta(path: str, key: str) -> Meta:
             raise CorruptBlock(f"block {key}: bad owner") from None
 
 
-def read_block(tier_dir: str, key: str) -> memoryview | None:
+def read_block(tier_dir: str, key: str,
+               expect: tuple[str, int] | None = None) -> memoryview | None:
     """The verified bytes of `key` in `tier_dir`, None if absent; raises CorruptBlock."""
     try:
         with open(block_path(tier_dir, key), "rb") as f:
             raw = f.read()
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return parse(key, raw)
+    return parse(key, raw, expect)
 
 
 def remove_block(tier_dir: str, key: str) -> None:

@@ -105,15 +105,16 @@ class BlockStore:
         return meta, size - layout.disk_size(0, meta)
 
     # -- reads and writes ---------------------------------------------------------------
-    def get(self, key: str) -> memoryview | None:
-        """The verified bytes of a cached block, or None (absent, or found corrupt)."""
+    def get(self, key: str, expect: tuple[str, int] | None = None) -> memoryview | None:
+        """The verified bytes of a cached block, or None (absent, or found corrupt: also
+        when `expect`, (file id, index), is not what its trailer names)."""
         for _ in range(3):     # a block may move between tiers while we look
             with self._lock:
                 tier = self.index.tier_of(key)
             if tier is None:
                 return None
             try:
-                data = layout.read_block(self.paths[tier], key)
+                data = layout.read_block(self.paths[tier], key, expect)
             except layout.CorruptBlock as exc:
                 log.warning("dropping block %s from %s: %s", key, self.paths[tier], exc)
                 self.corrupt_blocks += 1

@@ -46,17 +46,23 @@ class Mount:
     def _open(self):
         with self._lock:
             if self._fs is None:
+                opts = dict(self.options)
+                retries = opts.pop("store_retries", None)   # ours, not the store's
                 try:
                     # a filesystem of our own: fsspec's instance cache would keep one
                     # per set of options forever (every tenant's random key, failed
                     # datasets too)
-                    fs, root = url_to_fs(self.url, skip_instance_cache=True, **self.options)
+                    fs, root = url_to_fs(self.url, skip_instance_cache=True, **opts)
                     proto = fs.protocol
                     self.protocol = proto[0] if isinstance(proto, (tuple, list)) else proto
-                    if self.protocol in ("s3", "s3a") and "version_aware" not in self.options \
+                    if isinstance(retries, int) and hasattr(fs, "retries"):
+                        fs.retries = retries         # s3fs retries timeouts on its own
+                    if self.protocol in ("s3", "s3a") and "version_aware" not in opts \
                             and _bucket_versioned(fs, root):
                         fs, root = url_to_fs(self.url, version_aware=True,
-                                             skip_instance_cache=True, **self.options)
+                                             skip_instance_cache=True, **opts)
+                        if isinstance(retries, int) and hasattr(fs, "retries"):
+                            fs.retries = retries
                     self.versioned = bool(getattr(fs, "version_aware", False))
                     cache = getattr(fs, "dircache", None)
                     if cache is not None:      # we keep our own listings, bounded
@@ -71,6 +77,15 @@ class Mount:
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         return self._fs or self._open()
+
+    @property
+    def opened(self) -> bool:
+        """Is the filesystem open (opening may ask the store: never on an event loop)?"""
+        return self._fs is not None
+
+    def open(self) -> "Mount":
+        self.fs  # noqa: B018 - opens it
+        return self
 
     @property
     def root(self) -> str:

@@ -82,6 +82,7 @@ class Worker:
         self._inflight: dict[str, asyncio.Future] = {}
         self._fills: dict[str, asyncio.Task] = {}      # key -> fetch-and-cache in flight
         self._prefetching = 0                          # hints being filled now
+        self._shares: dict[str, asyncio.Semaphore] = {}   # namespace -> fetch threads
         self.loads = Loads(self)
         self._rules_version = -1
         self._pinned: set[str] = set()                 # keys pinned by the master's rules
@@ -263,13 +264,13 @@ class Worker:
         hit = self._datasets.get((req.namespace, r.dataset))
         if hit is None or hit.expires < time.monotonic():
             return None
-        found = self._mount_of(req.namespace, hit, r, req.args.get("f"))
+        found = self._mount_of(req.namespace, hit, r, req.args.get("f"), opened_only=True)
         if found is None:
             return None
         key = blocks.block_key(found[2], r.index, self.config.block_size)
         if not self.store.in_memory(key):
             return None
-        data = self.store.get(key)          # a tmpfs read: cheaper than a hop to a thread
+        data = self.store.get(key, (found[2], r.index))   # tmpfs: cheaper than a thread hop
         if data is None:
             return None
         self._count(f"{req.namespace}/{r.dataset}", 0)
@@ -382,17 +383,45 @@ class Worker:
                 self._datasets.pop(next(iter(self._datasets)))
         return hit
 
+    def _open_mount(self, ns: str, rec: Record, r: BlockRead) -> None:
+        spec, _ = rec.dataset.resolve(normalize(r.path))
+        for key, mount in list(self._mounts.items()):
+            if key[:2] == (ns, rec.dataset.name) and key[3:5] == (spec.point, spec.url):
+                mount.open()
+
+    async def _in_share(self, ns: str, fn, *args):
+        """`fn(*args)` in a fetch thread, within the namespace's share of them: a tenant
+        uses at most half (one whose store hangs cannot take every thread), the admin
+        all. The share is given back when the thread is done, not when a reader gives
+        up."""
+        sem = self._shares.get(ns)
+        if sem is None:
+            n = self.config.fetch_threads if ns == "default" else \
+                max(1, self.config.fetch_threads // 2)
+            sem = self._shares[ns] = asyncio.Semaphore(n)
+        await sem.acquire()
+        try:
+            work = self._fetch.submit(fn, *args)
+        except BaseException:
+            sem.release()
+            raise
+        loop = asyncio.get_running_loop()
+        work.add_done_callback(lambda _w: loop.call_soon_threadsafe(sem.release))
+        return await asyncio.wrap_future(work)
+
     def _forget(self, ns: str, name: str) -> None:
         self._datasets.pop((ns, name), None)
         for key in [k for k in self._mounts if k[:2] == (ns, name)]:
             del self._mounts[key]
         self.by_dataset.pop(f"{ns}/{name}", None)
 
-    def _mount_of(self, ns: str, rec: Record, r: BlockRead, fid):
+    def _mount_of(self, ns: str, rec: Record, r: BlockRead, fid, opened_only: bool = False):
         """(mount, relative path, file id) of a read in the record's dataset, computed
         from our own mount table; None when the client's file id is not ours (our record
-        is stale). A weak version must carry this dataset's scope: a client cannot plant
-        one dataset's bytes under another's weak keys."""
+        is stale), or with `opened_only` when the mount is not open yet (opening it may
+        ask the store: that is done off the event loop). A weak version must carry this
+        dataset's scope: a client cannot plant one dataset's bytes under another's weak
+        keys."""
         ds = rec.dataset
         if is_weak(r.version) and scope_of(r.version) != rec.weak_scope:
             raise StaleVersion(f"{r.dataset}/{r.path}: a weak version of another dataset "
@@ -404,6 +433,8 @@ class Worker:
             mount = self._mounts[key] = Mount(spec.url, spec.options)
             while len(self._mounts) > _KEEP_MOUNTS:
                 self._mounts.pop(next(iter(self._mounts)))
+        if opened_only and not mount.opened:
+            return None
         myfid = blocks.file_id(mount.url_of(rel), r.version, ns)
         if isinstance(fid, str) and fid != myfid:
             return None
@@ -412,9 +443,13 @@ class Worker:
     async def block(self, ns: str, r: BlockRead, fid, read: bool = True) -> memoryview | bytes:
         """A block's bytes: from a tier, else fetched once (single flight) and cached.
         `read`: a reader's request, counted as a hit or a miss (a load's is not)."""
+        loop = asyncio.get_running_loop()
         for fresh in (False, True):
             rec = await self._dataset(ns, r.dataset, fresh)
-            found = self._mount_of(ns, rec, r, fid)
+            found = self._mount_of(ns, rec, r, fid, opened_only=True)
+            if found is None:        # maybe not open yet: open it in a thread, in our share
+                await self._in_share(ns, self._open_mount, ns, rec, r)
+                found = self._mount_of(ns, rec, r, fid)
             if found is not None:
                 break
         else:
@@ -422,11 +457,10 @@ class Worker:
                                "list it again")
         mount, rel, fid = found
         key = blocks.block_key(fid, r.index, self.config.block_size)
-        loop = asyncio.get_running_loop()
         if self.store.in_memory(key):
-            data = self.store.get(key)    # a tmpfs read: cheaper than a hop to a thread
+            data = self.store.get(key, (fid, r.index))   # tmpfs: cheaper than a thread hop
         else:
-            data = await loop.run_in_executor(None, self.store.get, key)
+            data = await loop.run_in_executor(None, self.store.get, key, (fid, r.index))
         if data is not None:
             if read:
                 self._count(f"{ns}/{r.dataset}", 0)
@@ -454,8 +488,8 @@ class Worker:
         start = r.index * self.config.block_size
         t0 = time.monotonic()
         try:
-            data, cacheable = await loop.run_in_executor(
-                self._fetch, mount.read_range, rel, r.version, start,
+            data, cacheable = await self._in_share(
+                dsid.partition("/")[0], mount.read_range, rel, r.version, start,
                 start + self.config.block_size, r.size)
             if self.metrics is not None:
                 self.metrics.observe_fetch(time.monotonic() - t0)

@@ -111,3 +111,45 @@ def test_a_worker_takes_a_bounded_number_of_prefetch_hints(cluster, moto):
             got, _ = pool.call(worker, "prefetch", args, "default", token)
             busy += bool(got.get("busy"))
         assert busy >= len(entries) - 64, busy                     # the rest were dropped
+
+
+def test_a_tenant_whose_store_hangs_cannot_take_the_worker(cluster, moto, dataset_files):
+    """Seen: a tenant's reads from a store that never answers froze a worker's data
+    server (its mount opened on the event loop) and took all its fetch threads."""
+    import threading
+    import time
+
+    import fsspec
+
+    import fluidcache
+    with LatencyProxy(moto.endpoint, 0.0, hang_ranges=True) as hole:
+        admin = cluster["client"]
+        name = f"hang{secrets.token_hex(3)}"
+        token = admin.create_namespace(name, allow=["s3://fc-test/ds"],
+                                       endpoints=[hole.endpoint])
+        fluidcache.connect(token=token, namespace=name).create_dataset(
+            "stuck", {"/": "s3://fc-test/ds"}, hole.options())
+        tfs = fsspec.filesystem("fluid", token=token, namespace=name, request_timeout=3,
+                                failover_timeout=1, skip_instance_cache=True)
+        names = tfs.find("fluid://stuck")
+        assert len(names) > 16                        # more than the worker's fetch threads
+
+        def hog(n):
+            try:
+                tfs.cat_file(f"fluid://{n}")
+            except OSError:
+                pass                                  # it times out: that is the point
+        hogs = [threading.Thread(target=hog, args=(n,), daemon=True) for n in names]
+        for t in hogs:
+            t.start()
+        fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True)
+        s3 = moto.filesystem()
+        s3.pipe_file("fc-test/ds/fresh-under-hang.bin", b"cold bytes")
+        t0 = time.monotonic()
+        assert fs.cat_file("fluid://mixed/one.bin") == dataset_files["one.bin"]   # warm
+        assert fs.cat_file("fluid://mixed/fresh-under-hang.bin") == b"cold bytes"  # cold
+        # served while the hogs hang (their fills hold threads for up to a minute); the
+        # bound is generous: this is a liveness check on a shared machine, not a speed one
+        assert time.monotonic() - t0 < 25
+        for t in hogs:
+            t.join(15)

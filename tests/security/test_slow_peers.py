@@ -16,7 +16,25 @@ from fluidcache.service import Server
 async def _handler(req, payload):
     if req.token != "right":
         raise AccessDenied("wrong token")
+    if req.op == "hang":                       # a request whose store never answers
+        import asyncio
+        await asyncio.Event().wait()
     return {"ok": True}, (b"x" * (1 << 20) if req.op == "big" else None)
+
+
+def _served(server, within: float) -> float:
+    """A normal client asks until it is served (retrying a refused connection, as
+    clients do); returns how long it took, AssertionError past `within` seconds."""
+    t0 = time.monotonic()
+    pool = Pool(connect_timeout=2, request_timeout=3)
+    while True:
+        try:
+            assert pool.call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
+            return time.monotonic() - t0
+        except Exception:                      # noqa: BLE001 - bounded below
+            assert time.monotonic() - t0 < within, "the normal client was never served"
+            pool = Pool(connect_timeout=2, request_timeout=3)
+            time.sleep(0.05)                   # the client's backoff
 
 
 def _closed(sock: socket.socket) -> bool:
@@ -52,20 +70,10 @@ def test_slowloris_and_squatters_cannot_hold_the_servers_slots():
                 stop.wait(0.2)
         t = threading.Thread(target=trickle, daemon=True)
         t.start()
-        pool = Pool(connect_timeout=2, request_timeout=3)
         worst = 0.0
         deadline = time.monotonic() + 4.0
         while time.monotonic() < deadline:     # a normal client, all along
-            t0 = time.monotonic()
-            while True:                        # a refused connection is retried, as clients do
-                try:
-                    assert pool.call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
-                    break
-                except Exception:              # noqa: BLE001 - bounded below
-                    assert time.monotonic() - t0 < 3, "the normal client was never served"
-                    pool = Pool(connect_timeout=2, request_timeout=3)
-                    stop.wait(0.05)            # the client's backoff
-            worst = max(worst, time.monotonic() - t0)
+            worst = max(worst, _served(server, within=3))
         stop.set()
         t.join(2)
         for s in slow + squat:
@@ -108,17 +116,31 @@ def test_peers_that_ask_and_never_read_the_replies_lose_their_slots():
             s.sendall(b"".join(wire.pack(wire.Request("big", {}, i, "ns", "right").header())
                                for i in range(16)))
             hogs.append(s)
-        t0 = time.monotonic()
-        pool = Pool(connect_timeout=2, request_timeout=3)
-        while True:
-            try:
-                assert pool.call(server.address, "ping", {}, "ns", "right")[0] == {"ok": True}
-                break
-            except Exception:                      # noqa: BLE001 - bounded below
-                assert time.monotonic() - t0 < 5, "the normal client was never served"
-                pool = Pool(connect_timeout=2, request_timeout=3)
-                time.sleep(0.05)                   # the client's backoff
+        _served(server, within=5)
         for s in hogs:
+            s.close()
+    finally:
+        server.stop()
+
+
+def test_requests_that_never_end_do_not_hold_the_slots():
+    """Seen: 64 reads of one hanging block held every slot of a worker, even after their
+    peers left. A request has a deadline, and a full server evicts the longest-running."""
+    from fluidcache import wire
+    server = Server(_handler, max_connections=8, frame_timeout=1.0, first_frame_timeout=5.0,
+                    request_timeout=3.0).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as one:
+            one.sendall(wire.pack(wire.Request("hang", {}, 99, "ns", "right").header()))
+            reply, _ = wire.recv_reply(one)        # it ends by its deadline, with an error
+            assert not reply.ok and "longer than" in reply.error["message"]
+        stuck = []
+        for i in range(8):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(wire.pack(wire.Request("hang", {}, i, "ns", "right").header()))
+            stuck.append(s)
+        _served(server, within=5)
+        for s in stuck:
             s.close()
     finally:
         server.stop()

@@ -97,3 +97,16 @@ def test_a_tier_below_a_directory_another_user_owns_is_refused(tmp_path):
         dirs.claim_dir(str(tmp_path / "open" / "ssd"), "c", [])
     os.chmod(tmp_path / "open", 0o1777)                            # like /tmp: fine
     dirs.claim_dir(str(tmp_path / "open" / "ssd"), "c", [])
+
+
+def test_a_tier_named_through_a_symlink_is_used_by_its_real_path(tmp_path):
+    """Seen: a symlinked ancestor re-pointed after the check moved the worker's writes."""
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    d = dirs.claim_dir(str(tmp_path / "link" / "ssd"), "c", [])
+    assert d == str(tmp_path / "real" / "ssd") and not os.path.islink(d)
+    (tmp_path / "elsewhere").mkdir()
+    os.unlink(tmp_path / "link")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "link")      # re-pointed
+    key = _block(d)
+    assert os.path.exists(layout.block_path(str(tmp_path / "real" / "ssd"), key))
