@@ -13,7 +13,7 @@ from .client.fs import FluidFileSystem
 from .client.reader import ClusterClient
 from .config import parse_duration
 from .errors import InvalidRequest
-from .master.namespace import parse_mount
+from .dataset import parse_mount
 
 
 def _parse_option(text: str) -> tuple[str, object]:

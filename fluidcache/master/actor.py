@@ -31,7 +31,7 @@ from .dataops import DataOps, worker_handle
 from .journal import Journal, JournalError
 from .listings import PAGE, Listings
 from . import tenants
-from .namespace import Dataset, MountSpec, check_name, normalize
+from ..dataset import Dataset, MountSpec, check_name, normalize
 
 log = logging.getLogger(__name__)
 _THREADS = 16        # master request threads; 4 of them are always the admin's

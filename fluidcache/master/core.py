@@ -18,7 +18,7 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from ..errors import AccessDenied, AlreadyExists, NotFound
-from .namespace import Dataset, check_name
+from ..dataset import Dataset, check_name
 from .tenants import Grant
 
 

@@ -19,7 +19,7 @@ import ray
 
 from .. import names
 from ..errors import InvalidRequest, NotFound, Unavailable
-from ..master.namespace import Dataset
+from ..dataset import Dataset
 from .. import paging
 from . import plan
 
@@ -49,7 +49,7 @@ class DataOps:
     def _publish_metrics(self) -> None:
         """Per-dataset cached bytes and hit ratio to Ray's metrics (membership loop)."""
         if self._metrics is None:
-            from ..worker.metrics import MasterMetrics
+            from ..metrics import MasterMetrics
             self._metrics = MasterMetrics()
         rows = []
         with self._lock:

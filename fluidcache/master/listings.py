@@ -20,7 +20,7 @@ from ..understore import Mount, times
 from ..understore.versions import weak_scope
 from .core import MasterCore
 from .listing import DIR, FILE, DirListing, info_entry, ls_page
-from .namespace import Dataset, MountSpec
+from ..dataset import Dataset, MountSpec
 
 PAGE = 2000          # entries per ls reply: a page of ~200-byte entries stays under max_frame
 MIN_KEEP = 5.0       # "always" still keeps a listing long enough to page through it

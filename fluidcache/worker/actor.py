@@ -25,7 +25,7 @@ import ray
 from .. import blocks, names, placement
 from ..config import Config
 from ..errors import AccessDenied, InvalidRequest, NotFound, StaleVersion
-from ..master.namespace import Dataset, normalize
+from ..dataset import Dataset, normalize
 from ..service import Server, bind_host as _bind_host, limits_of
 from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
@@ -83,6 +83,7 @@ class Worker:
         self._fills: dict[str, asyncio.Task] = {}      # key -> fetch-and-cache in flight
         self._prefetching = 0                          # hints being filled now
         self._shares: dict[str, asyncio.Semaphore] = {}   # namespace -> fetch threads
+        self._opening: dict[tuple, asyncio.Future] = {}   # mounts being opened
         self.loads = Loads(self)
         self._rules_version = -1
         self._pinned: set[str] = set()                 # keys pinned by the master's rules
@@ -295,7 +296,7 @@ class Worker:
     async def _prefetch(self, ns: str, r: BlockRead, fid) -> None:
         self.counters["prefetches"] += 1
         try:
-            await self.block(ns, r, fid, read=False)
+            await self.block(ns, r, fid, read=False, hint=True)
         except Exception as exc:  # noqa: BLE001 - a hint: the read itself will report
             log.debug("prefetch of %s/%s block %d: %s", r.dataset, r.path, r.index, exc)
         finally:
@@ -383,23 +384,48 @@ class Worker:
                 self._datasets.pop(next(iter(self._datasets)))
         return hit
 
+    async def _open_once(self, ns: str, rec: Record, r: BlockRead, hint: bool) -> None:
+        """Open the mount `r` reads from, once however many readers ask (the others wait
+        here, not in a fetch thread: a store that does not answer holds one thread)."""
+        spec, _ = rec.dataset.resolve(normalize(r.path))
+        key = (ns, rec.dataset.name, rec.dataset.uid, spec.point, spec.url)
+        fut = self._opening.get(key)
+        if fut is None:
+            fut = self._opening[key] = asyncio.ensure_future(
+                self._in_share(ns, self._open_mount, ns, rec, r, hint=hint))
+            fut.add_done_callback(lambda _f: self._opening.pop(key, None))
+        await asyncio.shield(fut)
+
     def _open_mount(self, ns: str, rec: Record, r: BlockRead) -> None:
         spec, _ = rec.dataset.resolve(normalize(r.path))
         for key, mount in list(self._mounts.items()):
             if key[:2] == (ns, rec.dataset.name) and key[3:5] == (spec.point, spec.url):
                 mount.open()
 
-    async def _in_share(self, ns: str, fn, *args):
+    def _share(self, name: str, n: int) -> asyncio.Semaphore:
+        sem = self._shares.get(name)
+        if sem is None:
+            sem = self._shares[name] = asyncio.Semaphore(max(1, n))
+        return sem
+
+    async def _in_share(self, ns: str, fn, *args, hint: bool = False):
         """`fn(*args)` in a fetch thread, within the namespace's share of them: a tenant
         uses at most half (one whose store hangs cannot take every thread), the admin
-        all. The share is given back when the thread is done, not when a reader gives
-        up."""
-        sem = self._shares.get(ns)
-        if sem is None:
-            n = self.config.fetch_threads if ns == "default" else \
-                max(1, self.config.fetch_threads // 2)
-            sem = self._shares[ns] = asyncio.Semaphore(n)
-        await sem.acquire()
+        all; prefetch hints (`hint`) of all namespaces together a quarter, so readers
+        always have threads. A share is given back when the thread is done, not when a
+        reader gives up."""
+        threads = self.config.fetch_threads
+        sem = self._share(ns, threads if ns == "default" else threads // 2)
+        if hint:      # (a hint waits for its slot before it takes one of its namespace)
+            await self._share("\0hints", threads // 4).acquire()
+        try:
+            await sem.acquire()
+        except BaseException:
+            if hint:
+                self._shares["\0hints"].release()
+            raise
+        if hint:
+            sem = _Both(sem, self._shares["\0hints"])
         try:
             work = self._fetch.submit(fn, *args)
         except BaseException:
@@ -440,15 +466,17 @@ class Worker:
             return None
         return mount, rel, myfid
 
-    async def block(self, ns: str, r: BlockRead, fid, read: bool = True) -> memoryview | bytes:
+    async def block(self, ns: str, r: BlockRead, fid, read: bool = True,
+                    hint: bool = False) -> memoryview | bytes:
         """A block's bytes: from a tier, else fetched once (single flight) and cached.
-        `read`: a reader's request, counted as a hit or a miss (a load's is not)."""
+        `read`: a reader's request, counted as a hit or a miss (a load's is not);
+        `hint`: a prefetch hint's, fetched within the hints' share of threads."""
         loop = asyncio.get_running_loop()
         for fresh in (False, True):
             rec = await self._dataset(ns, r.dataset, fresh)
             found = self._mount_of(ns, rec, r, fid, opened_only=True)
             if found is None:        # maybe not open yet: open it in a thread, in our share
-                await self._in_share(ns, self._open_mount, ns, rec, r)
+                await self._open_once(ns, rec, r, hint)
                 found = self._mount_of(ns, rec, r, fid)
             if found is not None:
                 break
@@ -469,7 +497,8 @@ class Worker:
         if fut is None:       # single flight: one fetch per key, however many readers
             fut = self._inflight[key] = loop.create_future()
             task = self._fills[key] = loop.create_task(
-                self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", rec.dataset, fid, fut))
+                self._fill(key, mount, rel, r, f"{ns}/{r.dataset}", rec.dataset, fid, fut,
+                           hint=hint))
             task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None),
                                                       self._fills.pop(k, None)))
         if read:
@@ -480,7 +509,8 @@ class Worker:
         return blocks.block_length(r.size, self.config.block_size, r.index) if r.size else 0
 
     async def _fill(self, key: str, mount: Mount, rel: str, r: BlockRead, dsid: str,
-                    ds: Dataset, mount_fid: str, fut: asyncio.Future) -> None:
+                    ds: Dataset, mount_fid: str, fut: asyncio.Future,
+                    hint: bool = False) -> None:
         """Fetch a whole block from the under store (one fetch per key), hand it to the
         waiting readers at once, then cache it: the tier write never delays a reader, and
         the key stays in flight until the block is in its tier (no second fetch)."""
@@ -490,7 +520,7 @@ class Worker:
         try:
             data, cacheable = await self._in_share(
                 dsid.partition("/")[0], mount.read_range, rel, r.version, start,
-                start + self.config.block_size, r.size)
+                start + self.config.block_size, r.size, hint=hint)
             if self.metrics is not None:
                 self.metrics.observe_fetch(time.monotonic() - t0)
         except asyncio.CancelledError:
@@ -515,9 +545,20 @@ class Worker:
             log.exception("caching block %s failed", key)
 
 
+class _Both:
+    """Two semaphores given back together."""
+
+    def __init__(self, *sems: asyncio.Semaphore):
+        self.sems = sems
+
+    def release(self) -> None:
+        for sem in self.sems:
+            sem.release()
+
+
 def _metrics(node_id: str):
     try:
-        from .metrics import WorkerMetrics
+        from ..metrics import WorkerMetrics
         return WorkerMetrics(node_id)
     except Exception as exc:  # noqa: BLE001 - no metrics agent: serve without metrics
         log.warning("no Ray metrics: %s", exc)

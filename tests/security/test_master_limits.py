@@ -9,7 +9,7 @@ import pytest
 
 from fluidcache.errors import InvalidRequest, Unavailable
 from fluidcache.master.actor import Master
-from fluidcache.master.namespace import parse_sync
+from fluidcache.dataset import parse_sync
 from fluidcache.master.tenants import Gate
 
 

@@ -9,7 +9,7 @@ from importlib import resources
 def test_dashboard_queries_only_our_metrics():
     dash = json.loads(resources.files("fluidcache").joinpath("dashboards/grafana.json")
                       .read_text())
-    source = resources.files("fluidcache").joinpath("worker/metrics.py").read_text()
+    source = resources.files("fluidcache").joinpath("metrics.py").read_text()
     ours = set(re.findall(r'"(fluidcache_[a-z_]+)"', source))
     assert len(ours) >= 12
     asked = set()

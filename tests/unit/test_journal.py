@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from fluidcache.master.core import MasterCore
 from fluidcache.master.journal import Journal, decode, encode
-from fluidcache.master.namespace import Dataset, MountSpec
+from fluidcache.dataset import Dataset, MountSpec
 
 records = st.lists(st.dictionaries(st.text(max_size=8),
                                    st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=20), st.binary(max_size=20)),

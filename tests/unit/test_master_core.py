@@ -5,7 +5,7 @@ import pytest
 
 from fluidcache.errors import AccessDenied, AlreadyExists, InvalidRequest, NotFound
 from fluidcache.master.core import MasterCore
-from fluidcache.master.namespace import Dataset, MountSpec
+from fluidcache.dataset import Dataset, MountSpec
 
 
 def dataset(name: str, ns: str = "team") -> Dataset:

@@ -11,7 +11,7 @@ from fluidcache.errors import NotFound
 from fluidcache.master.core import MasterCore
 from fluidcache.master.listing import FILE, DirListing
 from fluidcache.master.listings import Listings
-from fluidcache.master.namespace import Dataset, MountSpec
+from fluidcache.dataset import Dataset, MountSpec
 
 
 def test_a_changed_listing_moves_the_epoch_and_an_unchanged_one_does_not():

@@ -1,4 +1,4 @@
-"""Dataset paths, mounts and records (fluidcache.master.namespace)."""
+"""Dataset paths, mounts and records (fluidcache.dataset)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fluidcache import placement
 from fluidcache.errors import AccessDenied, InvalidRequest, NotFound
-from fluidcache.master.namespace import (Dataset, MountSpec, check_name, normalize,
+from fluidcache.dataset import (Dataset, MountSpec, check_name, normalize,
                                          parse_mount, parse_sync)
 
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from ..errors import AccessDenied, InvalidRequest, NotFound
+from .errors import AccessDenied, InvalidRequest, NotFound
 
 # \Z, not $: '$' also matches before a trailing newline, so "abc\n" passed
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})\Z")
@@ -144,7 +144,7 @@ class Dataset:
 
     def public(self) -> dict:
         """What clients may see: mount points and redacted URLs, never options."""
-        from ..understore import redact
+        from .understore import redact
         sync = self.sync_interval
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "mounts": {"/" + m.point: redact(m.url) for m in self.mounts},
