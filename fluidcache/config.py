@@ -122,8 +122,7 @@ class Config:
     worker_port: int = 0
     max_frame: int = 1024**2        # largest header frame any server reads
     max_data: int = 64 * 1024**2    # largest raw payload any peer reads
-    connect_timeout: float = 5.0
-    request_timeout: float = 60.0
+    request_timeout: float = 60.0   # a server's handler of one request, at most
     # what one peer may hold on a server (service.Limits): slots, and how long a
     # connection may stay silent, take to send its first frame, or take over one frame
     max_connections: int = 1024
@@ -152,6 +151,21 @@ class Config:
                                      # them), else 0700/0600: only this user
     tier_trust_parents: bool = False  # a container's own volumes: the directories above a
                                       # tier are not checked for other local users
+    # -- the master's rooms
+    master_threads: int = 16        # request threads; 4 of them are always the admin's
+    listing_keep: float = 5.0       # "always" still keeps a listing this long (to page it)
+    rule_grace: float = 60.0        # an expired TTL rule is retired this long after it
+    jobs_kept: int = 64             # finished load jobs remembered for their progress
+    job_idle: float = 3600.0        # a running job nobody asked about this long is dropped
+    job_check: float = 5.0          # a running job nobody polls is asked about this often
+    tenant_loads: int = 8           # loads one tenant namespace runs at once
+    tenant_rules: int = 1000        # pins and TTLs one tenant namespace may have
+    walk_seconds: float = 120.0     # one request's walk over listings, at most
+    # -- the worker's rooms
+    record_ttl: float = 5.0         # a worker trusts a dataset record this long
+    records_kept: int = 1024        # dataset records a worker keeps
+    mounts_kept: int = 256          # opened mounts a worker keeps
+    prefetch_max: int = 64          # prefetch hints being filled at once; more are dropped
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):
@@ -188,13 +202,46 @@ class Config:
         return cls(**data)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What a client process may tune (the fsspec class's keyword arguments override
+    them; FLUIDCACHE_CONNECT_TIMEOUT, FLUIDCACHE_REQUEST_TIMEOUT and
+    FLUIDCACHE_FAILOVER_TIMEOUT set them from the environment)."""
+
+    connect_timeout: float = 5.0    # one connection to a master or worker
+    request_timeout: float = 60.0   # one request's reply
+    failover_timeout: float = 60.0  # a read waits this long for a worker to serve it
+    master_retry: float = 30.0      # a call to a restarting master is retried this long
+    listing_ttl: float = 60.0       # a listing a client holds is fresh this long
+    map_ttl: float = 10.0           # the cluster map (workers, datasets) is fresh this long
+    flush_every: float = 0.5        # short-circuit hits are reported this often
+    flush_batch: int = 512          # ... or once this many are waiting
+    pending_max: int = 65536        # short-circuit hits waiting to be reported, at most
+    fanout: int = 8                 # blocks of one large read fetched at once
+    readahead_budget: int = 256 * 1024**2   # bytes all open files of a process read ahead
+    max_data: int = 64 * 1024**2    # largest payload the client reads
+
+    @classmethod
+    def from_env(cls, env: dict | None = None, **overrides) -> "ClientSettings":
+        env = os.environ if env is None else env
+        data: dict = {}
+        for key in ("connect_timeout", "request_timeout", "failover_timeout"):
+            var = f"FLUIDCACHE_{key.upper()}"
+            if var in env:
+                try:
+                    data[key] = float(env[var])
+                except ValueError:
+                    raise InvalidRequest(f"{var} must be a number of seconds") from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+
 _ENV = {
     "FLUIDCACHE_BLOCK_SIZE": "block_size",
     "FLUIDCACHE_EVICTION": "eviction",
     "FLUIDCACHE_PROMOTE": "promote",
     "FLUIDCACHE_HOST": "host",
     "FLUIDCACHE_MASTER_PORT": "master_port",
-    "FLUIDCACHE_CONNECT_TIMEOUT": "connect_timeout",
     "FLUIDCACHE_REQUEST_TIMEOUT": "request_timeout",
 }
 

@@ -96,7 +96,11 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class BlockRead:
-    """Args of the data server's `read` op: bytes [offset, offset+length) of one block."""
+    """Args of the data server's `read` and `prefetch` ops: bytes [offset, offset+length)
+    of one block of one version of a file. `fid` is the file id the caller listed (the
+    worker checks it against its own mount table: a stale listing is refused, never
+    served another file's bytes); `block_size` the block size the caller's cluster map
+    says (0: the server's own; another one is refused)."""
 
     dataset: str
     path: str
@@ -105,25 +109,40 @@ class BlockRead:
     index: int         # block index in the file
     offset: int = 0    # within the block
     length: int = -1   # -1: to the end of the block
+    fid: str = ""      # the file id as listed ("" : not given)
+    block_size: int = 0
 
     def to_args(self) -> dict:
-        return {"ds": self.dataset, "p": self.path, "v": self.version, "s": self.size,
+        args = {"ds": self.dataset, "p": self.path, "v": self.version, "s": self.size,
                 "b": self.index, "o": self.offset, "l": self.length}
+        if self.fid:
+            args["f"] = self.fid
+        if self.block_size:
+            args["bs"] = self.block_size
+        return args
 
     @classmethod
     def from_args(cls, a: dict) -> "BlockRead":
         try:
-            r = cls(a["ds"], a["p"], a["v"], a["s"], a["b"], a.get("o", 0), a.get("l", -1))
+            r = cls(a["ds"], a["p"], a["v"], a["s"], a["b"], a.get("o", 0), a.get("l", -1),
+                    a.get("f", ""), a.get("bs", 0))
         except (KeyError, TypeError):
             raise InvalidRequest("read needs ds, p, v, s, b") from None
         if not (isinstance(r.dataset, str) and isinstance(r.path, str)
                 and isinstance(r.version, str)):
             raise InvalidRequest("read: ds, p and v must be strings")
-        for name in ("size", "index", "offset", "length"):
+        if not isinstance(r.fid, str) or len(r.fid) > _MAX_FID \
+                or not all(c in _HEX for c in r.fid):
+            raise InvalidRequest("read: f must be a file id (hex)")
+        for name in ("size", "index", "offset", "length", "block_size"):
             v = getattr(r, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < (-1 if name == "length" else 0):
                 raise InvalidRequest(f"read: {name} must be a non-negative integer")
         return r
+
+
+_HEX = frozenset("0123456789abcdef")
+_MAX_FID = 64
 
 
 # -- encoding -----------------------------------------------------------------------

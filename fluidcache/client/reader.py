@@ -240,10 +240,8 @@ class ClusterClient:
     @staticmethod
     def _request(entry: dict, index: int, offset: int, length: int, bs: int) -> dict:
         dataset, _, path = entry["name"].partition("/")
-        req = BlockRead(dataset, path, entry["version"], entry["size"], index, offset,
-                        length).to_args()
-        req["f"], req["bs"] = entry["fid"], bs
-        return req
+        return BlockRead(dataset, path, entry["version"], entry["size"], index, offset,
+                         length, entry["fid"], bs).to_args()
 
     def _route(self, key: str, ds: dict, m: dict) -> list[str]:
         local = self._local_id if ds.get("routing") == "local-first" else None

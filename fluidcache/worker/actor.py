@@ -265,7 +265,7 @@ class Worker:
         hit = self._datasets.get((req.namespace, r.dataset))
         if hit is None or hit.expires < time.monotonic():
             return None
-        found = self._mount_of(req.namespace, hit, r, req.args.get("f"), opened_only=True)
+        found = self._mount_of(req.namespace, hit, r, r.fid, opened_only=True)
         if found is None:
             return None
         key = blocks.block_key(found[2], r.index, self.config.block_size)
@@ -289,9 +289,9 @@ class Worker:
                 return {"ok": False, "busy": True}, None      # a hint may be dropped
             self._prefetching += 1
             asyncio.get_running_loop().create_task(
-                self._prefetch(req.namespace, r, req.args.get("f")))
+                self._prefetch(req.namespace, r, r.fid))
             return {"ok": True}, None
-        return self._serve(r, await self.block(req.namespace, r, req.args.get("f")))
+        return self._serve(r, await self.block(req.namespace, r, r.fid))
 
     async def _prefetch(self, ns: str, r: BlockRead, fid) -> None:
         self.counters["prefetches"] += 1
@@ -321,7 +321,7 @@ class Worker:
 
     def _block_read(self, args: dict) -> BlockRead:
         r = BlockRead.from_args(args)
-        bs = args.get("bs", self.config.block_size)
+        bs = r.block_size or self.config.block_size
         if bs != self.config.block_size:
             raise StaleVersion(f"the cluster's block size is {self.config.block_size}, "
                                f"not {bs}; refresh the cluster map")
@@ -462,7 +462,7 @@ class Worker:
         if opened_only and not mount.opened:
             return None
         myfid = blocks.file_id(mount.url_of(rel), r.version, ns)
-        if isinstance(fid, str) and fid != myfid:
+        if fid and fid != myfid:
             return None
         return mount, rel, myfid
 

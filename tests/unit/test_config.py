@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from fluidcache.config import Config, TierConfig, format_size, load, parse_size, parse_ssd
+from fluidcache.config import (ClientSettings, Config, TierConfig, format_size, load, parse_size,
+                               parse_ssd)
 from fluidcache.errors import InvalidRequest
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -130,7 +131,9 @@ def test_env_beats_file_and_is_typed(cfg_file):
     cfg = load(cfg_file, env=env)
     assert cfg.eviction == "fill-once" and cfg.block_size == 2 * MiB
     assert cfg.master_port == 7100 and isinstance(cfg.master_port, int)
-    assert cfg.connect_timeout == 1.5 and cfg.request_timeout == 9.0
+    assert cfg.request_timeout == 9.0                  # the servers' request deadline
+    client = ClientSettings.from_env(env)               # the clients' timeouts
+    assert client.connect_timeout == 1.5 and client.request_timeout == 9.0
     assert isinstance(cfg.request_timeout, float)
     assert cfg.host == "0.0.0.0"
 
@@ -173,3 +176,9 @@ def test_load_does_not_touch_os_environ(cfg_file):
     before = dict(os.environ)
     load(cfg_file, env={"FLUIDCACHE_EVICTION": "lfu"})
     assert dict(os.environ) == before
+
+
+def test_client_settings_refuse_a_timeout_that_is_not_a_number():
+    with pytest.raises(InvalidRequest, match="FLUIDCACHE_FAILOVER_TIMEOUT"):
+        ClientSettings.from_env({"FLUIDCACHE_FAILOVER_TIMEOUT": "soon"})
+    assert ClientSettings.from_env({}, fanout=3).fanout == 3
