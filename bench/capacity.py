@@ -55,7 +55,8 @@ def run(endpoint: str, options: dict, names: list[str], expected: dict[str, int]
                                            client_kwargs={"endpoint_url": endpoint}),
                                        cache_storage=cache_dir, skip_instance_cache=True)
                 before = sum(len(f) for _, _, f in os.walk(cache_dir))
-                got = {n: xxhash.xxh3_64_intdigest(fs.cat_file(f"bench/cap/{n}")) >> 1 for n in shard}
+                got = {n: xxhash.xxh3_64_intdigest(fs.cat_file(f"bench/cap/{n}")) >> 1
+                       for n in shard}
                 after = sum(len(f) for _, _, f in os.walk(cache_dir))
                 return got, len(shard) - (after - before)     # hits: nothing new fetched
             fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True)

@@ -65,7 +65,8 @@ def markdown(r: dict) -> str:
                       rows)
         fl = img["fluidcache"]["epoch_s"]
         out += ["", f"- fluidcache warm epoch: {100 * (1 - _warm(fl) / _warm(s3)):.0f}% less "
-                f"time than direct s3fs (target >= 69%); {100 * (_warm(fl) / _warm(ceil) - 1):+.0f}% "
+                f"time than direct s3fs (target >= 69%); "
+                f"{100 * (_warm(fl) / _warm(ceil) - 1):+.0f}% "
                 "against the tmpfs ceiling (target within 10%).",
                 f"- fluidcache cold epoch: {fl[0] / s3[0]:.2f}x the direct s3fs epoch "
                 "(target <= 1.0x).",

@@ -14,6 +14,7 @@ from .client.fs import FluidFileSystem
 from .errors import (AccessDenied, ClusterNotRunning, FluidError, NotFound, StaleVersion,
                      Unavailable, UnderStoreError)
 
-__all__ = ["connect", "init_ray", "ray_address", "Client", "FluidFileSystem", "FluidError", "NotFound", "AccessDenied",
-           "ClusterNotRunning", "StaleVersion", "Unavailable", "UnderStoreError"]
+__all__ = ["connect", "init_ray", "ray_address", "Client", "FluidFileSystem", "FluidError",
+           "NotFound", "AccessDenied", "ClusterNotRunning", "StaleVersion", "Unavailable",
+           "UnderStoreError"]
 __version__ = "0.1.0"

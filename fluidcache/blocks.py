@@ -2,9 +2,9 @@
 
 A file is cut into fixed-size blocks. A file id is a hash of the namespace, the file's
 under-store URL and its version (ETag, or size and mtime), so a changed file gets new
-keys and never serves old bytes. A block key is a hash of the file id and the block index. Clients see
-file ids (from listings), never under-store URLs; workers compute the same ids from the
-URL they resolve.
+keys and never serves old bytes. A block key is a hash of the file id, the block size and
+the block index. Clients see file ids (from listings), never under-store URLs; workers
+compute the same ids from the URL they resolve.
 Never: do I/O.
 """
 from __future__ import annotations

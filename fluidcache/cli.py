@@ -136,7 +136,8 @@ def _start(a) -> int:
     if host is None and a.address is not None and "FLUIDCACHE_HOST" not in os.environ:
         host = "auto"   # on a Ray cluster each server binds its own node's address
     journal = None if load(a.config).journal_dir else str(default_home() / "journal")
-    cfg = load(a.config, journal_dir=journal, block_size=a.block_size, eviction=a.eviction, master_port=a.port,
+    cfg = load(a.config, journal_dir=journal, block_size=a.block_size, eviction=a.eviction,
+               master_port=a.port,
                promote=False if a.no_promote else None,
                node_selector=dict(x.split("=", 1) if "=" in x else (x, "")
                                   for x in a.node_selector) or None,

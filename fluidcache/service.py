@@ -124,7 +124,7 @@ class Server:
             self._server = self.loop.run_until_complete(
                 self.loop.create_server(self._protocol, self.host, self.port))
             self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:  # reported to start()
+        except BaseException as exc:  # noqa: BLE001 - whatever it is, start() reports it
             self._error = exc
             self._ready.set()
             return

@@ -157,7 +157,7 @@ def unpack_header(body: bytes | memoryview) -> dict:
     """Decode a header body; anything that is not a single msgpack map is a ProtocolError."""
     try:
         h = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types
         raise ProtocolError(f"malformed frame: {type(exc).__name__}") from None
     if not isinstance(h, dict):
         raise ProtocolError("frame header must be a map")

@@ -39,7 +39,8 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         images = [n.removeprefix("images/") for n in names if n.startswith("images/")]
         got = read_digests(env, "sel", images, short_circuit=False)
         assert got == {n: want["images/" + n] for n in images}
-        holding = {w["node_id"]: sum(t["blocks"] for t in w["tiers"]) for w in status(env)["workers"]}
+        holding = {w["node_id"]: sum(t["blocks"] for t in w["tiers"])
+                   for w in status(env)["workers"]}
         assert holding[nodes[0].node_id] == len(images)          # the labelled node holds all
         assert sum(holding.values()) == len(images)               # and nobody else any
         cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
@@ -108,7 +109,8 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
             raise AssertionError(f"{exc}; gone {gone.node_id[:8]}; workers {last}") from None
         assert len([w for w in st["workers"] if w["alive"]]) == 3
         assert st["master"]["pid"] == before_pid   # the master was never disturbed
-        assert read_digests(env, "d", names, short_circuit=False) == want          # routed around the lost worker
+        # routed around the lost worker
+        assert read_digests(env, "d", names, short_circuit=False) == want
         cli_env(env, "stop")
     finally:
         cluster.shutdown()

@@ -12,7 +12,8 @@ from fluidcache.master.journal import Journal, decode, encode
 from fluidcache.dataset import Dataset, MountSpec
 
 records = st.lists(st.dictionaries(st.text(max_size=8),
-                                   st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=20), st.binary(max_size=20)),
+                                   st.one_of(st.integers(-2**63, 2**64 - 1),
+                                             st.text(max_size=20), st.binary(max_size=20)),
                                    max_size=4), max_size=20)
 
 
@@ -150,7 +151,7 @@ def test_a_record_that_cannot_be_applied_never_loses_the_records_after_it(tmp_pa
     for rec in recs:
         try:
             core.apply(rec)
-        except Exception:          # what the master does: log, skip, go on
+        except Exception:  # noqa: BLE001 - what the master does: log, skip, go on
             pass
     assert core.tokens == {"first": "t1", "later": "t2"}
     assert len(Journal(str(tmp_path), fsync=False).load()[1]) == 4     # nothing cut

@@ -57,7 +57,7 @@ def test_load_plan_sends_each_block_to_its_owners_and_skips_what_they_hold():
     # every block goes to its rendezvous owner, the one clients read from
     from fluidcache import placement
     for wid, items in p.items.items():
-        for no, path, version, size, index, fid in items:
+        for *_, index, fid in items:
             key = blocks.block_key(fid, index, BS)
             assert placement.owners(key, ["w0", "w1", "w2"], 1) == [wid]
     # held where it belongs: skipped on a re-run

@@ -353,7 +353,8 @@ def test_any_flipped_bit_is_caught(data, where, bit, owner):
 def test_meta_is_kept_and_read_from_the_tail(tmp_path):
     meta = layout.Meta("default/imagenet", "0f" * 16, 12)
     size = layout.write_block(str(tmp_path), A, b"abc" * 100, meta)
-    assert size == layout.disk_size(300, meta) == os.path.getsize(layout.block_path(str(tmp_path), A))
+    path = layout.block_path(str(tmp_path), A)
+    assert size == layout.disk_size(300, meta) == os.path.getsize(path)
     assert layout.read_meta(layout.block_path(str(tmp_path), A), A) == meta
     assert layout.copy_block(str(tmp_path), str(tmp_path / "other"), A)
     assert bytes(layout.read_block(str(tmp_path / "other"), A)) == b"abc" * 100
@@ -576,7 +577,8 @@ DATA64 = 64 - layout.TRAILER.size     # data bytes of a block that takes 64 on d
 
 
 def _marked(tmp_path) -> list[TierConfig]:
-    """MEM 200 B (high 0.9 = 180, low 0.5 = 100) over a roomy SSD; blocks of DATA64 bytes use 64 on disk."""
+    """MEM 200 B (high 0.9 = 180, low 0.5 = 100) over a roomy SSD; blocks of DATA64 bytes
+    use 64 on disk."""
     return [TierConfig("MEM", str(tmp_path / "mem"), 200, high=0.9, low=0.5),
             TierConfig("SSD", str(tmp_path / "ssd"), 1000)]
 

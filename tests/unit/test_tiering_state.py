@@ -1,9 +1,9 @@
 """A state-machine test of BlockStore over two small tiers on real (temporary) dirs.
 
-Rules: put (one or several), get (one, or an epoch of all), remove, pin/unpin, restart (a new BlockStore on the
-same dirs) and one synchronous maintenance round (demotion above the high watermark,
-promotion of blocks read from the lower tier). The model is the bytes of each block
-the store should hold. After every step: per-tier `used` <= capacity and equal to the
+Rules: put (one or several), get (one, or an epoch of all), remove, pin/unpin, restart (a
+new BlockStore on the same dirs) and one synchronous maintenance round (demotion above
+the high watermark, promotion of blocks read from the lower tier). The model is the bytes
+of each block the store should hold. After every step: per-tier `used` <= capacity and equal to the
 bytes on disk, the files on disk are exactly the blocks the index holds, every held block
 reads back as the bytes that were put, and no pinned block has been evicted.
 
