@@ -105,22 +105,29 @@ def test_a_wrong_token_closes_the_connection():
 def test_peers_that_ask_and_never_read_the_replies_lose_their_slots():
     """Each sends 16 reads of a 1 MiB reply and never reads: the server stops reading
     from it (flow control) with requests pending. It must still give the slot back."""
-    from fluidcache import wire
     server = Server(_handler, max_connections=8, frame_timeout=1.0,
                     first_frame_timeout=1.0, idle_timeout=60.0).start()
     try:
-        hogs = []
-        for _ in range(12):
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(b"".join(wire.pack(wire.Request("big", {}, i, "ns", "right").header())
-                               for i in range(16)))
-            hogs.append(s)
+        hogs = _peers(server, 12, "big", pipelined=16, rcvbuf=4096)
         _served(server, within=5)
         for s in hogs:
             s.close()
     finally:
         server.stop()
+
+
+def _peers(server, n: int, op: str, pipelined: int = 1, rcvbuf: int = 0) -> list:
+    """`n` connections, each sending `pipelined` requests of `op` and reading nothing."""
+    from fluidcache import wire
+    peers = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.sendall(b"".join(wire.pack(wire.Request(op, {}, i, "ns", "right").header())
+                           for i in range(pipelined)))
+        peers.append(s)
+    return peers
 
 
 def test_requests_that_never_end_do_not_hold_the_slots():
@@ -134,11 +141,7 @@ def test_requests_that_never_end_do_not_hold_the_slots():
             one.sendall(wire.pack(wire.Request("hang", {}, 99, "ns", "right").header()))
             reply, _ = wire.recv_reply(one)        # it ends by its deadline, with an error
             assert not reply.ok and "longer than" in reply.error["message"]
-        stuck = []
-        for i in range(8):
-            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            s.sendall(wire.pack(wire.Request("hang", {}, i, "ns", "right").header()))
-            stuck.append(s)
+        stuck = _peers(server, 8, "hang")
         _served(server, within=5)
         for s in stuck:
             s.close()
