@@ -8,6 +8,8 @@ tiers back first unless `stop --keep-cache` asked to keep them (`stop.json` in t
 home says so to the supervisor).
 Cluster mode (--address ADDR): the CLI joins the Ray cluster as a short-lived driver,
 deploys the master (which puts a worker on every alive node) and leaves them running.
+The master makes workers through `spawn_worker`, handed to it here: the master package
+never imports the worker's.
 """
 from __future__ import annotations
 
@@ -44,11 +46,25 @@ def deploy(config: Config, token: str | None = None) -> dict:
             max_restarts=-1, num_cpus=0,
             # hard: Ray 2.60 placed a soft-affine, zero-CPU actor on another node here
             scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False),
-        ).remote(config.to_dict(), token)
+        ).remote(config.to_dict(), token, spawn_worker)
     workers = ray.get(master.deploy.remote(), timeout=180)
     return {"master": ray.get(master.address.remote()), "namespace": "default",
             "token": ray.get(master.token.remote()), "workers": workers,
             "ray_address": ray.get_runtime_context().gcs_address}
+
+
+def spawn_worker(node_id: str, config: dict):
+    """A detached worker actor pinned to Ray node `node_id` (the master calls this for a
+    node without a worker; `config` carries the cluster id and the worker secret)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .worker.actor import WorkerActor
+
+    return WorkerActor.options(
+        name=names.worker_actor(node_id), namespace=names.RAY_NAMESPACE, lifetime="detached",
+        max_restarts=-1, max_task_retries=0, num_cpus=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+    ).remote(config, node_id)
 
 
 def head_node_id() -> str:
@@ -163,7 +179,8 @@ def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
             ray.init(address=info["ray_address"], namespace=names.RAY_NAMESPACE,
                      log_to_driver=False)
         except Exception as exc:  # noqa: BLE001
-            raise ClusterNotRunning(f"cannot reach Ray at {info.get('ray_address')}: {exc}")
+            raise ClusterNotRunning(
+                f"cannot reach Ray at {info.get('ray_address')}: {exc}") from exc
         try:
             undeploy(keep_cache)
         finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from typing import NamedTuple
 
 _SIZE_BITS = 40
 
@@ -26,11 +27,16 @@ def _locked(fn):
     return call
 
 
+class FileSlot(NamedTuple):
+    owner: str             # "namespace/dataset"
+    fid: str
+
+
 class BlockMap:
     def __init__(self) -> None:
         self._lock = threading.RLock()   # apply() of a full report drops the worker first
         self._slots: dict[tuple[str, str], int] = {}       # (owner, fid) -> slot
-        self._files: list[tuple[str, str]] = []            # slot -> (owner, fid)
+        self._files: list[FileSlot] = []                   # slot -> (owner, fid)
         self._held: dict[str, dict[bytes, int]] = {}       # worker -> key -> slot|size
         self._by_owner: dict[str, dict[str, int]] = {}     # owner -> worker -> bytes
         self._by_file: dict[int, dict[str, int]] = {}      # slot -> worker -> bytes
@@ -54,7 +60,7 @@ class BlockMap:
             slot = self._slots.get((owner, fid))
             if slot is None:
                 slot = self._slots[(owner, fid)] = len(self._files)
-                self._files.append((owner, fid))
+                self._files.append(FileSlot(owner, fid))
             held[k] = (slot << _SIZE_BITS) | size
             self._count(worker, slot, owner, size)
 
@@ -62,7 +68,7 @@ class BlockMap:
         packed = held.pop(k, None)
         if packed is not None:
             slot, size = packed >> _SIZE_BITS, packed & ((1 << _SIZE_BITS) - 1)
-            self._count(worker, slot, self._files[slot][0], -size)
+            self._count(worker, slot, self._files[slot].owner, -size)
 
     def _count(self, worker: str, slot: int, owner: str, size: int) -> None:
         for table, key in ((self._by_owner, owner), (self._by_file, slot)):
@@ -84,7 +90,7 @@ class BlockMap:
         """Forget a removed dataset's blocks (its workers free them on their own)."""
         for worker, held in self._held.items():
             for k, packed in list(held.items()):
-                if self._files[packed >> _SIZE_BITS][0] == owner:
+                if self._files[packed >> _SIZE_BITS].owner == owner:
                     self._remove(worker, held, k)
 
     # -- queries ---------------------------------------------------------------
@@ -117,7 +123,7 @@ class BlockMap:
         out: dict[str, list[str]] = {}
         for worker, held in self._held.items():
             keys = [k.hex() for k, packed in held.items()
-                    if self._files[packed >> _SIZE_BITS][0] == owner]
+                    if self._files[packed >> _SIZE_BITS].owner == owner]
             if keys:
                 out[worker] = keys
         return out

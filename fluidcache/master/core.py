@@ -13,12 +13,11 @@ Never: touch the under store, Ray or sockets.
 from __future__ import annotations
 
 import hmac
-import secrets
 from collections import OrderedDict
 from typing import NamedTuple
 
 from ..errors import AccessDenied, AlreadyExists, NotFound
-from ..dataset import Dataset, check_name
+from ..dataset import Dataset
 from .tenants import Grant
 
 
@@ -69,12 +68,6 @@ class MasterCore:
         self._epoch_seq = 0
 
     # -- namespaces ------------------------------------------------------------
-    def create_namespace(self, ns: str, token: str | None = None) -> str:
-        check_name("namespace", ns)
-        if ns not in self.tokens:
-            self.tokens[ns] = token or secrets.token_urlsafe(32)
-        return self.tokens[ns]
-
     def authorize(self, ns: str | None, token: str | None) -> str:
         """The namespace, if `token` is its token; AccessDenied otherwise."""
         expected = self.tokens.get(ns or "")
@@ -93,21 +86,11 @@ class MasterCore:
         if (ds.namespace, ds.name) in self.datasets:
             raise AlreadyExists(f"dataset {ds.name} already exists in namespace {ds.namespace}")
 
-    def add_dataset(self, ds: Dataset) -> None:
-        self.check_new(ds)
-        self.datasets[(ds.namespace, ds.name)] = ds
-
     def dataset(self, ns: str, name: str) -> Dataset:
         ds = self.datasets.get((ns, name))
         if ds is None:
             raise NotFound(f"no dataset {name!r} in namespace {ns!r} "
                            "(see `fluidcache dataset ls`)")
-        return ds
-
-    def remove_dataset(self, ns: str, name: str) -> Dataset:
-        ds = self.dataset(ns, name)
-        del self.datasets[(ns, name)]
-        self.invalidate(ns, name)
         return ds
 
     def in_namespace(self, ns: str) -> list[Dataset]:

@@ -29,18 +29,21 @@ class DirListing:
     def __init__(self, entries: Iterable[tuple]) -> None:
         """`entries`: (child name, FILE|DIR, size, version[, mtime, created]); times are
         seconds or None; later duplicates win."""
-        merged: dict[str, tuple] = {}
+        merged: dict[str, tuple] = {}       # name -> (kind, size, version, mtime, created)
         for name, kind, size, version, *t in entries:
             merged[name] = (kind, size, version, *(t + [None, None])[:2])
         order = sorted(merged)
-        self.names = tuple(order)
-        self.kinds = bytes(merged[n][0] for n in order)
-        self.sizes = array("q", (merged[n][1] for n in order))
-        self.versions = tuple(merged[n][2] for n in order)
-        self.mtimes = array("d", (_NONE if merged[n][3] is None else merged[n][3]
-                                  for n in order))
-        self.created = array("d", (_NONE if merged[n][4] is None else merged[n][4]
-                                   for n in order))
+        kinds, sizes, versions = bytearray(), array("q"), []
+        mtimes, created = array("d"), array("d")
+        for n in order:
+            kind, size, version, mtime, made = merged[n]
+            kinds.append(kind)
+            sizes.append(size)
+            versions.append(version)
+            mtimes.append(_NONE if mtime is None else mtime)
+            created.append(_NONE if made is None else made)
+        self.names, self.kinds, self.sizes = tuple(order), bytes(kinds), sizes
+        self.versions, self.mtimes, self.created = tuple(versions), mtimes, created
 
     def __len__(self) -> int:
         return len(self.names)

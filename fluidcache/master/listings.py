@@ -23,14 +23,15 @@ from .listing import DIR, FILE, DirListing, info_entry, ls_page
 from ..dataset import Dataset, MountSpec
 
 PAGE = 2000          # entries per ls reply: a page of ~200-byte entries stays under max_frame
-MIN_KEEP = 5.0       # "always" still keeps a listing long enough to page through it
 
 
 class Listings:
     def __init__(self, core: MasterCore, lock: threading.RLock, default_sync: float,
-                 max_dir_entries: int = 1_000_000) -> None:
+                 max_dir_entries: int = 1_000_000, keep: float = 5.0) -> None:
+        """`default_sync`: seconds a listing stays fresh when its dataset does not say;
+        `keep`: seconds even the "always" policy keeps one (long enough to page it)."""
         self.core, self._lock, self.default_sync = core, lock, default_sync
-        self.max_dir_entries = max_dir_entries
+        self.max_dir_entries, self.keep = max_dir_entries, keep
         self._mounts: dict[tuple, Mount] = {}
 
     # -- mounts ----------------------------------------------------------------------------
@@ -74,7 +75,7 @@ class Listings:
     # -- listings ----------------------------------------------------------------------------
     def _expiry(self, ds: Dataset, now: float) -> float:
         sync = ds.sync_interval if ds.sync_interval is not None else self.default_sync
-        return float("inf") if sync < 0 else now + max(sync, MIN_KEEP)
+        return float("inf") if sync < 0 else now + max(sync, self.keep)
 
     def _row(self, mount: Mount, ds: Dataset, e: dict) -> tuple:
         if e.get("type") == "directory":

@@ -24,17 +24,16 @@ def test_heartbeats_go_on_while_a_load_is_planned(tmp_path):
         (tmp_path / f"f{i:04d}").write_bytes(b"x")
     config = {"tiers": [{"medium": "MEM", "path": str(tmp_path / "mem"), "quota": "1MiB"}],
               "block_size": "64KiB"}
-    m = Master(config)
+    m = Master(config, blocks=SlowBlockMap())
     try:
-        m.blocks = SlowBlockMap()
-        m.op_dataset_create("default", {"name": "d", "mounts": [["/", f"file://{tmp_path}"]]})
+        m.ops["dataset_create"]("default", {"name": "d", "mounts": [["/", f"file://{tmp_path}"]]})
         info = {"id": "w1", "node_id": "w1", "address": "127.0.0.1:1", "machine": "m"}
-        m.heartbeat(info, {"full": True, "add": [], "seq": 1})
+        m.members.heartbeat(info, {"full": True, "add": [], "seq": 1})
         done = threading.Event()
 
         def plan():
             try:
-                m.op_load("default", {"ds": "d", "p": ""})     # ~2 s of holders questions
+                m.ops["load"]("default", {"ds": "d", "p": ""})  # ~2 s of holders questions
             except Unavailable:
                 pass                                          # no Ray workers to hand it to
             finally:
@@ -43,7 +42,7 @@ def test_heartbeats_go_on_while_a_load_is_planned(tmp_path):
         worst, beats = 0.0, 0
         while not done.is_set():
             t0 = time.monotonic()
-            m.heartbeat(info, {"add": [], "remove": [], "seq": 2 + beats})
+            m.members.heartbeat(info, {"add": [], "remove": [], "seq": 2 + beats})
             worst = max(worst, time.monotonic() - t0)
             beats += 1
             done.wait(0.05)

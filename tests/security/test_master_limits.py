@@ -21,26 +21,27 @@ def master(tmp_path):
             (tmp_path / "data" / d / f"f{i}").write_bytes(b"x")
     m = Master({"tiers": [{"medium": "MEM", "path": str(tmp_path / "mem"), "quota": "1MiB"}],
                 "max_walk_files": 10, "tenant_datasets": 2})
-    m.op_dataset_create("default", {"name": "d", "mounts": [["/", f"file://{tmp_path/'data'}"]]})
+    m.ops["dataset_create"]("default", {"name": "d",
+                                        "mounts": [["/", f"file://{tmp_path/'data'}"]]})
     yield m
     m.shutdown()
 
 
 def test_a_walk_over_the_budget_is_refused_and_locate_answers_what_fits(master):
     with pytest.raises(InvalidRequest, match="more than 10 files"):
-        master.op_du("default", {"ds": "d", "p": ""})                 # 21 files
-    assert master.op_du("default", {"ds": "d", "p": "a"})["files"] == 7
-    got = master.op_locate("default", {"ds": "d", "paths": ["a", "a", "b", "c"]})
+        master.ops["du"]("default", {"ds": "d", "p": ""})                 # 21 files
+    assert master.ops["du"]("default", {"ds": "d", "p": "a"})["files"] == 7
+    got = master.ops["locate"]("default", {"ds": "d", "paths": ["a", "a", "b", "c"]})
     assert got["done"] == 2 and list(got["found"]) == ["a"]         # a twice, then b: over
 
 
 def test_du_pages_cover_every_file_in_order(master):
-    master.config = master.config.__class__.from_dict(dict(master.config.to_dict(),
-                                                           max_walk_files=100))
+    master.dataops.config = master.config.__class__.from_dict(dict(master.config.to_dict(),
+                                                                   max_walk_files=100))
     seen, after = [], None
     while True:
-        page = master.op_du("default", {"ds": "d", "p": "", "per_file": True, "after": after,
-                                        "limit": 4})
+        page = master.ops["du"]("default", {"ds": "d", "p": "", "per_file": True,
+                                            "after": after, "limit": 4})
         seen += list(page["cached_by_file"])
         after = page["next"]
         if after is None:
@@ -49,18 +50,20 @@ def test_du_pages_cover_every_file_in_order(master):
 
 
 def test_a_load_with_nothing_to_do_is_done_at_once(master):
-    master.op_dataset_create("default", {"name": "empty", "mounts": [["/", "reference://"]],
-                                         "options": {"fo": {"version": 1, "refs": {}}}})
+    master.ops["dataset_create"]("default", {"name": "empty",
+                                             "mounts": [["/", "reference://"]],
+                                             "options": {"fo": {"version": 1, "refs": {}}}})
     for _ in range(70):                     # more than max_load_jobs: none stays running
-        assert master.op_load("default", {"ds": "empty", "p": ""})["state"] == "done"
+        assert master.ops["load"]("default", {"ds": "empty", "p": ""})["state"] == "done"
 
 
 def test_a_tenant_has_a_share_of_datasets_and_of_the_masters_threads(master, tmp_path):
-    master.op_namespace_create("default", {"name": "team", "allow": ["https://h.example/x"]})
+    master.ops["namespace_create"]("default", {"name": "team", "allow": ["https://h.example/x"]})
     for i in range(2):
         master.core.datasets[("team", f"t{i}")] = master.core.dataset("default", "d")
     with pytest.raises(InvalidRequest, match="datasets already"):
-        master.op_dataset_create("team", {"name": "more", "mounts": [["/", "https://h.example/x"]]})
+        master.ops["dataset_create"]("team", {"name": "more",
+                                              "mounts": [["/", "https://h.example/x"]]})
     gate = Gate(each=2, tenants=3)
     gate.enter("a")
     gate.enter("a")

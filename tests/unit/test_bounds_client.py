@@ -74,7 +74,7 @@ def test_a_failed_snapshot_does_not_fail_a_journaled_change(tmp_path):
     try:
         m.journal = FullDisk(str(tmp_path / "journal"), fsync=False)
         m.journal.appended = 999                     # the next change asks for a snapshot
-        out = m.op_namespace_create("default", {"name": "team"})
+        out = m.ops["namespace_create"]("default", {"name": "team"})
         assert out["namespace"] == "team" and "team" in m.core.tokens
     finally:
         m.shutdown()

@@ -1,10 +1,17 @@
-"""The master's pure state (fluidcache.master.core.MasterCore)."""
+"""The master's pure state (fluidcache.master.core.MasterCore), changed as the master
+changes it: through journal records (`apply`) and the catalog's ops."""
 from __future__ import annotations
+
+import threading
 
 import pytest
 
+from fluidcache.config import Config
 from fluidcache.errors import AccessDenied, AlreadyExists, InvalidRequest, NotFound
+from fluidcache.master.blockmap import BlockMap
+from fluidcache.master.catalog import Catalog
 from fluidcache.master.core import MasterCore
+from fluidcache.master.listings import Listings
 from fluidcache.dataset import Dataset, MountSpec
 
 
@@ -12,11 +19,26 @@ def dataset(name: str, ns: str = "team") -> Dataset:
     return Dataset(name, ns, (MountSpec("", f"file:///data/{name}"),))
 
 
+def namespace(core: MasterCore, ns: str, token: str) -> None:
+    core.apply({"op": "namespace", "ns": ns, "token": token})
+
+
+def add(core: MasterCore, ds: Dataset) -> None:
+    core.apply({"op": "dataset_add", "dataset": ds.to_record()})
+
+
+def catalog(core: MasterCore) -> Catalog:
+    """The catalog's ops over `core` (no Ray, no journal: commit applies at once)."""
+    lock = threading.RLock()
+    return Catalog(core, lock, Listings(core, lock, 60.0), BlockMap(), Config(), core.apply,
+                   free_owner=lambda owner: None)
+
+
 @pytest.fixture
 def core() -> MasterCore:
     c = MasterCore()
-    c.create_namespace("team", "right-token")
-    c.create_namespace("other", "other-token")
+    namespace(c, "team", "right-token")
+    namespace(c, "other", "other-token")
     return c
 
 
@@ -38,50 +60,56 @@ def test_authorize_denies(core, ns, token):
 
 def test_create_namespace_generates_a_token_once():
     c = MasterCore()
-    tok = c.create_namespace("fresh")
+    namespace(c, "default", "admin-token")
+    tok = catalog(c).op_namespace_create("default", {"name": "fresh"})["token"]
     assert len(tok) >= 32
-    assert c.create_namespace("fresh") == tok              # idempotent
-    assert c.create_namespace("fresh", "another") == tok   # never replaced silently
+    namespace(c, "fresh", tok)
+    assert c.tokens["fresh"] == tok                        # idempotent
+    namespace(c, "fresh", "another")
+    assert c.tokens["fresh"] == tok                        # never replaced silently
     assert c.authorize("fresh", tok) == "fresh"
-    assert c.create_namespace("second") != tok
+    assert catalog(c).op_namespace_create("default", {"name": "second"})["token"] != tok
 
 
 def test_create_namespace_checks_the_name():
+    c = MasterCore()
+    namespace(c, "default", "admin-token")
     with pytest.raises(InvalidRequest):
-        MasterCore().create_namespace("Bad Name")
+        catalog(c).op_namespace_create("default", {"name": "Bad Name"})
 
 
 # -- datasets ----------------------------------------------------------------------------
 
 def test_add_get_remove(core):
     d = dataset("imgs")
-    core.add_dataset(d)
-    assert core.dataset("team", "imgs") is d
+    add(core, d)
+    assert core.dataset("team", "imgs") == d
     with pytest.raises(NotFound):
         core.dataset("other", "imgs")                      # namespaces are separate
-    assert core.remove_dataset("team", "imgs") is d
+    assert catalog(core).op_dataset_rm("team", {"name": "imgs"}) == d.public()
     with pytest.raises(NotFound):
         core.dataset("team", "imgs")
     with pytest.raises(NotFound):
-        core.remove_dataset("team", "imgs")
+        catalog(core).op_dataset_rm("team", {"name": "imgs"})
 
 
 def test_add_twice_is_already_exists(core):
-    core.add_dataset(dataset("imgs"))
+    add(core, dataset("imgs"))
     with pytest.raises(AlreadyExists):
-        core.add_dataset(dataset("imgs"))
-    core.add_dataset(dataset("imgs", ns="other"))          # same name, other namespace: fine
+        core.check_new(dataset("imgs"))
+    core.check_new(dataset("imgs", ns="other"))            # same name, other namespace: fine
+    add(core, dataset("imgs", ns="other"))
 
 
 def test_add_to_unknown_namespace(core):
     with pytest.raises(NotFound):
-        core.add_dataset(dataset("imgs", ns="ghost"))
+        core.check_new(dataset("imgs", ns="ghost"))
 
 
 def test_in_namespace_is_sorted_and_scoped(core):
     for name in ("zeta", "alpha", "mid"):
-        core.add_dataset(dataset(name))
-    core.add_dataset(dataset("beta", ns="other"))
+        add(core, dataset(name))
+    add(core, dataset("beta", ns="other"))
     assert [d.name for d in core.in_namespace("team")] == ["alpha", "mid", "zeta"]
     assert [d.name for d in core.in_namespace("other")] == ["beta"]
     assert core.in_namespace("ghost") == []
@@ -124,12 +152,12 @@ def test_store_listing_replaces(core):
 
 
 def test_invalidate_and_remove_drop_only_that_dataset(core):
-    core.add_dataset(dataset("imgs"))
+    add(core, dataset("imgs"))
     for ns, name in (("team", "imgs"), ("team", "text"), ("other", "imgs")):
         for path in ("", "a"):
             core.store_listing(ns, name, path, [{"name": f"{ns}/{name}/{path}"}], expires=10.0,
                                started=1.0)
-    core.remove_dataset("team", "imgs")
+    core.apply({"op": "dataset_rm", "ns": "team", "name": "imgs"})
     assert core.listing("team", "imgs", "", now=0.0) is None
     assert core.listing("team", "imgs", "a", now=0.0) is None
     assert core.listing("team", "text", "a", now=0.0) == [{"name": "team/text/a"}]
