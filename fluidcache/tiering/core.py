@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .policy import Policy
 
@@ -76,6 +77,24 @@ class Move:
     size: int = 0
 
 
+class Held(NamedTuple):
+    """A block that is not being written: where its file is and what it takes."""
+
+    tier: int        # the tier its file is in (while moving: the tier it leaves)
+    size: int        # bytes on disk
+    pinned: bool
+    moving: bool
+
+
+class TierUsage(NamedTuple):
+    name: str
+    capacity: int
+    used: int        # cached + reserved + incoming moves
+    blocks: int
+    high: float
+    low: float
+
+
 class TierIndex:
     def __init__(self, tiers: Sequence[tuple], policy: Callable[[], Policy]) -> None:
         """`tiers`: (name, capacity) or (name, capacity, high, low), fastest first."""
@@ -94,6 +113,32 @@ class TierIndex:
     def tier_of(self, key: str) -> int | None:
         e = self.entries.get(key)
         return e.tier if e is not None and e.state != "reserved" else None
+
+    def known(self, key: str) -> bool:
+        """Is the key in any state (being written too)?"""
+        return key in self.entries
+
+    def held(self, key: str) -> Held | None:
+        """Where a cached or moving block is; None when absent or being written."""
+        e = self.entries.get(key)
+        if e is None or e.state == "reserved":
+            return None
+        return Held(e.tier, e.size, e.pinned, e.state == "moving")
+
+    def holds_copy(self, key: str, tier: int) -> bool:
+        """Is tier `tier` where the key is, or where it is moving to (any state)?"""
+        e = self.entries.get(key)
+        return e is not None and tier in (e.tier, e.dest)
+
+    def size_of(self, key: str) -> int:
+        """Bytes the key takes on disk in any state (0 if unknown)."""
+        e = self.entries.get(key)
+        return e.size if e is not None else 0
+
+    def usage(self) -> list[TierUsage]:
+        """Each tier's name, capacity, use, block count and watermarks, fastest first."""
+        return [TierUsage(t.name, t.capacity, t.used, len(t.blocks), t.high, t.low)
+                for t in self.tiers]
 
     def cached_keys(self) -> list[str]:
         return [k for k, e in self.entries.items() if e.state != "reserved"]

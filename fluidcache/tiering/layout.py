@@ -62,6 +62,9 @@ class Meta(NamedTuple):
     index: int = 0
 
 
+NO_META = Meta()      # a block that says nothing of what it is (tests, tools)
+
+
 def checksum(key: str, data, meta_bytes: bytes = b"") -> int:
     h = xxhash.xxh3_64(key.encode())
     h.update(data)
@@ -80,7 +83,7 @@ def _meta_bytes(meta: Meta) -> tuple[bytes, bytes]:
     return owner, struct.pack(">Q", meta.index) + bytes.fromhex(meta.fid)
 
 
-def disk_size(data_len: int, meta: Meta = Meta()) -> int:
+def disk_size(data_len: int, meta: Meta = NO_META) -> int:
     """Bytes a block of `data_len` bytes takes on disk (what tier quotas count)."""
     return data_len + len(meta.owner.encode()) + TRAILER.size
 
@@ -106,7 +109,8 @@ def _atomic_write(final: str, key: str, *chunks, mode: int = 0o600) -> None:
         raise
 
 
-def write_block(tier_dir: str, key: str, data, meta: Meta = Meta(), mode: int = 0o600) -> int:
+def write_block(tier_dir: str, key: str, data, meta: Meta = NO_META,
+                mode: int = 0o600) -> int:
     """Write atomically (file mode `mode`); returns the bytes used on disk. Raises
     OSError (ENOSPC, EACCES)."""
     owner, fixed = _meta_bytes(meta)

@@ -1,11 +1,15 @@
-"""Eviction policies: small classes with four hooks and no knowledge of bytes or files.
+"""Eviction policies: small classes with a few hooks and no knowledge of bytes or files.
 
-    admit(key) -> bool     may a new block enter (fill-once says no once full)
-    access(key)            a hit
-    remove(key)            the block left the tier (evicted, freed, expired)
-    victim() -> key|None   the block to evict next (pinned blocks are skipped by the caller)
+    admit(key, full) -> bool   may a new block enter a full tier by evicting (fill-once:
+                               no)
+    insert(key)                the block entered the tier (by default: an access)
+    access(key)                a hit
+    remove(key)                the block left the tier (evicted, freed, expired, moved)
+    victims() -> keys          candidates in eviction order (the core skips pinned,
+                               unsettled and other tiers' blocks)
 
-The clock is injected (`clock()` returns a number) so tests need no sleeps.
+The policies here keep an order, not times: none reads a clock. A policy that needs
+one takes it as `clock` (`clock()` returns a number), so its tests need no sleeps.
 """
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ what the core plans (demotions when a tier crosses its high watermark, promotion
 blocks read from a lower tier, TTL expiry), and the counters of what went wrong.
 A failed write (full disk, unwritable directory) never fails a read: the block is just
 not cached, a warning is logged and `write_failures` counts it.
-Never: fetch from the under store or speak to the network. Never does disk work for
-maintenance on the caller's thread: reads and writes only wake the maintenance thread.
+Never: fetch from the under store or speak to the network; read the core's tables (it
+asks TierIndex through its methods, under the lock). Never moves blocks between tiers on
+the caller's thread: reads and writes only wake the maintenance thread (a write deletes
+the victims evicted to admit it, a read a block found corrupt).
 """
 from __future__ import annotations
 
@@ -16,12 +18,18 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from . import layout
 from .core import Move, TierIndex
 from .policy import make
 
 log = logging.getLogger(__name__)
+
+
+class Described(NamedTuple):
+    meta: layout.Meta      # owner, file id and index, from the block's file
+    size: int              # the block's data bytes (without its on-disk framing)
 
 
 class BlockStore:
@@ -37,11 +45,12 @@ class BlockStore:
             names.append(t.medium if seen[t.medium] == 1 else f"{t.medium}{seen[t.medium]}")
         self.paths = [os.path.abspath(t.path) for t in tiers]
         self.mediums = [t.medium for t in tiers]
+        self.names = names                        # "MEM", "SSD", "SSD2"...: per tier
         self.clock = clock or time.time
         self.promote = promote
         self.index = TierIndex(
             [(n, t.quota, getattr(t, "high", 0.95), getattr(t, "low", 0.7))
-             for n, t in zip(names, tiers)], lambda: make(eviction))
+             for n, t in zip(names, tiers, strict=True)], lambda: make(eviction))
         self._lock = threading.Lock()
         self._promote: set[str] = set()
         self._wake = threading.Event()
@@ -67,8 +76,7 @@ class BlockStore:
         for i, path in enumerate(self.paths):
             for key, size in layout.scan(path):
                 with self._lock:
-                    e = self.index.entries.get(key)
-                    if e is not None and i in (e.tier, e.dest):
+                    if self.index.holds_copy(key, i):
                         continue            # this very copy is held (a live rescan)
                     ok = self.index.add_existing(key, i, size)   # False: a duplicate
                 if ok:
@@ -90,19 +98,17 @@ class BlockStore:
             size -= layout.disk_size(0, meta)
         self.listener(event, key, meta, size)
 
-    def describe(self, key: str) -> tuple[layout.Meta, int] | None:
+    def describe(self, key: str) -> Described | None:
         """A held block's owner, file id and index (from its file) and its data size."""
         with self._lock:
-            e = self.index.entries.get(key)
-            tier, size = (e.tier, e.size) if e is not None and e.state != "reserved" \
-                else (None, 0)
-        if tier is None:
+            held = self.index.held(key)
+        if held is None:
             return None
         try:
-            meta = layout.read_meta(layout.block_path(self.paths[tier], key), key)
+            meta = layout.read_meta(layout.block_path(self.paths[held.tier], key), key)
         except (OSError, layout.CorruptBlock):
             return None
-        return meta, size - layout.disk_size(0, meta)
+        return Described(meta, held.size - layout.disk_size(0, meta))
 
     # -- reads and writes ---------------------------------------------------------------
     def get(self, key: str, expect: tuple[str, int] | None = None) -> memoryview | None:
@@ -125,8 +131,8 @@ class BlockStore:
                 return None
             if data is not None:
                 self._accessed(key, tier)
+                name = self.names[tier]
                 with self._lock:
-                    name = self.index.tiers[tier].name
                     self.read_bytes[name] = self.read_bytes.get(name, 0) + len(data)
                 return data
             with self._lock:
@@ -161,17 +167,17 @@ class BlockStore:
         self._accessed(key, tier)
         return True
 
-    def put(self, key: str, data, meta: layout.Meta = layout.Meta()) -> bool:
+    def put(self, key: str, data, meta: layout.Meta = layout.NO_META) -> bool:
         """Cache a block; False if no tier took it (no room, policy refused, write failed).
         `meta` (dataset, file id, index) is written with it, for reports after restarts."""
         size = layout.disk_size(len(data), meta)
         with self._lock:
-            if key in self.index.entries:
+            if self.index.known(key):
                 return key in self.index
             res = self.index.reserve(key, size)
         if res is None:
             return False
-        for victim, vsize in zip(res.evict, res.sizes):
+        for victim, vsize in zip(res.evict, res.sizes, strict=True):
             layout.remove_block(self.paths[res.tier], victim)
             self._emit("remove", victim, None, vsize)
         try:
@@ -202,10 +208,10 @@ class BlockStore:
         """Drop a block unless it is pinned (`force`: even then): the bytes it took on
         disk, 0 if it was not held, None if it is pinned and stays."""
         with self._lock:
-            e = self.index.entries.get(key)
-            if e is None or e.state != "cached":
+            held = self.index.held(key)
+            if held is None or held.moving:
                 return 0
-            if e.pinned and not force:
+            if held.pinned and not force:
                 return None
             e = self.index.remove(key)
         if e is None:
@@ -217,18 +223,17 @@ class BlockStore:
     def size_of(self, key: str) -> int:
         """Bytes a held block takes on disk (0 if not held)."""
         with self._lock:
-            e = self.index.entries.get(key)
-            return e.size if e is not None else 0
+            return self.index.size_of(key)
 
     def tier_bytes(self, keys) -> dict[str, int]:
         """Bytes on disk of those of `keys` held here, per tier name."""
         out: dict[str, int] = {}
         with self._lock:
             for k in keys:
-                e = self.index.entries.get(k)
-                if e is not None and e.state == "cached":
-                    name = self.index.tiers[e.tier].name
-                    out[name] = out.get(name, 0) + e.size
+                held = self.index.held(k)
+                if held is not None and not held.moving:
+                    name = self.names[held.tier]
+                    out[name] = out.get(name, 0) + held.size
         return out
 
     def pin(self, key: str, pinned: bool = True) -> bool:
@@ -325,9 +330,10 @@ class BlockStore:
 
     def tiers(self) -> list[dict]:
         with self._lock:
-            return [{"name": t.name, "path": p, "capacity": t.capacity, "used": t.used,
-                     "blocks": len(t.blocks), "high": t.high, "low": t.low}
-                    for t, p in zip(self.index.tiers, self.paths)]
+            usage = self.index.usage()
+        return [{"name": t.name, "path": p, "capacity": t.capacity, "used": t.used,
+                 "blocks": t.blocks, "high": t.high, "low": t.low}
+                for t, p in zip(usage, self.paths, strict=True)]
 
     @property
     def evictions(self) -> int:

@@ -3,19 +3,47 @@ a bounded number at once, through the same single-flight fill as reads (so a blo
 reader is fetching is not fetched twice), each counted done once it is in its tier.
 
 Runs on the data server's event loop; Ray calls (other threads) start, feed, read and
-cancel jobs through `call_soon`. A cancelled job stops taking new blocks; fills already
-started finish (a block is written whole or not at all), so the cache stays consistent.
+cancel jobs through `Worker.on_loop`. A cancelled job stops taking new blocks; fills
+already started finish (a block is written whole or not at all), so the cache stays
+consistent. At most `jobs_kept` finished jobs are remembered for their progress.
+Owns: the jobs and their progress. Never: fetch or cache a block itself (the read path's
+`BlockSource.fill` does), or see more of the worker than that source and `report_after`.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from .. import blocks
 from ..wire import BlockRead
 
 log = logging.getLogger(__name__)
-_KEEP = 32               # finished jobs remembered for their progress
+
+
+class LoadItem(NamedTuple):
+    """One block the master planned for this worker (sent as a list)."""
+
+    no: int              # the file's number in the job (progress is counted per file)
+    path: str
+    version: str
+    size: int
+    index: int           # the block's index in the file
+    fid: str             # the file id, as the master listed it
+
+
+class BlockSource(Protocol):
+    """What loads need of the read path."""
+
+    block_size: int
+
+    async def fill(self, ns: str, r: BlockRead) -> bytes | memoryview:
+        """The block's bytes, once its fetch and tier write are over (single flight with
+        reads; not counted as a read)."""
+
+    def is_cached(self, key: str) -> bool:
+        """Is the block held in a tier?"""
 
 
 class Job:
@@ -23,7 +51,7 @@ class Job:
         self.job, self.ns, self.dataset = job, ns, dataset
         self.concurrency = max(1, concurrency)
         self.state = "waiting"          # waiting for items, running, done, cancelled
-        self.items: list[list] = []
+        self.items: list[LoadItem] = []
         self.done_blocks = self.done_bytes = self.failed = 0
         self.errors: list[str] = []
         self.by_file: dict[int, int] = {}
@@ -38,22 +66,25 @@ class Job:
 
 
 class Loads:
-    def __init__(self, worker) -> None:
-        self.w = worker
+    def __init__(self, source: BlockSource, report_after: Callable[[], int],
+                 jobs_kept: int) -> None:
+        """`report_after()`: the number of the block report that carries every change
+        made so far (a job's `seq`: the master waits for it before it counts the job)."""
+        self._source, self._report_after, self._kept = source, report_after, jobs_kept
         self.jobs: dict[str, Job] = {}
 
     def start(self, job: str, ns: str, dataset: str, concurrency: int) -> None:
         self.jobs[job] = Job(job, ns, dataset, concurrency)
         for old in [j for j, v in self.jobs.items() if v.state not in ("waiting", "running")
-                    ][:-_KEEP]:
+                    ][:-self._kept]:
             del self.jobs[old]
 
     def feed(self, job: str, items: list[list]) -> None:
-        """The job's items ([file no, path, version, size, index, fid]); starts it."""
+        """The job's items (LoadItem fields, as lists); starts it."""
         j = self.jobs[job]
         if j.state != "waiting":
             return
-        j.items = items
+        j.items = [LoadItem(*item) for item in items]
         j.state = "running"
         j.task = asyncio.get_running_loop().create_task(self._run(j))
 
@@ -65,7 +96,7 @@ class Loads:
             j.task.cancel()
         else:
             j.state = "cancelled"
-            j.seq = self.w.report_after()
+            j.seq = self._report_after()
 
     async def _run(self, j: Job) -> None:
         todo = iter(j.items)
@@ -80,26 +111,22 @@ class Loads:
         except asyncio.CancelledError:
             j.state = "cancelled"
         finally:
-            j.seq = self.w.report_after()        # what it cached is in the next report
+            j.seq = self._report_after()         # what it cached is in the next report
 
-    async def _one(self, j: Job, item: list) -> None:
-        no, path, version, size, index, fid = item
-        r = BlockRead(j.dataset, path, version, size, index, 0, -1)
+    async def _one(self, j: Job, item: LoadItem) -> None:
+        r = BlockRead(j.dataset, item.path, item.version, item.size, item.index, fid=item.fid)
         try:
-            data = await self.w.block(j.ns, r, fid, read=False)
-            key = blocks.block_key(fid, index, self.w.config.block_size)
-            fill = self.w.fill_of(key)
-            if fill is not None:
-                await asyncio.shield(fill)      # done = in its tier, not just fetched
-            if key not in self.w.store:
+            data = await self._source.fill(j.ns, r)
+            key = blocks.block_key(item.fid, item.index, self._source.block_size)
+            if not self._source.is_cached(key):
                 raise RuntimeError("fetched but not cached: no room in any tier")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - counted and reported; the job goes on
             j.failed += 1
             if len(j.errors) < 5:
-                j.errors.append(f"{j.dataset}/{path}: {exc}")
+                j.errors.append(f"{j.dataset}/{item.path}: {exc}")
             return
         j.done_blocks += 1
         j.done_bytes += len(data)
-        j.by_file[no] = j.by_file.get(no, 0) + 1
+        j.by_file[item.no] = j.by_file.get(item.no, 0) + 1
