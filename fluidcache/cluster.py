@@ -178,7 +178,7 @@ def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
         try:
             ray.init(address=info["ray_address"], namespace=names.RAY_NAMESPACE,
                      log_to_driver=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ClusterNotRunning(
                 f"cannot reach Ray at {info.get('ray_address')}: {exc}") from exc
         try:

@@ -241,7 +241,7 @@ class FluidFileSystem(AbstractFileSystem):
             p, s, e = args
             try:
                 return self._read(self._strip_protocol(p), s, e)
-            except Exception as exc:  # noqa: BLE001 - fsspec's on_error contract
+            except Exception as exc:  # fsspec's on_error contract
                 if on_error == "raise":
                     raise
                 return exc

@@ -196,7 +196,7 @@ class Membership:
                     log.warning("worker %s missed its heartbeats: marked lost", wid)
                     self.mark_lost(wid)
                 self._every_round(now)
-            except Exception:  # noqa: BLE001 - membership must keep running
+            except Exception:  # membership must keep running
                 log.exception("membership round failed")
 
     def stop(self, keep_cache: bool = False) -> None:

@@ -309,7 +309,7 @@ class BlockStore:
             try:
                 while any(self.maintain().values()):
                     pass
-            except Exception:  # noqa: BLE001 - maintenance must never die
+            except Exception:  # maintenance must never die
                 log.exception("tier maintenance failed")
 
     # -- views ----------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class Job:
         self.job, self.ns, self.dataset = job, ns, dataset
         self.concurrency = max(1, concurrency)
         self.state = "waiting"          # waiting for items, running, done, cancelled
-        self.items: list[LoadItem] = []
+        self.items: list[list] = []     # LoadItem fields, as the master sent them
         self.done_blocks = self.done_bytes = self.failed = 0
         self.errors: list[str] = []
         self.by_file: dict[int, int] = {}
@@ -84,7 +84,7 @@ class Loads:
         j = self.jobs[job]
         if j.state != "waiting":
             return
-        j.items = [LoadItem(*item) for item in items]
+        j.items = items    # made LoadItems one at a time as they run: feed is on the loop
         j.state = "running"
         j.task = asyncio.get_running_loop().create_task(self._run(j))
 
@@ -99,7 +99,7 @@ class Loads:
             j.seq = self._report_after()
 
     async def _run(self, j: Job) -> None:
-        todo = iter(j.items)
+        todo = (LoadItem(*item) for item in j.items)
 
         async def one_by_one() -> None:
             for item in todo:

@@ -339,7 +339,7 @@ class Reads:
         try:
             await loop.run_in_executor(None, self.store.put, found.key, data,
                                        layout.Meta(dsid, found.fid, r.index))
-        except Exception:      # noqa: BLE001 - the readers have their bytes; log, go on
+        except Exception:      # the readers have their bytes; log, go on
             log.exception("caching block %s failed", found.key)
 
 
