@@ -154,7 +154,7 @@ class FluidFileSystem(AbstractFileSystem):
         """A file's or directory's info: name, size, type and, for files, `version`,
         `fid`, `mtime` (seconds), `created` where the store knows it, and `ETag` where
         the version is an entity tag (as s3fs gives it). A file of a listed directory
-        costs no master call.
+        costs no master call beyond the epoch check every `metadata_check` seconds.
 
         Parameters
         ----------

@@ -7,6 +7,8 @@ the under store; when none answers at all, read the under store directly (direct
 if the user gave options of their own, else wait for the cluster up to
 `failover_timeout`. Sequential readers of open files read ahead (readahead.py): blocks
 no local tier holds are hinted to their owners, within the process's budget.
+A warm read makes no master call of its own but, every `map_ttl` seconds, one for the
+cluster map and one for the dataset's record (cluster.py).
 Owns: block arithmetic of reads (blocks.py's helpers), routing, failover, the threads
 that fetch a large read's blocks at once, each open file's kept block and readahead.
 Never: see under-store URLs or credentials (direct.py uses the user's own), or call
