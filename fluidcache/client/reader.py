@@ -43,12 +43,13 @@ class FileReads:
     version), its last block (small reads cost one fetch per block, not one per call)
     and its readahead."""
 
-    __slots__ = ("entry", "kept", "ahead")
+    __slots__ = ("entry", "kept", "depth", "ahead")
 
     def __init__(self, entry: dict, readahead: int) -> None:
         self.entry = entry
         self.kept: Kept | None = None
-        self.ahead = Readahead(readahead)
+        self.depth = readahead
+        self.ahead: Readahead | None = None     # made when a read has blocks after it
 
 
 class BlockReader:
@@ -186,6 +187,8 @@ class BlockReader:
         """The one readahead: the blocks the file's policy wants next are left alone
         when a local tier holds them, else hinted to their owners in the background,
         each holding its length of the process's budget until its hint is answered."""
+        if f.ahead is None:
+            f.ahead = Readahead(f.depth)
         wanted = f.ahead.after(bs, first, last, blocks.block_count(f.entry["size"], bs))
         for j in wanted:
             key = blocks.block_key(f.entry["fid"], j, bs)
