@@ -2,18 +2,22 @@
 
 Owns: turning verbs into master calls and argument checks users get back at once.
 Never: talk to Ray (clients are not Ray drivers) or to under stores.
+Errors are fluidcache.errors exceptions, each also a built-in OSError subclass (and
+InvalidRequest a ValueError): every verb may raise PermissionError (AccessDenied: a wrong
+token) and ConnectionError (Unavailable: the master did not answer within
+`ClientSettings.master_retry` seconds, or is too busy).
 """
 from __future__ import annotations
 
 import json
-import time
 
 from .client.discovery import find
 from .client.fs import FluidFileSystem
-from .client.reader import ClusterClient
-from .config import parse_duration
+from .client.cluster import Cluster
 from .errors import InvalidRequest
 from .dataset import parse_mount
+from .dataverbs import DataVerbs
+from .loadjob import LoadJob
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -26,18 +30,33 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key, value
 
 
-class Client:
+class Client(DataVerbs):
+    """The verbs of one namespace (`fluidcache.connect()`): datasets and namespaces here,
+    data operations (load, free, pin, ttl, du, ...) in dataverbs.py."""
+
     def __init__(self, address: str | None = None, token: str | None = None,
                  namespace: str | None = None) -> None:
         self.endpoint = find(address, token, namespace)
-        self._client = ClusterClient(self.endpoint)
+        self._cluster = Cluster(self.endpoint)
 
     def _call(self, op: str, args: dict | None = None):
-        return self._client.master(op, args)
+        return self._cluster.master(op, args)
+
+    def _paged(self, op: str, args: dict | None = None) -> list:
+        return self._cluster.paged(op, args)
 
     def close(self) -> None:
-        """Close this client's sockets and threads."""
-        self._client.close()
+        """Close this client's sockets.
+
+        Parameters
+        ----------
+        None
+
+        Raises
+        ------
+        Nothing.
+        """
+        self._cluster.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -46,6 +65,17 @@ class Client:
         self.close()
 
     def ping(self) -> bool:
+        """Whether the master answers.
+
+        Parameters
+        ----------
+        None
+
+        Raises
+        ------
+        PermissionError, ConnectionError
+            A wrong token (AccessDenied); no answer from the master (Unavailable).
+        """
         return bool(self._call("ping").get("pong"))
 
     # -- datasets ---------------------------------------------------------------------
@@ -55,11 +85,42 @@ class Client:
                        selector: dict | list[str] | None = None, read_only: bool = True,
                        routing: str = "partitioned") -> dict:
         """`mounts`: {"/": "s3://bucket/prefix"} or ["/=s3://bucket/prefix"];
-        `options`: the under store's fsspec options ({"endpoint_url": ...} or KEY=VALUE);
-        `sync`: metadata sync policy ('always', 'never', '60s'); `selector`: node labels
-        ({"zone": "a"}) or `resource:NAME` keys that limit which workers cache it;
-        `routing`: 'partitioned' (blocks spread over all eligible workers) or
-        'local-first' (the reader's own node caches what it reads)."""
+        returns the dataset's public record.
+
+        Parameters
+        ----------
+        name
+            1-63 lowercase letters, digits, '.', '_' or '-'.
+        mounts
+            {"/": "s3://bucket/prefix"} or ["/=s3://bucket/prefix"]; points may not nest.
+        options
+            The under store's fsspec options ({"endpoint_url": ...} or KEY=VALUE, the
+            value parsed as JSON where it parses).
+        replicas
+            Owners of each block, 1-16.
+        sync
+            Metadata sync policy ('always', 'never', '60s'; None: the cluster's).
+        selector
+            Node labels ({"zone": "a"}) or `resource:NAME` keys that limit which
+            workers cache it.
+        read_only
+            Whether the dataset refuses writes.
+        routing
+            'partitioned' (blocks spread over all eligible workers) or 'local-first'
+            (the reader's own node caches what it reads).
+
+        Raises
+        ------
+        ValueError
+            A bad name, mount, option, replica count, sync policy or routing, or a
+            namespace at its dataset cap (InvalidRequest).
+        FileExistsError
+            The dataset exists (AlreadyExists).
+        PermissionError
+            A wrong token, or a tenant mount not granted (AccessDenied).
+        ConnectionError
+            The master did not answer within `master_retry` seconds (Unavailable).
+        """
         if isinstance(selector, list):
             selector = dict(s.split("=", 1) if "=" in s else (s, "") for s in selector)
         if isinstance(mounts, dict):
@@ -74,84 +135,57 @@ class Client:
             "sync": sync, "selector": selector or {}, "read_only": read_only,
             "routing": routing})
 
-    def load_metadata(self, url: str) -> dict:
-        """Re-list everything under `fluid://dataset/path` from the under store now."""
-        return self._call("metadata_load", self._target(url))
-
     def datasets(self) -> list[dict]:
-        """The namespace's datasets (public records: mounts without credentials)."""
-        return self._client.paged("datasets")
+        """The namespace's datasets (public records: mounts without credentials).
+
+        Parameters
+        ----------
+        None
+
+        Raises
+        ------
+        PermissionError, ConnectionError
+            A wrong token (AccessDenied); no answer from the master (Unavailable).
+        """
+        return self._paged("datasets")
 
     def dataset(self, name: str) -> dict:
-        """A dataset's public record with its pins (paths) and TTLs ({path: deadline})."""
+        """A dataset's public record with its pins (paths) and TTLs ({path: deadline}).
+
+        Parameters
+        ----------
+        name
+            The dataset's name.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such dataset in the namespace (NotFound).
+        PermissionError, ConnectionError
+            A wrong token (AccessDenied); no answer from the master (Unavailable).
+        """
         d = self._call("dataset_show", {"name": name})
-        rows = self._client.paged("rules", {"ds": name}) if \
+        rows = self._paged("rules", {"ds": name}) if \
             d.get("pin_count") or d.get("ttl_count") else []
         return dict(d, pins=[r[2] for r in rows if r[0] == "pin"],
                     ttls={r[2]: r[3] for r in rows if r[0] == "ttl"})
 
     def remove_dataset(self, name: str) -> dict:
+        """Remove a dataset (its cached blocks are dropped as workers next report).
+
+        Parameters
+        ----------
+        name
+            The dataset's name.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such dataset in the namespace (NotFound).
+        PermissionError, ConnectionError
+            A wrong token (AccessDenied); no answer from the master (Unavailable).
+        """
         return self._call("dataset_rm", {"name": name})
-
-    # -- data operations ---------------------------------------------------------------
-    def load(self, url: str, metadata_only: bool = False, replicas: int | None = None,
-             wait: bool = True, progress=None) -> "dict | LoadJob":
-        """Warm up a file, directory or dataset (`fluid://dataset/path`) on the workers,
-        each block onto its owners. Blocks cached already are skipped. With `wait`
-        (default) returns the final status, calling `progress(status)` as it goes (Ctrl-C
-        cancels the load); else returns a LoadJob to poll, wait for or cancel."""
-        if metadata_only:
-            return self._call("load", {**self._target(url), "metadata_only": True})
-        job = LoadJob(self, self._call("load", {**self._target(url), "replicas": replicas}))
-        return job.wait(progress) if wait else job
-
-    def free(self, url: str, force: bool = False) -> dict:
-        """Drop the cached blocks under a path on every worker (pinned ones stay unless
-        `force`); returns freed blocks and bytes."""
-        return self._call("free", {**self._target(url), "force": force})
-
-    def pin(self, url: str) -> dict:
-        """Keep the path's blocks from eviction, on every worker, across restarts."""
-        return self._call("pin", self._target(url))
-
-    def unpin(self, url: str) -> dict:
-        return self._call("unpin", self._target(url))
-
-    def ttl(self, url: str, duration: str | float | None) -> dict:
-        """Drop the path's cached blocks `duration` from now ('10m', 3600; None or
-        'never' removes the TTL)."""
-        seconds = None if duration is None else parse_duration(duration)
-        return self._call("ttl", {**self._target(url), "seconds": seconds})
-
-    def rules(self) -> dict:
-        """The namespace's pins and TTLs: {"pins": [[ns, ds, path]], "ttls": [...]}."""
-        rows, ns = self._client.paged("rules"), self.endpoint.namespace
-        return {"pins": [[ns, r[1], r[2]] for r in rows if r[0] == "pin"],
-                "ttls": [[ns, r[1], r[2], r[3]] for r in rows if r[0] == "ttl"]}
-
-    def du(self, url: str, per_file: bool = False, tiers: bool = False) -> dict:
-        """{"path", "files", "total_bytes", "cached_bytes"} (+ "cached_by_file",
-        "cached_by_tier"); a block counts once however many copies it has."""
-        out = self._call("du", {**self._target(url), "tiers": tiers})
-        if per_file:          # in pages: a large directory never makes one large reply
-            by_file: dict[str, int] = {}
-            after = None
-            while True:
-                page = self._call("du", {**self._target(url), "per_file": True,
-                                         "after": after})
-                by_file.update(page["cached_by_file"])
-                after = page["next"]
-                if after is None:
-                    break
-            out["cached_by_file"] = by_file
-        return out
-
-    @staticmethod
-    def _target(url: str) -> dict:
-        ds, _, path = FluidFileSystem._strip_protocol(url).partition("/")
-        if not ds:
-            raise InvalidRequest(f"{url!r}: name a dataset, as fluid://DATASET[/PATH]")
-        return {"ds": ds, "p": path}
 
     # -- namespaces -------------------------------------------------------------------
     def create_namespace(self, name: str, allow: list[str] | None = None,
@@ -161,6 +195,8 @@ class Client:
 
         Parameters
         ----------
+        name
+            1-63 lowercase letters, digits, '.', '_' or '-'.
         allow
             URL prefixes the namespace may mount (`s3://bucket/prefix`); it may mount
             nothing else.
@@ -173,9 +209,14 @@ class Client:
         Raises
         ------
         PermissionError
-            Not the default namespace's token.
+            Not the default namespace's token, or a bad prefix or endpoint
+            (AccessDenied).
         FileExistsError
-            The namespace exists.
+            The namespace exists (AlreadyExists).
+        ValueError
+            A bad name or grant (InvalidRequest).
+        ConnectionError
+            The master did not answer within `master_retry` seconds (Unavailable).
         """
         return self._call("namespace_create", {
             "name": name, "allow": list(allow or []), "endpoints": list(endpoints or []),
@@ -184,23 +225,80 @@ class Client:
     def grant(self, name: str, allow: list[str] | None = None,
               endpoints: list[str] | None = None, node_credentials: bool = False) -> dict:
         """Let namespace `name` mount more (prefixes, endpoints, node credentials); grants
-        only add. Returns its whole grant."""
+        only add. Returns its whole grant.
+
+        Parameters
+        ----------
+        name
+            A tenant namespace.
+        allow, endpoints, node_credentials
+            As `create_namespace` takes them.
+
+        Raises
+        ------
+        PermissionError
+            Not the default namespace's token, or a bad prefix or endpoint
+            (AccessDenied).
+        FileNotFoundError
+            No such tenant namespace (NotFound).
+        ValueError
+            A bad grant (InvalidRequest).
+        ConnectionError
+            The master did not answer within `master_retry` seconds (Unavailable).
+        """
         return self._call("namespace_grant", {
             "name": name, "allow": list(allow or []), "endpoints": list(endpoints or []),
             "node_credentials": node_credentials})["grant"]
 
     def namespace(self, name: str | None = None) -> dict:
         """A namespace's grant ({"namespace", "admin", "grant"}); a tenant sees only
-        its own."""
+        its own.
+
+        Parameters
+        ----------
+        name
+            The namespace (None: this client's).
+
+        Raises
+        ------
+        PermissionError
+            Another namespace than one's own, unless the default namespace's token
+            (AccessDenied).
+        FileNotFoundError
+            No such namespace (NotFound).
+        ConnectionError
+            The master did not answer within `master_retry` seconds (Unavailable).
+        """
         return self._call("namespace_show", {"name": name} if name else {})
 
     def namespaces(self) -> list[str]:
-        return self._client.paged("namespaces")
+        """The names of the namespaces this token may see.
+
+        Parameters
+        ----------
+        None
+
+        Raises
+        ------
+        PermissionError, ConnectionError
+            A wrong token (AccessDenied); no answer from the master (Unavailable).
+        """
+        return self._paged("namespaces")
 
     # -- cluster ----------------------------------------------------------------------
     def status(self) -> dict:
         """The master, every worker (tiers, counters) and the namespace's datasets
-        (cached bytes, hits, misses); fetched in pages."""
+        (cached bytes, hits, misses); fetched in pages.
+
+        Parameters
+        ----------
+        None
+
+        Raises
+        ------
+        PermissionError, ConnectionError
+            A wrong token (AccessDenied); no answer from the master (Unavailable).
+        """
         st = self._call("status")
         for part in ("workers", "datasets"):
             after = st.pop(f"{part}_next", None)
@@ -211,41 +309,21 @@ class Client:
         return st
 
     def filesystem(self, **kwargs) -> FluidFileSystem:
+        """A `fluid://` filesystem of this client's cluster, namespace and token.
+
+        Parameters
+        ----------
+        kwargs
+            FluidFileSystem's keyword arguments (short_circuit, timeouts, readahead,
+            skip_instance_cache, ...).
+
+        Raises
+        ------
+        ValueError
+            A FLUIDCACHE_*_TIMEOUT variable that is not a number (InvalidRequest).
+        """
         e = self.endpoint
         return FluidFileSystem(address=e.master, token=e.token, namespace=e.namespace, **kwargs)
-
-
-class LoadJob:
-    """A running load: `status()` (files, bytes and blocks done, state), `wait()`,
-    `cancel()`. States: running, done, failed (some blocks could not be cached; see
-    `errors`), cancelled."""
-
-    def __init__(self, client: Client, status: dict) -> None:
-        self.client, self.id, self.last = client, status["job"], status
-
-    def status(self) -> dict:
-        self.last = self.client._call("load_status", {"job": self.id, "poll": True})
-        return self.last
-
-    def cancel(self) -> dict:
-        self.last = self.client._call("load_cancel", {"job": self.id})
-        return self.last
-
-    def wait(self, progress=None, interval: float = 0.25) -> dict:
-        """Poll until the load ends; Ctrl-C cancels it (and re-raises)."""
-        try:
-            st = self.last
-            while st["state"] == "running":
-                if progress is not None:
-                    progress(st)
-                time.sleep(interval)          # polling the master for progress
-                st = self.status()
-            if progress is not None:
-                progress(st)
-            return st
-        except KeyboardInterrupt:
-            self.cancel()
-            raise
 
 
 def connect(address: str | None = None, token: str | None = None,
@@ -279,3 +357,6 @@ def shared_client() -> Client:
         client = _SHARED["client"] = Client(endpoint.master, endpoint.token, endpoint.namespace)
         _SHARED["key"] = key
     return client
+
+
+__all__ = ["Client", "LoadJob", "connect", "shared_client"]

@@ -12,9 +12,11 @@ import socket
 import threading
 
 from .. import wire
+from ..config import ClientSettings
 from ..errors import ProtocolError, Unavailable
 
 
+_DEFAULTS = ClientSettings()
 FORKS = [0]     # bumped in every forked child: cheaper than comparing os.getpid() per call
 
 
@@ -33,8 +35,10 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Pool:
-    def __init__(self, connect_timeout: float = 5.0, request_timeout: float = 60.0,
-                 max_idle: int = 8, max_data: int = wire.DEFAULT_MAX_DATA) -> None:
+    def __init__(self, connect_timeout: float = _DEFAULTS.connect_timeout,
+                 request_timeout: float = _DEFAULTS.request_timeout,
+                 max_idle: int = 8, max_data: int = _DEFAULTS.max_data) -> None:
+        """Timeouts in seconds; `max_data`: the largest reply payload it takes."""
         self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
         self.max_idle, self.max_data = max_idle, max_data
         self._ids = itertools.count(1)

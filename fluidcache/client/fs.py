@@ -1,29 +1,33 @@
 """`fluid://dataset/path`: the fsspec filesystem users and libraries see.
 
 A thin shell: metadata comes from the master (one call per directory, cached for the
-sync interval), bytes from ClusterClient (reader.py). The object pickles by its
-constructor arguments (fsspec's `__reduce__`) and opens its sockets lazily in each
-process, so it works in DataLoader workers and Ray tasks and after a fork.
-The filesystem is read-only: writes raise PermissionError.
+sync interval: metadata.py), bytes from the process's BlockReader (reader.py). The
+object pickles by its constructor arguments (fsspec's `__reduce__`) and opens its
+sockets lazily in each process, so it works in DataLoader workers and Ray tasks and
+after a fork. The filesystem is read-only: writes raise PermissionError.
+Every method raises OSError subclasses (fluidcache.errors): FileNotFoundError (NotFound),
+PermissionError (AccessDenied: a wrong token, a path leaving its dataset, a write),
+ConnectionError (Unavailable: no master or worker answered in time) and OSError with
+errno ESTALE (StaleVersion: the file changed in the under store while it was read).
 """
 from __future__ import annotations
 
 import datetime
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from fsspec.spec import AbstractFileSystem
 
 from .. import names
-from ..errors import (AccessDenied, IsADirectory, NotFound, NotSupported, StaleVersion,
-                      Unavailable)
+from ..config import ClientSettings
+from ..errors import AccessDenied, IsADirectory, NotSupported, StaleVersion
+from .cluster import Cluster
 from .conn import FORKS
+from .direct import DirectReader
 from .discovery import find
 from .file import FluidFile
+from .listings import Listings
 from .metadata import MetadataCache
-from .reader import ClusterClient
-
-_LISTING_TTL = 60.0
+from .reader import BlockReader
 
 
 class FluidFileSystem(AbstractFileSystem):
@@ -32,45 +36,81 @@ class FluidFileSystem(AbstractFileSystem):
 
     def __init__(self, address: str | None = None, token: str | None = None,
                  namespace: str | None = None, short_circuit: bool = True,
-                 connect_timeout: float = 5.0, request_timeout: float = 60.0,
-                 listing_ttl: float = _LISTING_TTL, failover_timeout: float = 60.0,
+                 connect_timeout: float | None = None, request_timeout: float | None = None,
+                 listing_ttl: float | None = None, failover_timeout: float | None = None,
                  readahead: int = 2, under_store_options: dict | None = None,
                  metadata_check: float = 1.0, **kwargs) -> None:
-        """`failover_timeout`: how long a read waits for the cluster when no worker
-        answers (a worker restarting) before it raises; `request_timeout`: one request;
-        `readahead`: blocks a sequential reader of an open file fetches ahead (0: off);
-        `under_store_options`: storage options per protocol (`{"s3": {...}}`) of the
-        user's own: only then, when no worker answers at all, read the under store
-        directly (counted as `direct`) instead of waiting for the cluster;
-        `metadata_check`: at most how long (seconds) cached listings are trusted without
-        a word from the master on whether their dataset changed (0: ask every time)."""
+        """A client of the cluster at `address`. Timeouts not given come from
+        `ClientSettings.from_env()` (FLUIDCACHE_CONNECT_TIMEOUT, ..._REQUEST_TIMEOUT,
+        ..._FAILOVER_TIMEOUT, else its defaults). Nothing is contacted until first use.
+
+        Parameters
+        ----------
+        address, token, namespace
+            The master (host:port), the namespace's token and name; each not given is
+            found as `fluidcache.connect` finds it (FLUIDCACHE_MASTER, FLUIDCACHE_TOKEN,
+            FLUIDCACHE_NAMESPACE, the file `fluidcache start` writes, the Ray job).
+        short_circuit
+            Read blocks that a worker on this machine holds from its tier files.
+        connect_timeout, request_timeout
+            Seconds to connect to a master or worker; to wait for one reply.
+        listing_ttl
+            Seconds a listing stays fresh here, at most (a dataset's sync policy may say
+            less).
+        failover_timeout
+            How long a read waits for the cluster when no worker answers (a worker
+            restarting) before it raises.
+        readahead
+            Blocks a sequential reader of an open file has fetched ahead (0: off).
+        under_store_options
+            Storage options per protocol (`{"s3": {...}}`) of the user's own: only then,
+            when no worker answers at all, read the under store directly (counted as
+            `direct`) instead of waiting for the cluster.
+        metadata_check
+            At most how long (seconds) cached listings are trusted without a word from
+            the master on whether their dataset changed (0: ask every time).
+
+        Raises
+        ------
+        fluidcache.errors.InvalidRequest
+            A FLUIDCACHE_*_TIMEOUT variable that is not a number (ValueError).
+        """
         super().__init__(**kwargs)
+        self.settings = ClientSettings.from_env(
+            connect_timeout=connect_timeout, request_timeout=request_timeout,
+            failover_timeout=failover_timeout, listing_ttl=listing_ttl)
         self._opts = dict(address=address, token=token, namespace=namespace,
-                          short_circuit=short_circuit, connect_timeout=connect_timeout,
-                          request_timeout=request_timeout, failover_timeout=failover_timeout)
-        self.listing_ttl = listing_ttl
+                          short_circuit=short_circuit)
+        self.listing_ttl = self.settings.listing_ttl
         self.readahead = max(0, int(readahead))
         self.under_store_options = under_store_options
-        self._mounts: dict[tuple[str, str], object] = {}
-        self._client: ClusterClient | None = None
+        self._client: BlockReader | None = None
         self._gen = -1
         self.meta = MetadataCache(metadata_check)
-        self._lock = threading.Lock()
+        self.listings = Listings(self.meta, self._cluster, self.listing_ttl)
 
     # -- per-process state --------------------------------------------------------------
     @property
-    def client(self) -> ClusterClient:
+    def client(self) -> BlockReader:
+        """This process's reader (made on first use, and again after a fork); its
+        `cluster` makes the master calls, its `counters` say how reads were served.
+
+        Raises
+        ------
+        fluidcache.errors.ClusterNotRunning
+            No cluster can be found (a ConnectionError).
+        """
         if self._gen != FORKS[0] or self._client is None:
             o = self._opts
-            endpoint = find(o["address"], o["token"], o["namespace"])
-            self._client = ClusterClient(endpoint, o["connect_timeout"], o["request_timeout"],
-                                         o["short_circuit"],
-                                         failover_timeout=o["failover_timeout"])
-            if self.under_store_options is not None:
-                self._client.direct = self._direct
-            self._mounts = {}
+            cluster = Cluster(find(o["address"], o["token"], o["namespace"]), self.settings)
+            direct = None if self.under_store_options is None else \
+                DirectReader(cluster, self.under_store_options)
+            self._client = BlockReader(cluster, o["short_circuit"], direct)
             self._gen = FORKS[0]
         return self._client
+
+    def _cluster(self) -> Cluster:
+        return self.client.cluster
 
     @classmethod
     def _strip_protocol(cls, path) -> str:
@@ -83,132 +123,151 @@ class FluidFileSystem(AbstractFileSystem):
             path = path[len("fluid::"):]
         return path.strip("/")
 
-    @staticmethod
-    def _split(path: str) -> tuple[str, str]:
-        ds, _, rest = path.partition("/")
-        return ds, rest
-
     # -- metadata -----------------------------------------------------------------------
     def ls(self, path, detail=True, refresh=False, **kwargs):
-        path = self._strip_protocol(path)
-        entries = self._listing(path, refresh)   # a file lists as itself, as elsewhere in fsspec
-        return entries if detail else [e["name"] for e in entries]
+        """The entries of a directory (a file lists as itself, as elsewhere in fsspec);
+        the datasets at the root. Served from the cached listing while it is fresh.
 
-    def _fresh(self, dataset: str) -> None:
-        """Before cached metadata of `dataset` is trusted: if no reply has said its epoch
-        for `metadata_check` seconds, ask (a moved epoch drops its listings)."""
-        if dataset and self.meta.due(dataset):
-            self.meta.saw(dataset, self.client.master("epoch", {"ds": dataset})["epoch"])
-
-    def _listing(self, path: str, refresh: bool = False) -> list[dict]:
-        ds, rest = self._split(path)
-        if not refresh:
-            self._fresh(ds)
-            hit = self.meta.listing(path)
-            if hit is not None:
-                return hit
-        epoch = None
-        if not ds:
-            entries = [{"name": d["name"], "size": 0, "type": "directory"}
-                       for d in self.client.paged("datasets")]
-        else:
-            for _ in range(3):   # pages of up to 2,000 entries; one directory, few calls
-                entries, after, epoch = [], None, None
-                while True:
-                    page = self.client.master("ls", {"ds": ds, "p": rest, "after": after,
-                                                     "refresh": refresh and after is None})
-                    self.meta.saw(ds, page["epoch"])
-                    if epoch not in (None, page["epoch"]):
-                        break       # listed again between pages: start over, never mix
-                    epoch = page["epoch"]
-                    entries += page["entries"]
-                    after = page["next"]
-                    if after is None:
-                        break
-                if after is None:
-                    break
-        self.meta.put(path, entries, self._ttl(ds), epoch)
-        return entries
-
-    def _ttl(self, dataset: str) -> float:
-        """How long a listing stays fresh here: the dataset's sync policy, else ours."""
-        if not dataset:
-            return self.listing_ttl
-        sync = self.client.dataset(dataset).get("sync_seconds")
-        if sync is None:
-            return self.listing_ttl
-        return float("inf") if sync < 0 else min(sync, self.listing_ttl)
-
-    def info(self, path, refresh=False, **kwargs):
-        """A file's or directory's info: name, size, type and, for files, `version`,
-        `fid`, `mtime` (seconds), `created` where the store knows it, and `ETag` where
-        the version is an entity tag (as s3fs gives it).
+        Parameters
+        ----------
+        path
+            `fluid://dataset/path`, `dataset/path` or "" (the datasets).
+        detail
+            Entries as dicts (as `info` gives them), else their names.
+        refresh
+            List it again from the master, which lists the under store again.
 
         Raises
         ------
         FileNotFoundError
-            No such dataset, file or directory.
+            No such dataset, directory or file (NotFound).
         PermissionError
-            A wrong token, or a path that leaves its dataset.
+            A wrong token, or a path that leaves its dataset (AccessDenied).
+        ConnectionError
+            The master did not answer within `master_retry` seconds (Unavailable).
         """
-        return self._info(self._strip_protocol(path), refresh)
+        path = self._strip_protocol(path)
+        entries = self.listings.listing(path, refresh)   # a file lists as itself
+        return entries if detail else [e["name"] for e in entries]
 
-    def _info(self, path: str, refresh: bool = False) -> dict:
-        ds, rest = self._split(path)
-        if not rest:
-            if not ds:
-                return {"name": "", "size": 0, "type": "directory"}
-            if not refresh and ds not in {e["name"] for e in self._listing("")}:
-                raise NotFound(f"fluid://{ds}: no such dataset")
-            return {"name": ds, "size": 0, "type": "directory"}
-        parent = path.rsplit("/", 1)[0]
-        if not refresh:
-            self._fresh(ds)
-            e, listed = self.meta.entry(parent, path)
-            if not listed and self.meta.missed(parent) > 2:
-                # a job reading several files of one directory: list it once (one call
-                # per directory) instead of one call per file
-                self._listing(parent)
-                e, listed = self.meta.entry(parent, path)
-            if e is not None:
-                return e            # a listed file's info costs no RPC
-        reply = self.client.master("info", {"ds": ds, "p": rest, "refresh": bool(refresh)})
-        self.meta.saw(ds, reply["epoch"])
-        return reply["entry"]
+    def info(self, path, refresh=False, **kwargs):
+        """A file's or directory's info: name, size, type and, for files, `version`,
+        `fid`, `mtime` (seconds), `created` where the store knows it, and `ETag` where
+        the version is an entity tag (as s3fs gives it). A file of a listed directory
+        costs no master call beyond the epoch check every `metadata_check` seconds.
+
+        Parameters
+        ----------
+        path
+            `fluid://dataset/path` or `dataset/path`.
+        refresh
+            Ask the master, which asks the under store again.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such dataset, file or directory (NotFound).
+        PermissionError
+            A wrong token, or a path that leaves its dataset (AccessDenied).
+        ConnectionError
+            The master did not answer within `master_retry` seconds (Unavailable).
+        """
+        return self.listings.info(self._strip_protocol(path), refresh)
 
     def invalidate_cache(self, path=None):
+        """Forget cached listings: of `path` and below, or all (None). Never raises.
+
+        Parameters
+        ----------
+        path
+            `fluid://dataset/path`, `dataset/path`, or None for every listing.
+
+        Raises
+        ------
+        Nothing: it only drops what this filesystem holds.
+        """
         self.meta.invalidate(None if path is None else self._strip_protocol(path))
 
     # -- metadata beyond info (what duckdb, polars, pyarrow datasets and zarr ask) --------
     def modified(self, path):
         """When the file was last modified in the under store (a UTC datetime).
 
+        Parameters
+        ----------
+        path
+            A file: `fluid://dataset/path` or `dataset/path`.
+
         Raises
         ------
         FileNotFoundError
-            No such file.
+            No such file (NotFound).
+        IsADirectoryError
+            A directory (IsADirectory).
         OSError
-            The under store gives no modification time for this file (ENOTSUP).
+            The under store gives no modification time for this file (NotSupported,
+            ENOTSUP); the errors of `info`.
         """
         return _when(self._file_entry(self._strip_protocol(path)), "mtime", path)
 
     def created(self, path):
         """When the file was created, where the under store knows it (GCS, Azure,
-        local files; S3 does not say): a UTC datetime, else OSError (ENOTSUP)."""
+        local files; S3 does not say): a UTC datetime.
+
+        Parameters
+        ----------
+        path
+            A file: `fluid://dataset/path` or `dataset/path`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file (NotFound).
+        IsADirectoryError
+            A directory (IsADirectory).
+        OSError
+            The under store gives no creation time for this file (NotSupported,
+            ENOTSUP); the errors of `info`.
+        """
         return _when(self._file_entry(self._strip_protocol(path)), "created", path)
 
     def ukey(self, path):
         """A key that changes whenever the file's content may have: its file id (a hash
-        of namespace, under-store URL and version)."""
+        of namespace, under-store URL and version).
+
+        Parameters
+        ----------
+        path
+            A file: `fluid://dataset/path` or `dataset/path`.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file (NotFound).
+        IsADirectoryError
+            A directory (IsADirectory).
+        OSError
+            The errors of `info` (PermissionError, ConnectionError).
+        """
         return self._file_entry(self._strip_protocol(path))["fid"]
 
     def checksum(self, path):
-        """An int that is the same only for the same version of the file."""
+        """An int that is the same only for the same version of the file.
+
+        Parameters
+        ----------
+        path
+            A file: `fluid://dataset/path` or `dataset/path`.
+
+        Raises
+        ------
+        OSError
+            As `ukey`.
+        """
         return int(self.ukey(path)[:16], 16)
 
     # -- bytes ----------------------------------------------------------------------------
     def _file_entry(self, path: str, refresh: bool = False) -> dict:
-        entry = self._info(path, refresh)      # `path` is stripped already
+        entry = self.listings.info(path, refresh)      # `path` is stripped already
         if entry["type"] != "file":
             raise IsADirectory(f"fluid://{path} is a directory")
         return entry
@@ -225,15 +284,58 @@ class FluidFileSystem(AbstractFileSystem):
                 return self.client.read(entry, s, e)
             except StaleVersion:
                 self.invalidate_cache(path)
-                self.client.cluster(refresh=True)      # the block size may have moved too
+                self.client.cluster.map(refresh=True)      # the block size may have moved too
                 if attempt:
                     raise
         raise AssertionError("unreachable")
 
     def cat_file(self, path, start=None, end=None, **kwargs):
+        """Bytes [start, end) of a file (negative offsets count from its end), all of
+        one version: a file that changes while it is read is listed again and read
+        again once.
+
+        Parameters
+        ----------
+        path
+            A file: `fluid://dataset/path` or `dataset/path`.
+        start, end
+            Offsets as Python slices take them; None: the start, the end.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file (NotFound).
+        IsADirectoryError
+            A directory (IsADirectory).
+        PermissionError
+            A wrong token, or a path that leaves its dataset (AccessDenied).
+        ConnectionError
+            No worker served a block within `failover_timeout` seconds, or the master
+            did not answer within `master_retry` seconds (Unavailable).
+        OSError
+            ESTALE: the file changed in the under store again while it was read again
+            (StaleVersion); other errors the under store gave (UnderStoreError).
+        """
         return self._read(self._strip_protocol(path), start, end)
 
     def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
+        """Bytes of many ranges, read at once (up to 16 threads), in the order given.
+
+        Parameters
+        ----------
+        paths, starts, ends
+            One range per position, as `cat_file` takes them.
+        on_error
+            "return": a range that fails gives its exception in its place; "raise":
+            the first failure is raised.
+
+        Raises
+        ------
+        ValueError
+            `paths`, `starts` and `ends` differ in length.
+        OSError
+            With on_error="raise", what `cat_file` raises.
+        """
         if not (len(paths) == len(starts) == len(ends)):
             raise ValueError("paths, starts and ends must have the same length")
 
@@ -241,15 +343,15 @@ class FluidFileSystem(AbstractFileSystem):
             p, s, e = args
             try:
                 return self._read(self._strip_protocol(p), s, e)
-            except Exception as exc:  # fsspec's on_error contract
+            except Exception as exc:        # fsspec's on_error contract: any error
                 if on_error == "raise":
                     raise
                 return exc
 
         if len(paths) <= 1:
-            return [one(a) for a in zip(paths, starts, ends)]
+            return [one(a) for a in zip(paths, starts, ends, strict=True)]
         with ThreadPoolExecutor(min(16, len(paths))) as ex:
-            return list(ex.map(one, zip(paths, starts, ends)))
+            return list(ex.map(one, zip(paths, starts, ends, strict=True)))
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
               **kwargs):
@@ -258,32 +360,21 @@ class FluidFileSystem(AbstractFileSystem):
         path = self._strip_protocol(path)
         return FluidFile(self, path, self._file_entry(path))
 
-    def _direct(self, req: dict) -> bytes:
-        """One block piece read from the under store with the user's own options: the
-        dataset's mount (its public, redacted URL) and a version-checked range read."""
-        from ..understore import Mount
-        mounts = self.client.dataset(req["ds"]).get("mounts", {})
-        path = "/" + req["p"]
-        point = max((p for p in mounts if p == "/" or path == p or
-                     path.startswith(p.rstrip("/") + "/")), key=len, default=None)
-        if point is None:
-            raise NotFound(f"fluid://{req['ds']}/{req['p']}: not under any mount")
-        url = mounts[point]
-        proto = url.split("://", 1)[0] if "://" in url else "file"
-        opts = self.under_store_options.get(proto)
-        if opts is None:
-            raise Unavailable(f"no worker answered, and no under-store options for {proto}")
-        mount = self._mounts.get((point, url))
-        if mount is None:
-            mount = self._mounts[(point, url)] = Mount(url, opts)
-        rel = path[len(point):].strip("/")
-        bs = req["bs"]
-        start = req["b"] * bs + req["o"]
-        length = min(bs, req["s"] - req["b"] * bs) - req["o"] if req["l"] < 0 else req["l"]
-        return mount.read_range(rel, req["v"], start, start + length, size=req["s"]).data
-
     # -- read-only ------------------------------------------------------------------------
     def _readonly(self, *args, **kwargs):
+        """fluid:// is read-only: every write verb (mkdir, rm, pipe, put, touch, mv,
+        copy, rmdir) raises.
+
+        Parameters
+        ----------
+        args, kwargs
+            Whatever the verb takes; ignored.
+
+        Raises
+        ------
+        PermissionError
+            Always (AccessDenied).
+        """
         raise AccessDenied("fluid:// is read-only: write to the under store instead")
 
     mkdir = makedirs = rm_file = _rm = rm = pipe_file = put_file = touch = mv = cp_file = \

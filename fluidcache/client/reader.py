@@ -1,150 +1,108 @@
-"""The client's read path: cluster map, routing, short-circuit, failover, hit reports.
+"""The client's read path: one reader per process that turns byte ranges into blocks.
 
 For each block of a read: if a worker on this machine holds it, read its tier file
-directly (no RPC) and verify its checksum; else ask its owners by rendezvous rank over
-TCP; when no owner answers, ask any other live worker, which reads it through from
-the under store. Every process (after a fork too) opens its own sockets and threads.
-Never: see under-store URLs or credentials.
+directly (local.py: no RPC, checksum verified); else ask its owners by rendezvous rank
+over TCP; when no owner answers, ask any other live worker, which reads it through from
+the under store; when none answers at all, read the under store directly (direct.py)
+if the user gave options of their own, else wait for the cluster up to
+`failover_timeout`. Sequential readers of open files read ahead (readahead.py): blocks
+no local tier holds are hinted to their owners, within the process's budget.
+A warm read makes no master call of its own but, every `map_ttl` seconds, one for the
+cluster map and one for the dataset's record (cluster.py).
+Owns: block arithmetic of reads (blocks.py's helpers), routing, failover, the threads
+that fetch a large read's blocks at once, each open file's kept block and readahead.
+Never: see under-store URLs or credentials (direct.py uses the user's own), or call
+the filesystem.
 """
 from __future__ import annotations
 
-import atexit
-import collections
-import logging
-import os
-import sys
 import threading
-import time
-import weakref
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
-from .. import blocks, paging, placement
+from .. import blocks, placement
+from ..backoff import Backoff
+from ..config import ClientSettings
 from ..errors import FluidError, StaleVersion, Unavailable
-from ..tiering import layout
 from ..wire import BlockRead
-from .conn import FORKS, Pool
-from .discovery import Endpoint
-
-log = logging.getLogger(__name__)
-_MAP_TTL = 10.0
-_FLUSH_EVERY = 0.5
-_FLUSH_BATCH = 512
-_FANOUT = 8          # blocks of one large read fetched at once
-_PENDING_MAX = 65536  # short-circuit hits queued for reporting, at most
-READAHEAD_BUDGET = 256 * 1024 * 1024   # bytes all open files of a process read ahead
-_TOUCH_CHUNK = 4096   # keys per touch message (well under a frame)
+from .cluster import Cluster
+from .direct import DirectReader
+from .local import LocalTiers
+from .readahead import Budget, Readahead
 
 
-class Budget:
-    """Bytes shared by many holders (all open files' readahead): `take` or go without."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self._lock:
-            if self.used + n > self.limit:
-                return False
-            self.used += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self._lock:
-            self.used = max(0, self.used - n)
+class Kept(NamedTuple):
+    """The last whole block an open file read: of this block size and index."""
+    block_size: int
+    index: int
+    data: memoryview | bytes
 
 
-class ClusterClient:
-    def __init__(self, endpoint: Endpoint, connect_timeout: float = 5.0,
-                 request_timeout: float = 60.0, short_circuit: bool = True,
-                 master_retry: float = 30.0, failover_timeout: float = 60.0) -> None:
-        self.endpoint = endpoint
-        self.master_retry = master_retry
-        self.failover_timeout = failover_timeout
+class FileReads:
+    """What the reader keeps for one open file: the entry it was opened at (its
+    version), its last block (small reads cost one fetch per block, not one per call)
+    and its readahead."""
+
+    __slots__ = ("entry", "kept", "depth", "ahead")
+
+    def __init__(self, entry: dict, readahead: int) -> None:
+        self.entry = entry
+        self.kept: Kept | None = None
+        self.depth = readahead
+        self.ahead: Readahead | None = None     # made when a read has blocks after it
+
+
+class BlockReader:
+    """Bytes of listed file entries, block by block. One lives in one process: the
+    filesystem makes a new one after a fork. `counters` says how reads were served."""
+
+    def __init__(self, cluster: Cluster, short_circuit: bool = True,
+                 direct: DirectReader | None = None) -> None:
+        self.cluster = cluster
+        self.settings: ClientSettings = cluster.settings
+        self.counters = cluster.counters
+        for name in ("short_circuit", "remote", "failover", "waits", "readahead",
+                     "direct", "prefetch"):
+            self.counters.setdefault(name, 0)
+        self.local = LocalTiers(cluster, self.settings, self.counters)
         self.short_circuit = short_circuit
-        self.pool = Pool(connect_timeout, request_timeout)
-        self._map: dict | None = None
-        self._map_at = 0.0
-        self._map_stale = False
-        self._local_id: str | None = None
-        self._local_tiers: list[tuple[str, list[str]]] = []   # (worker address, tier paths)
-        self._lock = threading.Lock()
-        # hits waiting to be reported: advisory, so bounded (the oldest are dropped)
-        self._pending: collections.deque[tuple[str, str]] = collections.deque(
-            maxlen=_PENDING_MAX)
-        self._flusher: threading.Thread | None = None
-        self._wake = threading.Event()
-        self._gen = FORKS[0]
+        self.direct = direct
+        self.budget = Budget(self.settings.readahead_budget)
         self._threads: ThreadPoolExecutor | None = None
-        self.counters = {"short_circuit": 0, "remote": 0, "failover": 0, "stale": 0,
-                         "master_calls": 0, "waits": 0, "readahead": 0, "direct": 0,
-                         "prefetch": 0}
-        # set by a filesystem given under-store options: req -> bytes, from the store
-        self.direct: Callable[[dict], bytes] | None = None
-        self._datasets: dict[str, tuple[float, dict]] = {}
-        self.readahead = Budget(READAHEAD_BUDGET)
-        _LIVE.add(self)           # flushed at exit; nothing here keeps the client alive
-        self._finalizer = weakref.finalize(self, _release, self.pool, self._wake)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Report pending hits, close the sockets and stop the threads now (a client
+        """Report pending hits, close the sockets and stop the threads now (a reader
         that is dropped does the same when it is collected)."""
-        self.flush()
-        self._finalizer()
+        self.local.close()
+        self.cluster.close()
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
-    # -- master ------------------------------------------------------------------------
-    def master(self, op: str, args: dict | None = None):
-        """One master call. While the master is unreachable (restarting: Ray brings it
-        back on the same port) retry with backoff for up to `master_retry` seconds."""
-        deadline = time.monotonic() + self.master_retry
-        delay = 0.1
-        while True:
-            try:
-                self.counters["master_calls"] += 1
-                result, _ = self.pool.call(self.endpoint.master, op, args,
-                                           self.endpoint.namespace, self.endpoint.token)
-                return result
-            except Unavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)     # backoff before the next attempt to reach the master
-                delay = min(2.0, delay * 2)
+    def flush(self) -> None:
+        """Report pending short-circuit hits to their workers now."""
+        self.local.flush()
 
-    def paged(self, op: str, args: dict | None = None, field: str = "items") -> list:
-        """Every item of a paged master reply (paging.py), page after page."""
-        return list(paging.pages(lambda after: self.master(op, {**(args or {}),
-                                                               "after": after}), field))
+    def executor(self) -> ThreadPoolExecutor:
+        """Threads that fetch the blocks of one large read at once, and send readahead
+        hints (created on first use, in this process)."""
+        if self._threads is None:
+            with self._lock:
+                if self._threads is None:
+                    self._threads = ThreadPoolExecutor(self.settings.fanout,
+                                                       thread_name_prefix="fc-read")
+        return self._threads
 
-    def cluster(self, refresh: bool = False) -> dict:
-        now = time.monotonic()
-        if refresh or self._map is None or self._map_stale or now - self._map_at > _MAP_TTL:
-            m = self.master("cluster")
-            after = m.pop("next", None)
-            while after is not None:       # a large cluster's map comes in pages
-                more = self.master("cluster", {"after": after})
-                m["workers"] += more["workers"]
-                after = more.get("next")
-            me = layout.machine_id()
-            self._local_tiers = [(w["address"], w["tier_paths"]) for w in m["workers"]
-                           if w.get("machine") == me]
-            self._local_id = _local_worker(m["workers"], me)
-            self._map, self._map_at, self._map_stale = m, now, False
-        return self._map
-
-    # -- blocks ------------------------------------------------------------------------
+    # -- ranges of a file -------------------------------------------------------------
     def read(self, entry: dict, start: int, end: int) -> bytes:
-        """Bytes [start, end) of a listed file entry."""
-        m = self.cluster()
+        """Bytes [start, end) of a listed file entry (within the file)."""
+        m = self.cluster.map()
         bs = m["block_size"]
         index = start // bs
         if end <= (index + 1) * bs:           # one block: most files of a training set
             return bytes(self.piece(entry, blocks.Piece(index, start - index * bs,
                                                         end - start), m))
-        pieces = blocks.pieces(entry["size"], bs, start, end)
-        out = bytearray(sum(p.length for p in pieces))
+        out = bytearray(max(0, min(end, entry["size"]) - start))
         self.read_into(entry, start, memoryview(out))
         return bytes(out)
 
@@ -153,15 +111,15 @@ class ClusterClient:
         returns how many. Whole local blocks are read straight into `out` and verified
         there; the other blocks come from their workers concurrently, each received
         straight into its place in `out`."""
-        m = self.cluster()
+        m = self.cluster.map()
         bs = m["block_size"]
+        size, fid = entry["size"], entry["fid"]
         pos, remote = 0, []
-        for p in blocks.pieces(entry["size"], bs, start, start + len(out)):
+        for p in blocks.pieces(size, bs, start, start + len(out)):
             dst = out[pos:pos + p.length]
-            whole = p.offset == 0 and p.length == blocks.block_length(entry["size"], bs, p.index)
-            if not (whole and self.short_circuit and
-                    self._local_into(blocks.block_key(entry["fid"], p.index, bs), dst,
-                                     (entry["fid"], p.index))):
+            whole = p.offset == 0 and p.length == blocks.block_length(size, bs, p.index)
+            if not (whole and self.short_circuit and self.local.read_into(
+                    blocks.block_key(fid, p.index, bs), dst, (fid, p.index))):
                 remote.append((p, dst))
             pos += p.length
 
@@ -181,29 +139,97 @@ class ClusterClient:
             fetch(remote[0])
         return pos
 
-    def executor(self) -> ThreadPoolExecutor:
-        """Threads that fetch the blocks of one large read at once (created on first use,
-        in this process)."""
-        if self._threads is None:
-            with self._lock:
-                if self._threads is None:
-                    self._threads = ThreadPoolExecutor(_FANOUT, thread_name_prefix="fc-read")
-        return self._threads
+    # -- an open file: its kept block and readahead ------------------------------------
+    def read_at(self, f: FileReads, start: int, end: int) -> bytes:
+        """Bytes [start, end) of an open file (within the file): a read inside one
+        block comes from the file's kept block; a larger one is read whole."""
+        bs = self.cluster.map()["block_size"]
+        first, last = start // bs, (end - 1) // bs
+        if first == last and end - start < bs:
+            data = self._kept(f, first, bs)
+            off = start - first * bs
+            return bytes(data[off:off + end - start])
+        out = self.read(f.entry, start, end)    # the version the file was opened at
+        if f.entry["size"] > end:
+            self._ahead(f, bs, first, last)
+        return out
 
-    def block(self, entry: dict, index: int) -> memoryview | bytes:
-        """One whole block (what file objects keep between small reads)."""
-        return self.piece(entry, blocks.Piece(index, 0, -1))
+    def readinto_at(self, f: FileReads, start: int, view: memoryview) -> int:
+        """Fill `view` from `start` of an open file; returns how many bytes (fewer at the
+        end of the file). Reads under a block go through the kept block."""
+        want = min(len(view), max(0, f.entry["size"] - start))
+        bs = self.cluster.map()["block_size"]
+        if want < bs:
+            if want <= 0:
+                return 0
+            data = self.read_at(f, start, start + want)
+            view[:len(data)] = data
+            return len(data)
+        n = self.read_into(f.entry, start, view[:want])
+        if f.entry["size"] > start + n:
+            self._ahead(f, bs, start // bs, (start + max(n, 1) - 1) // bs)
+        return n
 
+    def _kept(self, f: FileReads, index: int, bs: int) -> memoryview | bytes:
+        """Whole block `index` of the open file, kept for the next read. Kept by (block
+        size, index): a cluster started again with another block size while the file is
+        open never answers with a block of the old size."""
+        held = f.kept                 # one read of the shared slot: threads may replace it
+        if held is not None and held.index == index and held.block_size == bs:
+            return held.data
+        data = self.piece(f.entry, blocks.Piece(index, 0, -1))
+        f.kept = Kept(bs, index, data)
+        if f.entry["size"] > (index + 1) * bs:     # a block follows: maybe read ahead
+            self._ahead(f, bs, index, index)
+        return data
+
+    def _ahead(self, f: FileReads, bs: int, first: int, last: int) -> None:
+        """The one readahead: the blocks the file's policy wants next are left alone
+        when a local tier holds them, else hinted to their owners in the background,
+        each holding its length of the process's budget until its hint is answered."""
+        if f.ahead is None:
+            f.ahead = Readahead(f.depth)
+        wanted = f.ahead.after(bs, first, last, blocks.block_count(f.entry["size"], bs))
+        for j in wanted:
+            key = blocks.block_key(f.entry["fid"], j, bs)
+            if self.short_circuit and self.local.holds(key):
+                continue
+            length = blocks.block_length(f.entry["size"], bs, j)
+            if not self.budget.take(length):
+                break                  # over budget: read it when it is asked for
+            self.counters["readahead"] += 1
+            self.executor().submit(self._hint, f.entry, j, length)
+
+    def _hint(self, entry: dict, index: int, length: int) -> None:
+        """Ask block `index`'s owner to fetch it into its tier now; a hint, so errors
+        are dropped (the read itself fails over if it must)."""
+        try:
+            m = self.cluster.map()
+            bs = m["block_size"]
+            req = self._request(entry, index, 0, -1, bs)
+            order = self._route(blocks.block_key(entry["fid"], index, bs),
+                                self.cluster.dataset(req.dataset), m)
+            if order:
+                address = next(w["address"] for w in m["workers"] if w["id"] == order[0])
+                self.counters["prefetch"] += 1
+                self.cluster.call(address, "prefetch", req.to_args())
+        except FluidError:
+            pass
+        finally:
+            self.budget.give(length)
+
+    # -- blocks -----------------------------------------------------------------------
     def piece(self, entry: dict, piece: blocks.Piece, m: dict | None = None,
               into: memoryview | None = None) -> memoryview | bytes:
-        """Bytes of one piece of a block: from a local tier file, else from a worker
-        (received straight into `into` when given and returned as it)."""
-        m = m or self.cluster()
+        """Bytes of one piece of a block (length -1: to the block's end): from a local
+        tier file, else from a worker (received straight into `into` when given and
+        returned as it)."""
+        m = m or self.cluster.map()
         bs = m["block_size"]
         key = blocks.block_key(entry["fid"], piece.index, bs)
         if self.short_circuit:
             length = blocks.block_length(entry["size"], bs, piece.index)
-            data = self._local_block(key, length, (entry["fid"], piece.index))
+            data = self.local.read(key, length, (entry["fid"], piece.index))
             if data is not None:
                 if piece.offset == 0 and piece.length in (-1, length):
                     return data                     # the bytes as read: no copy
@@ -212,94 +238,35 @@ class ClusterClient:
         req = self._request(entry, piece.index, piece.offset, piece.length, bs)
         return self._remote(key, req, m, into)
 
-    def prefetch(self, entry: dict, index: int) -> None:
-        """Ask a block's owner to fetch it into its tier now (a readahead hint for large
-        sequential reads), in the background; nothing if it is on this machine."""
-        m = self.cluster()
-        bs = m["block_size"]
-        key = blocks.block_key(entry["fid"], index, bs)
-        length = blocks.block_length(entry["size"], bs, index)
-        if self.short_circuit and any(os.path.exists(layout.block_path(p, key))
-                                      for _, paths in self._local_tiers for p in paths):
-            return
-        req = self._request(entry, index, 0, length, bs)
-        order = self._route(key, self.dataset(req["ds"]), m)
-        if not order:
-            return
-        address = next(w["address"] for w in m["workers"] if w["id"] == order[0])
-        self.counters["prefetch"] += 1
-
-        def hint() -> None:
-            try:
-                self.pool.call(address, "prefetch", req, self.endpoint.namespace,
-                               self.endpoint.token)
-            except FluidError:
-                pass           # a hint: the read itself fails over if it must
-        self.executor().submit(hint)
-
     @staticmethod
-    def _request(entry: dict, index: int, offset: int, length: int, bs: int) -> dict:
+    def _request(entry: dict, index: int, offset: int, length: int, bs: int) -> BlockRead:
         dataset, _, path = entry["name"].partition("/")
         return BlockRead(dataset, path, entry["version"], entry["size"], index, offset,
-                         length, entry["fid"], bs).to_args()
+                         length, entry["fid"], bs)
 
     def _route(self, key: str, ds: dict, m: dict) -> list[str]:
-        local = self._local_id if ds.get("routing") == "local-first" else None
+        local = self.cluster.local_id if ds.get("routing") == "local-first" else None
         return placement.route(key, m["workers"], ds.get("selector"), local)
 
-    def _local(self, key: str, read):
-        """`read(tier dir)` over this machine's workers' tiers: the first answer that is
-        not None, counted and reported as a hit; a corrupt or unreadable file is skipped
-        (the worker drops a corrupt block when it next reads it)."""
-        for address, paths in self._local_tiers:
-            for p in paths:
-                try:
-                    found = read(p)
-                except (layout.CorruptBlock, OSError) as exc:
-                    log.warning("short-circuit: block %s in %s: %s", key, p, exc)
-                    continue
-                if found is not None:
-                    self.counters["short_circuit"] += 1
-                    self._report_hit(address, key)
-                    return found
-        return None
-
-    def _local_into(self, key: str, dst: memoryview, expect: tuple[str, int]) -> bool:
-        """Read a whole local block into `dst`; its trailer must name the file and index
-        we asked for (a block planted under the key fails)."""
-        return self._local(key, lambda p: layout.read_block_into(p, key, dst, expect)
-                           or None) is not None
-
-    def _local_block(self, key: str, length: int, expect: tuple[str, int]) -> bytes | None:
-        return self._local(key, lambda p: layout.read_exact(p, key, length, expect))
-
-    def dataset(self, name: str) -> dict:
-        """A dataset's public record (replicas, selector), cached like the cluster map."""
-        now = time.monotonic()
-        hit = self._datasets.get(name)
-        if hit is None or hit[0] < now:
-            hit = self._datasets[name] = (now + _MAP_TTL,
-                                          self.master("dataset_show", {"name": name}))
-        return hit[1]
-
-    def _remote(self, key: str, req: dict, m: dict, into: memoryview | None = None):
-        ds = self.dataset(req["ds"])
+    def _remote(self, key: str, req: BlockRead, m: dict, into: memoryview | None = None):
+        """The piece from the first worker that answers, in routing order; then the
+        under store directly (with the user's options), else wait for the cluster."""
+        ds = self.cluster.dataset(req.dataset)
         replicas = ds.get("replicas", 1)
+        args = req.to_args()
         last: Exception | None = None
-        deadline, delay = time.monotonic() + self.failover_timeout, 0.1
+        backoff = Backoff(self.settings.failover_timeout)
         while True:
             order = self._route(key, ds, m)
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:
-                    result, payload = self.pool.call(by_id[wid]["address"], "read", req,
-                                                     self.endpoint.namespace,
-                                                     self.endpoint.token, into=into)
+                    result, payload = self.cluster.call(by_id[wid]["address"], "read", args,
+                                                        into=into)
                 except Unavailable as exc:
                     last = exc
                     continue
-                if result.get("mv", 0) > m["version"]:
-                    self._map_stale = True  # membership moved: refresh before the next read
+                self.cluster.saw_version(result.get("mv", 0), m)
                 self.counters["remote"] += 1
                 if rank >= replicas:
                     self.counters["failover"] += 1
@@ -308,96 +275,19 @@ class ClusterClient:
                 # no worker answered and the user gave us under-store options of our own:
                 # read the under store directly (never with the cluster's credentials)
                 self.counters["direct"] += 1
-                return self.direct(req)
+                return self.direct.read(req)
             # no worker answered: membership may have moved (a worker restarted by Ray
             # comes back at a new address); wait for the cluster, up to failover_timeout
-            if time.monotonic() + delay > deadline:
-                raise Unavailable(f"fluid://{req['ds']}/{req['p']} (block {req['b']}): no "
-                                  f"worker could serve it within {self.failover_timeout:g}s "
-                                  f"(the under store may be stalled or down): {last}")
-            time.sleep(delay)     # backoff while the cluster recovers
-            delay = min(2.0, delay * 2)
+            if not backoff.wait():
+                raise Unavailable(f"fluid://{req.dataset}/{req.path} (block {req.index}): "
+                                  f"no worker could serve it within "
+                                  f"{self.settings.failover_timeout:g}s (the under store "
+                                  f"may be stalled or down): {last}")
             self.counters["waits"] += 1
             try:
-                m = self.cluster(refresh=True)
+                m = self.cluster.map(refresh=True)
             except Unavailable as exc:
                 last = exc
 
-    # -- short-circuit hit reports (batched, cheap) ------------------------------------
-    def _report_hit(self, address: str, key: str) -> None:
-        """Queue a short-circuit hit for its worker (deque appends need no lock). One
-        client lives in one process: the filesystem makes a new one after a fork."""
-        self._pending.append((address, key))
-        if self._flusher is None:
-            with self._lock:
-                if self._flusher is None:
-                    self._flusher = threading.Thread(
-                        target=_flush_loop, args=(weakref.ref(self), self._wake),
-                        daemon=True, name="fluidcache-hits")
-                    self._flusher.start()
-        if len(self._pending) >= _FLUSH_BATCH:
-            self._wake.set()
 
-
-    def flush(self) -> None:
-        """Send pending short-circuit hits to their workers now."""
-        if self._gen != FORKS[0]:
-            return              # a forked child's copy: the parent reports its own
-        by_worker: dict[str, list[str]] = {}
-        try:
-            while True:
-                address, key = self._pending.popleft()
-                by_worker.setdefault(address, []).append(key)
-        except IndexError:
-            pass
-        for address, keys in by_worker.items():
-            for i in range(0, len(keys), _TOUCH_CHUNK):
-                try:
-                    self.pool.call(address, "touch", {"keys": keys[i:i + _TOUCH_CHUNK]},
-                                   self.endpoint.namespace, self.endpoint.token)
-                except FluidError as exc:   # hits are advisory: never fail a read for them
-                    log.debug("could not report %d hits to %s: %s", len(keys), address, exc)
-                    break
-
-
-_LIVE: "weakref.WeakSet[ClusterClient]" = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_all() -> None:
-    for client in list(_LIVE):
-        client.flush()
-
-
-def _release(pool: Pool, wake: threading.Event) -> None:
-    pool.close()
-    wake.set()
-
-
-def _flush_loop(ref, wake: threading.Event) -> None:
-    """Report hits every interval while the client lives (a weak reference: the thread
-    never keeps a dropped client alive, and ends with it)."""
-    while True:
-        wake.wait(_FLUSH_EVERY)
-        wake.clear()
-        client = ref()
-        if client is None or client._finalizer.alive is False:
-            return
-        client.flush()
-        del client
-
-
-def _local_worker(workers: list[dict], machine: str) -> str | None:
-    """The worker of this node: inside a Ray task or actor, the one on its Ray node;
-    elsewhere the only worker on this machine (None when there are several)."""
-    ray = sys.modules.get("ray")      # never import Ray just to ask
-    if ray is not None and ray.is_initialized():
-        node = ray.get_runtime_context().get_node_id()
-        for w in workers:
-            if w["node_id"] == node:
-                return w["id"]
-    mine = [w["id"] for w in workers if w.get("machine") == machine]
-    return mine[0] if len(mine) == 1 else None
-
-
-__all__ = ["ClusterClient"]
+__all__ = ["BlockReader", "FileReads"]

@@ -179,7 +179,7 @@ def _my_node() -> str | None:
     try:
         from ..api import shared_client
         from ..tiering.layout import machine_id
-        mine = [w["node_id"] for w in shared_client()._client.cluster()["workers"]
+        mine = [w["node_id"] for w in shared_client()._cluster.map()["workers"]
                 if w.get("machine") == machine_id()]
         return mine[0] if len(mine) == 1 else None
     except Exception:  # noqa: BLE001 - no cluster to ask: no locality

@@ -208,10 +208,10 @@ def test_a_connection_cut_mid_transfer(fc):
     fs = _fs(short_circuit=False, failover_timeout=30)
     name = next(n for n, b in fc["files"].items() if len(b) > 2 * MiB)
     fs.info(f"fluid://fault/{name}")
-    m = fs.client.cluster()
+    m = fs.client.cluster.map()
     w = m["workers"][0]
     proxy = _CuttingProxy(w["address"], cut=300_000)
-    fs.client._map = dict(m, workers=[dict(w, address=proxy.address)])
+    fs.client.cluster._map = dict(m, workers=[dict(w, address=proxy.address)])
     try:
         got = fs.cat_file(f"fluid://fault/{name}")
         STATS["faults"] += 1

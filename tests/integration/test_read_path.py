@@ -200,7 +200,7 @@ def test_a_changed_object_is_listed_again_and_read_new(cluster, moto):
     s3 = moto.filesystem()
     s3.pipe_file("fc-test/ds/changing/v.bin", b"version one")
     fs = fsspec.filesystem("fluid", skip_instance_cache=True)
-    fs.client.master("metadata_load", {"ds": "mixed", "p": "changing"})
+    fs.client.cluster.master("metadata_load", {"ds": "mixed", "p": "changing"})
     assert fs.info("fluid://mixed/changing/v.bin")["size"] == len(b"version one")   # listed
     s3.pipe_file("fc-test/ds/changing/v.bin", b"version two, longer")            # changed
     # the block was never cached: the worker's conditional read sees the new ETag,
@@ -219,7 +219,7 @@ def test_large_directories_are_listed_in_pages(cluster, local_extra):
     entries = fs.ls("fluid://union/extra/many", detail=True)
     assert [e["name"] for e in entries] == [f"union/extra/many/f{i:05d}" for i in range(4500)]
     assert [e["size"] for e in entries] == [i % 7 for i in range(4500)]
-    page = fs.client.master("ls", {"ds": "union", "p": "extra/many"})
+    page = fs.client.cluster.master("ls", {"ds": "union", "p": "extra/many"})
     assert len(page["entries"]) == 2000 and page["next"] == "f01999"
     assert fs.cat_file("fluid://union/extra/many/f04499") == b"x" * (4499 % 7)
 
@@ -376,8 +376,8 @@ def _all_workers_dead(fs, path: str) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{s.getsockname()[1]}"
-    m = fs.client.cluster()
-    fs.client._map = dict(m, workers=[dict(w, address=closed) for w in m["workers"]])
+    m = fs.client.cluster.map()
+    fs.client.cluster._map = dict(m, workers=[dict(w, address=closed) for w in m["workers"]])
 
 
 @pytest.mark.parametrize("own_options", [True, False])

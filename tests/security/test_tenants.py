@@ -148,7 +148,7 @@ def test_touch_counts_only_the_callers_own_blocks(tenant, cluster, dataset_files
     admin_fs = fsspec.filesystem("fluid", skip_instance_cache=True)
     admin_fs.cat_file("fluid://mixed/one.bin")                         # cached now
     entry = admin_fs.info("fluid://mixed/one.bin")
-    key = block_key(entry["fid"], 0, admin_fs.client.cluster()["block_size"])
+    key = block_key(entry["fid"], 0, admin_fs.client.cluster.map()["block_size"])
     status = cluster["client"].status()
     held = []
     for w in status["workers"]:

@@ -4,33 +4,45 @@ does not report the change as failed."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from fluidcache.client.file import FluidFile
-from fluidcache.client.reader import Budget
+from fluidcache.client.reader import BlockReader
+from fluidcache.config import ClientSettings
 
 BS = 1024
 
 
-class FakeClient:
-    def __init__(self, budget: int):
-        self.readahead = Budget(budget)
-        self.pool = ThreadPoolExecutor(4)
-        self.counters = {"readahead": 0}
+class FakeCluster:
+    """The reader's view of a cluster of one worker, whose blocks are `content`'s; its
+    readahead hints stay in flight until `release` is set."""
+
+    def __init__(self, budget: int, content: bytes = b""):
+        self.settings = ClientSettings(readahead_budget=budget, fanout=4)
+        self.counters = {}
+        self.local_workers, self.local_id = [], None
+        self.bs, self.content = BS, content
         self.release = threading.Event()
 
-    def cluster(self):
-        return {"block_size": BS}
+    def map(self, refresh=False):
+        return {"block_size": self.bs, "version": 0,
+                "workers": [{"id": "w1", "address": "127.0.0.1:1"}]}
 
-    def executor(self):
-        return self.pool
+    def dataset(self, name):
+        return {"replicas": 1}
 
-    def block(self, entry, index):
-        if threading.current_thread() is not threading.main_thread():
-            self.release.wait(10)          # background fetches stay in flight
-        return bytes([index % 256]) * BS
+    def saw_version(self, version, m):
+        pass
 
-    def prefetch(self, entry, index):
+    def call(self, address, op, args, into=None):
+        if op == "prefetch":
+            self.release.wait(10)          # hints stay in flight
+            return {}, b""
+        start = args["b"] * args["bs"]
+        if self.content:
+            return {}, self.content[start:start + args["bs"]]
+        return {}, bytes([args["b"] % 256]) * BS
+
+    def close(self):
         pass
 
 
@@ -45,7 +57,8 @@ class FakeFs:
 
 
 def test_readahead_of_all_open_files_stays_within_one_budget():
-    client = FakeClient(budget=3 * BS)
+    cluster = FakeCluster(budget=3 * BS)
+    client = BlockReader(cluster, short_circuit=False)
     fs = FakeFs(client)
     files = [FluidFile(fs, f"ds/f{i}", {"name": f"ds/f{i}", "size": 20 * BS, "version": "e:x",
                                         "fid": "0" * 32}) for i in range(6)]
@@ -53,12 +66,13 @@ def test_readahead_of_all_open_files_stays_within_one_budget():
         for b in range(2):
             assert f.read(BS // 2) == bytes([b]) * (BS // 2)
             f.seek((b + 1) * BS)
-    in_flight = sum(len(f._ahead) for f in files)
+    in_flight = client.budget.used // BS
     assert client.counters["readahead"] == in_flight <= 3, in_flight   # the budget: 3 blocks
-    client.release.set()
+    cluster.release.set()
     for f in files:
         f.close()
-    assert client.readahead.used == 0      # every reservation given back
+    client.executor().shutdown(wait=True)
+    assert client.budget.used == 0         # every reservation given back
 
 
 def test_a_failed_snapshot_does_not_fail_a_journaled_change(tmp_path):
@@ -85,20 +99,11 @@ def test_an_open_file_survives_a_new_block_size():
     use blocks of the new size, never a block of the old one (seen: b"" mid-file)."""
     content = bytes(i % 251 for i in range(8 * BS))
 
-    class Sized(FakeClient):
-        bs = BS
-
-        def cluster(self):
-            return {"block_size": self.bs}
-
-        def block(self, entry, index):
-            return content[index * self.bs:(index + 1) * self.bs]
-
-    client = Sized(budget=0)
-    f = FluidFile(FakeFs(client), "ds/f", {"name": "ds/f", "size": len(content),
-                                           "version": "e:x", "fid": "0" * 32})
+    cluster = FakeCluster(budget=0, content=content)
+    f = FluidFile(FakeFs(BlockReader(cluster, short_circuit=False)), "ds/f",
+                  {"name": "ds/f", "size": len(content), "version": "e:x", "fid": "0" * 32})
     assert f.read(100) == content[:100]
-    client.bs = 2 * BS                                 # stop; start --block-size 2x
+    cluster.bs = 2 * BS                                # stop; start --block-size 2x
     f.seek(BS + 500)
     assert f.read(100) == content[BS + 500:BS + 600]
     f.seek(BS // 2)
