@@ -54,32 +54,29 @@ class LocalTiers:
     def read(self, key: str, length: int, expect: tuple[str, int]) -> bytes | None:
         """The verified bytes of block `key` (`length` bytes of file id and index
         `expect`) from a local tier file, or None when no local tier holds it."""
-        for address, paths in self.cluster.local_workers:
-            for p in paths:
-                try:
-                    found = layout.read_exact(p, key, length, expect)
-                except (layout.CorruptBlock, OSError) as exc:
-                    log.warning("short-circuit: block %s in %s: %s", key, p, exc)
-                    continue
-                if found is not None:
-                    self._hit(address, key)
-                    return found
-        return None
+        return self._first(layout.read_exact, key, length, expect)
 
     def read_into(self, key: str, dst: memoryview, expect: tuple[str, int]) -> bool:
         """Read the whole block `key` straight into `dst` and verify it there; False
         when no local tier holds it."""
+        return bool(self._first(layout.read_block_into, key, dst, expect))
+
+    def _first(self, read, key: str, arg, expect: tuple[str, int]):
+        """`read(tier dir, key, arg, expect)` over this machine's workers' tiers: the
+        first answer that is not None or False, counted and reported as a hit; a corrupt
+        or unreadable file is skipped (the worker drops a corrupt block when it next
+        reads it)."""
         for address, paths in self.cluster.local_workers:
             for p in paths:
                 try:
-                    found = layout.read_block_into(p, key, dst, expect)
+                    found = read(p, key, arg, expect)
                 except (layout.CorruptBlock, OSError) as exc:
                     log.warning("short-circuit: block %s in %s: %s", key, p, exc)
                     continue
-                if found:
+                if found is not None and found is not False:
                     self._hit(address, key)
-                    return True
-        return False
+                    return found
+        return None
 
     def holds(self, key: str) -> bool:
         """Whether a local tier has a file for block `key` (not read, not verified)."""
