@@ -71,7 +71,7 @@ class FluidFile(io.RawIOBase):
         if loc >= end:
             return b""
         try:
-            out = self.fs.client.read_at(self._reads, loc, end)
+            out = self.fs.client.read_at(self._reads, loc, end, self.fs.readahead)
         except StaleVersion as exc:
             raise self._stale(exc) from None
         self.loc = loc + len(out)
@@ -89,12 +89,13 @@ class FluidFile(io.RawIOBase):
             raise ValueError("I/O operation on closed file")
         loc = self.loc
         try:
-            n = self.fs.client.readinto_at(self._reads, loc, memoryview(buffer).cast("B"))
+            n = self.fs.client.readinto_at(self._reads, loc, memoryview(buffer).cast("B"),
+                                           self.fs.readahead)
         except StaleVersion as exc:
             raise self._stale(exc) from None
         self.loc = loc + n
         return n
 
     def close(self) -> None:
-        self._reads.kept = None
+        self._reads.close()            # its kept block, and readahead cancelled
         super().close()

@@ -5,8 +5,10 @@ directly (local.py: no RPC, checksum verified); else ask its owners by rendezvou
 over TCP; when no owner answers, ask any other live worker, which reads it through from
 the under store; when none answers at all, read the under store directly (direct.py)
 if the user gave options of their own, else wait for the cluster up to
-`failover_timeout`. Sequential readers of open files read ahead (readahead.py): blocks
-no local tier holds are hinted to their owners, within the process's budget.
+`failover_timeout`. Sequential readers of open files read ahead (readahead.py picks
+the blocks), within the process's budget: blocks a local tier holds are left alone;
+small reads have the next blocks' bytes fetched in the background (the next read takes
+them from the file's futures); large reads hint the blocks after them to their owners.
 A warm read makes no master call of its own but, every `map_ttl` seconds, one for the
 cluster map and one for the dataset's record (cluster.py).
 Owns: block arithmetic of reads (blocks.py's helpers), routing, failover, the threads
@@ -17,7 +19,7 @@ the filesystem.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 from .. import blocks, placement
@@ -41,15 +43,46 @@ class Kept(NamedTuple):
 class FileReads:
     """What the reader keeps for one open file: the entry it was opened at (its
     version), its last block (small reads cost one fetch per block, not one per call)
-    and its readahead."""
+    and its readahead: the policy's state and the blocks being fetched in the
+    background, each holding its length of the process's budget until a read takes
+    it, it is dropped, or the file is closed. The readahead state is made only when a
+    read has blocks after it."""
 
-    __slots__ = ("entry", "kept", "depth", "ahead")
+    __slots__ = ("entry", "kept", "depth", "ahead", "pending", "budget")
 
     def __init__(self, entry: dict, readahead: int) -> None:
         self.entry = entry
         self.kept: Kept | None = None
         self.depth = readahead
         self.ahead: Readahead | None = None     # made when a read has blocks after it
+        # (block size, index) -> the block's bytes being fetched; made on first use
+        self.pending: dict[tuple[int, int], Future] | None = None
+        self.budget: Budget | None = None        # the budget `pending` holds bytes of
+
+    def take(self, at: tuple[int, int]) -> Future | None:
+        """The background fetch of block (block size, index) `at`, if any; its budget
+        is given back."""
+        pending = self.pending
+        fut = pending.pop(at, None) if pending else None
+        if fut is not None:
+            self.budget.give(blocks.block_length(self.entry["size"], at[0], at[1]))
+        return fut
+
+    def drop(self, keep=None) -> None:
+        """Cancel the background fetches (those `keep(at)` says no to, if given) and give
+        their budget back."""
+        if not self.pending:
+            return
+        for at in list(self.pending):
+            if keep is None or not keep(at):
+                fut = self.take(at)
+                if fut is not None:
+                    fut.cancel()
+
+    def close(self) -> None:
+        """The file is closed: forget its block, cancel its readahead."""
+        self.kept = None
+        self.drop()
 
 
 class BlockReader:
@@ -140,9 +173,12 @@ class BlockReader:
         return pos
 
     # -- an open file: its kept block and readahead ------------------------------------
-    def read_at(self, f: FileReads, start: int, end: int) -> bytes:
+    def read_at(self, f: FileReads, start: int, end: int, depth: int | None = None) -> bytes:
         """Bytes [start, end) of an open file (within the file): a read inside one
-        block comes from the file's kept block; a larger one is read whole."""
+        block comes from the file's kept block; a larger one is read whole. `depth`:
+        blocks to read ahead (the file's filesystem's setting now; else as opened)."""
+        if depth is not None:
+            f.depth = depth
         bs = self.cluster.map()["block_size"]
         first, last = start // bs, (end - 1) // bs
         if first == last and end - start < bs:
@@ -151,10 +187,11 @@ class BlockReader:
             return bytes(data[off:off + end - start])
         out = self.read(f.entry, start, end)    # the version the file was opened at
         if f.entry["size"] > end:
-            self._ahead(f, bs, first, last)
+            self._hint_ahead(f, bs, first, last)
         return out
 
-    def readinto_at(self, f: FileReads, start: int, view: memoryview) -> int:
+    def readinto_at(self, f: FileReads, start: int, view: memoryview,
+                    depth: int | None = None) -> int:
         """Fill `view` from `start` of an open file; returns how many bytes (fewer at the
         end of the file). Reads under a block go through the kept block."""
         want = min(len(view), max(0, f.entry["size"] - start))
@@ -162,41 +199,86 @@ class BlockReader:
         if want < bs:
             if want <= 0:
                 return 0
-            data = self.read_at(f, start, start + want)
+            data = self.read_at(f, start, start + want, depth)
             view[:len(data)] = data
             return len(data)
+        if depth is not None:
+            f.depth = depth
         n = self.read_into(f.entry, start, view[:want])
         if f.entry["size"] > start + n:
-            self._ahead(f, bs, start // bs, (start + max(n, 1) - 1) // bs)
+            self._hint_ahead(f, bs, start // bs, (start + max(n, 1) - 1) // bs)
         return n
 
     def _kept(self, f: FileReads, index: int, bs: int) -> memoryview | bytes:
         """Whole block `index` of the open file, kept for the next read. Kept by (block
         size, index): a cluster started again with another block size while the file is
-        open never answers with a block of the old size."""
+        open never answers with a block of the old size. Taken from the file's readahead
+        when it fetched the block; a fetch that failed is read again here, errors and
+        all (a StaleVersion surfaces from this read)."""
         held = f.kept                 # one read of the shared slot: threads may replace it
         if held is not None and held.index == index and held.block_size == bs:
             return held.data
-        data = self.piece(f.entry, blocks.Piece(index, 0, -1))
+        data = None
+        if f.pending:
+            fut = f.take((bs, index))
+            if fut is not None:
+                try:
+                    data = fut.result()
+                except Exception:  # noqa: BLE001 - read it again below, errors and all
+                    data = None
+        if data is None:
+            data = self.piece(f.entry, blocks.Piece(index, 0, -1))
         f.kept = Kept(bs, index, data)
         if f.entry["size"] > (index + 1) * bs:     # a block follows: maybe read ahead
-            self._ahead(f, bs, index, index)
+            self._read_ahead(f, bs, index)
         return data
 
-    def _ahead(self, f: FileReads, bs: int, first: int, last: int) -> None:
-        """The one readahead: the blocks the file's policy wants next are left alone
-        when a local tier holds them, else hinted to their owners in the background,
-        each holding its length of the process's budget until its hint is answered."""
+    def _wanted(self, f: FileReads, bs: int, first: int, last: int, large: bool):
+        """The policy's blocks to get ahead after a read of `first..last`, without those
+        a local tier holds (short-circuit reads are cheap), with their lengths."""
+        if not f.depth and f.ahead is None:
+            return ()
         if f.ahead is None:
-            f.ahead = Readahead(f.depth)
-        wanted = f.ahead.after(bs, first, last, blocks.block_count(f.entry["size"], bs))
-        for j in wanted:
-            key = blocks.block_key(f.entry["fid"], j, bs)
-            if self.short_circuit and self.local.holds(key):
+            f.ahead = Readahead()
+        size = f.entry["size"]
+        wanted = f.ahead.after(bs, first, last, blocks.block_count(size, bs), f.depth,
+                               large)
+        return [(j, blocks.block_length(size, bs, j)) for j in wanted
+                if not (self.short_circuit and
+                        self.local.holds(blocks.block_key(f.entry["fid"], j, bs)))]
+
+    def _read_ahead(self, f: FileReads, bs: int, index: int) -> None:
+        """A small sequential reader moved to block `index`: fetch the bytes of the
+        blocks the policy wants next in the background, as far as the process's budget
+        allows; the next read takes them. Fetches of blocks behind it are dropped."""
+        if f.pending:
+            f.drop(lambda at: at[0] == bs and at[1] > index)
+        for j, length in self._wanted(f, bs, index, index, False):
+            at = (bs, j)
+            if f.pending is not None and at in f.pending:
                 continue
-            length = blocks.block_length(f.entry["size"], bs, j)
             if not self.budget.take(length):
-                break                  # over budget: read it when it is asked for
+                f.ahead.missed(j)      # over budget: read it when it is asked for
+                break
+            if f.pending is None:
+                f.budget, f.pending = self.budget, {}
+            fut = self.executor().submit(self.piece, f.entry, blocks.Piece(j, 0, -1))
+            if f.pending.setdefault(at, fut) is not fut:   # another thread was first
+                fut.cancel()
+                self.budget.give(length)
+                continue
+            self.counters["readahead"] += 1
+
+    def _hint_ahead(self, f: FileReads, bs: int, first: int, last: int) -> None:
+        """A large sequential reader: the blocks the policy wants after it are hinted
+        to their owners in the background, each holding its length of the process's
+        budget until its hint is answered."""
+        if f.pending:
+            f.drop(lambda at: at[0] == bs and at[1] > last)
+        for j, length in self._wanted(f, bs, first, last, True):
+            if not self.budget.take(length):
+                f.ahead.missed(j)      # over budget: the read fetches it when it comes
+                break
             self.counters["readahead"] += 1
             self.executor().submit(self._hint, f.entry, j, length)
 
