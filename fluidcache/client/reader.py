@@ -28,6 +28,7 @@ from ..config import ClientSettings
 from ..errors import FluidError, StaleVersion, Unavailable
 from ..wire import BlockRead
 from .cluster import Cluster
+from .conn import FORKS
 from .direct import DirectReader
 from .local import LocalTiers
 from .readahead import Budget, Readahead
@@ -48,7 +49,7 @@ class FileReads:
     it, it is dropped, or the file is closed. The readahead state is made only when a
     read has blocks after it."""
 
-    __slots__ = ("entry", "kept", "depth", "ahead", "pending", "budget")
+    __slots__ = ("entry", "kept", "depth", "ahead", "pending", "budget", "fork", "closed")
 
     def __init__(self, entry: dict, readahead: int) -> None:
         self.entry = entry
@@ -58,12 +59,37 @@ class FileReads:
         # (block size, index) -> the block's bytes being fetched; made on first use
         self.pending: dict[tuple[int, int], Future] | None = None
         self.budget: Budget | None = None        # the budget `pending` holds bytes of
+        self.fork = FORKS[0]                     # the process `pending`'s threads are in
+        self.closed = False
+
+    def _forked(self) -> bool:
+        """Are the background fetches another process's (the file was opened before a
+        fork)? No thread here will finish them: forget them, and their budget, which is
+        that process's."""
+        if self.fork == FORKS[0]:
+            return False
+        self.fork, self.pending, self.budget, self.ahead, self.kept = \
+            FORKS[0], None, None, None, None
+        return True
+
+    def add(self, at: tuple[int, int], fut: Future, budget: Budget) -> bool:
+        """Hold background fetch `fut` of block `at`; False when the file is closed or
+        another thread holds one of that block already (the caller cancels it)."""
+        with _ADDING:
+            if self.closed or self._forked() or (self.pending and at in self.pending):
+                return False
+            if self.pending is None:
+                self.budget, self.pending = budget, {}
+            self.pending[at] = fut
+            return True
 
     def take(self, at: tuple[int, int]) -> Future | None:
         """The background fetch of block (block size, index) `at`, if any; its budget
         is given back."""
         pending = self.pending
-        fut = pending.pop(at, None) if pending else None
+        if not pending or self._forked():
+            return None
+        fut = pending.pop(at, None)
         if fut is not None:
             self.budget.give(blocks.block_length(self.entry["size"], at[0], at[1]))
         return fut
@@ -71,7 +97,7 @@ class FileReads:
     def drop(self, keep=None) -> None:
         """Cancel the background fetches (those `keep(at)` says no to, if given) and give
         their budget back."""
-        if not self.pending:
+        if not self.pending or self._forked():
             return
         for at in list(self.pending):
             if keep is None or not keep(at):
@@ -80,9 +106,15 @@ class FileReads:
                     fut.cancel()
 
     def close(self) -> None:
-        """The file is closed: forget its block, cancel its readahead."""
+        """The file is closed: forget its block, cancel its readahead (none is added
+        after this, even by a read another thread is in)."""
+        with _ADDING:
+            self.closed = True
         self.kept = None
         self.drop()
+
+
+_ADDING = threading.Lock()      # taken when a block move adds readahead, and on close
 
 
 class BlockReader:
@@ -179,10 +211,11 @@ class BlockReader:
         blocks to read ahead (the file's filesystem's setting now; else as opened)."""
         if depth is not None:
             f.depth = depth
-        bs = self.cluster.map()["block_size"]
+        m = self.cluster.map()
+        bs = m["block_size"]
         first, last = start // bs, (end - 1) // bs
         if first == last and end - start < bs:
-            data = self._kept(f, first, bs)
+            data = self._kept(f, first, m)
             off = start - first * bs
             return bytes(data[off:off + end - start])
         out = self.read(f.entry, start, end)    # the version the file was opened at
@@ -209,28 +242,37 @@ class BlockReader:
             self._hint_ahead(f, bs, start // bs, (start + max(n, 1) - 1) // bs)
         return n
 
-    def _kept(self, f: FileReads, index: int, bs: int) -> memoryview | bytes:
+    def _kept(self, f: FileReads, index: int, m: dict) -> memoryview | bytes:
         """Whole block `index` of the open file, kept for the next read. Kept by (block
-        size, index): a cluster started again with another block size while the file is
-        open never answers with a block of the old size. Taken from the file's readahead
-        when it fetched the block; a fetch that failed is read again here, errors and
-        all (a StaleVersion surfaces from this read)."""
+        size, index), and read with the map its block size came from: a cluster started
+        again with another block size while the file is open never answers with a block
+        of the old size (the worker refuses a read at another size). Taken from the
+        file's readahead when it fetched the block: a fetch not begun yet is cancelled
+        and read here (it may be queued behind other files'); one that failed with a
+        cluster error raises it (StaleVersion, Unavailable: not waited for twice);
+        another failure is read again here."""
+        bs = m["block_size"]
         held = f.kept                 # one read of the shared slot: threads may replace it
         if held is not None and held.index == index and held.block_size == bs:
             return held.data
         data = None
         if f.pending:
             fut = f.take((bs, index))
-            if fut is not None:
+            if fut is not None and not fut.cancel():
                 try:
                     data = fut.result()
+                except FluidError:
+                    raise
                 except Exception:  # noqa: BLE001 - read it again below, errors and all
                     data = None
         if data is None:
-            data = self.piece(f.entry, blocks.Piece(index, 0, -1))
+            data = self.piece(f.entry, blocks.Piece(index, 0, -1), m)
+        if len(data) != blocks.block_length(f.entry["size"], bs, index):
+            raise StaleVersion(f"{f.entry['name']}: block {index} is not the listed size; "
+                               "list it again")
         f.kept = Kept(bs, index, data)
         if f.entry["size"] > (index + 1) * bs:     # a block follows: maybe read ahead
-            self._read_ahead(f, bs, index)
+            self._read_ahead(f, m, index)
         return data
 
     def _wanted(self, f: FileReads, bs: int, first: int, last: int, large: bool):
@@ -247,10 +289,11 @@ class BlockReader:
                 if not (self.short_circuit and
                         self.local.holds(blocks.block_key(f.entry["fid"], j, bs)))]
 
-    def _read_ahead(self, f: FileReads, bs: int, index: int) -> None:
+    def _read_ahead(self, f: FileReads, m: dict, index: int) -> None:
         """A small sequential reader moved to block `index`: fetch the bytes of the
         blocks the policy wants next in the background, as far as the process's budget
         allows; the next read takes them. Fetches of blocks behind it are dropped."""
+        bs = m["block_size"]
         if f.pending:
             f.drop(lambda at: at[0] == bs and at[1] > index)
         for j, length in self._wanted(f, bs, index, index, False):
@@ -260,12 +303,12 @@ class BlockReader:
             if not self.budget.take(length):
                 f.ahead.missed(j)      # over budget: read it when it is asked for
                 break
-            if f.pending is None:
-                f.budget, f.pending = self.budget, {}
-            fut = self.executor().submit(self.piece, f.entry, blocks.Piece(j, 0, -1))
-            if f.pending.setdefault(at, fut) is not fut:   # another thread was first
+            fut = self.executor().submit(self.piece, f.entry, blocks.Piece(j, 0, -1), m)
+            if not f.add(at, fut, self.budget):   # closed, or another thread was first
                 fut.cancel()
                 self.budget.give(length)
+                if f.closed:
+                    return
                 continue
             self.counters["readahead"] += 1
 

@@ -105,8 +105,9 @@ def test_small_sequential_reads_get_the_next_blocks_bytes_in_the_background():
     while chunk := f.read(q):
         got += chunk
     assert bytes(got) == content
-    for b in range(2, 8):                           # each fetched once, ahead of its read
-        assert cluster.reads(b) == 1 and cluster.reads(b, True) == 0, (b, cluster.calls)
+    for b in range(2, 8):       # each fetched once: ahead of its read, or by the read
+        assert cluster.reads(b) == 1, (b, cluster.calls)   # when its fetch had not begun
+    assert cluster.reads(2, True) == 0 and cluster.reads(3, True) == 0
     assert not [c for c in cluster.calls if c[0] == "prefetch"]
     f.close()
     reader.executor().shutdown(wait=True)
@@ -154,7 +155,7 @@ def test_the_budget_bounds_the_bytes_in_flight():
     assert reader.budget.used == 0
 
 
-def test_a_failed_background_fetch_is_read_again_and_its_error_surfaces():
+def test_a_failed_background_fetch_raises_its_error_without_a_second_wait():
     content = _content()
     cluster = GatedCluster(content)
     cluster.fail[2] = StaleVersion("e:x is gone")
@@ -168,17 +169,114 @@ def test_a_failed_background_fetch_is_read_again_and_its_error_surfaces():
     f.seek(2 * BS)
     with pytest.raises(StaleVersion):
         f.read(10)
-    assert cluster.reads(2, True) == 1              # read again in the foreground
+    assert cluster.reads(2, True) == 0     # its error is the read's (a cluster error is
+                                           # not waited for twice)
     f.close()
     reader.executor().shutdown(wait=True)
     assert reader.budget.used == 0
 
 
 def test_a_one_block_file_makes_no_readahead_state():
-    content = _content(1)
+    content = _content(1)[:BS - 3]
     cluster = GatedCluster(content)
     reader = BlockReader(cluster, short_circuit=False)
     f = _open(FakeFs(reader), size=BS - 3)
-    assert f.read(100) == content[:100] and f.read() == content[100:BS - 3]
+    assert f.read(100) == content[:100] and f.read() == content[100:]
     assert f._reads.ahead is None and f._reads.pending is None
     f.close()
+
+
+def _moved_to_block_1(f) -> None:
+    """Read in block 0, then in block 1: blocks 2 and 3 are asked for ahead."""
+    f.read(10)
+    f.seek(BS)
+    f.read(10)
+
+
+def test_a_fetch_ahead_keeps_the_block_size_it_was_asked_at():
+    """Seen: a fetch queued under one block size ran after the cluster map said another
+    one and fetched block 3 of the new size; the read took it as block 3 of the old."""
+    content = _content()
+    cluster = GatedCluster(content, fanout=1)
+    sizes = [BS]
+    cluster.map = lambda refresh=False: {"block_size": sizes[0], "version": 0,
+                                         "workers": [{"id": "w1", "address": "x:1"}]}
+    plain = cluster.call
+
+    def call(address, op, args, into=None):      # serves the block size it is asked at
+        if args["bs"] == BS:
+            return plain(address, op, args, into)
+        start = args["b"] * args["bs"]
+        return {}, content[start:start + args["bs"]]
+    cluster.call = call
+    reader = BlockReader(cluster, short_circuit=False)
+    f = _open(FakeFs(reader, readahead=2))
+    _moved_to_block_1(f)
+    ahead = dict(f._reads.pending)
+    assert set(ahead) == {(BS, 2), (BS, 3)}
+    sizes[0] = 2 * BS                             # the map moves while they wait
+    cluster.gate.set()
+    import concurrent.futures as cf
+    cf.wait(ahead.values(), timeout=WAIT)
+    sizes[0] = BS
+    f.seek(3 * BS)
+    got = f.read(10)
+    assert got == content[3 * BS:3 * BS + 10]     # never block 3 of another size
+    f.close()
+    reader.executor().shutdown(wait=True)
+
+
+def test_readahead_of_the_parent_is_not_waited_for_after_a_fork():
+    """Seen: a child forked with an open file waited forever on its parent's fetches
+    (no thread of the child would finish them)."""
+    from fluidcache.client import conn
+    content = _content()
+    cluster = GatedCluster(content, fanout=1)
+    reader = BlockReader(cluster, short_circuit=False)
+    f = _open(FakeFs(reader, readahead=2))
+    _moved_to_block_1(f)
+    running = f._reads.pending[(BS, 2)]
+    conn.FORKS[0] += 1                            # what os.fork's hook does in a child
+    f.seek(2 * BS)
+    assert f.read(10) == content[2 * BS:2 * BS + 10]
+    assert not running.done()                     # read without waiting for it
+    cluster.gate.set()
+    f.close()
+    reader.executor().shutdown(wait=True)
+
+
+def test_a_read_in_flight_when_its_file_closes_adds_no_readahead():
+    """Seen: close() while another thread's read fetched its block; that read then
+    added readahead to the closed file, whose budget was never given back."""
+    content = _content()
+    cluster = GatedCluster(content)
+    reader = BlockReader(cluster, short_circuit=False)
+    f = _open(FakeFs(reader, readahead=2))
+    f.read(10)
+    f.seek(BS)
+    got = []
+    t = threading.Thread(target=lambda: got.append(f.read(10)))   # waits at the gate
+    t.start()
+    assert cluster.wait_for(lambda: cluster.reads(1) == 1)
+    f.close()
+    cluster.gate.set()
+    t.join(WAIT)
+    assert got == [content[BS:BS + 10]]
+    reader.executor().shutdown(wait=True)
+    assert reader.budget.used == 0 and not f._reads.pending
+
+
+def test_a_read_does_not_wait_for_its_block_queued_behind_other_fetches():
+    content = _content()
+    cluster = GatedCluster(content, fanout=1)     # block 2's fetch holds the one thread
+    reader = BlockReader(cluster, short_circuit=False)
+    f = _open(FakeFs(reader, readahead=2))
+    _moved_to_block_1(f)
+    running = f._reads.pending[(BS, 2)]
+    f.seek(3 * BS)                                # block 3's fetch has not begun
+    assert f.read(10) == content[3 * BS:3 * BS + 10]
+    assert not running.done() and cluster.reads(3, True) == 1
+    cluster.gate.set()
+    f.close()
+    reader.executor().shutdown(wait=True)
+    assert reader.budget.used == 0
