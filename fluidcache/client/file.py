@@ -18,7 +18,7 @@ import io
 import threading
 
 from ..errors import StaleVersion
-from .reader import FileReads
+from .readahead import FileReads
 
 
 class FluidFile(io.RawIOBase):

@@ -19,8 +19,7 @@ the filesystem.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import blocks, placement
 from ..backoff import Backoff
@@ -28,93 +27,9 @@ from ..config import ClientSettings
 from ..errors import FluidError, StaleVersion, Unavailable
 from ..wire import BlockRead
 from .cluster import Cluster
-from .conn import FORKS
 from .direct import DirectReader
 from .local import LocalTiers
-from .readahead import Budget, Readahead
-
-
-class Kept(NamedTuple):
-    """The last whole block an open file read: of this block size and index."""
-    block_size: int
-    index: int
-    data: memoryview | bytes
-
-
-class FileReads:
-    """What the reader keeps for one open file: the entry it was opened at (its
-    version), its last block (small reads cost one fetch per block, not one per call)
-    and its readahead: the policy's state and the blocks being fetched in the
-    background, each holding its length of the process's budget until a read takes
-    it, it is dropped, or the file is closed. The readahead state is made only when a
-    read has blocks after it."""
-
-    __slots__ = ("entry", "kept", "depth", "ahead", "pending", "budget", "fork", "closed")
-
-    def __init__(self, entry: dict, readahead: int) -> None:
-        self.entry = entry
-        self.kept: Kept | None = None
-        self.depth = readahead
-        self.ahead: Readahead | None = None     # made when a read has blocks after it
-        # (block size, index) -> the block's bytes being fetched; made on first use
-        self.pending: dict[tuple[int, int], Future] | None = None
-        self.budget: Budget | None = None        # the budget `pending` holds bytes of
-        self.fork = FORKS[0]                     # the process `pending`'s threads are in
-        self.closed = False
-
-    def _forked(self) -> bool:
-        """Are the background fetches another process's (the file was opened before a
-        fork)? No thread here will finish them: forget them, and their budget, which is
-        that process's."""
-        if self.fork == FORKS[0]:
-            return False
-        self.fork, self.pending, self.budget, self.ahead, self.kept = \
-            FORKS[0], None, None, None, None
-        return True
-
-    def add(self, at: tuple[int, int], fut: Future, budget: Budget) -> bool:
-        """Hold background fetch `fut` of block `at`; False when the file is closed or
-        another thread holds one of that block already (the caller cancels it)."""
-        with _ADDING:
-            if self.closed or self._forked() or (self.pending and at in self.pending):
-                return False
-            if self.pending is None:
-                self.budget, self.pending = budget, {}
-            self.pending[at] = fut
-            return True
-
-    def take(self, at: tuple[int, int]) -> Future | None:
-        """The background fetch of block (block size, index) `at`, if any; its budget
-        is given back."""
-        pending = self.pending
-        if not pending or self._forked():
-            return None
-        fut = pending.pop(at, None)
-        if fut is not None:
-            self.budget.give(blocks.block_length(self.entry["size"], at[0], at[1]))
-        return fut
-
-    def drop(self, keep=None) -> None:
-        """Cancel the background fetches (those `keep(at)` says no to, if given) and give
-        their budget back."""
-        if not self.pending or self._forked():
-            return
-        for at in list(self.pending):
-            if keep is None or not keep(at):
-                fut = self.take(at)
-                if fut is not None:
-                    fut.cancel()
-
-    def close(self) -> None:
-        """The file is closed: forget its block, cancel its readahead (none is added
-        after this, even by a read another thread is in)."""
-        with _ADDING:
-            self.closed = True
-        self.kept = None
-        self.drop()
-
-
-_ADDING = threading.Lock()      # taken when a block move adds readahead, and on close
+from .readahead import Budget, FileReads, Kept, Readahead
 
 
 class BlockReader:
