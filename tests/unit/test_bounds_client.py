@@ -7,31 +7,20 @@ import threading
 
 from fluidcache.client.file import FluidFile
 from fluidcache.client.reader import BlockReader
-from fluidcache.config import ClientSettings
+
+from .fakes import OneWorkerCluster
 
 BS = 1024
 
 
-class FakeCluster:
+class FakeCluster(OneWorkerCluster):
     """The reader's view of a cluster of one worker, whose blocks are `content`'s; its
     readahead hints stay in flight until `release` is set."""
 
     def __init__(self, budget: int, content: bytes = b""):
-        self.settings = ClientSettings(readahead_budget=budget, fanout=4)
-        self.counters = {}
-        self.local_workers, self.local_id = [], None
-        self.bs, self.content = BS, content
+        super().__init__(BS, budget)
+        self.content = content
         self.release = threading.Event()
-
-    def map(self, refresh=False):
-        return {"block_size": self.bs, "version": 0,
-                "workers": [{"id": "w1", "address": "127.0.0.1:1"}]}
-
-    def dataset(self, name):
-        return {"replicas": 1}
-
-    def saw_version(self, version, m):
-        pass
 
     def call(self, address, op, args, into=None):
         if op == "prefetch":
@@ -41,9 +30,6 @@ class FakeCluster:
         if self.content:
             return {}, self.content[start:start + args["bs"]]
         return {}, bytes([args["b"] % 256]) * BS
-
-    def close(self):
-        pass
 
 
 class FakeFs:

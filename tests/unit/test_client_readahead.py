@@ -10,37 +10,26 @@ import pytest
 
 from fluidcache.client.file import FluidFile
 from fluidcache.client.reader import BlockReader
-from fluidcache.config import ClientSettings
 from fluidcache.errors import StaleVersion
+
+from .fakes import OneWorkerCluster
 
 BS = 1024
 WAIT = 10.0
 
 
-class GatedCluster:
+class GatedCluster(OneWorkerCluster):
     """One remote worker serving `content`; every read not made by the test's own
     thread waits for `gate`. Records each call as (op, block, made in the foreground)."""
 
     def __init__(self, content: bytes, budget: int = 64 * BS, fanout: int = 4):
-        self.settings = ClientSettings(readahead_budget=budget, fanout=fanout)
-        self.counters: dict = {}
-        self.local_workers, self.local_id = [], None
+        super().__init__(BS, budget, fanout)
         self.content = content
         self.gate = threading.Event()
         self.fail: dict[int, Exception] = {}        # block -> what its reads raise
         self.calls: list[tuple[str, int, bool]] = []
         self.changed = threading.Condition()
         self.main = threading.get_ident()
-
-    def map(self, refresh=False):
-        return {"block_size": BS, "version": 0,
-                "workers": [{"id": "w1", "address": "127.0.0.1:1"}]}
-
-    def dataset(self, name):
-        return {"replicas": 1}
-
-    def saw_version(self, version, m):
-        pass
 
     def call(self, address, op, args, into=None):
         foreground = threading.get_ident() == self.main
@@ -64,9 +53,6 @@ class GatedCluster:
     def wait_for(self, pred) -> bool:
         with self.changed:
             return self.changed.wait_for(pred, WAIT)
-
-    def close(self):
-        pass
 
 
 class FakeFs:
