@@ -15,15 +15,9 @@ from .loadjob import LoadJob
 
 
 class DataVerbs:
-    """Client's data operations. What a subclass gives: `endpoint` (its namespace),
-    `_call(op, args)` (one master call) and `_paged(op, args)` (a paged reply's
-    items)."""
-
-    def _call(self, op: str, args: dict | None = None):
-        raise NotImplementedError
-
-    def _paged(self, op: str, args: dict | None = None) -> list:
-        raise NotImplementedError
+    """Client's data operations, a part of `api.Client` kept in its own module (never
+    made alone). They use what Client gives: `endpoint` (its namespace), `_call(op,
+    args)` (one master call) and `_paged(op, args)` (a paged reply's items)."""
 
     def load_metadata(self, url: str) -> dict:
         """Re-list everything under `fluid://dataset/path` from the under store now.
