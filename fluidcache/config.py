@@ -120,6 +120,10 @@ class Config:
     host: str = "127.0.0.1"
     master_port: int = 0            # 0: any free port
     worker_port: int = 0
+    # serving processes per worker answering reads of cached blocks (worker/serve.py):
+    # -1 one per core (at most 4); 0 none (the worker's own server answers every read)
+    serve_processes: int = -1
+    serve_port: int = 0             # their shared port (0: any free port)
     max_frame: int = 1024**2        # largest header frame any server reads
     max_data: int = 64 * 1024**2    # largest raw payload any peer reads
     request_timeout: float = 60.0   # a server's handler of one request, at most

@@ -99,6 +99,14 @@ class ClusterNotRunning(Unavailable):
     code = "not_running"
 
 
+class NotHere(FluidError):
+    """A serving process does not hold this block (or cannot decide this request): ask
+    the worker itself, at its `address`."""
+
+    code = "not_here"
+    default_errno = errno.EAGAIN
+
+
 class InternalError(FluidError):
     code = "internal"
 
@@ -108,7 +116,7 @@ _BY_CODE = {
     for cls in (
         FluidError, NotFound, AccessDenied, InvalidRequest, AlreadyExists, IsADirectory,
         ProtocolError, StaleVersion, NotSupported, UnderStoreError, Unavailable,
-        ClusterNotRunning,
+        ClusterNotRunning, NotHere,
         InternalError,
     )
 }

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import uvloop
 
@@ -30,7 +32,19 @@ log = logging.getLogger(__name__)
 _TRICKLING = 0.25    # a frame begun this long ago and not whole is slow, not in flight
 _PIPELINE = 256      # requests one connection may send ahead of their replies
 
-# handler(request, payload) -> (result, payload bytes or None)
+
+
+class Region(NamedTuple):
+    """A reply payload that is a region of an open file: sent with `os.sendfile` (the
+    bytes never enter Python) when the connection's send buffer is empty, else read and
+    written. The server closes `fd` once sent."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+# handler(request, payload) -> (result, payload: bytes, a Region, a list of both, or None)
 Handler = Callable[[wire.Request, bytes], Awaitable[tuple[object, object]]]
 # fast(request, payload) -> (result, payload) when it can answer without waiting, else None
 FastHandler = Callable[[wire.Request, bytes], "tuple[object, object] | None"]
@@ -82,10 +96,13 @@ class Server:
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0,
                  max_frame: int = wire.DEFAULT_MAX_FRAME, max_data: int = 0,
                  name: str = "fluidcache-server", fast: FastHandler | None = None,
-                 limits: Limits = Limits(), **overrides) -> None:
+                 limits: Limits = Limits(), reuse_port: bool = False, **overrides) -> None:
         """`max_data`: the largest payload a *request* may carry (no op takes one today,
-        so 0); `limits` (or keyword overrides of its fields): see the module header."""
+        so 0); `limits` (or keyword overrides of its fields): see the module header;
+        `reuse_port`: share the port with other processes of this user (SO_REUSEPORT:
+        the kernel spreads connections over them)."""
         self.handler, self.fast, self.host, self.port = handler, fast, host, port
+        self.reuse_port = reuse_port
         self.max_frame, self.max_data = max_frame, max_data
         self.limits = Limits(**{**limits.__dict__, **overrides})
         self.idle_timeout = self.limits.idle_timeout
@@ -122,7 +139,8 @@ class Server:
         asyncio.set_event_loop(self.loop)
         try:
             self._server = self.loop.run_until_complete(
-                self.loop.create_server(self._protocol, self.host, self.port))
+                self.loop.create_server(self._protocol, self.host, self.port,
+                                        reuse_port=self.reuse_port or None))
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # noqa: BLE001 - whatever it is, start() reports it
             self._error = exc
@@ -161,11 +179,34 @@ class Server:
             return wire.pack(wire.Reply.failure(rid, outcome).header()), None
         result, data = outcome
         try:
-            head = wire.pack(wire.Reply(rid, True, result,
-                                        data_len=len(data) if data else 0).header())
+            head = wire.pack(wire.Reply(rid, True, result, data_len=_length(data)).header())
         except (TypeError, ValueError) as exc:   # result not serializable
+            _close_regions(data)
             return wire.pack(wire.Reply.failure(rid, exc).header()), None
         return head, data
+
+
+def _length(data) -> int:
+    if not data:
+        return 0
+    if isinstance(data, Region):
+        return data.length
+    if isinstance(data, list):
+        return sum(_length(d) for d in data)
+    return len(data)
+
+
+def _close_regions(data) -> None:
+    for part in (data if isinstance(data, list) else [data]):
+        if isinstance(part, Region):
+            os.close(part.fd)
+
+
+def _closes(outcome) -> bool:
+    """Replies after which the connection is closed: a wrong token (no guessing on one
+    connection), a malformed or oversized message, or an error that says so."""
+    return isinstance(outcome, (AccessDenied, ProtocolError)) or \
+        getattr(outcome, "close_after", False)
 
 
 class _Connection(asyncio.Protocol):
@@ -388,9 +429,45 @@ class _Connection(asyncio.Protocol):
         head, data = self.s._reply(rid, outcome)
         self.transport.write(head)
         if data:
-            self.transport.write(data)
-        if isinstance(outcome, AccessDenied) and not self.closing:
-            # a wrong token: the answer, then the door (no guessing on one connection)
+            try:
+                for part in (data if isinstance(data, list) else [data]):
+                    if self.closing:
+                        break
+                    if isinstance(part, Region):
+                        self._send_region(part)
+                    else:
+                        self.transport.write(part)
+            finally:
+                _close_regions(data)
+        if _closes(outcome) and not self.closing:
+            # the answer, then the door
             self.closing = True
             self.pending.clear()
             self.transport.close()
+
+    def _send_region(self, r: Region) -> None:
+        """A file region: `sendfile` straight from the page cache while nothing of ours
+        waits in the transport's buffer (then the socket is ours to write); the rest, if
+        the socket's buffer fills, read and queued. A region that comes back short (a
+        file truncated under us) aborts the connection: its frame cannot be finished."""
+        off, left = r.offset, r.length
+        if self.transport.get_write_buffer_size() == 0 and not self.closing:
+            sock = self.transport.get_extra_info("socket")
+            try:
+                while left:
+                    n = os.sendfile(sock.fileno(), r.fd, off, left)
+                    if n == 0:
+                        break
+                    off, left = off + n, left - n
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._drop()                 # the peer is gone
+                return
+        if left and not self.closing:
+            rest = os.pread(r.fd, left, off)
+            if len(rest) != left:
+                log.warning("a served file region came back short; closing the connection")
+                self._drop()
+                return
+            self.transport.write(rest)

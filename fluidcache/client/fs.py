@@ -13,13 +13,13 @@ errno ESTALE (StaleVersion: the file changed in the under store while it was rea
 from __future__ import annotations
 
 import datetime
-from concurrent.futures import ThreadPoolExecutor
 
 from fsspec.spec import AbstractFileSystem
 
 from .. import names
 from ..config import ClientSettings
 from ..errors import AccessDenied, IsADirectory, NotSupported, StaleVersion
+from .batch import read_many
 from .cluster import Cluster
 from .conn import FORKS
 from .direct import DirectReader
@@ -319,7 +319,10 @@ class FluidFileSystem(AbstractFileSystem):
         return self._read(self._strip_protocol(path), start, end)
 
     def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
-        """Bytes of many ranges, read at once (up to 16 threads), in the order given.
+        """Bytes of many ranges, in the order given: ranges inside one block are read
+        in batches, one request per worker (client/batch.py); the rest at once on the
+        reader's threads. Each range is of one version of its file; one that changed in
+        the under store is listed and read again once.
 
         Parameters
         ----------
@@ -338,20 +341,50 @@ class FluidFileSystem(AbstractFileSystem):
         """
         if not (len(paths) == len(starts) == len(ends)):
             raise ValueError("paths, starts and ends must have the same length")
-
-        def one(args):
-            p, s, e = args
+        out: list = [None] * len(paths)
+        jobs, where = [], []
+        for i, (p, start, end) in enumerate(zip(paths, starts, ends, strict=True)):
             try:
-                return self._read(self._strip_protocol(p), s, e)
-            except Exception as exc:        # fsspec's on_error contract: any error
-                if on_error == "raise":
-                    raise
-                return exc
+                entry = self._file_entry(self._strip_protocol(p))
+            except Exception as exc:  # noqa: BLE001 - fsspec's on_error contract: any error
+                out[i] = exc
+                continue
+            size = entry["size"]
+            s = 0 if start is None else (max(0, size + start) if start < 0 else start)
+            e = size if end is None else (max(0, size + end) if end < 0 else min(end, size))
+            jobs.append((entry, s, max(s, e)))
+            where.append(i)
+        for i, got in zip(where, read_many(self.client, jobs) if jobs else (), strict=True):
+            if isinstance(got, StaleVersion):       # changed: list it again, read it again
+                try:
+                    got = self._read(self._strip_protocol(paths[i]), starts[i], ends[i])
+                except Exception as exc:  # noqa: BLE001 - given back in its place
+                    got = exc
+            out[i] = got
+        if on_error == "raise":
+            for got in out:
+                if isinstance(got, Exception):
+                    raise got
+        return out
 
-        if len(paths) <= 1:
-            return [one(a) for a in zip(paths, starts, ends, strict=True)]
-        with ThreadPoolExecutor(min(16, len(paths))) as ex:
-            return list(ex.map(one, zip(paths, starts, ends, strict=True)))
+    def cat(self, path, recursive=False, on_error="raise", **kwargs):
+        """Contents of one file, or {path: bytes} of many (a list, a glob, a directory
+        with `recursive`), read in batches (`cat_ranges`). `on_error`: "raise" the first
+        failure, "omit" failed paths, "return" their exceptions in their place."""
+        paths = self.expand_path(path, recursive=recursive)
+        if len(paths) == 1 and not isinstance(path, list) and \
+                paths[0] == self._strip_protocol(path):
+            return self.cat_file(paths[0])
+        got = self.cat_ranges(paths, [None] * len(paths), [None] * len(paths))
+        out = {}
+        for p, data in zip(paths, got, strict=True):
+            if isinstance(data, Exception):
+                if on_error == "raise":
+                    raise data
+                if on_error == "omit":
+                    continue
+            out[p] = data
+        return out
 
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
               **kwargs):

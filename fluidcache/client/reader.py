@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import blocks, placement
 from ..backoff import Backoff
 from ..config import ClientSettings
-from ..errors import FluidError, StaleVersion, Unavailable
+from ..errors import FluidError, NotHere, StaleVersion, Unavailable
+from ..tiering import layout
 from ..wire import BlockRead
 from .cluster import Cluster
 from .direct import DirectReader
@@ -41,8 +42,8 @@ class BlockReader:
         self.cluster = cluster
         self.settings: ClientSettings = cluster.settings
         self.counters = cluster.counters
-        for name in ("short_circuit", "remote", "failover", "waits", "readahead",
-                     "direct", "prefetch"):
+        for name in ("short_circuit", "remote", "served", "failover", "waits",
+                     "readahead", "direct", "prefetch", "corrupt_served", "batches"):
             self.counters.setdefault(name, 0)
         self.local = LocalTiers(cluster, self.settings, self.counters)
         self.short_circuit = short_circuit
@@ -72,6 +73,38 @@ class BlockReader:
                     self._threads = ThreadPoolExecutor(self.settings.fanout,
                                                        thread_name_prefix="fc-read")
         return self._threads
+
+    # -- one worker ---------------------------------------------------------------------
+    def ask(self, w: dict, op: str, args: dict, req: BlockRead, key: str,
+            into: memoryview | None = None):
+        """(result, payload) of one `read` from worker `w`: from its serving processes
+        when it has them (the block's checksum checked here), else, or when they do not
+        hold it, from the worker itself."""
+        serve = w.get("serve")
+        if serve:
+            try:
+                result, payload = self.cluster.call(serve, op, args, into=into)
+            except (NotHere, Unavailable):
+                pass
+            else:
+                if self.intact(key, req, result, payload):
+                    self.counters["served"] += 1
+                    return result, payload
+        return self.cluster.call(w["address"], op, args, into=into)
+
+    def intact(self, key: str, req: BlockRead, result: dict, payload) -> bool:
+        """Does a served whole block match the checksum its reply carries (its tier
+        file's, bound to the key, the asking namespace's dataset, file id and index)?
+        A reply without one was verified by its server."""
+        digest = result.get("x")
+        if digest is None:
+            return True
+        owner = f"{self.cluster.endpoint.namespace}/{req.dataset}"
+        if len(payload) == result.get("n") and layout.checksum(
+                key, payload, layout.meta_bytes(owner, req.fid, req.index)) == digest:
+            return True
+        self.counters["corrupt_served"] += 1
+        return False
 
     # -- ranges of a file -------------------------------------------------------------
     def read(self, entry: dict, start: int, end: int) -> bytes:
@@ -301,8 +334,7 @@ class BlockReader:
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:
-                    result, payload = self.cluster.call(by_id[wid]["address"], "read", args,
-                                                        into=into)
+                    result, payload = self.ask(by_id[wid], "read", args, req, key, into)
                 except Unavailable as exc:
                     last = exc
                     continue

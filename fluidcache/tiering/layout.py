@@ -222,10 +222,11 @@ def copy_block(src_dir: str, dst_dir: str, key: str, mode: int = 0o600) -> bool:
     return True
 
 
-def _open_exact(tier_dir: str, key: str, length: int, expect: tuple[str, int] | None = None):
+def open_exact(tier_dir: str, key: str, length: int, expect: tuple[str, int] | None = None):
     """(fd, owner + index + file id, checksum) of block `key` if its file holds exactly
     `length` data bytes; None if absent or of another length. Reads the tail only, with
-    pread (no Python file object: this is the short-circuit hot path)."""
+    pread (no Python file object: this is the short-circuit and serving hot path); the
+    caller verifies the data (or sends it with the checksum) and closes `fd`."""
     try:
         fd = os.open(block_path(tier_dir, key), os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
@@ -249,13 +250,18 @@ def _open_exact(tier_dir: str, key: str, length: int, expect: tuple[str, int] | 
         raise
 
 
+def meta_bytes(owner: str, fid: str, index: int) -> bytes:
+    """What a block's checksum covers after its data: owner, index and file id."""
+    return owner.encode() + struct.pack(">Q", index) + bytes.fromhex(fid)
+
+
 def read_exact(tier_dir: str, key: str, length: int,
                expect: tuple[str, int] | None = None) -> bytes | None:
     """The verified bytes of block `key` when its file holds exactly `length` bytes of
     data (what the reader expects), as one bytes object read straight from the file:
     no copy beyond the read itself. None if absent or of another length; raises
     CorruptBlock or OSError."""
-    found = _open_exact(tier_dir, key, length, expect)
+    found = open_exact(tier_dir, key, length, expect)
     if found is None:
         return None
     fd, meta_bytes, digest = found
@@ -280,7 +286,7 @@ def read_block_into(tier_dir: str, key: str, out: memoryview,
                     expect: tuple[str, int] | None = None) -> bool:
     """Read the whole block `key` straight into `out` (its exact length) and verify it:
     no intermediate copy. False if absent or of another length; raises CorruptBlock."""
-    found = _open_exact(tier_dir, key, len(out), expect)
+    found = open_exact(tier_dir, key, len(out), expect)
     if found is None:
         return False
     fd, meta_bytes, digest = found

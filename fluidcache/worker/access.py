@@ -43,6 +43,11 @@ class Access:
         self._token_refresh: asyncio.Future | None = None
 
     # -- tokens ------------------------------------------------------------------------
+    @property
+    def tokens(self) -> dict[str, str]:
+        """The token table as last asked of the master (replaced whole, never changed)."""
+        return self._tokens
+
     def token_ok(self, ns, token) -> bool:
         """Is `token` the token of namespace `ns`, as far as we know now (no waiting)?"""
         expected = self._tokens.get(ns or "")

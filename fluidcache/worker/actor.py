@@ -26,13 +26,14 @@ import ray
 
 from .. import names
 from ..config import Config
-from ..service import Server, bind_host as _bind_host, limits_of
+from ..service import Server, advertised, bind_host as _bind_host, limits_of
 from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
 from .access import Access
 from .loads import Loads
 from .reads import Reads
 from .reports import Reports
+from .servers import Servers, count_of
 
 log = logging.getLogger(__name__)
 _MASTER_TIMEOUT = 60.0   # seconds a blocking call to the master may take
@@ -68,10 +69,29 @@ class Worker:
         self.reads = Reads(cfg, self.store, self.access, self.reports.owners, node_id,
                            self.labels, self.resources, self.metrics)
         self.loads = Loads(self.reads, self.reports.report_after, cfg.jobs_kept)
-        self.server = Server(self.reads.handle, _bind_host(cfg.host), cfg.worker_port,
+        host = _bind_host(cfg.host)
+        self.server = Server(self.reads.handle, host, cfg.worker_port,
                              cfg.max_frame, name="fluidcache-data", fast=self.reads.fast,
                              limits=limits_of(cfg)).start()
+        self.servers = self._start_servers(host)
         self.reports.start()
+
+    def _start_servers(self, host: str) -> Servers | None:
+        """The serving processes (serve.py), or None when configured without them."""
+        count = count_of(self.config.serve_processes)
+        if not count:
+            return None
+        cfg = self.config
+        settings = {"host": host, "port": cfg.serve_port, "tier_paths": self.store.paths,
+                    "block_size": cfg.block_size, "max_data": cfg.max_data,
+                    "max_frame": cfg.max_frame, "node_id": self.node_id,
+                    "limits": limits_of(cfg).__dict__}
+
+        def on_report(report: dict) -> None:
+            self.server.loop.call_soon_threadsafe(self.reads.served, report)
+
+        return Servers(count, settings, on_report,
+                       lambda: (self.access.tokens, self.reads.map_version)).start()
 
     # -- the master, as the rooms see it ----------------------------------------------
     async def _ask_tokens(self) -> dict:
@@ -127,6 +147,8 @@ class Worker:
         """The cluster stops: stop serving and, unless `keep_cache`, give the memory
         tiers back (their blocks and directories are removed; SSD and HDD tiers stay)."""
         self.reports.stop()
+        if self.servers is not None:
+            self.servers.stop()
         self.server.stop()
         self.store.stop()
         if keep_cache:
@@ -137,10 +159,16 @@ class Worker:
 
     # -- Ray API ---------------------------------------------------------------------
     def info(self) -> dict:
-        return {"id": self.node_id, "node_id": self.node_id, "host": socket.gethostname(),
+        info = {"id": self.node_id, "node_id": self.node_id, "host": socket.gethostname(),
                 "labels": self.labels, "resources": self.resources,
                 "address": self.server.address, "machine": layout.machine_id(),
                 "tier_paths": self.store.paths, "pid": os.getpid()}
+        if self.servers is not None:
+            shown = advertised(self.servers.settings["host"])
+            info["serve"] = f"[{shown}]:{self.servers.port}" if ":" in shown else \
+                f"{shown}:{self.servers.port}"
+            info["serve_pids"] = self.servers.pids
+        return info
 
     def stats(self) -> dict:
         moves = self.store.moves
@@ -149,7 +177,8 @@ class Worker:
                      expirations=moves["expire"],
                      write_failures=self.store.write_failures,
                      corrupt_blocks=self.store.corrupt_blocks,
-                     protocol_errors=self.server.protocol_errors)
+                     protocol_errors=self.server.protocol_errors + (
+                         self.servers.counters()["pe"] if self.servers else 0))
         return {"tiers": self.store.tiers(), "stats": stats,
                 "datasets": {o: {"hits": h, "misses": m}
                              for o, (h, m) in list(self.reads.by_dataset.items())}}

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from .. import blocks, placement
 from ..config import Config
 from ..dataset import Dataset, normalize
-from ..errors import InvalidRequest, StaleVersion
+from ..errors import FluidError, InvalidRequest, ProtocolError, StaleVersion, to_wire
 from ..tiering import layout
 from ..understore import Mount
 from ..understore.versions import is_weak, scope_of
@@ -34,7 +34,8 @@ from .access import Access, Record
 
 log = logging.getLogger(__name__)
 TOUCH_MAX = 8192         # keys in one touch (~300 KiB: well under a frame; clients know it)
-_OPS = ("read", "touch", "prefetch")
+_OPS = ("read", "readv", "touch", "prefetch")
+READV_MAX = 64           # reads in one batch (serve.py's bound too)
 
 
 class Resolved(NamedTuple):
@@ -77,7 +78,8 @@ class Reads:
             return {"pong": True, "id": self._node_id}, None
         if req.op not in _OPS:
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
-        if req.op == "prefetch" or not self._access.token_ok(req.namespace, req.token):
+        if req.op in ("prefetch", "readv") or \
+                not self._access.token_ok(req.namespace, req.token):
             return None                     # maybe a new namespace: ask the master
         if req.op == "touch":
             return self._touch(req.namespace, req.args)
@@ -100,6 +102,8 @@ class Reads:
         await self._access.authorize(req.namespace, req.token)
         if req.op == "touch":
             return self._touch(req.namespace, req.args)
+        if req.op == "readv":
+            return await self._readv(req.namespace, req.args)
         r = self._block_read(req.args)
         if req.op == "prefetch":    # a sequential reader's hint: fill it, answer at once
             if self._prefetching >= self.config.prefetch_max:
@@ -108,6 +112,47 @@ class Reads:
             asyncio.get_running_loop().create_task(self._prefetch(req.namespace, r))
             return {"ok": True}, None
         return self._serve(r, await self.block(req.namespace, r))
+
+    async def _readv(self, ns: str, args: dict):
+        """A batch of reads, all at once: {"items": [result | {"e": error}], "mv"} and the
+        payloads of the items served, in order. Bounded in count and bytes (else the
+        connection is closed after the error)."""
+        items = args.get("r")
+        if not isinstance(items, list) or not items:
+            raise InvalidRequest("readv needs a non-empty list 'r' of reads")
+        if len(items) > READV_MAX:
+            raise ProtocolError(f"a batch of {len(items)} reads; at most {READV_MAX}")
+        if not all(isinstance(a, dict) for a in items):
+            raise ProtocolError("readv: every read must be a map")
+        if sum(min(self.block_size, BlockRead.from_args(a).size) for a in items) > \
+                self.config.max_data:
+            raise ProtocolError(f"a batch of more than {self.config.max_data} bytes")
+
+        async def one(args: dict):
+            try:
+                r = self._block_read(args)
+                return self._serve(r, await self.block(ns, r))
+            except FluidError as exc:
+                return exc
+
+        results, parts = [], []
+        for got in await asyncio.gather(*(one(a) for a in items)):
+            if isinstance(got, FluidError):
+                results.append({"e": to_wire(got)})
+            else:
+                results.append(got[0])
+                parts.append(got[1])
+        return {"items": results, "mv": self.map_version}, parts
+
+    def served(self, report: dict) -> None:
+        """A serving process's report (run on the loop): its hits are ours, and the
+        blocks it served are touched (they stay in the eviction order as hits)."""
+        for dsid, (n, nbytes) in report.get("hits", {}).items():
+            self.counters["hits"] += n
+            self.counters["bytes_served"] += nbytes
+            self.by_dataset.setdefault(dsid, [0, 0])[0] += n
+        for key in report.get("keys", ()):
+            self.store.touch(key)
 
     async def _prefetch(self, ns: str, r: BlockRead) -> None:
         self.counters["prefetches"] += 1

@@ -1,8 +1,8 @@
-"""Wire fuzzing against the real servers of a running cluster: the master endpoint and
-the worker's data server get malformed, truncated, oversized and wrongly-typed frames
-(hypothesis; FLUIDCACHE_FUZZ_CASES sets how many per target, default 5,000: 10,000 in
-all). Each must answer with an error or close the connection; after every case both
-servers still answer a well-formed request, and they never crash."""
+"""Wire fuzzing against the real servers of a running cluster: the master endpoint, the
+worker's data server and its serving processes get malformed, truncated, oversized and
+wrongly-typed frames (hypothesis; FLUIDCACHE_FUZZ_CASES sets how many per target,
+default 5,000: 15,000 in all). Each must answer with an error or close the connection;
+after every case the servers still answer a well-formed request, and they never crash."""
 from __future__ import annotations
 
 import os
@@ -24,12 +24,13 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st
 values = st.recursive(scalars, lambda kids: st.lists(kids, max_size=4) |
                       st.dictionaries(st.text(max_size=8), kids, max_size=4), max_leaves=12)
 ops = st.sampled_from(["read", "touch", "ping", "ls", "info", "cluster", "status", "load",
-                       "free", "prefetch", "dataset_create", "locate", "x" * 300, ""])
+                       "free", "prefetch", "dataset_create", "locate", "readv", "x" * 300,
+                       ""])
 headers = st.fixed_dictionaries(
     {}, optional={"op": st.one_of(ops, values), "a": st.one_of(
         st.fixed_dictionaries({}, optional={k: values for k in
                                             ("ds", "p", "v", "s", "b", "o", "l", "f", "bs",
-                                             "keys", "paths", "job")}), values),
+                                             "keys", "paths", "job", "r")}), values),
         "i": st.one_of(st.integers(-5, 2**64), values), "n": values, "t": values,
         "d": st.one_of(st.integers(-1, 2**40), values)})
 
@@ -67,8 +68,10 @@ def _send(address: str, data: bytes) -> None:
 @pytest.fixture(scope="module")
 def targets(cluster):
     st_ = cluster["client"].status()
-    return {"master": st_["master"]["address"], "worker": st_["workers"][0]["address"],
-            "pids": {"master": st_["master"]["pid"], "worker": st_["workers"][0]["pid"]}}
+    w = st_["workers"][0]
+    return {"master": st_["master"]["address"], "worker": w["address"], "serve": w["serve"],
+            "pids": {"master": st_["master"]["pid"], "worker": w["pid"],
+                     "serve": w["serve_pids"][0]}, "serve_pids": w["serve_pids"]}
 
 
 def _rss(pid: int) -> int:
@@ -76,7 +79,7 @@ def _rss(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-@pytest.mark.parametrize("target", ["master", "worker"])
+@pytest.mark.parametrize("target", ["master", "worker", "serve"])
 def test_servers_survive_fuzzed_frames(cluster, targets, target):
     address = targets[target]
     pool = Pool(connect_timeout=5, request_timeout=10)
@@ -97,11 +100,13 @@ def test_servers_survive_fuzzed_frames(cluster, targets, target):
     # after all of it: both servers answer and the data path still returns right bytes
     assert pool.call(targets["master"], "ping")[0]["pong"]
     assert pool.call(targets["worker"], "ping")[0]["pong"]
+    assert pool.call(targets["serve"], "ping")[0]["pong"]
     fs = cluster["client"].filesystem(short_circuit=False, skip_instance_cache=True)
     body = fs.cat_file("fluid://mixed/images/img000.jpg")
     assert len(body) > 0
     alive = cluster["client"].status()["workers"]
     assert all(w["alive"] for w in alive)
+    assert alive[0]["serve_pids"] == targets["serve_pids"]      # no serving process died
     grown = _rss(pid) - rss_before
     print(f"{target}: {CASES} fuzzed frames; worker protocol errors so far: "
           f"{alive[0]['stats'].get('protocol_errors')}; RSS grew {grown / 2**20:.1f} MiB")

@@ -1,0 +1,178 @@
+"""The serving processes' core (worker/serve.py) on real tier files, and the data server
+sending file regions with sendfile (service.py): what is served, to whom, and what is
+handed back to the worker (`not_here`)."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import pytest
+
+from fluidcache import blocks, wire
+from fluidcache.errors import InvalidRequest, NotHere, ProtocolError
+from fluidcache.service import Region, Server
+from fluidcache.tiering import layout
+from fluidcache.worker.serve import READV_MAX, Served
+
+BS = 64 * 1024
+NS, TOKEN = "team", "t0ken"
+
+
+def _req(op, args, ns=NS, token=TOKEN):
+    return wire.Request(op, args, 1, ns, token)
+
+
+@pytest.fixture()
+def tiers(tmp_path):
+    """Two tiers; a 150,000-byte file of dataset team/ds: block 0 in the first, block 1
+    in the second, block 2 not cached. Returns (Served, file bytes, fid)."""
+    data = random.Random(1).randbytes(150_000)
+    fid = blocks.file_id("s3://b/f", "e:1", NS)
+    paths = [str(tmp_path / "mem"), str(tmp_path / "ssd")]
+    for index, tier in ((0, paths[0]), (1, paths[1])):
+        layout.write_block(tier, blocks.block_key(fid, index, BS),
+                           data[index * BS:(index + 1) * BS],
+                           layout.Meta(f"{NS}/ds", fid, index))
+    served = Served(paths, BS, 4 * BS)
+    served.tokens = {NS: TOKEN}
+    return served, data, fid
+
+
+def _args(fid, index, size=150_000, ds="ds", **kw):
+    return {"ds": ds, "p": "f", "v": "e:1", "s": size, "b": index, "f": fid, **kw}
+
+
+def _bytes_of(region_or_bytes):
+    if isinstance(region_or_bytes, Region):
+        try:
+            return os.pread(region_or_bytes.fd, region_or_bytes.length, region_or_bytes.offset)
+        finally:
+            os.close(region_or_bytes.fd)
+    return bytes(region_or_bytes)
+
+
+def test_a_whole_block_goes_as_a_file_region_with_a_checksum_the_client_checks(tiers):
+    served, data, fid = tiers
+    for index in (0, 1):
+        result, payload = served.fast(_req("read", _args(fid, index)), b"")
+        assert isinstance(payload, Region)
+        got = _bytes_of(payload)
+        assert got == data[index * BS:(index + 1) * BS] and result["n"] == len(got)
+        key = blocks.block_key(fid, index, BS)
+        assert layout.checksum(key, got, layout.meta_bytes(f"{NS}/ds", fid, index)) == \
+            result["x"]
+    hits, keys = served.take()
+    assert hits == {f"{NS}/ds": [2, 2 * BS]} and len(keys) == 2
+    assert served.take() == ({}, [])
+
+
+def test_a_part_of_a_block_is_verified_here_and_sliced(tiers, tmp_path):
+    served, data, fid = tiers
+    result, payload = served.fast(_req("read", _args(fid, 1, o=10, l=100)), b"")
+    assert payload == data[BS + 10:BS + 110] and "x" not in result
+    # the same part of a corrupted block is not served
+    path = layout.block_path(str(tmp_path / "ssd"), blocks.block_key(fid, 1, BS))
+    with open(path, "r+b") as f:
+        f.seek(50)
+        f.write(b"\xff" if data[BS + 50] != 0xFF else b"\x00")
+    with pytest.raises(NotHere):
+        served.fast(_req("read", _args(fid, 1, o=10, l=100)), b"")
+
+
+@pytest.mark.parametrize("why, args, ns", [
+    ("not cached", "uncached", NS),
+    ("another namespace's block", None, "other"),
+    ("another dataset's name", "ds2", NS),
+    ("another block size", {"bs": 2 * BS}, NS),
+    ("another file size (another block length)", {"s": 100_000, "b": 1}, NS),
+    ("no file id", {"f": ""}, NS),
+])
+def test_what_this_process_cannot_vouch_for_goes_to_the_worker(tiers, why, args, ns):
+    served, data, fid = tiers
+    served.tokens["other"] = "other-token"
+    if args is None:
+        a = _args(fid, 0)
+    elif args == "ds2":
+        a = _args(fid, 0, ds="ds2")
+    elif isinstance(args, dict):
+        a = {**_args(fid, 0), **args}
+    else:
+        a = _args(fid, 2)                     # block 2 is in no tier
+    token = "other-token" if ns == "other" else TOKEN
+    with pytest.raises(NotHere) as err:
+        served.fast(_req("read", a, ns, token), b"")
+    assert not getattr(err.value, "close_after", False), why
+    assert served.take() == ({}, [])
+
+
+@pytest.mark.parametrize("ns, token", [(NS, "wrong"), (NS, None), ("unknown", TOKEN)])
+def test_a_token_not_known_here_is_sent_to_the_worker_and_the_door_closed(tiers, ns, token):
+    served, data, fid = tiers
+    with pytest.raises(NotHere) as err:
+        served.fast(_req("read", _args(fid, 0), ns, token), b"")
+    assert err.value.close_after
+    assert served.take() == ({}, [])
+
+
+def test_other_ops_go_to_the_worker_and_ping_answers(tiers):
+    served, _, _ = tiers
+    for op in ("touch", "prefetch", "load", ""):
+        with pytest.raises(NotHere):
+            served.fast(_req(op, {}), b"")
+    assert served.fast(_req("ping", {}), b"")[0]["pong"]
+
+
+def test_a_batch_answers_each_read_in_order(tiers):
+    served, data, fid = tiers
+    reads = [_args(fid, 1), _args(fid, 2), _args(fid, 9), _args(fid, 0, o=5, l=7)]
+    result, parts = served.fast(_req("readv", {"r": reads}), b"")
+    items = result["items"]
+    assert items[0]["n"] == BS and "x" in items[0]
+    assert items[1] == {"miss": 1}                                 # not cached here
+    assert items[2]["e"]["code"] == InvalidRequest.code           # past the end
+    assert items[3]["n"] == 7 and "x" not in items[3]
+    assert [_bytes_of(p) for p in parts] == [data[BS:2 * BS], data[5:12]]
+
+
+@pytest.mark.parametrize("args", [
+    {"r": [_args("0" * 32, 0)] * (READV_MAX + 1)},          # too many
+    {"r": [_args("0" * 32, 0, size=4 * BS)] * 5},           # more bytes than max_data
+    {"r": [1, 2]},                                           # not maps
+])
+def test_an_oversized_or_malformed_batch_is_a_protocol_error(tiers, args):
+    served, _, _ = tiers
+    with pytest.raises(ProtocolError):
+        served.fast(_req("readv", args), b"")
+
+
+def test_an_empty_batch_is_refused(tiers):
+    served, _, _ = tiers
+    with pytest.raises(InvalidRequest):
+        served.fast(_req("readv", {"r": []}), b"")
+
+
+def test_the_server_sends_file_regions_whole_also_past_the_socket_buffer(tmp_path):
+    """A region far larger than a socket buffer: sendfile sends what fits, the rest is
+    read and queued; a frame with two regions and bytes arrives whole, in order."""
+    big = random.Random(2).randbytes(24 * 1024**2)
+    path = tmp_path / "f"
+    path.write_bytes(big)
+
+    def fast(req, payload):
+        fd1, fd2 = os.open(path, os.O_RDONLY), os.open(path, os.O_RDONLY)
+        return {"ok": 1}, [Region(fd1, 7, len(big) - 7), b"mid", Region(fd2, 0, 1000)]
+
+    async def slow(req, payload):
+        raise AssertionError("not reached")
+
+    server = Server(slow, fast=fast).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            for _ in range(3):
+                wire.send_request(sock, wire.Request("x", {}, 1))
+                reply, payload = wire.recv_reply(sock, max_data=64 * 1024**2)
+                assert bytes(payload) == big[7:] + b"mid" + big[:1000]
+    finally:
+        server.stop()
+    assert len(os.listdir(f"/proc/{os.getpid()}/fd")) < 200        # regions closed
