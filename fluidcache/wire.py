@@ -251,16 +251,41 @@ def _recv_into(sock: socket.socket, view: memoryview) -> None:
         got += k
 
 
+def _recv_bytes(sock: socket.socket, n: int) -> bytes | bytearray:
+    """`n` bytes: one bytes object when they arrive at once (no copy beyond the kernel's,
+    and none for a caller that wants bytes), else assembled in a bytearray."""
+    first = sock.recv(n)
+    if len(first) == n:
+        return first
+    if not first:
+        raise ConnectionError("connection closed by peer mid-frame")
+    buf = bytearray(n)
+    buf[:len(first)] = first
+    _recv_into(sock, memoryview(buf)[len(first):])
+    return buf
+
+
 def recv_reply(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME,
-               max_data: int = DEFAULT_MAX_DATA, into: memoryview | None = None
-               ) -> tuple[Reply, bytearray | memoryview]:
+               max_data: int = DEFAULT_MAX_DATA, into: memoryview | None = None,
+               split=None) -> tuple[Reply, bytes | bytearray | memoryview | list]:
     """One reply. A payload of exactly len(`into`) bytes is received straight into
-    `into` (returned as the payload: no intermediate buffer); any other into a new one."""
+    `into` (returned as the payload: no intermediate buffer). `split(result)` may name
+    the lengths of the payload's parts (a batch's items): when they add up to it, each
+    part is received as its own object and the payload is their list. Any other payload
+    is received as one object."""
     (hlen,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
     _check_len(hlen, max_frame, "frame header")
     header = unpack_header(_recv_exact(sock, hlen))
     n = payload_len(header, max_data)
+    reply = Reply.from_header(header)
     if into is not None and n == len(into) and n:
         _recv_into(sock, into)
-        return Reply.from_header(header), into
-    return Reply.from_header(header), (_recv_exact(sock, n) if n else bytearray())
+        return reply, into
+    if split is not None and reply.ok:
+        try:
+            sizes = split(reply.result)
+        except Exception:  # noqa: BLE001 - a result of another shape: one payload
+            sizes = None
+        if sizes is not None and sum(sizes) == n and all(k >= 0 for k in sizes):
+            return reply, [_recv_bytes(sock, k) if k else b"" for k in sizes]
+    return reply, (_recv_bytes(sock, n) if n else b"")

@@ -99,6 +99,15 @@ def _split(items: list[Item], max_data: int):
         yield chunk
 
 
+def _served(got) -> bool:
+    return isinstance(got, dict) and isinstance(got.get("n"), int) and got["n"] >= 0
+
+
+def _lengths(result: dict) -> list[int]:
+    """The payload parts of a batch's reply: one per item served."""
+    return [got["n"] for got in result["items"] if _served(got)]
+
+
 def _send(reader, m: dict, w: dict, chunk: list[Item]) -> None:
     """One batch to worker `w`: its serving processes first, then the worker itself for
     what they do not hold. Items left without data are read alone by the caller."""
@@ -107,27 +116,26 @@ def _send(reader, m: dict, w: dict, chunk: list[Item]) -> None:
         if not address or not left:
             continue
         try:
-            result, payload = reader.cluster.call(
-                address, "readv", {"r": [it.req.to_args() for it in left]})
+            result, parts = reader.cluster.call(
+                address, "readv", {"r": [it.req.to_args() for it in left]}, split=_lengths)
         except (NotHere, Unavailable):
             continue
         except FluidError:
             return                                   # read alone: each gets its answer
         reader.counters["batches"] += 1
         reader.cluster.saw_version(result.get("mv", 0), m)
-        view, off, missed = memoryview(payload), 0, []
-        answers = result.get("items")
-        if not isinstance(answers, list) or len(answers) != len(left):
-            return
+        answers = result.get("items") if isinstance(result, dict) else None
+        if not isinstance(answers, list) or len(answers) != len(left) or \
+                not isinstance(parts, list):
+            return                                 # not a batch's answer: read alone
+        parts, missed = iter(parts), []
         for it, got in zip(left, answers, strict=True):
-            n = got.get("n") if isinstance(got, dict) else None
-            if not isinstance(n, int) or n < 0 or off + n > len(view):
+            if not _served(got):
                 if isinstance(got, dict) and got.get("miss"):
                     missed.append(it)
                 continue                           # an error: read alone
-            data = view[off:off + n]
-            off += n
-            if n != it.end - it.start or not reader.intact(it.key, it.req, got, data):
+            data = next(parts)
+            if len(data) != it.end - it.start or not reader.intact(it.key, it.req, got, data):
                 continue
             it.data = bytes(data)
             reader.counters["remote"] += 1

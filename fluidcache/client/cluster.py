@@ -62,10 +62,11 @@ class Cluster:
 
     # -- calls ------------------------------------------------------------------------
     def call(self, address: str, op: str, args: dict | None = None,
-             into: memoryview | None = None) -> tuple[object, bytearray | memoryview]:
-        """One request to a worker's data server, with this client's credentials."""
+             into: memoryview | None = None, split=None):
+        """One request to a worker's data server, with this client's credentials:
+        (result, payload); `into`, `split`: see wire.recv_reply."""
         return self.pool.call(address, op, args, self.endpoint.namespace,
-                              self.endpoint.token, into=into)
+                              self.endpoint.token, into=into, split=split)
 
     def master(self, op: str, args: dict | None = None):
         """One master call. While the master is unreachable (restarting: Ray brings it

@@ -73,17 +73,19 @@ class Pool:
         sock.close()
 
     def call(self, address: str, op: str, args: dict | None = None, namespace: str | None = None,
-             token: str | None = None, into: memoryview | None = None
-             ) -> tuple[object, bytearray | memoryview]:
+             token: str | None = None, into: memoryview | None = None, split=None
+             ) -> tuple[object, bytes | bytearray | memoryview | list]:
         """Send one request; returns (result, payload). Raises the reply's error, or
         Unavailable when the peer cannot be reached or the connection breaks. A payload
-        of len(`into`) bytes is received straight into `into` (and returned as it)."""
+        of len(`into`) bytes is received straight into `into` (and returned as it);
+        `split`: see wire.recv_reply."""
         req = wire.Request(op, args or {}, next(self._ids), namespace, token)
         for attempt in (0, 1):
             sock, reused = self._take(address, fresh=attempt > 0)
             try:
                 wire.send_request(sock, req)
-                reply, payload = wire.recv_reply(sock, max_data=self.max_data, into=into)
+                reply, payload = wire.recv_reply(sock, max_data=self.max_data, into=into,
+                                                 split=split)
                 break
             except (OSError, ProtocolError) as exc:
                 sock.close()

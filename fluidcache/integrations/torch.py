@@ -5,6 +5,10 @@
 
 It lists once (one metadata call per directory) in the parent process; each DataLoader
 worker uses its own copy of the filesystem, which opens its own sockets after the fork.
+A DataLoader with a batch size hands each worker process a whole batch of the sampler's
+indices (`__getitems__`): their files are read at once, in one batch request per cache
+worker (`cat_ranges`), so each process keeps a batch of reads in flight, and no more (a
+batch's memory, nothing left behind at the end of an epoch).
 Importing this module does not import torch; the dataset only needs `__len__` and
 `__getitem__`.
 """
@@ -33,13 +37,24 @@ class FluidDataset:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def _own_fs(self):
         if self._pid != os.getpid():
             # a forked worker: rebuild the filesystem from its arguments, so filesystems
             # that are not fork-safe (s3fs, fsspec #835) get fresh sockets and loops too
             self.fs, self._pid = pickle.loads(pickle.dumps(self.fs)), os.getpid()
-        data = self.fs.cat_file(self.paths[i])
+        return self.fs
+
+    def __getitem__(self, i: int):
+        data = self._own_fs().cat_file(self.paths[i])
         return self.transform(data) if self.transform else data
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The samples of a batch of indices, their files read at once (the DataLoader
+        calls this with each batch the sampler gives a worker process)."""
+        paths = [self.paths[i] for i in indices]
+        n = len(paths)
+        got = self._own_fs().cat_ranges(paths, [None] * n, [None] * n, on_error="raise")
+        return [self.transform(d) for d in got] if self.transform else list(got)
 
 
 def assign(order: Sequence[int], homes: Sequence[str | None], rank_nodes: Sequence[str | None],

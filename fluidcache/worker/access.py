@@ -60,11 +60,17 @@ class Access:
             return
         # maybe a namespace made since we last asked: ask the master again, at most once a
         # second for all requests together (a fresh token waits, a wrong one is refused)
+        await self.refresh()
+        if not self.token_ok(ns, token):
+            raise AccessDenied(f"wrong or missing token for namespace {ns!r}")
+
+    async def refresh(self) -> None:
+        """Ask the master for the token table (one request in flight for all callers, at
+        most one a second); the worker does so once when it starts, for its serving
+        processes."""
         if self._token_refresh is None or self._token_refresh.done():
             self._token_refresh = asyncio.ensure_future(self._refresh_tokens())
         await asyncio.shield(self._token_refresh)
-        if not self.token_ok(ns, token):
-            raise AccessDenied(f"wrong or missing token for namespace {ns!r}")
 
     async def _refresh_tokens(self) -> None:
         wait = 1.0 - (time.monotonic() - self._tokens_at)

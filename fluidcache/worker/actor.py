@@ -74,6 +74,8 @@ class Worker:
                              cfg.max_frame, name="fluidcache-data", fast=self.reads.fast,
                              limits=limits_of(cfg)).start()
         self.servers = self._start_servers(host)
+        if self.servers is not None:
+            self.server.call_soon(self.access.refresh())   # tokens for them, from the start
         self.reports.start()
 
     def _start_servers(self, host: str) -> Servers | None:

@@ -111,3 +111,26 @@ def _miss(reply) -> None:
     result, payload = reply
     assert result["items"] == [{"miss": 1}] and not payload
     raise NotHere("missed")
+
+
+def test_a_dataloader_reads_each_batch_at_once(cluster, dataset_files):
+    from torch.utils.data import DataLoader
+
+    from fluidcache.integrations.torch import FluidDataset
+    ds = FluidDataset("fluid://mixed", filesystem=_tcp(), transform=len)
+    calls = []
+    ds_getitems = ds.__getitems__
+
+    def getitems(indices):                  # in the loader's own process (no workers)
+        calls.append(len(indices))
+        return ds_getitems(indices)
+
+    ds.__getitems__ = getitems
+    sizes = {p: len(dataset_files[p.removeprefix("mixed/")]) for p in ds.paths}
+    got = [n for batch in DataLoader(ds, batch_size=5, collate_fn=list) for n in batch]
+    assert got == [sizes[p] for p in ds.paths] and calls and max(calls) == 5
+    loader = DataLoader(FluidDataset("fluid://mixed", filesystem=_tcp()), batch_size=4,
+                        num_workers=2, shuffle=True, collate_fn=list)
+    for _ in range(2):                      # forked loader processes, two epochs
+        seen = [d for batch in loader for d in batch]
+        assert sorted(seen) == sorted(dataset_files.values())
