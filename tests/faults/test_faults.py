@@ -208,15 +208,19 @@ class _CuttingProxy:
         self.sock.close()
 
 
-def test_a_connection_cut_mid_transfer(fc):
+@pytest.mark.parametrize("path", ["serve", "address"])
+def test_a_connection_cut_mid_transfer(fc, path):
+    """Cut at the worker's serving processes (then the worker itself answers) or at the
+    worker's own data server (with no serving processes in the map)."""
     _check_all(fc)
     fs = _fs(short_circuit=False, failover_timeout=30)
     name = next(n for n, b in fc["files"].items() if len(b) > 2 * MiB)
     fs.info(f"fluid://fault/{name}")
     m = fs.client.cluster.map()
     w = m["workers"][0]
-    proxy = _CuttingProxy(w["address"], cut=300_000)
-    fs.client.cluster._map = dict(m, workers=[dict(w, address=proxy.address)])
+    assert w["serve"]
+    proxy = _CuttingProxy(w[path], cut=300_000)
+    fs.client.cluster._map = dict(m, workers=[dict(w, **{"serve": None, path: proxy.address})])
     try:
         got = fs.cat_file(f"fluid://fault/{name}")
         STATS["faults"] += 1

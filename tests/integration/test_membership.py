@@ -65,8 +65,10 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         finally:
             ray.shutdown()
         assert got == {n: want["multi/" + n] for n in multi}
+        lf_bytes = sum(len(dataset_files["multi/" + n]) for n in multi)
         lf = wait_for(lambda: next((d for d in status(env)["datasets"] if d["name"] == "lf"
-                                    and d["cached_bytes"] > 0), None), what="lf's report")
+                                    and d["cached_bytes"] == lf_bytes), None),
+                      what="lf's full block report")
         assert set(lf["cached_by_worker"]) == {nodes[1].node_id}
         # data-affinity scheduling: the node that caches the data, from the block reports
         from fluidcache import connect, scheduling
@@ -81,7 +83,6 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         assert {k: len(v) for k, v in groups.items()} == {nodes[1].node_id: len(multi),
                                                           nodes[0].node_id: len(images)}
         assert scheduling.strategy_for("fluid://d/deep", client=c) == "DEFAULT"  # not cached
-        assert lf["cached_bytes"] == sum(len(dataset_files["multi/" + n]) for n in multi)
         assert read_digests(env, "d", names, short_circuit=False) == want
         served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]
         assert len(served) >= 2                   # blocks spread over the nodes

@@ -377,7 +377,8 @@ def _all_workers_dead(fs, path: str) -> None:
         s.bind(("127.0.0.1", 0))
         closed = f"127.0.0.1:{s.getsockname()[1]}"
     m = fs.client.cluster.map()
-    fs.client.cluster._map = dict(m, workers=[dict(w, address=closed) for w in m["workers"]])
+    fs.client.cluster._map = dict(m, workers=[dict(w, address=closed, serve=closed)
+                                              for w in m["workers"]])
 
 
 @pytest.mark.parametrize("own_options", [True, False])

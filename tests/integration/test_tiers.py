@@ -95,9 +95,11 @@ def test_killed_worker_comes_back_with_its_cache(small_cluster):
     wait_for(lambda: _dataset(env)["cached_bytes"] == total, timeout=60,
              what="the restarted worker's full block report")
     _read_all(env, files, short_circuit=False)   # through the restarted worker's server
-    final = _status(env)["workers"][0]
+    blocks = sum(-(-len(b) // MiB) for b in files.values())
+    # hits at the serving processes reach the worker's stats in their next report
+    final = wait_for(lambda: (w := _status(env)["workers"][0])["stats"]["hits"] >= blocks
+                     and w, timeout=30, what="the serving processes' hits in the stats")
     assert final["stats"]["ufs_bytes_read"] == 0
-    assert final["stats"]["hits"] >= sum(-(-len(b) // MiB) for b in files.values())
     # the restarted worker got the pin again from the master (its 3 blocks stay)
     freed = _cli(env, "free", "fluid://t/f00.bin")
     assert "3 pinned blocks kept" in freed, freed

@@ -147,3 +147,39 @@ def test_requests_that_never_end_do_not_hold_the_slots():
             s.close()
     finally:
         server.stop()
+
+
+def test_peers_that_never_read_file_regions_hold_no_slot_and_no_file(tmp_path):
+    """The serving processes' replies are file regions (sendfile): peers that ask for
+    many and never read stall nobody else, and every region's file is closed, sent or
+    not, when their connections go."""
+    import os
+
+    from fluidcache.service import Region
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1 << 20))
+
+    def fast(req, payload):
+        if req.op == "big":
+            return {"ok": True}, Region(os.open(blob, os.O_RDONLY), 0, 1 << 20)
+        return {"ok": True}, None
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+    before = fds()
+    server = Server(_handler, fast=fast, max_connections=8, frame_timeout=1.0,
+                    first_frame_timeout=1.0, idle_timeout=60.0).start()
+    try:
+        hogs = _peers(server, 12, "big", pipelined=16, rcvbuf=4096)
+        _served(server, within=5)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as ok:
+            from fluidcache import wire
+            wire.send_request(ok, wire.Request("big", {}, 1, "ns", "right"))
+            _, data = wire.recv_reply(ok)
+            assert bytes(data) == blob.read_bytes()
+        for s in hogs:
+            s.close()
+    finally:
+        server.stop()
+    assert fds() <= before + 2          # (the server's own loop may keep one or two)
