@@ -138,8 +138,7 @@ def main(argv=None) -> int:
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     md = report.markdown(results)
-    with open(os.path.join(a.out, "RESULTS.md"), "w") as f:
-        f.write(md)
+    report.write_keeping_sections(os.path.join(a.out, "RESULTS.md"), md)
     report.plots(results, a.out)
     print(md)
     return 0

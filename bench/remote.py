@@ -20,6 +20,7 @@ Every read is checked (xxh3 of every file against the bytes written).
 
     python -m bench.remote                # 2,000 objects, 256 MiB object, 1/4/8 readers
     python -m bench.remote --quick        # 400 objects, 64 MiB, 1/4 readers
+    python -m bench.remote --out bench    # and write the section of bench/RESULTS.md
 """
 from __future__ import annotations
 
@@ -107,6 +108,10 @@ class Readers:
             p.join(30)
 
 
+MODES = {"tmpfs": "tmpfs open().read()", "tcp": "fluid over TCP",
+         "batch": "fluid over TCP, cat of 64"}
+
+
 def _p(xs, q):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -118,7 +123,7 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
                               "quota": f"{2 * (a.big_mib + 400)}MiB"}],
                       serve_processes=a.serve_processes)
     cluster.start(cfg, dashboard=False)
-    out = {}
+    out: dict = {"files": []}
     try:
         client = connect()
         client.create_dataset("bench", {"/": "s3://bench"}, moto.options())
@@ -146,15 +151,16 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
                 readers.close()
             gb = sum(len(v) for k, v in files.items() if k.startswith("img/")) / 1e9
             top = n_files / statistics.median(times["tmpfs"])
-            for mode, label in (("tmpfs", "tmpfs open().read()"), ("tcp", "fluid over TCP"),
-                                ("batch", "fluid over TCP, cat of 64")):
+            for mode, label in MODES.items():
                 rate = n_files / statistics.median(times[mode])
                 worst = n_files / max(times[mode])
-                extra = (f"{statistics.median(cpu[mode]) / gb:8.2f} CPU s/GB"
-                         if mode in cpu else "")
+                per_gb = statistics.median(cpu[mode]) / gb if mode in cpu else None
+                extra = f"{per_gb:8.2f} CPU s/GB" if per_gb is not None else ""
                 print(f"  {procs} proc  {label:<28}{rate:>10,.0f}{worst:>10,.0f}"
                       f"{rate / top:>8.2f}x {extra}")
-                out[f"{procs}:{mode}"] = rate / top
+                out["files"].append({"procs": procs, "mode": mode, "median": rate,
+                                     "worst": worst, "ratio": rate / top,
+                                     "cpu_s_per_gb": per_gb})
         fs = client.filesystem(short_circuit=False, skip_instance_cache=True)
         # one large object, readinto, over TCP vs tmpfs
         buf = bytearray(len(big))
@@ -177,7 +183,8 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
         for k, v in gbs.items():
             print(f"  {k:<36}{statistics.median(v):>8.2f}{min(v):>8.2f}"
                   f"{statistics.median(v) / top:>8.2f}x")
-        out["stream"] = statistics.median(gbs["fluid readinto over TCP"])
+        out["stream"] = {k: {"median": statistics.median(v), "worst": min(v)}
+                         for k, v in gbs.items()}
         # one 128 KB remote read, one after the other
         one = "fluid://bench/k128.bin"
         assert fs.cat_file(one) == files["k128.bin"]
@@ -189,10 +196,13 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
         print(f"\none 128 KB read over TCP, 2,000 times (ms): median "
               f"{statistics.median(lat) * 1e3:.3f}, p99 {_p(lat, 0.99) * 1e3:.3f}, "
               f"worst {max(lat) * 1e3:.3f}")
-        out["p99_ms"] = _p(lat, 0.99) * 1e3
-        out["single_epoch"] = _epoch(connect().filesystem(skip_instance_cache=True))
+        out["latency_ms"] = {"median": statistics.median(lat) * 1e3,
+                             "p99": _p(lat, 0.99) * 1e3, "worst": max(lat) * 1e3}
+        local = connect().filesystem(skip_instance_cache=True)
+        out["single_epoch"] = [_epoch(local) for _ in range(a.rounds)]
         print(f"\nDataLoader epoch on one node, short-circuit (every block local): "
-              f"{out['single_epoch']:,.0f} samples/s")
+              f"{statistics.median(out['single_epoch']):,.0f} samples/s median, "
+              f"{min(out['single_epoch']):,.0f} worst of {a.rounds}")
     finally:
         cluster.stop()
     return out
@@ -222,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--procs", default=None, help="reader process counts, e.g. 1,4,8")
     p.add_argument("--serve-processes", type=int, default=-1)
     p.add_argument("--nodes", type=int, default=3, help="part 2's nodes (0: skip part 2)")
+    p.add_argument("--out", default=None, help="write the results as the 'remote' section "
+                   "of OUT/RESULTS.md with a plot (e.g. bench)")
     a = p.parse_args(argv)
     a.files = a.files or (400 if a.quick else 2000)
     a.big_mib = a.big_mib or (64 if a.quick else 256)
@@ -255,13 +267,24 @@ def main(argv=None) -> int:
             out = part1(a, files, big, names, digests, tmpfs, home, moto)
             if a.nodes:
                 from bench.remote_nodes import part2
-                multi = part2(a, moto, home)
+                out["nodes"], out["multi_epoch"] = a.nodes, part2(a, moto, home)
+                multi, single = (statistics.median(out[k])
+                                 for k in ("multi_epoch", "single_epoch"))
                 print(f"\nDataLoader epoch on {a.nodes} nodes at once, {multi:,.0f} samples/s "
-                      f"all together: {multi / out['single_epoch']:.2f}x the single node's "
-                      "short-circuit epoch (target >= 0.7x)")
+                      f"all together (median of {a.rounds}, worst {min(out['multi_epoch']):,.0f}"
+                      f"): {multi / single:.2f}x the single node's short-circuit epoch "
+                      "(target >= 0.7x)")
     finally:
         shutil.rmtree(tmpfs, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+    if a.out:
+        from bench import report
+        out.update(serve_processes=a.serve_processes, objects=a.files, big_mib=a.big_mib,
+                   rounds=a.rounds, machine=report.machine())
+        name = "remote" if a.serve_processes else "remote-serve0"
+        report.put_section(os.path.join(a.out, "RESULTS.md"), name,
+                           report.remote_markdown(out, report.remote_plot(out, a.out)))
+        print(f"\nwrote the remote section of {os.path.join(a.out, 'RESULTS.md')}")
     return 0
 
 

@@ -70,6 +70,8 @@ class _NodeReader:
                 "local_workers": len(cluster.local_workers)}
 
     def epoch(self) -> dict:
+        for name in os.listdir(self.counts):        # the last epoch's loader processes
+            os.unlink(os.path.join(self.counts, name))
         t0 = time.time()
         rate = _epoch(self.fs, workers=2)
         t1 = time.time()
@@ -87,8 +89,9 @@ def _node_args(i: int) -> dict:
             "env_vars": {"FLUIDCACHE_MACHINE_ID": f"bench-node-{i}"}}
 
 
-def part2(a, moto, home) -> float:
-    """Samples/s of one DataLoader epoch on all `a.nodes` nodes at once, together."""
+def part2(a, moto, home) -> list[float]:
+    """Samples/s of a DataLoader epoch on all `a.nodes` nodes at once, together; one
+    figure per round (`a.rounds`)."""
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -143,7 +146,8 @@ def part2(a, moto, home) -> float:
                     (f"bench-node-{i}", nodes[i].node_id, 1):
                 raise RuntimeError(f"node {i}'s reader: {info} (want machine bench-node-{i},"
                                    f" its node, 1 local worker)")
-        outs = ray.get([r.epoch.remote() for r in readers], timeout=900)
+        rounds = [ray.get([r.epoch.remote() for r in readers], timeout=900)
+                  for _ in range(a.rounds)]
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -154,17 +158,21 @@ def part2(a, moto, home) -> float:
             cluster.shutdown()
             shutil.rmtree(mem, ignore_errors=True)
 
-    print(f"\nDataLoader epoch (2 processes) on each node at once, over {DATA} "
-          f"({infos[0]['samples']} samples per node):")
-    for i, o in enumerate(outs):
-        c = o["counters"]
-        print(f"  node {i}: {o['rate']:>8,.0f} samples/s in {o['seconds']:.2f}s; "
-              f"short_circuit {c.get('short_circuit', 0)}, remote {c.get('remote', 0)} "
-              f"(served {c.get('served', 0)}); all counters {c} "
-              f"({o['loader_procs']} loader processes reported)")
-    slowest = max(o["seconds"] for o in outs)
+    rates = []
     total = sum(info["samples"] for info in infos)
-    span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
-    print(f"  slowest node {slowest:.2f}s; first start to last end {span:.2f}s; together "
-          f"{total:,} samples / slowest node's loader time = {total / slowest:,.0f} samples/s")
-    return total / slowest
+    for r, outs in enumerate(rounds):
+        print(f"\nround {r + 1}: DataLoader epoch (2 processes) on each node at once, over "
+              f"{DATA} ({infos[0]['samples']} samples per node):")
+        for i, o in enumerate(outs):
+            c = o["counters"]
+            print(f"  node {i}: {o['rate']:>8,.0f} samples/s in {o['seconds']:.2f}s; "
+                  f"short_circuit {c.get('short_circuit', 0)}, remote {c.get('remote', 0)} "
+                  f"(served {c.get('served', 0)}); all counters {c} "
+                  f"({o['loader_procs']} loader processes reported)")
+        slowest = max(o["seconds"] for o in outs)
+        span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+        print(f"  slowest node {slowest:.2f}s; first start to last end {span:.2f}s; together "
+              f"{total:,} samples / slowest node's loader time = {total / slowest:,.0f} "
+              "samples/s")
+        rates.append(total / slowest)
+    return rates

@@ -150,3 +150,107 @@ def plots(r: dict, out_dir: str) -> list[str]:
         plt.close(fig)
         made.append(path)
     return made
+
+
+# -- sections other benchmarks keep in RESULTS.md (the headline run keeps them) ----------
+def _marks(name: str) -> tuple[str, str]:
+    return f"<!-- section {name} -->", f"<!-- /section {name} -->"
+
+
+def _sections(text: str) -> dict[str, str]:
+    import re
+    return {m.group(1): m.group(0) for m in re.finditer(
+        r"<!-- section (\S+) -->.*?<!-- /section \1 -->", text, re.S)}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def put_section(path: str, name: str, body: str) -> None:
+    """Write `body` as section `name` of the Markdown file at `path`: in place of the
+    section's last version, else at the end."""
+    text = _read(path)
+    start, end = _marks(name)
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    old = _sections(text).get(name)
+    text = text.replace(old, block) if old else text.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def write_keeping_sections(path: str, md: str) -> None:
+    """Write the headline report `md` to `path`, keeping the sections other benchmarks
+    wrote there."""
+    kept = _sections(_read(path))
+    with open(path, "w") as f:
+        f.write("\n\n".join([md.rstrip(), *kept.values()]) + "\n")
+
+
+def remote_plot(r: dict, out_dir: str) -> str:
+    """Files/s per reader count: tmpfs, fluid over TCP, cat of 64 (median rounds, log)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    procs = sorted({x["procs"] for x in r["files"]})
+    modes = [m for m in ("tmpfs", "tcp", "batch") if any(x["mode"] == m for x in r["files"])]
+    labels = {"tmpfs": "tmpfs open().read()", "tcp": "fluid over TCP",
+              "batch": "fluid over TCP, cat of 64"}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(modes)
+    for j, m in enumerate(modes):
+        got = {x["procs"]: x for x in r["files"] if x["mode"] == m}
+        ax.bar([i + j * width for i in range(len(procs))], [got[p]["median"] for p in procs],
+               width, label=labels[m],
+               yerr=[[got[p]["median"] - got[p]["worst"] for p in procs], [0] * len(procs)])
+    ax.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(procs))])
+    ax.set_xticklabels([f"{p} reader process{'es' if p > 1 else ''}" for p in procs])
+    ax.set_yscale("log")
+    ax.set_ylabel("files/s (median round; bar down to the worst)")
+    ax.set_title(f"{r['objects']} objects of 80-140 KB, warm, one node, "
+                 f"serve_processes={r['serve_processes']}")
+    ax.legend()
+    fig.tight_layout()
+    name = "remote_reads.png" if r["serve_processes"] else "remote_reads_serve0.png"
+    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    plt.close(fig)
+    return name
+
+
+def remote_markdown(r: dict, plot: str) -> str:
+    import statistics
+    m = r["machine"]
+    lines = [f"## Remote reads (`python -m bench.remote`, serve_processes={r['serve_processes']})",
+             "",
+             f"{m.get('cpus')} cores shared by the readers, the worker and its serving "
+             f"processes; one run, {r['rounds']} rounds interleaved. Median = the median "
+             "round, worst = the slowest round; ratios are of the medians, to tmpfs read by "
+             "as many processes in the same run. Every read's bytes are checked.", ""]
+    lines += _table(["readers", "path", "files/s median", "files/s worst", "vs tmpfs",
+                     "server CPU s/GB"],
+                    [[x["procs"], x["mode"], f"{x['median']:,.0f}", f"{x['worst']:,.0f}",
+                      f"{x['ratio']:.2f}x", "" if x["cpu_s_per_gb"] is None
+                      else f"{x['cpu_s_per_gb']:.2f}"] for x in r["files"]])
+    st = r["stream"]
+    lines += ["", f"One {r['big_mib']} MiB object, `readinto` (GB/s):", ""]
+    lines += _table(["", "median", "worst"], [[k, f"{v['median']:.2f}", f"{v['worst']:.2f}"]
+                                              for k, v in st.items()])
+    lat = r["latency_ms"]
+    lines += ["", f"One 128 KB read over TCP, 2,000 in a row: median {lat['median']:.3f} ms, "
+              f"p99 {lat['p99']:.3f} ms, worst {lat['worst']:.3f} ms."]
+    single = r["single_epoch"]
+    lines += ["", f"DataLoader epoch (2 processes, batch 32), one node, short-circuit: "
+              f"{statistics.median(single):,.0f} samples/s median, {min(single):,.0f} worst."]
+    if r.get("multi_epoch"):
+        multi = r["multi_epoch"]
+        lines += [f"The same epoch on each of {r['nodes']} Ray nodes at once (each its own "
+                  f"machine id; 2/3 of the blocks remote): {statistics.median(multi):,.0f} "
+                  f"samples/s together median, {min(multi):,.0f} worst: "
+                  f"{statistics.median(multi) / statistics.median(single):.2f}x the single "
+                  "node's (the nodes share the same 2 cores)."]
+    lines += ["", f"![files/s]({plot})"]
+    return "\n".join(lines)
