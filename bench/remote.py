@@ -141,8 +141,10 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
             times = {"tmpfs": [], "tcp": [], "batch": []}
             cpu = {"tcp": [], "batch": []}
             try:
-                for _ in range(a.rounds):
-                    for mode in times:
+                for r in range(a.rounds):
+                    order = list(times)
+                    random.Random(r).shuffle(order)       # no mode always first or last
+                    for mode in order:
                         c0 = cpu_seconds(server_pids)
                         times[mode].append(readers.run(mode))
                         if mode in cpu:
@@ -171,7 +173,7 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
             with open(os.path.join(tmpfs, "big.bin"), "rb", buffering=0) as f:
                 f.readinto(buf)
             gbs["tmpfs readinto"].append(len(big) / (time.perf_counter() - t0) / 1e9)
-            buf[:8] = b"\0" * 8
+            buf[:] = bytes(len(buf))             # nothing of the tmpfs read is left
             t0 = time.perf_counter()
             with fs.open("fluid://bench/big.bin", "rb") as f:
                 n = f.readinto(buf)
@@ -199,7 +201,7 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
         out["latency_ms"] = {"median": statistics.median(lat) * 1e3,
                              "p99": _p(lat, 0.99) * 1e3, "worst": max(lat) * 1e3}
         local = connect().filesystem(skip_instance_cache=True)
-        out["single_epoch"] = [_epoch(local) for _ in range(a.rounds)]
+        out["single_epoch"] = [_epoch(local, digests) for _ in range(a.rounds)]
         print(f"\nDataLoader epoch on one node, short-circuit (every block local): "
               f"{statistics.median(out['single_epoch']):,.0f} samples/s median, "
               f"{min(out['single_epoch']):,.0f} worst of {a.rounds}")
@@ -208,18 +210,24 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
     return out
 
 
-def _epoch(fs, workers: int = 2) -> float:
-    """Samples/s of one DataLoader epoch (batch 32, `workers` processes) over the
-    dataset's images, bytes checked against their sizes."""
+def _digests(batch) -> list[int]:
+    return [xxhash.xxh3_64_intdigest(x) for x in batch]
+
+
+def _epoch(fs, digests: dict, workers: int = 2) -> float:
+    """Samples/s of one DataLoader epoch (batch 32, `workers` processes, shuffled) over
+    the dataset's images; every sample's xxh3 checked against `digests` (by path under
+    fluid://bench/), all samples of the epoch together."""
     import torch.utils.data as tud
     from fluidcache.integrations.torch import FluidDataset
     ds = FluidDataset("fluid://bench/img", filesystem=fs)
-    loader = tud.DataLoader(ds, batch_size=32, num_workers=workers, shuffle=True,
-                            collate_fn=lambda b: sum(len(x) for x in b))
+    loader = tud.DataLoader(ds, batch_size=32, num_workers=workers, shuffle=False,
+                            sampler=tud.RandomSampler(ds), collate_fn=_digests)
     t0 = time.perf_counter()
-    total = sum(loader)
+    got = [d for batch in loader for d in batch]
     dt = time.perf_counter() - t0
-    assert total == sum(fs.info(p)["size"] for p in ds.paths)
+    assert sorted(got) == sorted(digests[p.split("/", 1)[1]] for p in ds.paths), \
+        "wrong bytes in the epoch"
     return len(ds) / dt
 
 
@@ -267,7 +275,7 @@ def main(argv=None) -> int:
             out = part1(a, files, big, names, digests, tmpfs, home, moto)
             if a.nodes:
                 from bench.remote_nodes import part2
-                out["nodes"], out["multi_epoch"] = a.nodes, part2(a, moto, home)
+                out["nodes"], out["multi_epoch"] = a.nodes, part2(a, moto, home, digests)
                 multi, single = (statistics.median(out[k])
                                  for k in ("multi_epoch", "single_epoch"))
                 print(f"\nDataLoader epoch on {a.nodes} nodes at once, {multi:,.0f} samples/s "

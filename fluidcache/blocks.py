@@ -39,6 +39,19 @@ def block_length(size: int, block_size: int, index: int) -> int:
     return min(block_size, size - start)
 
 
+def reply_length(size: int, block_size: int, index: int, offset: int, length: int) -> int:
+    """Bytes a read of [offset, offset + length) of block `index` returns (`length` -1:
+    to the block's end); 0 for a read outside the file or the block (it gets an error).
+    What a batch's byte budget counts, on the servers and the client alike."""
+    try:
+        n = block_length(size, block_size, index)
+    except ValueError:
+        return 0
+    if offset < 0 or offset > n:
+        return 0
+    return n - offset if length < 0 else max(0, min(n, offset + length) - offset)
+
+
 class Piece(NamedTuple):
     index: int    # block index
     offset: int   # offset inside the block

@@ -124,6 +124,7 @@ class Config:
     # -1 one per core (at most 4); 0 none (the worker's own server answers every read)
     serve_processes: int = -1
     serve_port: int = 0             # their shared port (0: any free port)
+    serve_hung_after: float = 15.0  # one silent this long (they report each 0.5 s): killed
     max_frame: int = 1024**2        # largest header frame any server reads
     max_data: int = 64 * 1024**2    # largest raw payload any peer reads
     request_timeout: float = 60.0   # a server's handler of one request, at most
@@ -214,6 +215,7 @@ class ClientSettings:
 
     connect_timeout: float = 5.0    # one connection to a master or worker
     request_timeout: float = 60.0   # one request's reply
+    serve_timeout: float = 5.0      # a serving process silent this long: ask the worker
     failover_timeout: float = 60.0  # a read waits this long for a worker to serve it
     master_retry: float = 30.0      # a call to a restarting master is retried this long
     listing_ttl: float = 60.0       # a listing a client holds is fresh this long
@@ -229,7 +231,8 @@ class ClientSettings:
     def from_env(cls, env: dict | None = None, **overrides) -> "ClientSettings":
         env = os.environ if env is None else env
         data: dict = {}
-        for key in ("connect_timeout", "request_timeout", "failover_timeout"):
+        for key in ("connect_timeout", "request_timeout", "failover_timeout",
+                    "serve_timeout"):
             var = f"FLUIDCACHE_{key.upper()}"
             if var in env:
                 try:

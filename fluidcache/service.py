@@ -18,6 +18,7 @@ import asyncio
 import collections
 import logging
 import os
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -96,13 +97,15 @@ class Server:
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0,
                  max_frame: int = wire.DEFAULT_MAX_FRAME, max_data: int = 0,
                  name: str = "fluidcache-server", fast: FastHandler | None = None,
-                 limits: Limits = Limits(), reuse_port: bool = False, **overrides) -> None:
+                 limits: Limits = Limits(), sock: socket.socket | None = None,
+                 **overrides) -> None:
         """`max_data`: the largest payload a *request* may carry (no op takes one today,
         so 0); `limits` (or keyword overrides of its fields): see the module header;
-        `reuse_port`: share the port with other processes of this user (SO_REUSEPORT:
-        the kernel spreads connections over them)."""
+        `sock`: a listening socket to serve on instead of binding `host`:`port` (one
+        another process made and shares: the kernel hands each connection to one of
+        the processes accepting on it)."""
         self.handler, self.fast, self.host, self.port = handler, fast, host, port
-        self.reuse_port = reuse_port
+        self.sock = sock
         self.max_frame, self.max_data = max_frame, max_data
         self.limits = Limits(**{**limits.__dict__, **overrides})
         self.idle_timeout = self.limits.idle_timeout
@@ -139,8 +142,9 @@ class Server:
         asyncio.set_event_loop(self.loop)
         try:
             self._server = self.loop.run_until_complete(
-                self.loop.create_server(self._protocol, self.host, self.port,
-                                        reuse_port=self.reuse_port or None))
+                self.loop.create_server(self._protocol, sock=self.sock)
+                if self.sock is not None else
+                self.loop.create_server(self._protocol, self.host, self.port))
             self.port = self._server.sockets[0].getsockname()[1]
         except BaseException as exc:  # noqa: BLE001 - whatever it is, start() reports it
             self._error = exc
@@ -219,6 +223,7 @@ class _Connection(asyncio.Protocol):
         self.s = server
         self.dec = wire.FrameDecoder(server.max_frame, server.max_data)
         self.pending: collections.deque = collections.deque()
+        self.out: collections.deque = collections.deque()   # the reply's parts not sent yet
         self.transport: asyncio.Transport | None = None
         self.busy = self.paused = self.closing = self.counted = self.spoke = False
         self.last = 0.0
@@ -272,6 +277,9 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _release(self) -> None:
+        if self.out:                  # the parts of a reply never sent: their files close
+            _close_regions(list(self.out))
+            self.out.clear()
         if self.counted:
             self.counted = False
             self.s._conns.pop(self, None)
@@ -356,6 +364,7 @@ class _Connection(asyncio.Protocol):
         if self.write_timer is not None:
             self.write_timer.cancel()
             self.write_timer = None
+        self._flush()
         if not (self.busy or self.closing):
             self.transport.resume_reading()
         self._pump()
@@ -380,7 +389,7 @@ class _Connection(asyncio.Protocol):
         self.transport.close()
 
     def _pump(self) -> None:
-        while self.pending and not (self.busy or self.paused or self.closing):
+        while self.pending and not (self.busy or self.paused or self.closing or self.out):
             header, payload = self.pending.popleft()
             try:
                 req = wire.Request.from_header(header)
@@ -429,21 +438,30 @@ class _Connection(asyncio.Protocol):
         head, data = self.s._reply(rid, outcome)
         self.transport.write(head)
         if data:
-            try:
-                for part in (data if isinstance(data, list) else [data]):
-                    if self.closing:
-                        break
-                    if isinstance(part, Region):
-                        self._send_region(part)
-                    else:
-                        self.transport.write(part)
-            finally:
-                _close_regions(data)
+            self.out.extend(data if isinstance(data, list) else [data])
+            self._flush()
         if _closes(outcome) and not self.closing:
             # the answer, then the door
             self.closing = True
             self.pending.clear()
             self.transport.close()
+
+    def _flush(self) -> None:
+        """Send the reply's parts while the peer takes them. When it stops (our buffer
+        above its high mark: pause_writing), the rest wait, file regions as open files:
+        a batch is never read whole into memory, at most one part beyond the socket's
+        buffers (resume_writing goes on; no next request is handled meanwhile)."""
+        while self.out and not (self.paused or self.closing):
+            part = self.out.popleft()
+            if isinstance(part, Region):
+                try:
+                    self._send_region(part)
+                finally:
+                    os.close(part.fd)
+            else:
+                self.transport.write(part)
+        if self.closing:
+            self._release()
 
     def _send_region(self, r: Region) -> None:
         """A file region: `sendfile` straight from the page cache while nothing of ours

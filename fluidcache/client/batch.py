@@ -86,7 +86,8 @@ def read_many(reader, jobs: list[tuple[dict, int, int]]) -> list:
 
 
 def _split(items: list[Item], max_data: int):
-    """Batches of at most READV_MAX reads and `max_data` bytes."""
+    """Batches of at most READV_MAX reads and `max_data` bytes (each read's bytes as
+    the servers count them: blocks.reply_length, which a range within its file equals)."""
     chunk, size = [], 0
     for it in items:
         n = it.end - it.start
@@ -115,9 +116,11 @@ def _send(reader, m: dict, w: dict, chunk: list[Item]) -> None:
     for address in (w.get("serve"), w["address"]):
         if not address or not left:
             continue
+        call = reader.cluster.call_served if address == w.get("serve") else \
+            reader.cluster.call
         try:
-            result, parts = reader.cluster.call(
-                address, "readv", {"r": [it.req.to_args() for it in left]}, split=_lengths)
+            result, parts = call(address, "readv", {"r": [it.req.to_args() for it in left]},
+                                 split=_lengths)
         except (NotHere, Unavailable):
             continue
         except FluidError:

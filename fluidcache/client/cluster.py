@@ -46,6 +46,10 @@ class Cluster:
         self.settings = settings = settings or ClientSettings.from_env()
         self.pool = Pool(settings.connect_timeout, settings.request_timeout,
                          max_data=settings.max_data)
+        # the serving processes' port: one that hangs (stopped, a stalled disk) must not
+        # hold a read for request_timeout; past serve_timeout of silence the worker answers
+        quick = min(settings.connect_timeout, settings.serve_timeout)
+        self.serve_pool = Pool(quick, settings.serve_timeout, max_data=settings.max_data)
         self.counters = counters if counters is not None else {}
         self.counters.setdefault("master_calls", 0)
         self._map: dict | None = None
@@ -54,7 +58,7 @@ class Cluster:
         self.local_id: str | None = None               # this node's worker, if one
         self.local_workers: list[LocalWorker] = []    # workers sharing this machine
         self._datasets: dict[str, Held] = {}
-        self._finalizer = weakref.finalize(self, self.pool.close)
+        self._finalizer = weakref.finalize(self, _close_pools, self.pool, self.serve_pool)
 
     def close(self) -> None:
         """Close the sockets now (a cluster that is dropped does so when collected)."""
@@ -67,6 +71,12 @@ class Cluster:
         (result, payload); `into`, `split`: see wire.recv_reply."""
         return self.pool.call(address, op, args, self.endpoint.namespace,
                               self.endpoint.token, into=into, split=split)
+
+    def call_served(self, address: str, op: str, args: dict | None = None,
+                    into: memoryview | None = None, split=None):
+        """One request to a worker's serving processes (`serve_timeout` per wait)."""
+        return self.serve_pool.call(address, op, args, self.endpoint.namespace,
+                                    self.endpoint.token, into=into, split=split)
 
     def master(self, op: str, args: dict | None = None):
         """One master call. While the master is unreachable (restarting: Ray brings it
@@ -138,3 +148,8 @@ def _local_worker(workers: list[dict], machine: str) -> str | None:
 
 
 __all__ = ["Cluster", "LocalWorker"]
+
+
+def _close_pools(*pools: Pool) -> None:
+    for pool in pools:
+        pool.close()

@@ -39,10 +39,12 @@ class FluidFileSystem(AbstractFileSystem):
                  connect_timeout: float | None = None, request_timeout: float | None = None,
                  listing_ttl: float | None = None, failover_timeout: float | None = None,
                  readahead: int = 2, under_store_options: dict | None = None,
-                 metadata_check: float = 1.0, **kwargs) -> None:
+                 metadata_check: float = 1.0, serve_timeout: float | None = None,
+                 **kwargs) -> None:
         """A client of the cluster at `address`. Timeouts not given come from
         `ClientSettings.from_env()` (FLUIDCACHE_CONNECT_TIMEOUT, ..._REQUEST_TIMEOUT,
-        ..._FAILOVER_TIMEOUT, else its defaults). Nothing is contacted until first use.
+        ..._FAILOVER_TIMEOUT, ..._SERVE_TIMEOUT, else its defaults). Nothing is contacted
+        until first use.
 
         Parameters
         ----------
@@ -69,6 +71,9 @@ class FluidFileSystem(AbstractFileSystem):
         metadata_check
             At most how long (seconds) cached listings are trusted without a word from
             the master on whether their dataset changed (0: ask every time).
+        serve_timeout
+            Seconds a worker's serving processes may stay silent on a read before the
+            worker itself is asked (default 5).
 
         Raises
         ------
@@ -78,7 +83,8 @@ class FluidFileSystem(AbstractFileSystem):
         super().__init__(**kwargs)
         self.settings = ClientSettings.from_env(
             connect_timeout=connect_timeout, request_timeout=request_timeout,
-            failover_timeout=failover_timeout, listing_ttl=listing_ttl)
+            failover_timeout=failover_timeout, listing_ttl=listing_ttl,
+            serve_timeout=serve_timeout)
         self._opts = dict(address=address, token=token, namespace=namespace,
                           short_circuit=short_circuit)
         self.listing_ttl = self.settings.listing_ttl

@@ -83,7 +83,7 @@ class BlockReader:
         serve = w.get("serve")
         if serve:
             try:
-                result, payload = self.cluster.call(serve, op, args, into=into)
+                result, payload = self.cluster.call_served(serve, op, args, into=into)
             except (NotHere, Unavailable):
                 pass
             else:

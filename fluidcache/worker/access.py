@@ -41,6 +41,7 @@ class Access:
         self._tokens: dict[str, str] = {}
         self._tokens_at = 0.0
         self._token_refresh: asyncio.Future | None = None
+        self.on_tokens: Callable[[], None] | None = None   # told when the table is new
 
     # -- tokens ------------------------------------------------------------------------
     @property
@@ -78,6 +79,8 @@ class Access:
             await asyncio.sleep(wait)          # the rate limit on master lookups
         self._tokens = await self._ask_tokens()
         self._tokens_at = time.monotonic()
+        if self.on_tokens is not None:
+            self.on_tokens()
 
     # -- dataset records -----------------------------------------------------------------
     def held(self, ns: str, name: str) -> Record | None:

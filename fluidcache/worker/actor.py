@@ -75,6 +75,7 @@ class Worker:
                              limits=limits_of(cfg)).start()
         self.servers = self._start_servers(host)
         if self.servers is not None:
+            self.access.on_tokens = self.servers.push      # a new table reaches them at once
             self.server.call_soon(self.access.refresh())   # tokens for them, from the start
         self.reports.start()
 
@@ -92,8 +93,10 @@ class Worker:
         def on_report(report: dict) -> None:
             self.server.loop.call_soon_threadsafe(self.reads.served, report)
 
-        return Servers(count, settings, on_report,
-                       lambda: (self.access.tokens, self.reads.map_version)).start()
+        servers = Servers(count, settings, on_report,
+                          lambda: (self.access.tokens, self.reads.map_version))
+        servers.hung_after = cfg.serve_hung_after
+        return servers.start()
 
     # -- the master, as the rooms see it ----------------------------------------------
     async def _ask_tokens(self) -> dict:
@@ -165,7 +168,7 @@ class Worker:
                 "labels": self.labels, "resources": self.resources,
                 "address": self.server.address, "machine": layout.machine_id(),
                 "tier_paths": self.store.paths, "pid": os.getpid()}
-        if self.servers is not None:
+        if self.servers is not None and self.servers.alive:
             shown = advertised(self.servers.settings["host"])
             info["serve"] = f"[{shown}]:{self.servers.port}" if ":" in shown else \
                 f"{shown}:{self.servers.port}"

@@ -124,8 +124,8 @@ class Reads:
             raise ProtocolError(f"a batch of {len(items)} reads; at most {READV_MAX}")
         if not all(isinstance(a, dict) for a in items):
             raise ProtocolError("readv: every read must be a map")
-        if sum(min(self.block_size, BlockRead.from_args(a).size) for a in items) > \
-                self.config.max_data:
+        if sum(blocks.reply_length(r.size, self.block_size, r.index, r.offset, r.length)
+               for r in map(BlockRead.from_args, items)) > self.config.max_data:
             raise ProtocolError(f"a batch of more than {self.config.max_data} bytes")
 
         async def one(args: dict):

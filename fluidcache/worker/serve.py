@@ -1,7 +1,9 @@
 """A serving process: one of several per node that answer reads of cached blocks.
 
-The worker actor's own server is one Python thread; these processes share one port
-(SO_REUSEPORT: the kernel spreads connections over them) and answer `read` and `readv`
+The worker actor's own server is one Python thread; these processes accept on one
+listening socket the worker made and holds for its life (inherited: the kernel hands
+each connection to one of them, and the port is never free for another process while
+the worker lives) and answer `read` and `readv`
 (a batch of reads) straight from the node's self-describing tier files, so serving
 scales with cores. A whole block is sent with `sendfile` and its checksum travels in
 the reply header: the client verifies it, the bytes never enter Python here. Everything
@@ -14,20 +16,24 @@ for and its owner is the asking namespace's dataset (`namespace/name`): a tenant
 only blocks its own namespace filled (file ids are bound to the namespace too).
 
 Started by the worker (servers.py) as `python -m fluidcache.worker.serve`. Its first line
-on stdin is its settings (JSON); later lines carry the worker's token table and map
-version. It writes {"port": N} once listening, then a report every `report_every`
-seconds: hits and bytes per dataset, the keys served (for the worker's eviction order),
-and its server's protocol errors, timeouts and evictions. It ends when stdin closes (the
-worker stopped or died).
+on stdin is its settings (JSON; `fd`: the listening socket's descriptor); later lines
+carry the worker's token table and map version. It writes {"port": N} once listening,
+then a report every `report_every` seconds: hits and bytes per dataset, the keys served
+(for the worker's eviction order), and its server's protocol errors, timeouts and
+evictions (none while its loop is stuck: the worker kills a process that stays silent).
+It ends when stdin closes (the worker stopped or died).
 Owns: answering reads from tier files. Never: fetch, write or remove a block.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import hmac
 import json
 import os
+import resource
+import socket
 import sys
 import threading
 
@@ -35,6 +41,7 @@ from .. import blocks
 from ..errors import InvalidRequest, NotHere, ProtocolError, to_wire
 from ..service import Limits, Region, Server
 from ..tiering import layout
+from ..understore.versions import is_weak
 from ..wire import BlockRead
 
 READV_MAX = 64            # reads in one batch (the client splits larger ones)
@@ -95,28 +102,36 @@ class Served:
             if not isinstance(a, dict):
                 raise ProtocolError("readv: every read must be a map")
             reads.append(BlockRead.from_args(a))
-        if sum(min(self.block_size, r.size) for r in reads) > self.max_data:
+        bs = self.block_size
+        if sum(blocks.reply_length(r.size, bs, r.index, r.offset, r.length)
+               for r in reads) > self.max_data:
             raise ProtocolError(f"a batch of more than {self.max_data} bytes")
         results, parts = [], []
-        for r in reads:
-            try:
-                got = self._one(ns, r)
-            except InvalidRequest as exc:
-                results.append({"e": to_wire(exc)})
-                continue
-            if got is None:
-                results.append({"miss": 1})
-            else:
-                results.append(got[0])
-                parts.append(got[1])
+        try:
+            for r in reads:
+                try:
+                    got = self._one(ns, r)
+                except InvalidRequest as exc:
+                    results.append({"e": to_wire(exc)})
+                    continue
+                if got is None:
+                    results.append({"miss": 1})
+                else:
+                    results.append(got[0])
+                    parts.append(got[1])
+        except BaseException:
+            for part in parts:                 # the files opened for the items before
+                if isinstance(part, Region):
+                    os.close(part.fd)
+            raise
         return {"items": results, "mv": self.map_version}, parts
 
     def _one(self, ns: str, r: BlockRead):
         """(result, payload) of one read from a tier file, or None when no tier here
         holds it whole and intact for this namespace's dataset."""
         bs = self.block_size
-        if (r.block_size or bs) != bs or not r.fid or not r.size:
-            return None
+        if (r.block_size or bs) != bs or not r.fid or not r.size or is_weak(r.version):
+            return None       # a weak version's scope is the worker's to check
         length, start, n = span(r, bs)
         key = blocks.block_key(r.fid, r.index, bs)
         owner = f"{ns}/{r.dataset}"
@@ -136,6 +151,8 @@ class Served:
                 return {"n": n, "x": digest, "mv": self.map_version}, Region(fd, 0, length)
             try:                              # a part: verified here, then sliced
                 data = os.pread(fd, length, 0)
+            except OSError:
+                return None                   # the worker reads it (and drops it if bad)
             finally:
                 os.close(fd)
             if len(data) != length or layout.checksum(key, data, meta_bytes) != digest:
@@ -175,15 +192,23 @@ def span(r: BlockRead, bs: int) -> tuple[int, int, int]:
 
 
 def _report_loop(served: Served, server: Server, every: float, stop: threading.Event,
-                 out) -> None:
+                 out, stuck_after: float = 10.0) -> None:
     async def take():
         return served.take()
 
+    asked = None          # a take not answered yet: waited on again, never asked twice
     while not stop.wait(every):
+        if server.loop is None or server.loop.is_closed():
+            return                             # we are stopping
         try:
-            hits, keys = asyncio.run_coroutine_threadsafe(take(), server.loop).result(10)
+            if asked is None:
+                asked = asyncio.run_coroutine_threadsafe(take(), server.loop)
+            hits, keys = asked.result(stuck_after)
+        except concurrent.futures.TimeoutError:
+            continue     # the loop is stuck (a stalled disk): no report; the worker sees
         except Exception:  # noqa: BLE001 - the loop is gone: we are stopping
             return
+        asked = None
         counts = {"pe": server.protocol_errors, "to": server.timeouts, "ev": server.evicted}
         lines = [{"hits": hits if not i else {}, "keys": keys[i:i + _REPORT_KEYS], **counts}
                  for i in range(0, max(1, len(keys)), _REPORT_KEYS)]
@@ -202,9 +227,14 @@ def main() -> int:
     served.tokens = settings.get("tokens", {})
     out = sys.stdout
     sys.stdout = sys.stderr                  # nothing else may write to the report pipe
-    server = Server(served.slow, settings["host"], settings["port"], settings["max_frame"],
-                    name="fluidcache-serve", fast=served.fast,
-                    limits=Limits(**settings["limits"]), reuse_port=True).start()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:          # a batch's regions are open files until sent (else: not_here)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # the worker's listening socket, inherited: the port is the worker's for its life
+    listening = socket.socket(fileno=settings["fd"])
+    server = Server(served.slow, max_frame=settings["max_frame"], name="fluidcache-serve",
+                    fast=served.fast, limits=Limits(**settings["limits"]),
+                    sock=listening).start()
     out.write(json.dumps({"port": server.port}) + "\n")
     out.flush()
     stop = threading.Event()

@@ -84,6 +84,56 @@ def test_a_killed_serving_process_is_replaced_and_reads_go_on(cluster, dataset_f
     assert _tcp().cat_file(f"fluid://mixed/{name}") == dataset_files[name]
 
 
+def test_the_port_stays_the_workers_while_its_serving_processes_are_down(cluster,
+                                                                         dataset_files):
+    """Every serving process killed at once: no other process can take their port (the
+    worker holds the listening socket), and new ones serve on it again."""
+    import socket
+    w = _worker(cluster)
+    host, port = w["serve"].rsplit(":", 1)
+    for pid in w["serve_pids"]:
+        os.kill(pid, signal.SIGKILL)
+    with socket.socket() as squatter:
+        with pytest.raises(OSError):
+            squatter.bind((host, int(port)))
+    wait_for(lambda: (now := _worker(cluster)).get("serve") == w["serve"] and
+             len(now["serve_pids"]) == len(w["serve_pids"]) and
+             not set(now["serve_pids"]) & set(w["serve_pids"]), 60, "new serving processes")
+    fs = _tcp()
+    n = "images/img002.jpg"
+    assert fs.cat_file(f"fluid://mixed/{n}") == dataset_files[n]
+    wait_for(lambda: (fs.cat_file(f"fluid://mixed/{n}") == dataset_files[n] and
+                      fs.client.counters["served"] > 0), 30, "a read served on the port")
+
+
+def test_a_hung_serving_process_holds_no_read_long_and_is_replaced(cluster, dataset_files):
+    """A stopped serving process (as one stuck on a stalled disk) still gets connections
+    from the kernel: its readers wait `serve_timeout`, then the worker answers; the
+    worker kills it when its reports stop and starts another."""
+    import time
+    w = _worker(cluster)
+    victim = w["serve_pids"][0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        slowest = 0.0
+        for _ in range(6):          # fresh clients: some connect to the stopped process
+            fs = fsspec.filesystem("fluid", short_circuit=False, skip_instance_cache=True,
+                                   serve_timeout=1)
+            for n in ("images/img001.jpg", "images/img004.jpg"):
+                t0 = time.monotonic()
+                assert fs.cat_file(f"fluid://mixed/{n}") == dataset_files[n], n
+                slowest = max(slowest, time.monotonic() - t0)
+        assert slowest < 30          # never the request timeout (60 s)
+        wait_for(lambda: victim not in _worker(cluster)["serve_pids"] and
+                 len(_worker(cluster)["serve_pids"]) == len(w["serve_pids"]), 90,
+                 "the silent serving process replaced")
+    finally:
+        try:
+            os.kill(victim, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_serving_process_gives_no_namespace_anothers_blocks(cluster, dataset_files, moto):
     import fluidcache
     admin = cluster["client"]

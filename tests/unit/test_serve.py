@@ -176,3 +176,138 @@ def test_the_server_sends_file_regions_whole_also_past_the_socket_buffer(tmp_pat
     finally:
         server.stop()
     assert len(os.listdir(f"/proc/{os.getpid()}/fd")) < 200        # regions closed
+
+
+def test_a_weak_version_is_the_workers_to_check(tiers):
+    """A weak version (no validator from the store) is valid for one dataset incarnation
+    and master run: only the worker knows its scope, so it is not served here."""
+    served, data, fid = tiers
+    with pytest.raises(NotHere):
+        served.fast(_req("read", {**_args(fid, 0), "v": "w:scope:123"}), b"")
+
+
+def test_a_batch_of_small_ranges_of_large_files_is_counted_by_its_bytes(tiers):
+    """The byte budget counts what each read returns (blocks.reply_length), as the
+    client splits batches: many small ranges of big files make one batch, not an error."""
+    served, data, fid = tiers
+    reads = [_args(fid, 9, size=100 * BS, o=0, l=10)] * READV_MAX   # 64 x 10 bytes
+    result, parts = served.fast(_req("readv", {"r": reads}), b"")
+    assert all(it == {"miss": 1} for it in result["items"]) and parts == []
+    assert blocks.reply_length(150_000, BS, 2, 0, -1) == 150_000 - 2 * BS
+    assert blocks.reply_length(150_000, BS, 3, 0, -1) == 0              # past the end
+    assert blocks.reply_length(150_000, BS, 0, 10, 100) == 100
+    assert blocks.reply_length(150_000, BS, 0, BS + 1, 5) == 0          # past the block
+
+
+def test_a_read_error_is_not_here_and_a_batch_leaks_no_file(tiers, monkeypatch):
+    """EIO on a part read: the worker is asked; the regions a batch opened before an
+    unexpected error are closed."""
+    served, data, fid = tiers
+
+    def eio(*a):
+        raise OSError(5, "Input/output error")
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{os.getpid()}/fd"))
+
+    monkeypatch.setattr(os, "pread", eio)
+    with pytest.raises(NotHere):
+        served.fast(_req("read", _args(fid, 0, o=1, l=10)), b"")
+    monkeypatch.undo()
+    before = fds()
+    calls = []
+    real = served._one
+
+    def fails_second(ns, r):
+        calls.append(r)
+        if len(calls) == 2:
+            raise RuntimeError("a bug")
+        return real(ns, r)
+
+    served._one = fails_second
+    for _ in range(20):
+        calls.clear()
+        with pytest.raises(RuntimeError):
+            served.fast(_req("readv", {"r": [_args(fid, 0), _args(fid, 1)]}), b"")
+    assert fds() == before
+
+
+def test_a_batch_to_a_peer_that_does_not_read_waits_as_open_files_not_bytes(tmp_path):
+    """The parts of a reply the peer does not take wait as file regions: at most about
+    one part's copy sits in the server's buffer, however large the batch."""
+    import time
+    blob = tmp_path / "blob"
+    blob.write_bytes(os.urandom(1 << 20))
+
+    def fast(req, payload):
+        return {"ok": 1}, [Region(os.open(blob, os.O_RDONLY), 0, 1 << 20) for _ in range(48)]
+
+    async def slow(req, payload):
+        raise AssertionError("not reached")
+
+    server = Server(slow, fast=fast).start()
+    try:
+        peers = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            wire.send_request(s, wire.Request("big", {}, 1))
+            peers.append(s)
+
+        async def state():
+            return [(c.transport.get_write_buffer_size(), len(c.out), c.paused)
+                    for c in server._conns]
+
+        deadline = time.monotonic() + 10
+        while True:               # wait until every connection has stopped sending
+            got = server.call_soon(state()).result(5)
+            if len(got) == 4 and all(paused for _, _, paused in got):
+                break
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+        for buffered, waiting, _ in got:
+            assert buffered <= 2 * (1 << 20) and waiting >= 30   # the rest in the kernel
+        peers[0].settimeout(10)    # a peer that reads after all gets the whole reply
+        reply, payload = wire.recv_reply(peers[0], max_data=64 << 20)
+        assert len(payload) == 48 << 20 and bytes(payload[-10:]) == blob.read_bytes()[-10:]
+        for s in peers:
+            s.close()
+        deadline = time.monotonic() + 10
+        while server.call_soon(state()).result(5):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_the_reports_stop_while_the_loop_is_stuck_and_come_back_after(tiers):
+    """A stalled disk blocks a serving process's loop: no report meanwhile (its worker
+    kills one that stays silent), and reports go on once the loop moves again."""
+    import io
+    import threading
+    import time
+
+    from fluidcache.worker.serve import _report_loop
+    served, data, fid = tiers
+    server = Server(served.slow, fast=served.fast).start()
+    out, stop = io.StringIO(), threading.Event()
+    reporter = threading.Thread(target=_report_loop, args=(served, server, 0.05, stop, out),
+                                kwargs={"stuck_after": 0.2}, daemon=True)
+    reporter.start()
+    try:
+        while out.getvalue().count("\n") < 2:
+            time.sleep(0.02)
+        unstick = threading.Event()
+        server.loop.call_soon_threadsafe(unstick.wait, 10)      # the loop stuck
+        time.sleep(0.1)
+        during = out.getvalue().count("\n")
+        time.sleep(0.8)
+        assert out.getvalue().count("\n") <= during + 1          # (one may be under way)
+        unstick.set()
+        served.fast(_req("read", _args(fid, 0)), b"")[1]
+        deadline = time.monotonic() + 10
+        while '"team/ds"' not in out.getvalue():                # the hit, reported after
+            assert time.monotonic() < deadline and reporter.is_alive()
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        server.stop()
