@@ -287,6 +287,7 @@ def main(argv=None) -> int:
         shutil.rmtree(home, ignore_errors=True)
     if a.out:
         from bench import report
+        os.makedirs(a.out, exist_ok=True)
         out.update(serve_processes=a.serve_processes, objects=a.files, big_mib=a.big_mib,
                    rounds=a.rounds, machine=report.machine())
         name = "remote" if a.serve_processes else "remote-serve0"
