@@ -1,9 +1,9 @@
 """A serving process: one of several per node that answer reads of cached blocks.
 
-The worker actor's own server is one Python thread; these processes accept on one
-listening socket the worker made and holds for its life (inherited: the kernel hands
-each connection to one of them, and the port is never free for another process while
-the worker lives) and answer `read` and `readv`
+The worker actor's own server is one Python thread; these processes each accept on a
+listening socket the worker made and holds for its life (all on one port with
+SO_REUSEPORT: the kernel spreads connections over them; inherited, so the port is never
+free for another user's process while the worker lives) and answer `read` and `readv`
 (a batch of reads) straight from the node's self-describing tier files, so serving
 scales with cores. A whole block is sent with `sendfile` and its checksum travels in
 the reply header: the client verifies it, the bytes never enter Python here. Everything
@@ -230,7 +230,7 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:          # a batch's regions are open files until sent (else: not_here)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    # the worker's listening socket, inherited: the port is the worker's for its life
+    # our slot's listening socket, inherited: the port is the worker's for its life
     listening = socket.socket(fileno=settings["fd"])
     server = Server(served.slow, max_frame=settings["max_frame"], name="fluidcache-serve",
                     fast=served.fast, limits=Limits(**settings["limits"]),

@@ -1,8 +1,10 @@
 """The worker's serving processes (serve.py): started, fed, heard, restarted, stopped.
 
-Owns: the listening socket (`serve_port` or any free one; made here and held while the
-worker lives, so the port is never free for another process to take) and the processes
-(`serve_processes` of them, each accepting on it), the line protocol with each (settings
+Owns: the listening sockets (one per process, all bound to `serve_port` or one free port
+with SO_REUSEPORT, so the kernel spreads connections over them; made here and held while
+the worker lives, so the port is never free for another user's process to take, and a
+restarted process takes over its slot's socket and its waiting connections) and the
+processes (`serve_processes` of them), the line protocol with each (settings
 first, then the token table and map version whenever they change; its reports back,
 handed to `on_report`), restarting one that dies or stops reporting (hung: killed after
 `hung_after` seconds without a report; with backoff) and stopping them all (their stdin
@@ -45,7 +47,7 @@ class Servers:
         self.count, self.settings = count, dict(settings)
         self.on_report, self.state = on_report, state
         self.procs: list[subprocess.Popen | None] = [None] * count
-        self.sock: socket.socket | None = None
+        self.socks: list[socket.socket] = []
         self.port = 0
         self.hung_after = HUNG_AFTER
         self.errors = {"pe": 0, "to": 0, "ev": 0}      # of processes that ended
@@ -60,10 +62,12 @@ class Servers:
     def start(self) -> "Servers":
         host = self.settings.get("host", "127.0.0.1")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_server((host, self.settings.get("port", 0)),
-                                         family=family, backlog=1024)
-        self.port = self.sock.getsockname()[1]
         try:
+            for _ in range(self.count):
+                self.socks.append(socket.create_server(
+                    (host, self.port or self.settings.get("port", 0)), family=family,
+                    backlog=1024, reuse_port=True))
+                self.port = self.socks[0].getsockname()[1]
             for slot in range(self.count):
                 self._spawn(slot)
         except BaseException:
@@ -93,7 +97,7 @@ class Servers:
     # -- one process ---------------------------------------------------------------------
     def _spawn(self, slot: int) -> None:
         tokens, mv = self.state()
-        fd = self.sock.fileno()
+        fd = self.socks[slot].fileno()
         settings = dict(self.settings, port=self.port, fd=fd, tokens=tokens)
         proc = subprocess.Popen([sys.executable, "-m", "fluidcache.worker.serve"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -202,8 +206,8 @@ class Servers:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if self.sock is not None:
-            self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
 
 def _readline(proc: subprocess.Popen, timeout: float) -> str:
