@@ -27,6 +27,7 @@ from ..config import ClientSettings
 from ..errors import FluidError, NotHere, StaleVersion, Unavailable
 from ..tiering import layout
 from ..wire import BlockRead
+from .buffers import Buffer
 from .cluster import Cluster
 from .direct import DirectReader
 from .local import LocalTiers
@@ -115,9 +116,8 @@ class BlockReader:
         if end <= (index + 1) * bs:           # one block: most files of a training set
             return bytes(self.piece(entry, blocks.Piece(index, start - index * bs,
                                                         end - start), m))
-        out = bytearray(max(0, min(end, entry["size"]) - start))
-        self.read_into(entry, start, memoryview(out))
-        return bytes(out)
+        out = Buffer(max(0, min(end, entry["size"]) - start))   # read into, not copied
+        return out.finish(self.read_into(entry, start, out.view))
 
     def read_into(self, entry: dict, start: int, out: memoryview) -> int:
         """Fill `out` with the file's bytes from `start` (fewer at the end of the file);
