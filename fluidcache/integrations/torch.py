@@ -11,6 +11,9 @@ worker (`cat_ranges`), so each process keeps a batch of reads in flight, and no 
 batch's memory, nothing left behind at the end of an epoch).
 Importing this module does not import torch; the dataset only needs `__len__` and
 `__getitem__`.
+
+Model loading: `load(url, **torch_load_kwargs)` (`torch.load`) and
+`load_safetensors(url)` read the whole checkpoint with parallel block reads first.
 """
 from __future__ import annotations
 
@@ -199,3 +202,33 @@ def _my_node() -> str | None:
         return mine[0] if len(mine) == 1 else None
     except Exception:  # noqa: BLE001 - no cluster to ask: no locality
         return None
+
+
+# -- model loading ------------------------------------------------------------------------
+def read_file(url: str, filesystem: fsspec.AbstractFileSystem | None = None) -> bytes:
+    """A whole file through the cache, its blocks read at once (local ones from the tier
+    files, the others from their workers concurrently, each straight into its place in
+    the one result)."""
+    fs = filesystem or fsspec.filesystem("fluid")
+    return fs.cat_file(url)
+
+
+def load(url: str, filesystem: fsspec.AbstractFileSystem | None = None, **kwargs):
+    """`torch.load` of a checkpoint at `url` (read whole first, blocks in parallel);
+    `kwargs` go to `torch.load` (`map_location`, `weights_only`, ...). `torch.load` on
+    `fs.open(url, "rb")` works too, reading as it parses."""
+    import io
+
+    import torch
+    return torch.load(io.BytesIO(read_file(url, filesystem)), **kwargs)
+
+
+def load_safetensors(url: str, filesystem: fsspec.AbstractFileSystem | None = None,
+                     device: str = "cpu") -> dict:
+    """The tensors of a safetensors file at `url` ({name: tensor} on `device`), the file
+    read whole first with parallel block reads. Needs the `safetensors` package."""
+    from safetensors.torch import load as from_bytes
+    tensors = from_bytes(read_file(url, filesystem))
+    if device != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors

@@ -131,3 +131,64 @@ def test_metrics_reach_rays_prometheus_endpoint(cluster, dataset_files):
         raise AssertionError(f"ports {ports}; last seen: {seen.get('last')}") from None
     assert any(k.startswith("fluidcache_under_store_bytes") for k in found)
     assert found.get("fluidcache_tier_capacity_bytes", 0) > 0
+
+
+def test_checkpoints_load_through_fluid_and_cold_blocks_are_fetched_once(cluster, moto):
+    """`load_safetensors` and `load` (torch.load) of checkpoints in the store; readers
+    of the same cold file at once cause one store read per block; the example loads the
+    file on every node."""
+    import io
+    import threading
+
+    import fsspec
+    import torch
+    from safetensors.torch import save
+
+    from fluidcache.integrations.torch import load, load_safetensors
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w1": torch.randn(512, 1024, generator=g), "b1": torch.randn(1024, generator=g),
+               "emb": torch.randint(0, 100, (700, 300), generator=g)}
+    body = save(tensors)                                    # ~3.7 MiB: four 1 MiB blocks
+    pt = io.BytesIO()
+    torch.save(tensors, pt)
+    s3 = moto.filesystem()
+    s3.pipe_file("fc-test/ds/models/m.safetensors", body)
+    s3.pipe_file("fc-test/ds/models/m.pt", pt.getvalue())
+
+    def store_bytes() -> int:
+        return sum(w["stats"]["ufs_bytes_read"] for w in cluster["client"].status()["workers"])
+
+    before, got, errors = store_bytes(), [], []
+
+    def reader():
+        try:
+            fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+            got.append(load_safetensors("fluid://mixed/models/m.safetensors", filesystem=fs))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(got) == 4
+    for loaded in got:
+        assert loaded.keys() == tensors.keys()
+        assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert store_bytes() - before == len(body)              # one store read per block
+
+    fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+    loaded = load("fluid://mixed/models/m.pt", filesystem=fs, weights_only=True)
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with fs.open("fluid://mixed/models/m.pt", "rb") as f:  # torch.load reading as it parses
+        loaded = torch.load(f, weights_only=True)
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+    out = _example("load_model.py", "fluid://mixed/models/m.safetensors")
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    want = hashlib.sha256()
+    for name in sorted(tensors):
+        want.update(name.encode() + tensors[name].numpy().tobytes())
+    assert results and all(r["sha256"] == want.hexdigest() and r["tensors"] == 3
+                           for r in results)
