@@ -42,21 +42,28 @@ class Budget:
             self.used = max(0, self.used - n)
 
 
+RAMP = 8                # a sequential run's window grows to this many times `depth`
+
+
 class Readahead:
     """One open file's readahead. A read that covers blocks `first..last` is
     sequential when it starts in the block the previous read ended in or the next one
     and reaches past it. Then a small read (one block, kept by the file) wants the next
     `depth` blocks; a large read wants the next `span + depth` (span: its blocks), each
-    block asked for once (a block the reader `missed` is asked for again). The first
-    read of a file, a seek, or a new block size start over (a header read alone never
-    reads ahead)."""
+    block asked for once (a block the reader `missed` is asked for again). The window
+    grows with the run of sequential reads, doubling each read up to RAMP times `depth`
+    (a stream keeps more blocks in flight across the owners, so a store's latency and
+    per-connection rate are paid in parallel; the process's budget caps the bytes). A
+    seek or a new block size start over; so does a file's first read, unless it is a
+    large one from the start (a stream; a header read alone never reads ahead)."""
 
-    __slots__ = ("block_size", "prev", "asked")
+    __slots__ = ("block_size", "prev", "asked", "run")
 
     def __init__(self) -> None:
         self.block_size = 0
         self.prev = -2          # the last block of the previous read (-2: none yet)
         self.asked = 0          # blocks below this index were asked for already
+        self.run = 0            # sequential reads in a row
 
     def after(self, block_size: int, first: int, last: int, count: int, depth: int,
               large: bool = False) -> range:
@@ -66,9 +73,13 @@ class Readahead:
         prev, self.prev = self.prev, last
         if block_size != self.block_size:
             self.block_size, prev = block_size, -2
+        if prev == -2 and large and first == 0:
+            prev = -1                            # a stream from the start
         if depth <= 0 or not (prev <= first <= prev + 1 < last + 1):
-            self.asked = last + 1                # not sequential: start over
+            self.asked, self.run = last + 1, 0   # not sequential: start over
             return _NONE
+        self.run = min(self.run + 1, RAMP.bit_length())
+        depth *= min(1 << (self.run - 1), RAMP)
         start = max(last + 1, self.asked)
         stop = min(count, last + 1 + depth + (last - first + 1 if large else 0))
         if start >= stop:

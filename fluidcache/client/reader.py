@@ -166,10 +166,9 @@ class BlockReader:
             data = self._kept(f, first, m)
             off = start - first * bs
             return bytes(data[off:off + end - start])
-        out = self.read(f.entry, start, end)    # the version the file was opened at
-        if f.entry["size"] > end:
+        if f.entry["size"] > end:               # hinted first: fetched while we read
             self._hint_ahead(f, bs, first, last)
-        return out
+        return self.read(f.entry, start, end)   # the version the file was opened at
 
     def readinto_at(self, f: FileReads, start: int, view: memoryview,
                     depth: int | None = None) -> int:
@@ -185,10 +184,9 @@ class BlockReader:
             return len(data)
         if depth is not None:
             f.depth = depth
-        n = self.read_into(f.entry, start, view[:want])
-        if f.entry["size"] > start + n:
-            self._hint_ahead(f, bs, start // bs, (start + max(n, 1) - 1) // bs)
-        return n
+        if f.entry["size"] > start + want:      # hinted first: fetched while we read
+            self._hint_ahead(f, bs, start // bs, (start + want - 1) // bs)
+        return self.read_into(f.entry, start, view[:want])
 
     def _kept(self, f: FileReads, index: int, m: dict) -> memoryview | bytes:
         """Whole block `index` of the open file, kept for the next read. Kept by (block

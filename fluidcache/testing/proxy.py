@@ -6,7 +6,10 @@ rest streams through. Any client goes through it alike, so no system is favoured
 With `strip` it also removes request headers (e.g. `If-Match`): moto behind it is a
 store that ignores conditional reads, as several S3-compatible stores and proxies do.
 With `hang_ranges` it never answers a request that asks for a byte range (listings and
-HEADs still answer): a store that hangs on reads.
+HEADs still answer): a store that hangs on reads. With `rate` each connection's
+responses stream at most `rate` bytes/s: with a first-byte latency, a model of a real
+object store (S3 gives one connection ~50-100 MB/s after tens of ms; more bandwidth
+comes only from more connections).
 Runs as its own process (`python -m fluidcache.testing.proxy`), so it never shares a
 GIL with what it measures. Binds 127.0.0.1 only.
 """
@@ -30,7 +33,7 @@ async def _pipe(reader, writer, on_chunk=None) -> None:
     try:
         while data := await reader.read(256 * 1024):
             if on_chunk is not None:
-                await on_chunk()
+                await on_chunk(len(data))
             writer.write(data)
             await writer.drain()
     except (ConnectionError, OSError):
@@ -95,7 +98,8 @@ _ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\
 
 
 async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False,
-                 strip: tuple[str, ...] = (), hang_ranges: bool = False) -> None:
+                 strip: tuple[str, ...] = (), hang_ranges: bool = False,
+                 rate: float = 0.0) -> None:
     dropped = {h.lower().encode() for h in strip}
 
     async def handle(c_reader, c_writer):
@@ -115,13 +119,21 @@ async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = 
             return
         asked = asyncio.Event()          # a request went up since the last response byte
 
-        async def request_went_up():
+        async def request_went_up(n: int = 0):
             asked.set()
 
-        async def first_byte_delay():
+        paced = {"t0": 0.0, "sent": 0}
+
+        async def first_byte_delay(n: int = 0):
             if asked.is_set():
                 asked.clear()
                 await asyncio.sleep(delay)   # the injected first-byte latency
+                paced["t0"], paced["sent"] = time.monotonic(), 0
+            if rate and n:                   # the connection's rate cap
+                paced["sent"] += n
+                ahead = paced["t0"] + paced["sent"] / rate - time.monotonic()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
 
         upstream = _requests(c_reader, s_writer, dropped, request_went_up, hang_ranges) \
             if dropped or hang_ranges else _pipe(c_reader, s_writer, request_went_up)
@@ -137,12 +149,13 @@ class LatencyProxy(Endpoint):
 
     def __init__(self, target: str, delay: float = 0.02, port: int | None = None,
                  fail: bool = False, strip: tuple[str, ...] = (),
-                 hang_ranges: bool = False) -> None:
+                 hang_ranges: bool = False, rate: float = 0.0) -> None:
         """`fail`: answer every request with HTTP 503 instead (the store erring);
-        `strip`: request headers to remove (e.g. ("If-Match",))."""
+        `strip`: request headers to remove (e.g. ("If-Match",)); `rate`: bytes/s each
+        connection's responses stream at, at most (0: no cap)."""
         host_port = target.split("://", 1)[-1].rstrip("/")
         self.target, self.delay, self.fail = host_port, delay, fail
-        self.strip, self.hang_ranges = tuple(strip), hang_ranges
+        self.strip, self.hang_ranges, self.rate = tuple(strip), hang_ranges, rate
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -153,7 +166,8 @@ class LatencyProxy(Endpoint):
                                       "--delay", str(self.delay)]
                                      + (["--fail"] if self.fail else [])
                                      + [f"--strip={h}" for h in self.strip]
-                                     + (["--hang-ranges"] if self.hang_ranges else []),
+                                     + (["--hang-ranges"] if self.hang_ranges else [])
+                                     + ([f"--rate={self.rate}"] if self.rate else []),
                                      start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -181,6 +195,8 @@ def main(argv=None) -> int:
                    help="remove this request header (repeatable), e.g. If-Match")
     p.add_argument("--hang-ranges", action="store_true",
                    help="never answer a request for a byte range")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="bytes/s each connection's responses stream at, at most")
     a = p.parse_args(argv)
     host, _, port = a.target.rpartition(":")
     try:
@@ -190,7 +206,7 @@ def main(argv=None) -> int:
         pass
     try:
         asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail, tuple(a.strip),
-                           a.hang_ranges))
+                           a.hang_ranges, a.rate))
     except KeyboardInterrupt:
         pass
     return 0
