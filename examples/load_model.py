@@ -20,13 +20,16 @@ import fluidcache
 def load_here(url: str) -> dict:
     import hashlib
 
+    import torch
+
     from fluidcache.integrations.torch import load_safetensors
     t0 = time.perf_counter()
     tensors = load_safetensors(url)
     seconds = time.perf_counter() - t0
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        digest.update(name.encode() + tensors[name].numpy().tobytes())
+        raw = tensors[name].contiguous().view(-1).view(torch.uint8)    # any dtype (bf16)
+        digest.update(name.encode() + raw.numpy().tobytes())
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     return {"node": ray.get_runtime_context().get_node_id(), "tensors": len(tensors),
             "bytes": nbytes, "seconds": round(seconds, 3), "sha256": digest.hexdigest()}

@@ -34,6 +34,7 @@ class Buffer:
         if _CPYTHON and n > 1:
             self._out = _from_size(None, n)
             raw = (ctypes.c_char * n).from_address(id(self._out) + _DATA)
+            raw._owner = self._out        # a view left behind keeps the bytes alive
             self.view = memoryview(raw).cast("B")
         else:
             self._out = bytearray(n)

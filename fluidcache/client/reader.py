@@ -19,7 +19,7 @@ the filesystem.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
 from .. import blocks, placement
 from ..backoff import Backoff
@@ -51,6 +51,7 @@ class BlockReader:
         self.direct = direct
         self.budget = Budget(self.settings.readahead_budget)
         self._threads: ThreadPoolExecutor | None = None
+        self._hints: ThreadPoolExecutor | None = None    # hints never queue before reads
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -58,22 +59,33 @@ class BlockReader:
         that is dropped does the same when it is collected)."""
         self.local.close()
         self.cluster.close()
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._threads, self._hints):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def flush(self) -> None:
         """Report pending short-circuit hits to their workers now."""
         self.local.flush()
 
     def executor(self) -> ThreadPoolExecutor:
-        """Threads that fetch the blocks of one large read at once, and send readahead
-        hints (created on first use, in this process)."""
+        """Threads that fetch the blocks of one large read at once, and a small reader's
+        readahead (created on first use, in this process)."""
         if self._threads is None:
             with self._lock:
                 if self._threads is None:
                     self._threads = ThreadPoolExecutor(self.settings.fanout,
                                                        thread_name_prefix="fc-read")
         return self._threads
+
+    def hinter(self) -> ThreadPoolExecutor:
+        """Threads that send readahead hints: apart from the reads' own, so a hint to a
+        slow owner never holds a thread a read waits for."""
+        if self._hints is None:
+            with self._lock:
+                if self._hints is None:
+                    self._hints = ThreadPoolExecutor(_HINT_THREADS,
+                                                     thread_name_prefix="fc-hint")
+        return self._hints
 
     # -- one worker ---------------------------------------------------------------------
     def ask(self, w: dict, op: str, args: dict, req: BlockRead, key: str,
@@ -146,8 +158,7 @@ class BlockReader:
                 dst[:] = data
 
         if len(remote) > 1:
-            for _ in self.executor().map(fetch, remote):
-                pass
+            settle([self.executor().submit(fetch, job) for job in remote])
         elif remote:
             fetch(remote[0])
         return pos
@@ -269,7 +280,7 @@ class BlockReader:
                 f.ahead.missed(j)      # over budget: the read fetches it when it comes
                 break
             self.counters["readahead"] += 1
-            self.executor().submit(self._hint, f.entry, j, length)
+            self.hinter().submit(self._hint, f.entry, j, length)
 
     def _hint(self, entry: dict, index: int, length: int) -> None:
         """Ask block `index`'s owner to fetch it into its tier now; a hint, so errors
@@ -361,3 +372,26 @@ class BlockReader:
 
 
 __all__ = ["BlockReader", "FileReads"]
+
+
+_HINT_THREADS = 4
+
+
+def settle(futures: list[Future]) -> None:
+    """Wait for fetches that write into one caller's buffer; on the first error cancel
+    those not begun and wait for the rest, then raise it: nothing writes into the buffer
+    after this returns or raises (it may be freed, or reused, at once)."""
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    except BaseException:                 # interrupted: the same, then the interrupt
+        for f in futures:
+            f.cancel()
+        wait(futures)
+        raise
+    if any(not f.cancelled() and f.exception() is not None for f in done):
+        for f in futures:
+            f.cancel()
+        wait(futures)
+    for f in futures:                     # the first error in block order
+        if not f.cancelled() and f.exception() is not None:
+            raise f.exception()

@@ -215,20 +215,27 @@ def read_file(url: str, filesystem: fsspec.AbstractFileSystem | None = None) -> 
 
 def load(url: str, filesystem: fsspec.AbstractFileSystem | None = None, **kwargs):
     """`torch.load` of a checkpoint at `url` (read whole first, blocks in parallel);
-    `kwargs` go to `torch.load` (`map_location`, `weights_only`, ...). `torch.load` on
-    `fs.open(url, "rb")` works too, reading as it parses."""
+    `kwargs` go to `torch.load` (`map_location`, ...). `weights_only` is True unless
+    given (a checkpoint in a store is data: no code runs from it, whatever torch's own
+    default). The file and what torch builds from it are in memory at once; for a
+    checkpoint larger than memory, `torch.load(fs.open(url, "rb"), mmap=...)` reads as it
+    parses."""
     import io
 
     import torch
+    kwargs.setdefault("weights_only", True)
     return torch.load(io.BytesIO(read_file(url, filesystem)), **kwargs)
 
 
 def load_safetensors(url: str, filesystem: fsspec.AbstractFileSystem | None = None,
                      device: str = "cpu") -> dict:
     """The tensors of a safetensors file at `url` ({name: tensor} on `device`), the file
-    read whole first with parallel block reads. Needs the `safetensors` package."""
+    read whole first with parallel block reads (then the file's bytes and the tensors
+    are in memory at once; each tensor's CPU copy is dropped as it moves to `device`).
+    Needs the `safetensors` package."""
     from safetensors.torch import load as from_bytes
     tensors = from_bytes(read_file(url, filesystem))
     if device != "cpu":
-        tensors = {k: v.to(device) for k, v in tensors.items()}
+        for name in list(tensors):
+            tensors[name] = tensors[name].to(device)
     return tensors

@@ -279,20 +279,26 @@ class Reads:
         uses at most half (one whose store hangs cannot take every thread), the admin
         all; prefetch hints (`hint`) of all namespaces together half (a stream's window
         of blocks in flight: a quarter gave a cold stream 2.9x s3fs through a store model
-        of 20 ms + 64 MB/s per connection, half 4.0x), so readers always have threads. A
-        share is given back when the thread is done, not when a reader gives up."""
+        of 20 ms + 64 MB/s per connection, half 4.0x), and of one namespace half its
+        share, so its readers always have threads. A share is given back when the thread
+        is done, not when a reader gives up."""
         threads = self.config.fetch_threads
-        sem = self._share(ns, threads if ns == "default" else threads // 2)
-        if hint:      # (a hint waits for its slot before it takes one of its namespace)
-            await self._share("\0hints", threads // 2).acquire()
+        share = threads if ns == "default" else threads // 2
+        sem = self._share(ns, share)
+        held: list[asyncio.Semaphore] = []
         try:
+            if hint:  # (a hint waits for its slots before it takes one of its namespace)
+                for cap in (self._share("\0hints", threads // 2),
+                            self._share("\0hints:" + ns, max(1, share // 2))):
+                    await cap.acquire()
+                    held.append(cap)
             await sem.acquire()
         except BaseException:
-            if hint:
-                self._shares["\0hints"].release()
+            for cap in held:
+                cap.release()
             raise
         if hint:
-            sem = _Both(sem, self._shares["\0hints"])
+            sem = _Both(sem, *held)
         try:
             work = self._fetch.submit(fn, *args)
         except BaseException:
