@@ -153,8 +153,9 @@ def test_checkpoints_load_through_fluid_and_cold_blocks_are_fetched_once(cluster
     pt = io.BytesIO()
     torch.save(tensors, pt)
     s3 = moto.filesystem()
-    s3.pipe_file("fc-test/ds/models/m.safetensors", body)
-    s3.pipe_file("fc-test/ds/models/m.pt", pt.getvalue())
+    s3.pipe_file("fc-test/models/m.safetensors", body)        # outside `mixed`'s mount
+    s3.pipe_file("fc-test/models/m.pt", pt.getvalue())
+    cluster["client"].create_dataset("models", {"/": "s3://fc-test/models"}, moto.options())
 
     def store_bytes() -> int:
         return sum(w["stats"]["ufs_bytes_read"] for w in cluster["client"].status()["workers"])
@@ -164,7 +165,7 @@ def test_checkpoints_load_through_fluid_and_cold_blocks_are_fetched_once(cluster
     def reader():
         try:
             fs = fsspec.filesystem("fluid", skip_instance_cache=True)
-            got.append(load_safetensors("fluid://mixed/models/m.safetensors", filesystem=fs))
+            got.append(load_safetensors("fluid://models/m.safetensors", filesystem=fs))
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -180,13 +181,13 @@ def test_checkpoints_load_through_fluid_and_cold_blocks_are_fetched_once(cluster
     assert store_bytes() - before == len(body)              # one store read per block
 
     fs = fsspec.filesystem("fluid", skip_instance_cache=True)
-    loaded = load("fluid://mixed/models/m.pt", filesystem=fs)     # weights_only by default
+    loaded = load("fluid://models/m.pt", filesystem=fs)     # weights_only by default
     assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
-    with fs.open("fluid://mixed/models/m.pt", "rb") as f:  # torch.load reading as it parses
+    with fs.open("fluid://models/m.pt", "rb") as f:  # torch.load reading as it parses
         loaded = torch.load(f, weights_only=True)
     assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
 
-    out = _example("load_model.py", "fluid://mixed/models/m.safetensors")
+    out = _example("load_model.py", "fluid://models/m.safetensors")
     results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     want = hashlib.sha256()
     for name in sorted(tensors):
