@@ -87,6 +87,35 @@ def test_workers_follow_the_nodes(tmp_path, moto, dataset_files):
         served = [w for w in status(env)["workers"] if w["stats"]["misses"] > 0]
         assert len(served) >= 2                   # blocks spread over the nodes
 
+        # one cold file read on every node at once (a model every rank loads): one
+        # store read per block, by its owner; the other nodes read from the owners
+        import hashlib
+        body = os.urandom(3 * 2**20 + 5)
+        moto.filesystem().pipe_file("fc-test/one/big3.bin", body)
+        cli_env(env, "dataset", "create", "one", "--mount", "/=s3://fc-test/one", *opts)
+
+        def store_bytes() -> int:
+            return sum(w["stats"]["ufs_bytes_read"] for w in status(env)["workers"])
+
+        before = store_bytes()
+        ray.init(address=cluster.address, runtime_env={"env_vars": {
+            "FLUIDCACHE_HOME": env["FLUIDCACHE_HOME"]}})
+        try:
+            @ray.remote(num_cpus=0)
+            def read_big():
+                import hashlib
+                import fsspec
+                fs = fsspec.filesystem("fluid", short_circuit=False)
+                return hashlib.sha256(fs.cat_file("fluid://one/big3.bin")).hexdigest()
+            every = [cluster.head_node, *nodes]
+            got = ray.get([read_big.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                n.node_id, soft=False)).remote() for n in every], timeout=120)
+        finally:
+            ray.shutdown()
+        assert got == [hashlib.sha256(body).hexdigest()] * len(every)
+        wait_for(lambda: store_bytes() - before >= len(body), what="the fetches' reports")
+        assert store_bytes() - before == len(body)            # 1.0x the file, not 3x
+
         added = cluster.add_node(num_cpus=1)      # a node joins: it gets a worker
         st = wait_for(lambda: (s := status(env)) and len(
             [w for w in s["workers"] if w["alive"]]) == 4 and s, what="a worker on the new node")
