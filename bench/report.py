@@ -89,9 +89,13 @@ def markdown(r: dict) -> str:
                 "serves a range GET in time proportional to the whole object (measured here: "
                 "4 MiB from an 8 MiB object 18 ms, from a 256 MiB object 183 ms), so "
                 "fluidcache's 4 MiB block fetches of a 1 GiB object cost moto ~0.7 s each; "
-                "s3fs asks for fewer, larger ranges. Warm, fluidcache's `read(8 MiB)` makes a "
-                "new bytes object per read from two blocks (two copies); `readinto` reaches "
-                "the tmpfs rate (bench.read_path)."]
+                "s3fs asks for fewer, larger ranges (bench.stream measures cold streams "
+                "against s3rver, whose range GETs cost the range, and a store model of "
+                "20 ms + 64 MB/s per connection). Warm, fluidcache reads its memory tier in "
+                "/dev/shm and checks every block's checksum on every read, while simplecache "
+                "and filecache read files on disk, whose page cache gives 8 MiB reads ~1.6x "
+                "faster than /dev/shm on this machine; bench.read_path compares them on the "
+                "same tmpfs."]
     cap = r.get("capacity")
     if cap:
         out += ["", f"## 4. Capacity: {cap['nodes']} Ray nodes, cache per node "
