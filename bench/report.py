@@ -202,8 +202,7 @@ def remote_plot(r: dict, out_dir: str) -> str:
     import matplotlib.pyplot as plt
     procs = sorted({x["procs"] for x in r["files"]})
     modes = [m for m in ("tmpfs", "tcp", "batch") if any(x["mode"] == m for x in r["files"])]
-    labels = {"tmpfs": "tmpfs open().read()", "tcp": "fluid over TCP",
-              "batch": "fluid over TCP, cat of 64"}
+    from bench.remote import MODES as labels
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(modes)
     for j, m in enumerate(modes):

@@ -116,11 +116,10 @@ def _send(reader, m: dict, w: dict, chunk: list[Item]) -> None:
     for address in (w.get("serve"), w["address"]):
         if not address or not left:
             continue
-        call = reader.cluster.call_served if address == w.get("serve") else \
-            reader.cluster.call
         try:
-            result, parts = call(address, "readv", {"r": [it.req.to_args() for it in left]},
-                                 split=_lengths)
+            result, parts = reader.cluster.call(
+                address, "readv", {"r": [it.req.to_args() for it in left]}, split=_lengths,
+                served=address == w.get("serve"))
         except (NotHere, Unavailable):
             continue
         except FluidError:

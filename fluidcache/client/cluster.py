@@ -66,17 +66,13 @@ class Cluster:
 
     # -- calls ------------------------------------------------------------------------
     def call(self, address: str, op: str, args: dict | None = None,
-             into: memoryview | None = None, split=None):
-        """One request to a worker's data server, with this client's credentials:
-        (result, payload); `into`, `split`: see wire.recv_reply."""
-        return self.pool.call(address, op, args, self.endpoint.namespace,
-                              self.endpoint.token, into=into, split=split)
-
-    def call_served(self, address: str, op: str, args: dict | None = None,
-                    into: memoryview | None = None, split=None):
-        """One request to a worker's serving processes (`serve_timeout` per wait)."""
-        return self.serve_pool.call(address, op, args, self.endpoint.namespace,
-                                    self.endpoint.token, into=into, split=split)
+             into: memoryview | None = None, split=None, served: bool = False):
+        """One request to a worker's data server (`served`: to its serving processes,
+        `serve_timeout` per wait), with this client's credentials: (result, payload);
+        `into`, `split`: see wire.recv_reply."""
+        pool = self.serve_pool if served else self.pool
+        return pool.call(address, op, args, self.endpoint.namespace, self.endpoint.token,
+                         into=into, split=split)
 
     def master(self, op: str, args: dict | None = None):
         """One master call. While the master is unreachable (restarting: Ray brings it

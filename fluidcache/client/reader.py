@@ -96,7 +96,7 @@ class BlockReader:
         serve = w.get("serve")
         if serve:
             try:
-                result, payload = self.cluster.call_served(serve, op, args, into=into)
+                result, payload = self.cluster.call(serve, op, args, into=into, served=True)
             except (NotHere, Unavailable):
                 pass
             else:

@@ -67,6 +67,7 @@ class Served:
         self.map_version = 0
         self.hits: dict[str, list[int]] = {}          # "ns/name" -> [hits, bytes]
         self.keys: collections.deque = collections.deque(maxlen=KEYS_MAX)
+        self.stalls = 0           # reports skipped because the loop was stuck
 
     def fast(self, req, payload):
         if req.op == "ping":
@@ -205,11 +206,13 @@ def _report_loop(served: Served, server: Server, every: float, stop: threading.E
                 asked = asyncio.run_coroutine_threadsafe(take(), server.loop)
             hits, keys = asked.result(stuck_after)
         except concurrent.futures.TimeoutError:
+            served.stalls += 1
             continue     # the loop is stuck (a stalled disk): no report; the worker sees
         except Exception:  # noqa: BLE001 - the loop is gone: we are stopping
             return
         asked = None
-        counts = {"pe": server.protocol_errors, "to": server.timeouts, "ev": server.evicted}
+        counts = {"pe": server.protocol_errors, "to": server.timeouts, "ev": server.evicted,
+                  "st": served.stalls}
         lines = [{"hits": hits if not i else {}, "keys": keys[i:i + _REPORT_KEYS], **counts}
                  for i in range(0, max(1, len(keys)), _REPORT_KEYS)]
         try:

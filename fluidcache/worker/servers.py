@@ -50,7 +50,7 @@ class Servers:
         self.socks: list[socket.socket] = []
         self.port = 0
         self.hung_after = HUNG_AFTER
-        self.errors = {"pe": 0, "to": 0, "ev": 0}      # of processes that ended
+        self.errors = {"pe": 0, "to": 0, "ev": 0, "st": 0}   # of processes that ended
         self.killed_hung = 0
         self._last: dict[int, dict] = {}                # slot -> its latest counters
         self._heard: dict[int, float] = {}              # slot -> when it last reported
@@ -86,7 +86,8 @@ class Servers:
         return bool(self.pids)
 
     def counters(self) -> dict:
-        """Protocol errors, timeouts and evictions of every serving process, so far."""
+        """Protocol errors, timeouts, evictions and stalled reports of every serving
+        process, so far."""
         with self._lock:
             total = dict(self.errors)
             for c in self._last.values():

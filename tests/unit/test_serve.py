@@ -15,6 +15,8 @@ from fluidcache.service import Region, Server
 from fluidcache.tiering import layout
 from fluidcache.worker.serve import READV_MAX, Served
 
+from ..helpers import wait_for
+
 BS = 64 * 1024
 NS, TOKEN = "team", "t0ken"
 
@@ -235,7 +237,6 @@ def test_a_read_error_is_not_here_and_a_batch_leaks_no_file(tiers, monkeypatch):
 def test_a_batch_to_a_peer_that_does_not_read_waits_as_open_files_not_bytes(tmp_path):
     """The parts of a reply the peer does not take wait as file regions: at most about
     one part's copy sits in the server's buffer, however large the batch."""
-    import time
     blob = tmp_path / "blob"
     blob.write_bytes(os.urandom(1 << 20))
 
@@ -257,13 +258,9 @@ def test_a_batch_to_a_peer_that_does_not_read_waits_as_open_files_not_bytes(tmp_
             return [(c.transport.get_write_buffer_size(), len(c.out), c.paused)
                     for c in server._conns]
 
-        deadline = time.monotonic() + 10
-        while True:               # wait until every connection has stopped sending
-            got = server.call_soon(state()).result(5)
-            if len(got) == 4 and all(paused for _, _, paused in got):
-                break
-            assert time.monotonic() < deadline, got
-            time.sleep(0.05)
+        got = wait_for(lambda: (now := server.call_soon(state()).result(5)) and len(now) == 4
+                       and all(paused for _, _, paused in now) and now, 10,
+                       "every connection to stop sending")
         for buffered, waiting, _ in got:
             assert buffered <= 2 * (1 << 20) and waiting >= 30   # the rest in the kernel
         peers[0].settimeout(10)    # a peer that reads after all gets the whole reply
@@ -271,10 +268,7 @@ def test_a_batch_to_a_peer_that_does_not_read_waits_as_open_files_not_bytes(tmp_
         assert len(payload) == 48 << 20 and bytes(payload[-10:]) == blob.read_bytes()[-10:]
         for s in peers:
             s.close()
-        deadline = time.monotonic() + 10
-        while server.call_soon(state()).result(5):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: not server.call_soon(state()).result(5), 10, "the connections gone")
     finally:
         server.stop()
 
@@ -283,8 +277,8 @@ def test_the_reports_stop_while_the_loop_is_stuck_and_come_back_after(tiers):
     """A stalled disk blocks a serving process's loop: no report meanwhile (its worker
     kills one that stays silent), and reports go on once the loop moves again."""
     import io
+    import json
     import threading
-    import time
 
     from fluidcache.worker.serve import _report_loop
     served, data, fid = tiers
@@ -294,20 +288,19 @@ def test_the_reports_stop_while_the_loop_is_stuck_and_come_back_after(tiers):
                                 kwargs={"stuck_after": 0.2}, daemon=True)
     reporter.start()
     try:
-        while out.getvalue().count("\n") < 2:
-            time.sleep(0.02)
+        wait_for(lambda: out.getvalue().count("\n") >= 2, 10, "two reports")
         unstick = threading.Event()
         server.loop.call_soon_threadsafe(unstick.wait, 10)      # the loop stuck
-        time.sleep(0.1)
+        wait_for(lambda: served.stalls >= 1, 10, "a report skipped")
         during = out.getvalue().count("\n")
-        time.sleep(0.8)
-        assert out.getvalue().count("\n") <= during + 1          # (one may be under way)
+        wait_for(lambda: served.stalls >= 3, 10, "two more skipped")
+        assert out.getvalue().count("\n") == during             # none while stuck
         unstick.set()
         served.fast(_req("read", _args(fid, 0)), b"")[1]
-        deadline = time.monotonic() + 10
-        while '"team/ds"' not in out.getvalue():                # the hit, reported after
-            assert time.monotonic() < deadline and reporter.is_alive()
-            time.sleep(0.02)
+        wait_for(lambda: '"team/ds"' in out.getvalue() or not reporter.is_alive(), 10,
+                 "the hit, reported after")
+        last = json.loads(out.getvalue().splitlines()[-1])
+        assert reporter.is_alive() and last["st"] >= 3            # the stalls, reported
     finally:
         stop.set()
         server.stop()
