@@ -82,8 +82,8 @@ class Client(DataVerbs):
     def create_dataset(self, name: str, mounts: dict[str, str] | list[str],
                        options: dict | list[str] | None = None, replicas: int = 1,
                        sync: str | float | None = None,
-                       selector: dict | list[str] | None = None, read_only: bool = True,
-                       routing: str = "partitioned") -> dict:
+                       selector: dict | list[str] | None = None, routing: str = "partitioned",
+                       write_mode: str = "read-only") -> dict:
         """`mounts`: {"/": "s3://bucket/prefix"} or ["/=s3://bucket/prefix"];
         returns the dataset's public record.
 
@@ -103,11 +103,13 @@ class Client(DataVerbs):
         selector
             Node labels ({"zone": "a"}) or `resource:NAME` keys that limit which
             workers cache it.
-        read_only
-            Whether the dataset refuses writes.
         routing
             'partitioned' (blocks spread over all eligible workers) or 'local-first'
             (the reader's own node caches what it reads).
+        write_mode
+            'read-only' (every write raises PermissionError), 'through' (each file goes
+            to the under store when it is closed; nothing cached) or 'cache-through'
+            (to the under store, and its blocks cached on their owners).
 
         Raises
         ------
@@ -132,7 +134,7 @@ class Client(DataVerbs):
             options = dict(_parse_option(o) for o in options)
         return self._call("dataset_create", {
             "name": name, "mounts": pairs, "options": options or {}, "replicas": replicas,
-            "sync": sync, "selector": selector or {}, "read_only": read_only,
+            "sync": sync, "selector": selector or {}, "write_mode": write_mode,
             "routing": routing})
 
     def datasets(self) -> list[dict]:

@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--routing", choices=["partitioned", "local-first"], default="partitioned",
                    help="partitioned: blocks spread over the cluster (capacity adds up); "
                         "local-first: each node caches what it reads")
+    c.add_argument("--write-mode", default="read-only",
+                   choices=["read-only", "through", "cache-through", "async-through",
+                            "must-cache"],
+                   help="read-only (default): writes raise; through: each file goes to "
+                        "the under store when closed; cache-through: and its blocks are "
+                        "cached (async-through and must-cache are not built yet)")
     c.add_argument("--namespace")
     ls = dsub.add_parser("ls", help="list datasets")
     ls.add_argument("--json", action="store_true")
@@ -161,7 +167,8 @@ def _dataset(a) -> int:
     client = connect(namespace=getattr(a, "namespace", None))
     if a.dcmd == "create":
         d = client.create_dataset(a.name, a.mount, a.option, a.replicas, a.sync,
-                                  a.selector or None, routing=a.routing)
+                                  a.selector or None, routing=a.routing,
+                                  write_mode=a.write_mode)
         print(f"created dataset {d['name']}: " + ", ".join(f"{k} -> {v}"
                                                            for k, v in d["mounts"].items()))
     elif a.dcmd == "ls":

@@ -1,4 +1,4 @@
-"""The CLI's data verbs: load, free, pin, unpin, ttl, du, ls, and the status table.
+"""The CLI's data verbs: load, free, pin, unpin, ttl, du, ls, sync, and the status table.
 
 A thin shell over `fluidcache.connect()`'s Client: parse, call, print. Tables and the
 load progress bar are drawn with rich; `--json` prints what scripts read.
@@ -22,6 +22,7 @@ _EXAMPLES = {
     "du": "fluidcache du fluid://imagenet/train --json",
     "ls": "fluidcache ls -l fluid://imagenet/train",
     "status": "fluidcache status\nfluidcache status --json",
+    "sync": "fluidcache sync fluid://ckpt/run-7",
 }
 
 
@@ -56,6 +57,8 @@ def add_parsers(sub) -> None:
     p.add_argument("url")
     p.add_argument("-l", action="store_true",
                    help="long format: size, cached share (* all cached) and name")
+    _sub(sub, "sync", "wait until what was written under a path is in the under "
+         "store").add_argument("url")
     p = _sub(sub, "status", "workers, tiers, counters and datasets")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
@@ -63,7 +66,7 @@ def add_parsers(sub) -> None:
 def run(a) -> int | None:
     """Run a data verb; None if `a.cmd` is not one of ours."""
     fn = {"load": _load, "free": _free, "pin": _rule, "unpin": _rule, "ttl": _rule,
-          "du": _du, "ls": _ls, "status": _status}.get(a.cmd)
+          "du": _du, "ls": _ls, "status": _status, "sync": _sync}.get(a.cmd)
     return None if fn is None else fn(a)
 
 
@@ -119,6 +122,12 @@ def _free(a) -> int:
     r = _client().free(a.url, force=a.force)
     print(f"freed {r['freed_blocks']} blocks ({format_size(r['freed_bytes'])})"
           + (f"; {r['pinned_blocks']} pinned blocks kept" if r["pinned_blocks"] else ""))
+    return 0
+
+
+def _sync(a) -> int:
+    r = _client().sync(a.url)
+    print(f"{r['path']}: {r['pending']} files pending upload ({r['write_mode']})")
     return 0
 
 

@@ -171,6 +171,13 @@ class Config:
     records_kept: int = 1024        # dataset records a worker keeps
     mounts_kept: int = 256          # opened mounts a worker keeps
     prefetch_max: int = 64          # prefetch hints being filled at once; more are dropped
+    # -- writes (worker/writes.py)
+    write_chunk: int = 8 * 1024**2  # largest payload of one write request
+    write_sessions: int = 256       # files open for writing per worker (a tenant: half)
+    write_idle: float = 300.0       # an open write silent this long is aborted
+    write_threads: int = 8          # under-store writes in flight per worker
+    write_part: int = 0             # under-store upload part size (0: the store's default)
+    write_spool: str = ""           # cache-through's spool directory ("": the system's)
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):
@@ -180,6 +187,9 @@ class Config:
                 f"block size must be between 4KiB and {format_size(self.max_data)}")
         if not self.tiers:
             raise InvalidRequest("at least one tier is needed")
+        if not 64 * 1024 <= self.write_chunk <= self.max_data:
+            raise InvalidRequest(f"write_chunk must be between 64KiB and "
+                                 f"{format_size(self.max_data)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,7 +201,7 @@ class Config:
         if unknown:
             raise InvalidRequest(f"unknown config keys: {', '.join(sorted(unknown))}")
         data = dict(data)
-        for key in ("block_size", "max_frame", "max_data"):
+        for key in ("block_size", "max_frame", "max_data", "write_chunk", "write_part"):
             if key in data:
                 data[key] = parse_size(data[key])
         if "tenant_protocols" in data:

@@ -81,6 +81,11 @@ def parse_sync(value) -> float | None:
 # partitioned: each block has its rendezvous owners anywhere in the cluster, so capacity
 # adds up across nodes; local-first: the reader's own node caches what it reads
 ROUTINGS = ("partitioned", "local-first")
+# how a write reaches the under store (issue 19): read-only refuses every write; through
+# writes each file to the store only; cache-through to the store and its owners' tiers.
+# async-through and must-cache are named by the contract and refused until built.
+WRITE_MODES = ("read-only", "through", "cache-through")
+PLANNED_WRITE_MODES = ("async-through", "must-cache")
 
 
 @dataclass(slots=True)
@@ -91,7 +96,7 @@ class Dataset:
     replicas: int = 1
     sync_interval: float | None = None      # None: cluster default; 0 always; -1 never
     selector: dict = field(default_factory=dict)
-    read_only: bool = True
+    write_mode: str = "read-only"
     routing: str = "partitioned"            # or "local-first"
     uid: str = ""                           # this incarnation of the name (set at create)
 
@@ -112,8 +117,24 @@ class Dataset:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.selector.items()):
             raise InvalidRequest("a node selector maps strings to strings")
         self.sync_interval = parse_sync(self.sync_interval)
+        if self.write_mode in PLANNED_WRITE_MODES:
+            raise InvalidRequest(f"write mode {self.write_mode} is not built yet; use one "
+                                 f"of {', '.join(WRITE_MODES)}")
+        if self.write_mode not in WRITE_MODES:
+            raise InvalidRequest(f"write mode must be one of {', '.join(WRITE_MODES)}, "
+                                 f"not {str(self.write_mode)[:40]!r}")
         if self.routing not in ROUTINGS:
             raise InvalidRequest(f"routing must be {' or '.join(ROUTINGS)}, not {self.routing!r}")
+
+    @property
+    def read_only(self) -> bool:
+        return self.write_mode == "read-only"
+
+    def check_writable(self) -> None:
+        """Raise AccessDenied unless the dataset takes writes."""
+        if self.read_only:
+            raise AccessDenied(f"dataset {self.name} is read-only (create it with "
+                               "--write-mode through or cache-through to write)")
 
     def resolve(self, path: str) -> tuple[MountSpec, str]:
         """(mount, path relative to its root) for a normalized path."""
@@ -149,14 +170,14 @@ class Dataset:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "mounts": {"/" + m.point: redact(m.url) for m in self.mounts},
                 "selector": dict(self.selector), "read_only": self.read_only,
-                "routing": self.routing,
+                "write_mode": self.write_mode, "routing": self.routing,
                 "sync": "default" if sync is None else "always" if sync == 0 else
                         "never" if sync < 0 else f"{sync:g}s", "sync_seconds": sync}
 
     def to_record(self) -> dict:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "sync_interval": self.sync_interval, "selector": dict(self.selector),
-                "read_only": self.read_only, "routing": self.routing, "uid": self.uid,
+                "write_mode": self.write_mode, "routing": self.routing, "uid": self.uid,
                 "mounts": [[m.point, m.url, m.options] for m in self.mounts]}
 
     @classmethod
@@ -164,7 +185,7 @@ class Dataset:
         return cls(r["name"], r["namespace"],
                    tuple(MountSpec(p, u, dict(o)) for p, u, o in r["mounts"]),
                    r.get("replicas", 1), r.get("sync_interval"), dict(r.get("selector") or {}),
-                   r.get("read_only", True), r.get("routing", "partitioned"),
+                   r.get("write_mode", "read-only"), r.get("routing", "partitioned"),
                    r.get("uid", ""))
 
 

@@ -98,6 +98,24 @@ class DataVerbs:
         """
         return self._call("free", {**self._target(url), "force": force})
 
+    def sync(self, url: str) -> dict:
+        """Wait until everything written under a path is in the under store; returns
+        {"pending": 0, "path", "write_mode"}. In the write modes built (through,
+        cache-through) a file is in the store when its `close()` returns, so this returns
+        at once; it is the verb async-through will block on.
+
+        Parameters
+        ----------
+        url
+            `fluid://dataset[/path]`.
+
+        Raises
+        ------
+        FileNotFoundError, ValueError, PermissionError, ConnectionError
+            As `free`.
+        """
+        return self._call("sync", self._target(url))
+
     def pin(self, url: str) -> dict:
         """Keep the path's blocks from eviction, on every worker, across restarts.
 

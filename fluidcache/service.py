@@ -99,8 +99,9 @@ class Server:
                  name: str = "fluidcache-server", fast: FastHandler | None = None,
                  limits: Limits = Limits(), sock: socket.socket | None = None,
                  **overrides) -> None:
-        """`max_data`: the largest payload a *request* may carry (no op takes one today,
-        so 0); `limits` (or keyword overrides of its fields): see the module header;
+        """`max_data`: the largest payload a *request* may carry (0: none; a worker's
+        data server takes a write's chunk); `limits` (or keyword overrides of its
+        fields): see the module header;
         `sock`: a listening socket to serve on instead of binding `host`:`port` (one
         another process made and shares: the kernel hands each connection to one of
         the processes accepting on it)."""

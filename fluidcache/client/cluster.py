@@ -66,13 +66,15 @@ class Cluster:
 
     # -- calls ------------------------------------------------------------------------
     def call(self, address: str, op: str, args: dict | None = None,
-             into: memoryview | None = None, split=None, served: bool = False):
+             into: memoryview | None = None, split=None, served: bool = False,
+             payload: bytes | memoryview = b""):
         """One request to a worker's data server (`served`: to its serving processes,
         `serve_timeout` per wait), with this client's credentials: (result, payload);
-        `into`, `split`: see wire.recv_reply."""
+        `into`, `split`: see wire.recv_reply; `payload`: bytes the request carries (a
+        write's)."""
         pool = self.serve_pool if served else self.pool
         return pool.call(address, op, args, self.endpoint.namespace, self.endpoint.token,
-                         into=into, split=split)
+                         into=into, split=split, payload=payload)
 
     def master(self, op: str, args: dict | None = None):
         """One master call. While the master is unreachable (restarting: Ray brings it

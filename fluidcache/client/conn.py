@@ -73,18 +73,21 @@ class Pool:
         sock.close()
 
     def call(self, address: str, op: str, args: dict | None = None, namespace: str | None = None,
-             token: str | None = None, into: memoryview | None = None, split=None
+             token: str | None = None, into: memoryview | None = None, split=None,
+             payload: bytes | memoryview = b""
              ) -> tuple[object, bytes | bytearray | memoryview | list]:
         """Send one request; returns (result, payload). Raises the reply's error, or
         Unavailable when the peer cannot be reached or the connection breaks. A payload
         of len(`into`) bytes is received straight into `into` (and returned as it);
-        `split`: see wire.recv_reply."""
+        `split`: see wire.recv_reply; `payload`: bytes sent after the request's header
+        (sent again on the one fresh try too: a write names its offset, so a chunk the
+        peer did take is refused, never written twice)."""
         req = wire.Request(op, args or {}, next(self._ids), namespace, token)
         for attempt in (0, 1):
             sock, reused = self._take(address, fresh=attempt > 0)
             try:
-                wire.send_request(sock, req)
-                reply, payload = wire.recv_reply(sock, max_data=self.max_data, into=into,
+                wire.send_request(sock, req, payload)
+                reply, data = wire.recv_reply(sock, max_data=self.max_data, into=into,
                                                  split=split)
                 break
             except (OSError, ProtocolError) as exc:
@@ -96,7 +99,7 @@ class Pool:
             sock.close()
             raise Unavailable(f"{address} answered out of order")
         self._give(address, sock)
-        return reply.unwrap(), payload
+        return reply.unwrap(), data
 
     def close(self) -> None:
         with self._lock:

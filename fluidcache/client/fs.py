@@ -4,9 +4,11 @@ A thin shell: metadata comes from the master (one call per directory, cached for
 sync interval: metadata.py), bytes from the process's BlockReader (reader.py). The
 object pickles by its constructor arguments (fsspec's `__reduce__`) and opens its
 sockets lazily in each process, so it works in DataLoader workers and Ray tasks and
-after a fork. The filesystem is read-only: writes raise PermissionError.
+after a fork. Writes (fswrite.py) go to datasets created with a write mode (through,
+cache-through); on a read-only dataset (the default) every write raises PermissionError.
 Every method raises OSError subclasses (fluidcache.errors): FileNotFoundError (NotFound),
-PermissionError (AccessDenied: a wrong token, a path leaving its dataset, a write),
+PermissionError (AccessDenied: a wrong token, a path leaving its dataset, a write to a
+read-only dataset), FileExistsError (AlreadyExists: mode "xb"),
 ConnectionError (Unavailable: no master or worker answered in time) and OSError with
 errno ESTALE (StaleVersion: the file changed in the under store while it was read).
 """
@@ -18,19 +20,20 @@ from fsspec.spec import AbstractFileSystem
 
 from .. import names
 from ..config import ClientSettings
-from ..errors import AccessDenied, IsADirectory, NotSupported, StaleVersion
+from ..errors import IsADirectory, NotSupported, StaleVersion
 from .batch import read_many
 from .cluster import Cluster
 from .conn import FORKS
 from .direct import DirectReader
 from .discovery import find
 from .file import FluidFile
+from .fswrite import WriteVerbs
 from .listings import Listings
 from .metadata import MetadataCache
 from .reader import BlockReader
 
 
-class FluidFileSystem(AbstractFileSystem):
+class FluidFileSystem(WriteVerbs, AbstractFileSystem):
     protocol = names.PROTOCOL
     root_marker = ""
 
@@ -395,29 +398,9 @@ class FluidFileSystem(AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
               **kwargs):
         if mode != "rb":
-            raise AccessDenied(f"fluid:// is read-only (mode {mode!r})")
+            return self._open_write(path, mode)       # fswrite.py
         path = self._strip_protocol(path)
         return FluidFile(self, path, self._file_entry(path))
-
-    # -- read-only ------------------------------------------------------------------------
-    def _readonly(self, *args, **kwargs):
-        """fluid:// is read-only: every write verb (mkdir, rm, pipe, put, touch, mv,
-        copy, rmdir) raises.
-
-        Parameters
-        ----------
-        args, kwargs
-            Whatever the verb takes; ignored.
-
-        Raises
-        ------
-        PermissionError
-            Always (AccessDenied).
-        """
-        raise AccessDenied("fluid:// is read-only: write to the under store instead")
-
-    mkdir = makedirs = rm_file = _rm = rm = pipe_file = put_file = touch = mv = cp_file = \
-        rmdir = _readonly
 
 
 def _when(entry: dict, key: str, path: str) -> datetime.datetime:

@@ -24,9 +24,17 @@ class Listings:
 
     def fresh(self, dataset: str) -> None:
         """Before cached metadata of `dataset` is trusted: if no reply has said its epoch
-        for `metadata_check` seconds, ask (a moved epoch drops its listings)."""
-        if dataset and self.meta.due(dataset):
+        for `metadata_check` seconds, ask (a moved epoch drops its listings). A dataset
+        that takes writes is asked every time: a file closed by any client is seen by
+        every other at its next open (one small master call per open or info)."""
+        if not dataset:
+            return
+        if self.meta.due(dataset) or (self.meta.epoch(dataset) is not None and
+                                      self._writable(dataset)):
             self.meta.saw(dataset, self.cluster().master("epoch", {"ds": dataset})["epoch"])
+
+    def _writable(self, dataset: str) -> bool:
+        return self.cluster().dataset(dataset).get("write_mode", "read-only") != "read-only"
 
     def listing(self, path: str, refresh: bool = False) -> list[dict]:
         """The entries of directory (or file) `path` (stripped); "" lists the datasets."""

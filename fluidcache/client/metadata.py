@@ -6,7 +6,8 @@ its time to live *and* was fetched at the dataset's current metadata epoch. Ever
 reply carries the epoch; when it moves (a refresh, an expiry that found changes, a
 stale read listed again), every listing of that dataset is dropped. The filesystem asks
 for the epoch itself when it has not seen one for `check_every` seconds, so a refresh
-reaches a client within that time even when it reads only cached blocks.
+reaches a client within that time even when it reads only cached blocks (at once, for
+datasets that take writes: listings.py asks every time).
 Pure: the clock is injected; no I/O.
 """
 from __future__ import annotations
@@ -61,6 +62,14 @@ class MetadataCache:
         """Should the caller ask for `dataset`'s epoch before trusting its listings?"""
         known = self._epochs.get(dataset)
         return known is not None and self.clock() - known[1] >= self.check_every
+
+    def expire(self, dataset: str) -> None:
+        """Ask for `dataset`'s epoch before its listings are trusted again (we changed
+        it: the master moved it)."""
+        with self._lock:
+            known = self._epochs.get(dataset)
+            if known is not None:
+                self._epochs[dataset] = (known[0], float("-inf"))
 
     def epoch(self, dataset: str) -> str | None:
         known = self._epochs.get(dataset)

@@ -35,6 +35,7 @@ from .listings import Listings
 from .membership import Membership, Spawn
 from .rules import Rules
 from .status import Status
+from .writes import Writes
 
 log = logging.getLogger(__name__)
 _ADMIN_THREADS = 4      # request threads tenants never get: the admin always has these
@@ -64,6 +65,8 @@ class Master:
                            self._commit, self.dataops.files)
         self.catalog = Catalog(self.core, self._lock, self.listings, self.blocks, cfg,
                                self._commit, self.dataops.free_owner)
+        self.writes = Writes(self.core, self._lock, self.listings, cfg,
+                             self.dataops.free_keys)
         self.status = Status(self.core, self._lock, self.blocks, self.listings, self.members,
                              cfg, self._about, self.dataops.job_count)
         self.ops = self._op_table()
@@ -84,7 +87,7 @@ class Master:
 
     def _op_table(self) -> dict[str, Op]:
         """Every client op, by the name on the wire (`ping` is answered before it)."""
-        c, d, r, s = self.catalog, self.dataops, self.rules, self.status
+        c, d, r, s, w = self.catalog, self.dataops, self.rules, self.status, self.writes
         return {
             "cluster": s.op_cluster, "status": s.op_status,
             "namespace_create": c.op_namespace_create, "namespace_grant": c.op_namespace_grant,
@@ -96,6 +99,7 @@ class Master:
             "load_status": d.op_load_status, "load_cancel": d.op_load_cancel,
             "free": d.op_free, "du": d.op_du, "locate": d.op_locate,
             "pin": r.op_pin, "unpin": r.op_unpin, "ttl": r.op_ttl, "rules": r.op_rules,
+            "rm": w.op_rm, "copy": w.op_copy, "mkdir": w.op_mkdir, "sync": w.op_sync,
         }
 
     def _replay(self) -> bool:
@@ -208,7 +212,7 @@ class MasterActor:
     Trust: whoever can run a Ray driver or job in this Ray cluster is the cluster's
     administrator (Ray lets them run code on every node); `address` and `token` serve
     them (discovery inside a Ray job). The methods workers call (`heartbeat`, `tokens`,
-    `dataset_for_worker`, `rules_for_worker`) also want the cluster's worker secret,
+    `dataset_for_worker`, `rules_for_worker`, `wrote`) also want the cluster's worker secret,
     which the master hands only to the workers it creates: a forged heartbeat cannot
     register an address that clients would then send their tokens to.
     `spawn`: how a worker actor is made (cluster.spawn_worker); Ray passes it again when
@@ -234,6 +238,10 @@ class MasterActor:
     def dataset_for_worker(self, ns: str, name: str, secret: str = "") -> dict:
         self._m.members.check_secret(secret)
         return self._m.catalog.dataset_for_worker(ns, name)
+
+    def wrote(self, ns: str, name: str, path: str, secret: str = "") -> dict:
+        self._m.members.check_secret(secret)
+        return self._m.writes.wrote(ns, name, path)
 
     def tokens(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)

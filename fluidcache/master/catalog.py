@@ -132,9 +132,9 @@ class Catalog:
         options = args.get("options") or {}
         if not isinstance(options, dict):
             raise InvalidRequest("options must be a map")
-        read_only = args.get("read_only", True)
-        if not isinstance(read_only, bool):
-            raise InvalidRequest("read_only must be true or false")
+        write_mode = args.get("write_mode", "read-only")
+        if not isinstance(write_mode, str):
+            raise InvalidRequest("write_mode must be a string")
         with self._lock:
             grant = self.core.grants.get(ns)
         specs = []
@@ -148,14 +148,19 @@ class Catalog:
                                                  self.config.tenant_protocols)
             specs.append(MountSpec(normalize(m[0]), url, opts))
         ds = Dataset(arg_str(args, "name"), ns, tuple(specs), args.get("replicas", 1),
-                     args.get("sync"), args.get("selector") or {}, read_only,
+                     args.get("sync"), args.get("selector") or {}, write_mode,
                      args.get("routing") or "partitioned", uid=secrets.token_hex(8))
         tenants.check_plain(ds.to_record(), "the dataset")
         with self._lock:
             self.core.check_new(ds)
             self._check_share(ns)
         for spec in specs:  # fail now, not at the first read, if a mount cannot be opened
-            Mount(spec.url, spec.options, self.config.max_dir_entries).info("")
+            try:
+                Mount(spec.url, spec.options, self.config.max_dir_entries).info("")
+            except NotFound:
+                if ds.read_only:
+                    raise           # (a dataset written to may start empty: its first
+                                    # file makes the prefix)
         with self._lock:
             self.core.check_new(ds)
             self._check_share(ns)             # again: others may have been made meanwhile

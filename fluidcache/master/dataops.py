@@ -208,7 +208,12 @@ class DataOps:
         keys = plan.keys(self.files(ds, path), self.config.block_size)
         return self._free(keys, bool(args.get("force")))
 
-    def _free(self, keys_or_map, force: bool) -> dict:
+    def free_keys(self, keys: list[str]) -> None:
+        """Drop blocks on every worker (files replaced or removed), pinned ones too, not
+        waiting for the reports that show it."""
+        self._free(keys, True, wait=False)
+
+    def _free(self, keys_or_map, force: bool, wait: bool = True) -> dict:
         if isinstance(keys_or_map, dict):
             calls = keys_or_map
         else:
@@ -216,7 +221,8 @@ class DataOps:
         res = {}
         for wid, keys in calls.items():
             res.update(self.members.call([wid], "free", keys, force, timeout=60))
-        self.members.wait_applied({w: r["seq"] for w, r in res.items()})
+        if wait:
+            self.members.wait_applied({w: r["seq"] for w, r in res.items()})
         return {"freed_blocks": sum(r["blocks"] for r in res.values()),
                 "freed_bytes": sum(r["bytes"] for r in res.values()),
                 "pinned_blocks": sum(r["pinned"] for r in res.values())}

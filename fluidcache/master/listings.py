@@ -114,7 +114,8 @@ class Listings:
         for child in ds.child_mounts(path):
             rows.append((child, DIR, 0, "", None, None))
             found = True
-        if not found and not ds.is_virtual_dir(path):
+        if not found and not ds.is_virtual_dir(path) and (rel or ds.read_only):
+            # (the root of a mount that takes writes lists empty until a file is in it)
             self._gone(ds, path, now)
             raise NotFound(f"{ds.name}/{path}: no such file or directory")
         listing = DirListing(rows)

@@ -46,6 +46,7 @@ class Status:
         m["workers"], m["next"] = paging.page(m["workers"], lambda w: w["id"],
                                               args.get("after"), limit)
         m["block_size"] = self.config.block_size
+        m["write_chunk"] = self.config.write_chunk
         return m
 
     def op_status(self, ns: str, args: dict) -> dict:

@@ -7,6 +7,7 @@ each with the dependencies it names:
     reads.Reads      the data server's handlers, the read path, fetch threads, mounts
     reports.Reports  block reports and heartbeats to the master, the master's rules
     loads.Loads      the worker's part of `load` jobs, through the read path
+    writes.Writes    files written through to the under store (write sessions)
 
 Owns: the node's block store (tiering/), the data server (service.py, uvloop), the
 master's actor handle (every call to the master is made here, handed to the rooms as
@@ -26,6 +27,7 @@ import ray
 
 from .. import names
 from ..config import Config
+from ..errors import FluidError, InvalidRequest, Unavailable
 from ..service import Server, advertised, bind_host as _bind_host, limits_of
 from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
@@ -34,6 +36,7 @@ from .loads import Loads
 from .reads import Reads
 from .reports import Reports
 from .servers import Servers, count_of
+from .writes import OPS as WRITE_OPS, Writes
 
 log = logging.getLogger(__name__)
 _MASTER_TIMEOUT = 60.0   # seconds a blocking call to the master may take
@@ -69,15 +72,28 @@ class Worker:
         self.reads = Reads(cfg, self.store, self.access, self.reports.owners, node_id,
                            self.labels, self.resources, self.metrics)
         self.loads = Loads(self.reads, self.reports.report_after, cfg.jobs_kept)
+        self.writes = Writes(cfg, self.store, self.access, self.reads.mount_of,
+                             self._tell_master, self.labels, self.resources)
         host = _bind_host(cfg.host)
-        self.server = Server(self.reads.handle, host, cfg.worker_port,
-                             cfg.max_frame, name="fluidcache-data", fast=self.reads.fast,
-                             limits=limits_of(cfg)).start()
+        self.server = Server(self._handle, host, cfg.worker_port,
+                             cfg.max_frame, cfg.write_chunk, name="fluidcache-data",
+                             fast=self._fast, limits=limits_of(cfg)).start()
         self.servers = self._start_servers(host)
         if self.servers is not None:
             self.access.on_tokens = self.servers.push      # a new table reaches them at once
             self.server.call_soon(self.access.refresh())   # tokens for them, from the start
         self.reports.start()
+
+    # -- the data server's handlers: writes to their room, the rest to the read path --
+    def _fast(self, req, payload):
+        return None if req.op in WRITE_OPS else self.reads.fast(req, payload)
+
+    async def _handle(self, req, payload):
+        if req.op in WRITE_OPS:
+            return await self.writes.handle(req, payload)
+        if payload:
+            raise InvalidRequest(f"{req.op} takes no payload")
+        return await self.reads.handle(req, payload)
 
     def _start_servers(self, host: str) -> Servers | None:
         """The serving processes (serve.py), or None when configured without them."""
@@ -104,6 +120,22 @@ class Worker:
 
     async def _ask_dataset(self, ns: str, name: str) -> dict:
         return await _ray_call(self._master.dataset_for_worker.remote(ns, name, self._secret))
+
+    async def _tell_master(self, ns: str, name: str, path: str) -> dict:
+        """The master lists a file we committed. Its own error (the store's HEAD failed,
+        the dataset went) reaches the client as it is; anything else is Unavailable (the
+        file is in the store; the next listing shows it)."""
+        try:
+            return await asyncio.wait_for(
+                _ray_call(self._master.wrote.remote(ns, name, path, self._secret)),
+                _MASTER_TIMEOUT)
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, FluidError):
+                raise exc.cause from None
+            raise Unavailable(f"the master failed to list {name}/{path}: {exc.cause}") from None
+        except (ray.exceptions.RayError, asyncio.TimeoutError) as exc:
+            raise Unavailable(f"the master did not list {name}/{path} (written to the "
+                              f"store): {type(exc).__name__}") from None
 
     def _send_report(self, report: dict) -> dict:
         return ray.get(self._master.heartbeat.remote(self.info(), report, self._secret),
@@ -152,6 +184,7 @@ class Worker:
         """The cluster stops: stop serving and, unless `keep_cache`, give the memory
         tiers back (their blocks and directories are removed; SSD and HDD tiers stay)."""
         self.reports.stop()
+        self.writes.stop()
         if self.servers is not None:
             self.servers.stop()
         self.server.stop()
@@ -177,7 +210,7 @@ class Worker:
 
     def stats(self) -> dict:
         moves = self.store.moves
-        stats = dict(self.reads.counters, evictions=self.store.evictions,
+        stats = dict(self.reads.counters, **self.writes.counters, evictions=self.store.evictions,
                      demotions=moves["demote"], promotions=moves["promote"],
                      expirations=moves["expire"],
                      write_failures=self.store.write_failures,

@@ -223,18 +223,23 @@ class Reads:
             raise StaleVersion(f"{r.dataset}/{r.path}: a weak version of another dataset "
                                "or master run; list it again")
         spec, rel = ds.resolve(normalize(r.path))
-        key = (ns, ds.name, ds.uid, spec.point, spec.url, repr(sorted(spec.options.items())))
-        mount = self._mounts.get(key)
-        if mount is None:
-            mount = self._mounts[key] = Mount(spec.url, spec.options)
-            while len(self._mounts) > self.config.mounts_kept:
-                self._mounts.pop(next(iter(self._mounts)))
+        mount = self.mount_of(ns, ds, spec)
         if opened_only and not mount.opened:
             return None
         fid = blocks.file_id(mount.url_of(rel), r.version, ns)
         if r.fid and r.fid != fid:
             return None
         return Resolved(mount, rel, fid, blocks.block_key(fid, r.index, self.block_size))
+
+    def mount_of(self, ns: str, ds: Dataset, spec) -> Mount:
+        """The mount `spec` of dataset `ds` from our table (made, not opened, if new)."""
+        key = (ns, ds.name, ds.uid, spec.point, spec.url, repr(sorted(spec.options.items())))
+        mount = self._mounts.get(key)
+        if mount is None:
+            mount = self._mounts[key] = Mount(spec.url, spec.options)
+            while len(self._mounts) > self.config.mounts_kept:
+                self._mounts.pop(next(iter(self._mounts)))
+        return mount
 
     async def _open_once(self, ns: str, rec: Record, r: BlockRead, hint: bool) -> None:
         """Open the mount `r` reads from, once however many readers ask (the others wait

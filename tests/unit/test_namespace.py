@@ -175,7 +175,8 @@ def test_public_never_includes_options_or_credentials():
         assert secret not in text
     assert pub == {"name": "imgs", "namespace": "team", "replicas": 1,
                    "mounts": {"/": "s3://bucket/p", "/extra": "file:///d"},
-                   "selector": {}, "read_only": True, "routing": "partitioned",
+                   "selector": {}, "read_only": True, "write_mode": "read-only",
+                   "routing": "partitioned",
                    "sync": "default", "sync_seconds": None}
 
 
@@ -199,7 +200,7 @@ def test_parse_sync_refuses(bad):
 def test_dataset_fields_round_trip_and_public_view():
     ds = Dataset("d", "default", (MountSpec("", "s3://b/p", {"secret": "s"}),), replicas=2,
                  sync_interval="always", selector={"zone": "a", "resource:ssd": ""},
-                 read_only=True)
+                 write_mode="cache-through")
     again = Dataset.from_record(ds.to_record())
     assert again.to_record() == ds.to_record() and again.sync_interval == 0.0
     pub = ds.public()

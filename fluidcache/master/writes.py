@@ -1,0 +1,193 @@
+"""The master's side of writes: what changes names in a dataset, and what every client
+must then see.
+
+Ops (clients): `rm` (a page of files and directories), `copy` (one file to another path
+of the same mount: the store copies it), `mkdir`, `sync` (nothing is ever pending in
+the write modes built: through and cache-through finish at close). From workers (a Ray
+call): `wrote`, a file a worker committed to the under store.
+After any change the master looks at the changed names in the store (one HEAD per
+file), puts what it found into its cached listings (a file's entry in its parent's
+listing, each directory above it in its own parent's, a removed directory's listings
+forgotten), moves the dataset's metadata epoch (every client drops its listings of the
+dataset before it trusts them again) and frees the cached blocks of the version a path
+held before (readers still holding the old entry miss, fetch, find the store changed
+and list it again: no stale bytes stay cached).
+Owns: checking these requests (the dataset takes writes, paths normalized, never a
+mount's root), and the store calls that change names.
+Never: hold the master lock while the store is asked, or carry file bytes (workers do).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .. import blocks, paging
+from ..config import Config
+from ..dataset import Dataset, normalize
+from ..errors import InvalidRequest, NotFound, NotSupported
+from ..understore.mount import translate
+from .catalog import arg_str, target
+from .core import MasterCore
+from .listing import DIR
+from .listings import Listings
+
+log = logging.getLogger(__name__)
+RM_PAGE = paging.PAGE_ITEMS        # paths one rm request names, at most
+
+
+class Writes:
+    def __init__(self, core: MasterCore, lock: threading.RLock, listings: Listings,
+                 config: Config, free_keys: Callable[[list[str]], None]) -> None:
+        """`free_keys(keys)`: drop these blocks on every worker, without waiting for
+        their reports (dataops)."""
+        self.core, self._lock, self.listings, self.config = core, lock, listings, config
+        self._free_keys = free_keys
+
+    def _writable(self, ns: str, args: dict, key: str = "p") -> tuple[Dataset, str]:
+        ds, _ = target(self.core, self._lock, ns, {"ds": args.get("ds")})
+        ds.check_writable()
+        return ds, normalize(arg_str(args, key, ""))
+
+    def _mount(self, ds: Dataset, path: str):
+        spec, rel = ds.resolve(path)
+        if not rel:
+            raise InvalidRequest(f"{ds.name}/{path}: the root of a mount cannot be written "
+                                 "or removed (remove the dataset instead)")
+        mount = self.listings.mount(ds, spec)
+        return mount, rel, mount.under_path(rel)
+
+    # -- from workers ---------------------------------------------------------------------
+    def wrote(self, ns: str, name: str, path: str) -> dict:
+        """A worker committed a file at `path`: list it, show it, free its old blocks."""
+        with self._lock:
+            ds = self.core.dataset(ns, name)
+        path = normalize(path)
+        old = self._old_entry(ds, path)
+        entry = self.listings.entry(ds, path, refresh=True)
+        self._show_dirs(ds, path)
+        self._changed(ds, [old] if old and old.get("fid") != entry.get("fid") else [])
+        return entry
+
+    # -- client ops -----------------------------------------------------------------------
+    def op_rm(self, ns: str, args: dict) -> dict:
+        """Remove a page of paths (files, and directories that are empty by then; an
+        object store has no directories to remove). Returns {"removed": n, "missing":
+        [paths not there]} (a directory of an object store is gone with its files)."""
+        paths = args.get("paths")
+        if not isinstance(paths, list) or not paths or len(paths) > RM_PAGE or \
+                not all(isinstance(p, str) for p in paths):
+            raise InvalidRequest(f"rm needs a list of 1-{RM_PAGE} paths")
+        ds, _ = self._writable(ns, args, "ds")
+        removed, old, missing = 0, [], []
+        for p in paths:
+            path = normalize(p)
+            mount, rel, under = self._mount(ds, path)
+            entry = self._old_entry(ds, path)
+            with translate(path):
+                info = None
+                try:
+                    info = mount.fs.info(under)
+                except FileNotFoundError:
+                    pass
+                if info is None or info.get("type") == "directory":
+                    if mount.protocol == "file" and info is not None:
+                        mount.fs.rmdir(under)          # empty by now (files go first)
+                    removed += info is not None
+                    if info is None:
+                        missing.append(path)
+                    self._forget_dir(ds, path)
+                    continue
+                mount.fs.rm_file(under)
+            removed += 1
+            old.append(entry)
+            self._gone_file(ds, path)
+        self._changed(ds, [e for e in old if e])
+        return {"removed": removed, "missing": missing}
+
+    def op_copy(self, ns: str, args: dict) -> dict:
+        """Copy one file to another path of the same mount (the store copies it)."""
+        ds, src = self._writable(ns, args)
+        dst = normalize(arg_str(args, "to"))
+        smount, _, sunder = self._mount(ds, src)
+        dmount, _, dunder = self._mount(ds, dst)
+        if smount is not dmount:
+            raise NotSupported(f"copy across mounts ({src} -> {dst}): read and write it")
+        old = self._old_entry(ds, dst)
+        with translate(src):
+            if smount.protocol == "file":
+                smount.fs.makedirs(smount.fs._parent(dunder), exist_ok=True)
+            smount.fs.cp_file(sunder, dunder)
+        entry = self.listings.entry(ds, dst, refresh=True)
+        self._show_dirs(ds, dst)
+        self._changed(ds, [old] if old and old.get("fid") != entry.get("fid") else [])
+        return {"entry": entry}
+
+    def op_mkdir(self, ns: str, args: dict) -> dict:
+        """Make a directory (and those above it). An object store has no empty
+        directories: nothing is made there, and it shows once a file is in it."""
+        ds, path = self._writable(ns, args)
+        mount, _, under = self._mount(ds, path)
+        made = mount.protocol == "file"
+        if made:
+            with translate(path):
+                mount.fs.makedirs(under, exist_ok=True)
+            self._show_dirs(ds, path + "/-")
+            self._changed(ds, [])
+        return {"made": made}
+
+    def op_sync(self, ns: str, args: dict) -> dict:
+        """Wait until what was written under a path is in the under store. The write
+        modes built finish each file at close: nothing is ever pending."""
+        ds, path = target(self.core, self._lock, ns, args)
+        return {"pending": 0, "path": f"fluid://{ds.name}/{path}".rstrip("/"),
+                "write_mode": ds.write_mode}
+
+    # -- listings and blocks --------------------------------------------------------------
+    def _old_entry(self, ds: Dataset, path: str) -> dict | None:
+        """What the listings say of `path` now (no store call unless its parent is not
+        held), or None: a file's old version, whose blocks go once it changes."""
+        try:
+            e = self.listings.entry(ds, path)
+        except (NotFound, InvalidRequest):
+            return None
+        return e if e.get("type") == "file" else None
+
+    def _show_dirs(self, ds: Dataset, path: str) -> None:
+        """Each directory above `path` shows in its parent's held listing."""
+        parts, started = path.split("/"), time.monotonic()
+        with self._lock:
+            for i in range(1, len(parts)):
+                parent, child = "/".join(parts[:i - 1]), parts[i - 1]
+                held = self.core.listing(ds.namespace, ds.name, parent, None)
+                if held is not None and held.find(child) is None:
+                    self.core.store_listing(ds.namespace, ds.name, parent,
+                                            held.with_entry(child, (DIR, 0, "", None, None)),
+                                            None, started)
+
+    def _gone_file(self, ds: Dataset, path: str) -> None:
+        parent, _, child = path.rpartition("/")
+        with self._lock:
+            held = self.core.listing(ds.namespace, ds.name, parent, None)
+            if held is not None and held.find(child) is not None:
+                self.core.store_listing(ds.namespace, ds.name, parent,
+                                        held.with_entry(child, None), None, time.monotonic())
+
+    def _forget_dir(self, ds: Dataset, path: str) -> None:
+        with self._lock:
+            self.core.forget_listing(ds.namespace, ds.name, path, time.monotonic())
+        self._gone_file(ds, path)
+
+    def _changed(self, ds: Dataset, old: list[dict]) -> None:
+        """Every client drops its listings of `ds`; the blocks of `old` entries go."""
+        with self._lock:
+            self.core.bump_epoch(ds.namespace, ds.name)
+        bs = self.config.block_size
+        keys = [blocks.block_key(e["fid"], i, bs) for e in old
+                for i in range(max(1, blocks.block_count(e["size"], bs)))]
+        if keys:
+            try:
+                self._free_keys(keys)
+            except Exception as exc:  # noqa: BLE001 - the new version is listed already
+                log.warning("freeing %d blocks of replaced files: %s", len(keys), exc)

@@ -1,0 +1,243 @@
+"""Writes through `fluid://` (issue 19): each write mode round-trips files of every size
+class, a closed file is what every client reads next (no stale listing, no stale cached
+block), a file is committed whole or not at all, and write ops hold namespaces apart."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import fsspec
+import pytest
+
+import fluidcache
+from fluidcache.errors import NotFound
+
+from ..helpers import wait_for
+
+pytestmark = pytest.mark.integration
+MiB = 1024 * 1024
+SIZES = {"empty": 0, "100KB": 100_000, "9MiB+3": 9 * MiB + 3}   # 9 MiB+3: chunked (8 MiB)
+
+
+@pytest.fixture(scope="module")
+def wds(cluster, moto, tmp_path_factory):
+    """Datasets over bucket fc-write: one per write mode, and one over local files."""
+    s3 = moto.filesystem()
+    s3.mkdir("fc-write")
+    s3.pipe_file("fc-write/ro/keep.bin", b"keep")
+    admin = cluster["client"]
+    local = tmp_path_factory.mktemp("wlocal")
+    for name, mode in (("wro", "read-only"), ("wthrough", "through"),
+                       ("wcache", "cache-through")):
+        admin.create_dataset(name, {"/": f"s3://fc-write/{name.removeprefix('w')}"},
+                             moto.options(), write_mode=mode)
+    admin.create_dataset("wlocal", {"/": f"file://{local}"}, write_mode="through")
+    return {"s3": s3, "local": local, "admin": admin}
+
+
+def _fresh():
+    return fsspec.filesystem("fluid", skip_instance_cache=True)
+
+
+def _body(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed * 1_000_003 + n).randbytes(n)
+
+
+def _store(wds, ds: str, path: str):
+    """The file's bytes in the under store itself (None: not there)."""
+    if ds == "wlocal":
+        p = wds["local"] / path
+        return p.read_bytes() if p.exists() else None
+    s3 = wds["s3"]
+    key = f"fc-write/{ds.removeprefix('w')}/{path}"
+    s3.invalidate_cache()
+    return s3.cat_file(key) if s3.exists(key) else None
+
+
+@pytest.mark.parametrize("ds", ["wthrough", "wcache", "wlocal"])
+@pytest.mark.parametrize("size", list(SIZES))
+def test_each_mode_round_trips_every_size(wds, ds, size):
+    fs, n = _fresh(), SIZES[size]
+    body = _body(n, 1)
+    with fs.open(f"fluid://{ds}/rt/{size}.bin", "wb") as f:
+        for i in range(0, n, 3 * MiB + 7):              # uneven writes across chunks
+            f.write(body[i:i + 3 * MiB + 7])
+    assert _store(wds, ds, f"rt/{size}.bin") == body
+    assert fs.cat_file(f"fluid://{ds}/rt/{size}.bin") == body
+    other = _fresh()                                     # another client: listed, same bytes
+    assert other.info(f"fluid://{ds}/rt/{size}.bin")["size"] == n
+    assert other.cat_file(f"fluid://{ds}/rt/{size}.bin") == body
+    assert f"{ds}/rt/{size}.bin" in other.ls(f"fluid://{ds}/rt", detail=False)
+
+
+def test_read_only_refuses_every_write_and_nothing_reaches_the_store(wds):
+    fs = _fresh()
+    for call in (lambda: fs.open("fluid://wro/new.bin", "wb"),
+                 lambda: fs.pipe_file("fluid://wro/new.bin", b"x"),
+                 lambda: fs.rm("fluid://wro/keep.bin"),
+                 lambda: fs.mkdir("fluid://wro/d"),
+                 lambda: fs.touch("fluid://wro/t"),
+                 lambda: fs.mv("fluid://wro/keep.bin", "fluid://wro/moved.bin")):
+        with pytest.raises(PermissionError):
+            call()
+    # the master and workers refuse too, whatever a client believes
+    client = fs.client.cluster
+    with pytest.raises(PermissionError):
+        client.master("rm", {"ds": "wro", "paths": ["keep.bin"]})
+    w = client.map()["workers"][0]["address"]
+    with pytest.raises(PermissionError):
+        client.call(w, "put", {"ds": "wro", "p": "new.bin"}, payload=b"x")
+    assert wds["s3"].ls("fc-write/ro", detail=False) == ["fc-write/ro/keep.bin"]
+
+
+def _store_fetches(client) -> int:
+    return sum(w["stats"]["ufs_fetches"] for w in client.status()["workers"])
+
+
+def test_cache_through_caches_the_blocks_it_writes(wds, cluster):
+    fs, body, client = _fresh(), _body(3 * MiB + 5, 2), cluster["client"]
+    fs.pipe_file("fluid://wcache/cached/c.bin", body[:100])          # one put
+    with fs.open("fluid://wcache/cached/big.bin", "wb") as f:        # chunked
+        f.write(body)
+    wait_for(lambda: client.du("fluid://wcache/cached")["cached_bytes"] == len(body) + 100,
+             timeout=30, what="the written blocks reported cached")
+    before = _store_fetches(client)
+    assert _fresh().cat_file("fluid://wcache/cached/big.bin") == body
+    assert _store_fetches(client) == before                           # no block fetched
+    _fresh().pipe_file("fluid://wthrough/uncached.bin", body)
+    assert client.du("fluid://wthrough/uncached.bin")["cached_bytes"] == 0
+    before = _store_fetches(client)
+    assert _fresh().cat_file("fluid://wthrough/uncached.bin") == body
+    assert _store_fetches(client) == before + 4                       # the control: 4 blocks
+
+
+@pytest.mark.parametrize("ds", ["wthrough", "wcache"])
+def test_an_overwrite_is_read_at_once_by_every_client_never_the_old_bytes(wds, ds):
+    path = f"fluid://{ds}/over/v.bin"
+    reader, writer = _fresh(), _fresh()
+    old, new = _body(2 * MiB + 9, 3), _body(2 * MiB + 9, 4)         # same size
+    writer.pipe_file(path, old)
+    assert reader.cat_file(path) == old                               # listed and cached
+    writer.pipe_file(path, new)
+    assert reader.cat_file(path) == new                               # no wait, no refresh
+    with reader.open(path, "rb") as f:
+        assert f.read() == new
+    script = textwrap.dedent(f"""
+        import fsspec, hashlib, sys
+        fs = fsspec.filesystem("fluid")
+        sys.stdout.write(hashlib.sha256(fs.cat_file({path!r})).hexdigest())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-2000:]
+    import hashlib
+    assert out.stdout == hashlib.sha256(new).hexdigest()
+
+
+def test_rm_and_mv_leave_no_stale_bytes(wds):
+    fs, reader = _fresh(), _fresh()
+    a, b = _body(MiB + 1, 5), _body(MiB + 1, 6)
+    fs.pipe({"fluid://wcache/mv/a.bin": a, "fluid://wcache/mv/b.bin": b,
+             "fluid://wcache/mv/sub/c.bin": b"c"})
+    assert reader.cat_file("fluid://wcache/mv/a.bin") == a
+    fs.mv("fluid://wcache/mv/a.bin", "fluid://wcache/mv/b.bin")      # over an existing file
+    with pytest.raises(FileNotFoundError):
+        reader.cat_file("fluid://wcache/mv/a.bin")
+    assert reader.cat_file("fluid://wcache/mv/b.bin") == a
+    assert _store(wds, "wcache", "mv/a.bin") is None
+    fs.rm("fluid://wcache/mv", recursive=True)
+    for p in ("mv/b.bin", "mv/sub/c.bin"):
+        with pytest.raises(FileNotFoundError):
+            reader.cat_file(f"fluid://wcache/{p}")
+        assert _store(wds, "wcache", p) is None
+    with pytest.raises(FileNotFoundError):
+        reader.ls("fluid://wcache/mv")
+    with pytest.raises(FileNotFoundError):
+        fs.rm("fluid://wcache/mv/none.bin")
+
+
+@pytest.mark.parametrize("n", [100, 9 * MiB + 3])
+@pytest.mark.parametrize("ds", ["wthrough", "wlocal"])
+def test_a_file_left_on_an_exception_is_never_committed(wds, ds, n):
+    fs = _fresh()
+    with pytest.raises(RuntimeError):
+        with fs.open(f"fluid://{ds}/half/h{n}.bin", "wb") as f:
+            f.write(_body(n, 7))
+            raise RuntimeError("the job died")
+    assert _store(wds, ds, f"half/h{n}.bin") is None
+    assert not _fresh().exists(f"fluid://{ds}/half/h{n}.bin")
+    f = fs.open(f"fluid://{ds}/half/d{n}.bin", "wb")
+    f.write(_body(n, 8))
+    f.discard()
+    assert _store(wds, ds, f"half/d{n}.bin") is None
+    if ds == "wlocal":                   # no temporary file left behind either
+        leftovers = [p for p in wds["local"].rglob("*") if p.is_file() and "half" in str(p)]
+        assert leftovers == []
+
+
+def test_exclusive_create_and_names(wds):
+    fs = _fresh()
+    fs.pipe_file("fluid://wthrough/x/one.bin", b"1", mode="create")
+    with pytest.raises(FileExistsError):
+        fs.pipe_file("fluid://wthrough/x/one.bin", b"2", mode="create")
+    with pytest.raises(FileExistsError):
+        fs.open("fluid://wthrough/x/one.bin", "xb")
+    with pytest.raises(OSError):
+        fs.open("fluid://wthrough/x/one.bin", "ab")
+    assert fs.cat_file("fluid://wthrough/x/one.bin") == b"1"
+    for bad in ("fluid://wthrough/../ro/keep.bin", "fluid://wthrough/a/../../b"):
+        with pytest.raises(PermissionError):
+            fs.pipe_file(bad, b"x")
+    with pytest.raises((IsADirectoryError, PermissionError, ValueError)):
+        fs.pipe_file("fluid://wthrough", b"x")
+    fs.makedirs("fluid://wlocal/made/deep", exist_ok=True)
+    assert fs.isdir("fluid://wlocal/made/deep") and (wds["local"] / "made" / "deep").is_dir()
+    fs.touch("fluid://wlocal/made/deep/t")
+    assert fs.cat_file("fluid://wlocal/made/deep/t") == b""
+
+
+def test_write_ops_hold_namespaces_apart(wds, cluster, moto):
+    """A tenant's token writes only its own datasets; another namespace's write session
+    is no session at all; a tenant's dataset takes writes only where its grant allows."""
+    admin = wds["admin"]
+    token = admin.create_namespace("wten", allow=["s3://fc-write/tenant"],
+                                   endpoints=[moto.endpoint])
+    tenant = fluidcache.connect(token=token, namespace="wten")
+    tenant.create_dataset("mine", {"/": "s3://fc-write/tenant"}, moto.options(),
+                          write_mode="through")
+    tfs = fsspec.filesystem("fluid", token=token, namespace="wten", skip_instance_cache=True)
+    tfs.pipe_file("fluid://mine/t.bin", b"tenant")
+    assert _store(wds, "wtenant", "t.bin") == b"tenant"
+    with pytest.raises(FileNotFoundError):                     # the default's dataset
+        tfs.pipe_file("fluid://wthrough/evil.bin", b"x")
+    assert _store(wds, "wthrough", "evil.bin") is None
+    # the admin opens a session; the tenant names it
+    admin_fs = _fresh()
+    f = admin_fs.open("fluid://wthrough/sess.bin", "wb")
+    f.write(_body(9 * MiB, 9))                                    # a session is open now
+    assert f.session is not None
+    tc = tfs.client.cluster
+    for op, args, payload in (("write", {"w": f.session, "o": 8 * MiB}, b"evil"),
+                              ("write_close", {"w": f.session}, b""),
+                              ("write_abort", {"w": f.session}, b"")):
+        with pytest.raises(NotFound):
+            tc.call(f.worker["address"], op, args, payload=payload)
+    f.close()
+    assert _store(wds, "wthrough", "sess.bin") == _body(9 * MiB, 9)
+    wrong = fsspec.filesystem("fluid", token="nope", namespace="wten", skip_instance_cache=True)
+    with pytest.raises(PermissionError):
+        wrong.pipe_file("fluid://mine/w.bin", b"x")
+
+
+def test_sync_answers_for_the_modes_built(wds, cluster, cli, moto):
+    assert cluster["client"].sync("fluid://wthrough/rt")["pending"] == 0
+    out = cli("sync", "fluid://wcache")
+    assert "0 files pending" in out.stdout
+    shown = cluster["client"].dataset("wcache")
+    assert shown["write_mode"] == "cache-through" and shown["read_only"] is False
+    with pytest.raises(ValueError, match="not built"):
+        cluster["client"].create_dataset("wasync", {"/": "s3://fc-write/async"},
+                                         moto.options(), write_mode="async-through")
