@@ -80,7 +80,7 @@ class Writes:
                 not all(isinstance(p, str) for p in paths):
             raise InvalidRequest(f"rm needs a list of 1-{RM_PAGE} paths")
         ds, _ = self._writable(ns, args, "ds")
-        removed, old, missing = 0, [], []
+        removed, old, missing, parents = 0, [], [], set()
         for p in paths:
             path = normalize(p)
             mount, rel, under = self._mount(ds, path)
@@ -103,6 +103,8 @@ class Writes:
             removed += 1
             old.append(entry)
             self._gone_file(ds, path)
+            parents.add(path.rpartition("/")[0])
+        self._prune(ds, parents)
         self._changed(ds, [e for e in old if e])
         return {"removed": removed, "missing": missing}
 
@@ -178,6 +180,26 @@ class Writes:
         with self._lock:
             self.core.forget_listing(ds.namespace, ds.name, path, time.monotonic())
         self._gone_file(ds, path)
+
+    def _prune(self, ds: Dataset, dirs: set[str]) -> None:
+        """An object store keeps no empty directories: one whose files are all removed
+        is gone (its listing forgotten, its name out of its parent's), and so on up.
+        One whose listing is not held is listed again when asked (its parent's listing
+        is forgotten). Local directories stay until removed."""
+        for d in sorted(dirs, key=lambda p: p.count("/"), reverse=True):
+            while d and not ds.is_virtual_dir(d):
+                spec, rel = ds.resolve(d)
+                if not rel or self.listings.mount(ds, spec).protocol == "file":
+                    break
+                with self._lock:
+                    held = self.core.listing(ds.namespace, ds.name, d, None)
+                    if held is None:
+                        self.core.forget_listing(ds.namespace, ds.name,
+                                                 d.rpartition("/")[0], time.monotonic())
+                if held is None or len(held):
+                    break
+                self._forget_dir(ds, d)
+                d = d.rpartition("/")[0]
 
     def _changed(self, ds: Dataset, old: list[dict]) -> None:
         """Every client drops its listings of `ds`; the blocks of `old` entries go."""

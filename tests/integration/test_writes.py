@@ -4,10 +4,12 @@ block), a file is committed whole or not at all, and write ops hold namespaces a
 from __future__ import annotations
 
 import os
+import posixpath
 import random
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import fsspec
 import pytest
@@ -241,3 +243,53 @@ def test_sync_answers_for_the_modes_built(wds, cluster, cli, moto):
     with pytest.raises(ValueError, match="not built"):
         cluster["client"].create_dataset("wasync", {"/": "s3://fc-write/async"},
                                          moto.options(), write_mode="async-through")
+
+
+# -- fsspec's own abstract suites, with fluid:// as the filesystem under test ---------------
+from fsspec.tests.abstract import AbstractFixtures  # noqa: E402
+from fsspec.tests.abstract.copy import AbstractCopyTests  # noqa: E402
+from fsspec.tests.abstract.get import AbstractGetTests  # noqa: E402
+from fsspec.tests.abstract.open import AbstractOpenTests  # noqa: E402
+from fsspec.tests.abstract.pipe import AbstractPipeTests  # noqa: E402
+from fsspec.tests.abstract.put import AbstractPutTests  # noqa: E402
+
+
+class FluidFixtures(AbstractFixtures):
+    """Each test in its own directory of dataset `wcache` (S3: no empty directories)."""
+
+    @pytest.fixture
+    def fs(self, wds):
+        return _fresh()
+
+    @pytest.fixture
+    def fs_join(self):
+        return posixpath.join
+
+    @pytest.fixture
+    def fs_path(self, wds, request):
+        name = request.node.name
+        return f"wcache/abstract/{name.partition('[')[0]}-{zlib.crc32(name.encode()):08x}"
+
+    @pytest.fixture
+    def supports_empty_directories(self):
+        return False
+
+
+class TestFluidCopy(FluidFixtures, AbstractCopyTests):
+    pass
+
+
+class TestFluidGet(FluidFixtures, AbstractGetTests):
+    pass
+
+
+class TestFluidPut(FluidFixtures, AbstractPutTests):
+    pass
+
+
+class TestFluidPipe(FluidFixtures, AbstractPipeTests):
+    pass
+
+
+class TestFluidOpen(FluidFixtures, AbstractOpenTests):
+    pass
