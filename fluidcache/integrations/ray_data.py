@@ -3,6 +3,7 @@
     import fluidcache.integrations.ray_data as frd
     ds = frd.read_parquet("fluid://tables/events", columns=["user", "ts"])
     imgs = frd.read_binary_files("fluid://imagenet/train")
+    frd.write_parquet(ds, "fluid://outputs/events")     # a dataset that takes writes
 
 Each call hands Ray Data a pyarrow filesystem wrapping the fluid fsspec filesystem
 (`PyFileSystem(FSSpecHandler(fs))`) and the paths without the scheme; the filesystem
@@ -53,5 +54,12 @@ def read_csv(urls, fluid_options: dict | None = None, **kwargs):
     return _read("read_csv", urls, fluid_options, **kwargs)
 
 
+def write_parquet(dataset, url: str, fluid_options: dict | None = None, **kwargs) -> None:
+    """Write a Ray Dataset as Parquet files under `url` (a dataset created with a write
+    mode: through or cache-through); each write task writes through its node's worker."""
+    dataset.write_parquet(paths(url)[0], filesystem=filesystem(**(fluid_options or {})),
+                          **kwargs)
+
+
 __all__ = ["filesystem", "paths", "read_parquet", "read_binary_files", "read_images",
-           "read_csv"]
+           "read_csv", "write_parquet"]

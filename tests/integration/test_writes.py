@@ -293,3 +293,57 @@ class TestFluidPipe(FluidFixtures, AbstractPipeTests):
 
 class TestFluidOpen(FluidFixtures, AbstractOpenTests):
     pass
+
+
+# -- what libraries write --------------------------------------------------------------------
+def test_torch_checkpoints_and_distributed_checkpoint_round_trip(wds):
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+
+    g = torch.Generator().manual_seed(3)
+    state = {"w": torch.randn(1100, 1100, generator=g), "b": torch.randn(7, generator=g),
+             "step": torch.tensor(41)}                          # ~4.6 MiB
+    fs = _fresh()
+    with fs.open("fluid://wcache/ckpt/model.pt", "wb") as f:
+        torch.save(state, f)
+    with _fresh().open("fluid://wcache/ckpt/model.pt", "rb") as f:
+        got = torch.load(f, weights_only=True)
+    assert all(torch.equal(state[k], got[k]) for k in state)
+    dcp.save(state, storage_writer=FsspecWriter("fluid://wthrough/dcp/step-41"))
+    assert any(p.endswith(".metadata") for p in _fresh().ls("fluid://wthrough/dcp/step-41",
+                                                             detail=False))
+    loaded = {k: torch.zeros_like(v) for k, v in state.items()}
+    dcp.load(loaded, storage_reader=FsspecReader("fluid://wthrough/dcp/step-41"))
+    assert all(torch.equal(state[k], loaded[k]) for k in state)
+
+
+def test_pandas_to_parquet_and_back(wds):
+    import pandas as pd
+    df = pd.DataFrame({"id": range(5000), "x": [i * 0.25 for i in range(5000)]})
+    df.to_parquet("fluid://wthrough/tables/out.parquet")
+    df.to_csv("fluid://wlocal/tables/out.csv", index=False)
+    pd.testing.assert_frame_equal(pd.read_parquet("fluid://wthrough/tables/out.parquet"), df)
+    pd.testing.assert_frame_equal(pd.read_csv("fluid://wlocal/tables/out.csv"), df)
+
+
+def test_ray_data_write_parquet_through_fluid(wds):
+    script = textwrap.dedent("""
+        import json, ray, fluidcache
+        import fluidcache.integrations.ray_data as frd
+        fluidcache.init_ray(log_to_driver=False)
+        ds = ray.data.range(3000, override_num_blocks=3).map(
+            lambda r: {"id": r["id"], "sq": r["id"] ** 2})
+        frd.write_parquet(ds, "fluid://wcache/raydata/out")
+        back = frd.read_parquet("fluid://wcache/raydata/out")
+        print(json.dumps({"rows": back.count(), "sum": back.sum("sq")}))
+        ray.shutdown()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, RAY_AUTH_MODE="token"))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    import json
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"rows": 3000, "sum": sum(i * i for i in range(3000))}
+    files = wds["s3"].find("fc-write/cache/raydata/out")
+    assert files and all(f.endswith(".parquet") for f in files)
