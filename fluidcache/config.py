@@ -173,10 +173,11 @@ class Config:
     prefetch_max: int = 64          # prefetch hints being filled at once; more are dropped
     # -- writes (worker/writes.py)
     write_chunk: int = 8 * 1024**2  # largest payload of one write request
-    write_sessions: int = 256       # files open for writing per worker (a tenant: half)
+    write_sessions: int = 64        # files open for writing per worker (a namespace: half)
     write_idle: float = 300.0       # an open write silent this long is aborted
     write_threads: int = 8          # under-store writes in flight per worker
-    write_part: int = 0             # under-store upload part size (0: the store's default)
+    write_part: int = 0             # S3 upload part size (0: 16 MiB; at least 5 MiB)
+    write_parallel: int = 4         # S3 parts of one file in flight at once
     write_spool: str = ""           # cache-through's spool directory ("": the system's)
 
     def __post_init__(self) -> None:
@@ -190,6 +191,10 @@ class Config:
         if not 64 * 1024 <= self.write_chunk <= self.max_data:
             raise InvalidRequest(f"write_chunk must be between 64KiB and "
                                  f"{format_size(self.max_data)}")
+        if self.write_part and not 5 * 1024**2 <= self.write_part <= 5 * 1024**3:
+            raise InvalidRequest("write_part must be 0 (16 MiB) or 5MiB-5GiB (S3's limits)")
+        if not 1 <= self.write_parallel <= 64:
+            raise InvalidRequest("write_parallel must be 1-64")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .. import blocks
+from .. import blocks, names
 from ..errors import InvalidRequest, NotFound
 from ..understore import Mount, times
 from ..understore.versions import weak_scope
@@ -109,6 +109,8 @@ class Listings:
                     mount.rel_of(raw[0]["name"]) == rel:
                 return self._file(ds, path, self._row(mount, ds, raw[0]), now, refresh)
             for e in raw:
+                if mount.protocol == "file" and names.is_being_written(e["name"]):
+                    continue                      # a file being written (worker/upload.py)
                 rows.append((mount.rel_of(e["name"]).rsplit("/", 1)[-1],
                              *self._row(mount, ds, e)))
         for child in ds.child_mounts(path):

@@ -26,7 +26,7 @@ from typing import Callable
 from .. import blocks, paging
 from ..config import Config
 from ..dataset import Dataset, normalize
-from ..errors import InvalidRequest, NotFound, NotSupported
+from ..errors import InvalidRequest, IsADirectory, NotFound, NotSupported
 from ..understore.mount import translate
 from .catalog import arg_str, target
 from .core import MasterCore
@@ -59,10 +59,14 @@ class Writes:
         return mount, rel, mount.under_path(rel)
 
     # -- from workers ---------------------------------------------------------------------
-    def wrote(self, ns: str, name: str, path: str) -> dict:
-        """A worker committed a file at `path`: list it, show it, free its old blocks."""
+    def wrote(self, ns: str, name: str, path: str, uid: str) -> dict:
+        """A worker committed a file at `path` of the dataset incarnation `uid`: list it,
+        show it, free its old blocks."""
         with self._lock:
             ds = self.core.dataset(ns, name)
+        if ds.uid != uid:
+            raise NotFound(f"dataset {name} was removed while a file was written to it")
+        ds.check_writable()
         path = normalize(path)
         old = self._old_entry(ds, path)
         entry = self.listings.entry(ds, path, refresh=True)
@@ -72,40 +76,51 @@ class Writes:
 
     # -- client ops -----------------------------------------------------------------------
     def op_rm(self, ns: str, args: dict) -> dict:
-        """Remove a page of paths (files, and directories that are empty by then; an
-        object store has no directories to remove). Returns {"removed": n, "missing":
-        [paths not there]} (a directory of an object store is gone with its files)."""
+        """Remove a page of paths: files, and directories that are empty by then (files
+        go first: the client sends them deepest first). An object store's directory is
+        gone once its files are; one that still holds files is refused (IsADirectory).
+        Every path is checked before anything is removed. Returns {"removed": n,
+        "missing": [paths not there]}."""
         paths = args.get("paths")
         if not isinstance(paths, list) or not paths or len(paths) > RM_PAGE or \
                 not all(isinstance(p, str) for p in paths):
             raise InvalidRequest(f"rm needs a list of 1-{RM_PAGE} paths")
         ds, _ = self._writable(ns, args, "ds")
-        removed, old, missing, parents = 0, [], [], set()
-        for p in paths:
+        targets = []
+        for p in paths:                                   # all checked, then removed
             path = normalize(p)
-            mount, rel, under = self._mount(ds, path)
-            entry = self._old_entry(ds, path)
-            with translate(path):
-                info = None
-                try:
-                    info = mount.fs.info(under)
-                except FileNotFoundError:
-                    pass
-                if info is None or info.get("type") == "directory":
-                    if mount.protocol == "file" and info is not None:
-                        mount.fs.rmdir(under)          # empty by now (files go first)
-                    removed += info is not None
-                    if info is None:
-                        missing.append(path)
+            targets.append((path, *self._mount(ds, path)))
+        removed, old, missing, parents = 0, [], [], set()
+        try:
+            for path, mount, _, under in targets:
+                entry = self._old_entry(ds, path)
+                with translate(path):
+                    try:
+                        info = mount.fs.info(under)
+                    except FileNotFoundError:
+                        info = None
+                if info is None:
+                    missing.append(path)
                     self._forget_dir(ds, path)
                     continue
-                mount.fs.rm_file(under)
-            removed += 1
-            old.append(entry)
-            self._gone_file(ds, path)
-            parents.add(path.rpartition("/")[0])
-        self._prune(ds, parents)
-        self._changed(ds, [e for e in old if e])
+                if info.get("type") == "directory":
+                    if mount.protocol != "file":
+                        raise IsADirectory(f"{ds.name}/{path} holds files (remove them "
+                                           "first, or rm recursively)")
+                    with translate(path):
+                        mount.fs.rmdir(under)             # empty by now (files go first)
+                    removed += 1
+                    self._forget_dir(ds, path)
+                    continue
+                with translate(path):
+                    mount.fs.rm_file(under)
+                removed += 1
+                old.append(entry)
+                self._gone_file(ds, path)
+                parents.add(path.rpartition("/")[0])
+        finally:
+            self._prune(ds, parents)
+            self._changed(ds, [e for e in old if e])
         return {"removed": removed, "missing": missing}
 
     def op_copy(self, ns: str, args: dict) -> dict:

@@ -3,26 +3,36 @@
 Owns: write sessions and the data server's write ops
 
     write_open {ds, p, x}       a session for one file (x: create it only if absent)
-    write {w, o} + bytes        the next bytes; `o` must be where the last ended
+    write {w, o} + bytes        the next bytes; `o` must be where the last ended (the
+                                same chunk sent again, a client's retry, is taken once)
     write_close {w}             commit: the file is in the under store, the master told
+                                (asked again after it answered, the same answer)
     write_cache {w, b: [i]}     cache-through: cache blocks i (the caller's owners) here
     write_abort {w}             discard the upload
     put {ds, p, x} + bytes      a whole small file in one request (open, write, close)
 
 Each session is bound to the namespace that opened it and to a dataset that takes
 writes (dataset.check_writable), with its path normalized and resolved through our
-own mount table. A file is visible whole or not at all: an object store shows an object
-once its upload completes; local files are written under a temporary name and renamed
-on commit (fsspec's autocommit=False). An abort, a failure, or a session silent for
-`write_idle` seconds discards the upload. For cache-through the bytes also go to a spool
-(an unlinked temporary file: nothing is left behind by a crash) from which blocks are
-cached once the committed file's version names their keys.
-Never: trust a client's offsets or another namespace's session id, hold more than
-`write_chunk` bytes of one request, or block the server's loop on the store or a disk.
+own mount table; at close the dataset is asked of the master again (removed, made again
+or made read-only meanwhile: nothing is committed). A file is visible whole or not at
+all (upload.py): S3 shows an object once its upload completes; a local file is renamed
+over its name. Once a commit has begun it is never aborted (a request timeout does not
+cancel it), and a master that does not answer then is told again in the background.
+An abort, a failure, or a session silent for `write_idle` seconds discards the upload.
+For cache-through the bytes also go to a spool (an unlinked temporary file), cached
+only when the version the master lists is the one this commit made (the store's own
+answer: ETag, or size and mtime): a writer that came between caches nothing.
+Limits: `write_sessions` open files per worker, half of them per namespace; half the
+`write_threads` per namespace (a tenant whose store hangs holds only its own);
+`write_chunk` bytes per request. Memory per open file: below one S3 part (16 MiB)
+buffered, plus `write_parallel` parts while they are sent.
+Never: trust a client's offsets or another namespace's session id, or block the
+server's loop on the store or a disk.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import secrets
 import tempfile
@@ -31,18 +41,22 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import xxhash
+
 from .. import blocks, placement
 from ..dataset import Dataset, normalize
-from ..errors import AlreadyExists, InvalidRequest, NotFound, Unavailable
+from ..errors import AlreadyExists, FluidError, InvalidRequest, NotFound, Unavailable
 from ..tiering import layout
 from ..understore import Mount
 from ..understore.mount import translate
+from ..understore.versions import norm_etag, parse_version
+from .upload import LocalUpload, PartUpload
 
 log = logging.getLogger(__name__)
 OPS = ("write_open", "write", "write_close", "write_cache", "write_abort", "put")
 
-# (ns, dataset name, path) -> the entry the master lists for the written file
-TellMaster = Callable[[str, str, str], Awaitable[dict]]
+# (ns, dataset name, path, dataset uid) -> the entry the master lists for the file written
+TellMaster = Callable[[str, str, str, str], Awaitable[dict]]
 
 
 @dataclass(eq=False)
@@ -54,12 +68,15 @@ class Session:
     mount: Mount
     rel: str                    # in the mount
     exclusive: bool
-    file: object = None         # the under store's file, open for writing
+    file: object = None         # the upload (upload.py), open for writing
     spool: object = None        # cache-through: the bytes written, to cache from
     written: int = 0
+    last_chunk: tuple | None = None     # (offset, length, digest): a re-send is taken once
     last: float = field(default_factory=time.monotonic)
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
-    entry: dict | None = None   # once committed
+    committing: bool = False    # from here on it is never aborted
+    committed: dict | None = None       # the store's answer to the commit
+    entry: dict | None = None   # once listed, for write_cache
 
     @property
     def dsid(self) -> str:
@@ -70,16 +87,19 @@ class Writes:
     def __init__(self, config, store, access, mount_of, tell_master: TellMaster,
                  labels: dict, resources: list) -> None:
         """`store`: the BlockStore; `access`: tokens and records (access.py); `mount_of(ns,
-        ds, spec)`: our mount table (reads.py); `tell_master`: the master lists a file
-        written (awaited on the loop); `labels`/`resources`: this node's, matched against
-        a dataset's selector before a block is cached."""
+        ds, spec)`: our mount table (reads.py); `tell_master(ns, name, path, uid)`: the
+        master lists a file written (awaited on the loop); `labels`/`resources`: this
+        node's, matched against a dataset's selector before a block is cached."""
         self.config, self.store, self._access = config, store, access
         self._mount_of, self._tell = mount_of, tell_master
         self._labels, self._resources = labels, resources
         self.sessions: dict[str, Session] = {}
+        self.closed: collections.OrderedDict = collections.OrderedDict()  # id -> (ns, reply)
         self.counters = dict(files_written=0, bytes_written=0, writes_aborted=0,
-                             write_blocks_cached=0)
+                             write_blocks_cached=0, write_cache_skipped=0, writes_unlisted=0)
         self._pool = ThreadPoolExecutor(config.write_threads, thread_name_prefix="fc-write")
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task] = set()
         self._reaper: asyncio.Task | None = None
 
     # -- the data server's handler --------------------------------------------------------
@@ -95,10 +115,14 @@ class Writes:
             s = await self._open(ns, a)
             try:
                 await self._write(s, 0, payload)
-                return await self._close(s), None
             except BaseException:
                 await self._abort(s)
                 raise
+            return await self._close(s), None
+        if req.op == "write_close":
+            done = self.closed.get(a.get("w")) if isinstance(a.get("w"), str) else None
+            if done is not None and done[0] == ns:
+                return done[1], None          # a retried close: it was committed
         s = self._session(ns, a)
         if req.op == "write":
             offset = a.get("o")
@@ -111,11 +135,7 @@ class Writes:
                 raise
             return {"n": s.written}, None
         if req.op == "write_close":
-            try:
-                return await self._close(s), None
-            except BaseException:
-                await self._abort(s)
-                raise
+            return await self._close(s), None
         if req.op == "write_cache":
             return await self._cache(s, a.get("b")), None
         await self._abort(s)                                 # write_abort
@@ -126,7 +146,6 @@ class Writes:
         s = self.sessions.get(sid) if isinstance(sid, str) else None
         if s is None or s.ns != ns:        # another namespace's id is no id at all
             raise NotFound("no such write (aborted, idle too long, or never opened)")
-        s.last = time.monotonic()
         return s
 
     # -- steps ----------------------------------------------------------------------------
@@ -146,7 +165,7 @@ class Writes:
                     bool(args.get("x")))
         self.sessions[s.id] = s
         try:
-            await self._run(self._open_under, s)
+            await self._run(ns, self._open_under, s)
         except BaseException:
             self.sessions.pop(s.id, None)
             raise
@@ -155,36 +174,42 @@ class Writes:
     def _check_room(self, ns: str) -> None:
         cap = self.config.write_sessions
         mine = sum(1 for s in self.sessions.values() if s.ns == ns)
-        if len(self.sessions) >= cap or (ns != "default" and mine >= max(1, cap // 2)):
+        if len(self.sessions) >= cap or mine >= max(1, cap // 2):
             raise Unavailable(f"this worker has {len(self.sessions)} files open for "
-                              "writing (its limit); close some, or try again")
+                              f"writing ({mine} of namespace {ns}; its limits: {cap}, "
+                              f"{max(1, cap // 2)}); close some, or try again")
 
     def _open_under(self, s: Session) -> None:
         m = s.mount
         path = m.under_path(s.rel)          # opens the filesystem
         with translate(s.path):
+            m.fs.invalidate_cache(path)
             if s.exclusive and m.fs.exists(path):
                 raise AlreadyExists(f"{s.ds.name}/{s.path} exists")
-            if m.protocol == "file":
-                m.fs.makedirs(m.fs._parent(path), exist_ok=True)
-            # local files: a temporary name, renamed on commit (never half-visible); S3:
-            # an exclusive write also asks the store (If-None-Match) where it listens
-            mode = "xb" if s.exclusive and m.protocol in ("s3", "s3a") else "wb"
-            kw = {"block_size": self.config.write_part} if self.config.write_part else {}
-            s.file = m.fs.open(path, mode, autocommit=m.protocol != "file", **kw)
+            if m.protocol in ("s3", "s3a"):     # parts in flight while the client sends
+                s.file = PartUpload(m.fs, path, self.config.write_part,
+                                    self.config.write_parallel, s.exclusive)
+            elif m.protocol == "file":          # a hidden name, renamed at commit
+                s.file = LocalUpload(m.fs._strip_protocol(path), s.exclusive)
+            else:                               # other stores: their own file object
+                s.file = m.fs.open(path, "wb")
         if s.ds.write_mode == "cache-through":
             s.spool = tempfile.TemporaryFile(dir=self.config.write_spool or None)
 
     async def _write(self, s: Session, offset: int, data: bytes) -> None:
         async with s.busy:
-            if s.file is None:
+            if s.file is None or s.committing:
                 raise InvalidRequest("this write is closed")
             if offset != s.written:
+                if s.last_chunk == (offset, len(data), xxhash.xxh3_64_intdigest(data)) \
+                        and offset + len(data) == s.written:
+                    return                    # the last chunk again (a client's retry)
                 raise InvalidRequest(f"write at {offset}; the file has {s.written} bytes "
                                      "(chunks must come in order)")
             if data:
-                await self._run(self._write_under, s, data)
+                await self._run(s.ns, self._write_under, s, data)
             s.written += len(data)
+            s.last_chunk = (offset, len(data), xxhash.xxh3_64_intdigest(data))
             s.last = time.monotonic()
 
     def _write_under(self, s: Session, data: bytes) -> None:
@@ -194,30 +219,83 @@ class Writes:
             s.spool.write(data)
 
     async def _close(self, s: Session) -> dict:
+        """Commit, then have the master list it: shielded from the request's timeout
+        (a commit begun is finished, and the master told, whatever the client does)."""
         async with s.busy:
-            if s.file is None:
+            if s.file is None or s.committing:
                 raise InvalidRequest("this write is closed")
-            await self._run(self._commit, s)
-            s.file = None
-        entry = await self._tell(s.ns, s.ds.name, s.path)
+            try:
+                rec = await self._access.dataset(s.ns, s.ds.name, True)   # as it is now
+                if rec.dataset.uid != s.ds.uid:
+                    raise NotFound(f"dataset {s.ds.name} was removed while this file was "
+                                   "written; nothing was committed")
+                rec.dataset.check_writable()
+            except BaseException:
+                await self._abort(s)
+                raise
+            s.committing = True
+        task = asyncio.get_running_loop().create_task(self._finish(s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def _finish(self, s: Session) -> dict:
+        try:
+            await self._run(s.ns, self._commit, s)
+        except BaseException:
+            s.committing = False
+            await self._abort(s)
+            raise
+        s.file = None
         self.counters["files_written"] += 1
         self.counters["bytes_written"] += s.written
+        try:
+            entry = await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
+        except FluidError as exc:
+            # in the store, not yet listed: told again in the background; readers see it
+            # within the dataset's sync interval at worst
+            self._drop(s)
+            self.counters["writes_unlisted"] += 1
+            log.warning("the master did not list %s/%s: %s", s.ds.name, s.path, exc)
+            task = asyncio.get_running_loop().create_task(self._tell_later(s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return self._remember(s, {"entry": None})
         if s.spool is None or not entry.get("size"):
             self._drop(s)
-            return {"entry": entry}
+            return self._remember(s, {"entry": entry})
+        if not _same_version(s, entry):       # another writer came between: not ours
+            self.counters["write_cache_skipped"] += 1
+            self._drop(s)
+            return self._remember(s, {"entry": entry})
         s.entry = entry                      # write_cache comes next
-        return {"entry": entry, "w": s.id}
+        return self._remember(s, {"entry": entry, "w": s.id})
+
+    def _remember(self, s: Session, reply: dict) -> dict:
+        self.closed[s.id] = (s.ns, reply)
+        while len(self.closed) > 1024:
+            self.closed.popitem(last=False)
+        return reply
+
+    async def _tell_later(self, s: Session) -> None:
+        for delay in (1, 2, 4, 8, 16, 32):
+            await asyncio.sleep(delay)
+            try:
+                await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
+                return
+            except FluidError:
+                continue
 
     def _commit(self, s: Session) -> None:
         m = s.mount
         with translate(s.path):
+            m.fs.invalidate_cache(m.under_path(s.rel))
             if s.exclusive and m.fs.exists(m.under_path(s.rel)):
                 raise AlreadyExists(f"{s.ds.name}/{s.path} exists")  # made meanwhile
-            if m.protocol == "file":
-                s.file.commit()           # the rename
-                s.file.close()
+            if isinstance(s.file, (PartUpload, LocalUpload)):
+                s.committed = s.file.commit()   # the object appears whole / the rename
             else:
-                s.file.close()            # the upload completes: the object appears whole
+                s.file.close()            # other stores: their own file object's upload
 
     async def _cache(self, s: Session, indexes) -> dict:
         """Cache blocks `indexes` of the committed file from the spool (the caller named
@@ -231,7 +309,7 @@ class Writes:
             raise InvalidRequest(f"write_cache needs block indexes below {count}")
         try:
             async with s.busy:
-                cached = await self._run(self._cache_blocks, s, sorted(set(indexes)))
+                cached = await self._run(s.ns, self._cache_blocks, s, sorted(set(indexes)))
         finally:
             self._drop(s)
         self.counters["write_blocks_cached"] += cached
@@ -241,7 +319,8 @@ class Writes:
         if not placement.matches(s.ds.selector, self._labels, self._resources):
             return 0
         bs, entry = self.config.block_size, s.entry
-        # the key from our own mount table and the version the master listed
+        # the key from our own mount table and the version the master listed (checked
+        # to be this commit's: _same_version)
         fid = blocks.file_id(s.mount.url_of(s.rel), entry["version"], s.ns)
         cached = 0
         for i in indexes:
@@ -253,14 +332,14 @@ class Writes:
         return cached
 
     async def _abort(self, s: Session) -> None:
-        if self.sessions.get(s.id) is not s:
-            return
+        if self.sessions.get(s.id) is not s or s.committing:
+            return                          # gone already, or being committed: never abort
         self._drop(s)
         if s.file is not None:
             self.counters["writes_aborted"] += 1
             file, s.file = s.file, None
             try:
-                await self._run(_discard, file)
+                await self._run(s.ns, _discard, file)
             except Exception as exc:  # noqa: BLE001 - the store keeps no half file either way
                 log.warning("discarding a write to %s/%s: %s", s.ds.name, s.path, exc)
 
@@ -276,11 +355,16 @@ class Writes:
             await asyncio.sleep(min(10.0, self.config.write_idle / 2))
             limit = time.monotonic() - self.config.write_idle
             for s in [s for s in self.sessions.values()
-                      if s.last < limit and not s.busy.locked()]:
+                      if s.last < limit and not s.busy.locked() and not s.committing]:
                 await self._abort(s)
 
-    async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    async def _run(self, ns: str, fn, *args):
+        """`fn(*args)` on a write thread; a namespace holds at most half of them."""
+        slots = self._slots.get(ns)
+        if slots is None:
+            slots = self._slots[ns] = asyncio.Semaphore(max(1, self.config.write_threads // 2))
+        async with slots:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def stop(self) -> None:
         if self._reaper is not None:
@@ -288,9 +372,30 @@ class Writes:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _same_version(s: Session, entry: dict) -> bool:
+    """Is the listed entry the file this session committed? By the store's answer to
+    the commit: S3's ETag; a local file's mtime and inode (its version's parts)."""
+    got = s.committed or {}
+    if entry.get("size") != s.written:
+        return False
+    if "ETag" in got:
+        mine = norm_etag(got["ETag"])
+        return mine is not None and mine == norm_etag(entry.get("ETag"))
+    if "mtime_ns" in got:
+        try:
+            v = parse_version(entry.get("version"))
+        except ValueError:
+            return False
+        return v.kind == "f" and v.value == str(got["mtime_ns"]) and v.ino == got["ino"]
+    return False
+
+
 def _discard(file) -> None:
     """Give up an upload: an object store's multipart upload is aborted, a local
     temporary file removed; the file object is closed without committing."""
+    if isinstance(file, (PartUpload, LocalUpload)):
+        file.abort()
+        return
     if getattr(file, "autocommit", True) is False:
         file.close()                  # a local temporary file: closed, then removed
         file.discard()

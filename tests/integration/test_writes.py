@@ -245,6 +245,122 @@ def test_sync_answers_for_the_modes_built(wds, cluster, cli, moto):
                                          moto.options(), write_mode="async-through")
 
 
+def test_a_writer_between_commit_and_listing_never_gets_our_bytes_cached(wds):
+    """Another writer (straight to the store) races fluid's cache-through writes: the
+    bytes read for a version are that version's, never a block of ours cached under the
+    other writer's version."""
+    import hashlib
+    import threading
+    s3, stop = wds["s3"], threading.Event()
+    theirs = _body(MiB + 17, 40)
+    their_etag = hashlib.md5(theirs).hexdigest()
+
+    def hammer():
+        while not stop.is_set():
+            s3.pipe_file("fc-write/cache/race/r.bin", theirs)
+
+    t = threading.Thread(target=hammer, daemon=True)
+    t.start()
+    try:
+        fs, reader = _fresh(), _fresh()
+        for i in range(16):
+            ours = _body(MiB + 17, 41 + i)
+            fs.pipe_file("fluid://wcache/race/r.bin", ours)
+            listed = reader.info("fluid://wcache/race/r.bin", refresh=True)
+            got = reader.cat_file("fluid://wcache/race/r.bin")
+            if listed.get("ETag", "").strip('"') == their_etag:
+                assert got == theirs, f"round {i}: our bytes under their version"
+            else:
+                assert got in (ours, theirs)
+    finally:
+        stop.set()
+        t.join(30)
+
+
+def test_a_local_overwrite_is_never_seen_half_written(wds):
+    import threading
+    fs, target = _fresh(), wds["local"] / "atomic" / "a.bin"
+    old, new = _body(4 * MiB, 50), _body(4 * MiB + 1, 51)
+    fs.pipe_file("fluid://wlocal/atomic/a.bin", old)
+    seen, stop = set(), threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                seen.add(target.stat().st_size)
+            except FileNotFoundError:
+                seen.add(-1)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        for i in range(6):
+            fs.pipe_file("fluid://wlocal/atomic/a.bin", new if i % 2 == 0 else old)
+    finally:
+        stop.set()
+        t.join(30)
+    assert seen <= {len(old), len(new)}, sorted(seen)[:10]
+    assert fs.ls("fluid://wlocal/atomic", detail=False) == ["wlocal/atomic/a.bin"]
+    f = fs.open("fluid://wlocal/atomic/b.bin", "wb")
+    f.write(_body(9 * MiB, 52))                           # a session with a file being written
+    assert fs.ls("fluid://wlocal/atomic", detail=False, refresh=True) == ["wlocal/atomic/a.bin"]
+    f.discard()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]
+
+
+def test_a_dataset_removed_while_a_file_is_written_gets_nothing(wds, moto):
+    admin, fs = wds["admin"], _fresh()
+    admin.create_dataset("wgone", {"/": "s3://fc-write/gone"}, moto.options(),
+                         write_mode="through")
+    f = fs.open("fluid://wgone/g.bin", "wb")
+    f.write(_body(9 * MiB, 60))                          # the session is open
+    admin.remove_dataset("wgone")
+    wds["s3"].pipe_file("fc-write/gone/keep", b"k")     # a read-only dataset's root exists
+    admin.create_dataset("wgone", {"/": "s3://fc-write/gone"}, moto.options())  # read-only
+    with pytest.raises((FileNotFoundError, PermissionError)):
+        f.close()
+    assert _store(wds, "wgone", "g.bin") is None
+    with pytest.raises(PermissionError):
+        fs.client.cluster.call(f.worker["address"], "put", {"ds": "wgone", "p": "h.bin"},
+                               payload=b"x")
+    assert _store(wds, "wgone", "h.bin") is None
+
+
+def test_rm_checks_every_path_first_and_keeps_directories_with_files(wds):
+    fs = _fresh()
+    fs.pipe({"fluid://wthrough/rmd/a.bin": b"a", "fluid://wthrough/rmd/b.bin": b"b"})
+    with pytest.raises(IsADirectoryError):
+        fs.rm("fluid://wthrough/rmd")                       # not recursive
+    assert _store(wds, "wthrough", "rmd/a.bin") == b"a"
+    assert "wthrough/rmd" in _fresh().ls("fluid://wthrough", detail=False)
+    with pytest.raises(ValueError):                         # a mount's root in the page
+        fs.client.cluster.master("rm", {"ds": "wthrough", "paths": ["rmd/a.bin", ""]})
+    assert _store(wds, "wthrough", "rmd/a.bin") == b"a"     # nothing was removed
+    fs.rm("fluid://wthrough/rmd", recursive=True)
+    assert _store(wds, "wthrough", "rmd/a.bin") is None
+
+
+def test_a_resent_chunk_is_taken_once_and_a_retried_close_answers_again(wds):
+    fs = _fresh()
+    cluster = fs.client.cluster
+    w = fs.client.cluster.map()["workers"][0]["address"]
+    sid = cluster.call(w, "write_open", {"ds": "wthrough", "p": "retry/r.bin"})[0]["w"]
+    one, two = _body(MiB, 70), _body(MiB, 71)
+    cluster.call(w, "write", {"w": sid, "o": 0}, payload=one)
+    cluster.call(w, "write", {"w": sid, "o": 0}, payload=one)        # the same chunk again
+    with pytest.raises(ValueError):                                  # not the same: refused
+        cluster.call(w, "write", {"w": sid, "o": 0}, payload=two)
+    with pytest.raises(FileNotFoundError):                           # and the write aborted
+        cluster.call(w, "write", {"w": sid, "o": MiB}, payload=two)
+    sid = cluster.call(w, "write_open", {"ds": "wthrough", "p": "retry/r.bin"})[0]["w"]
+    cluster.call(w, "write", {"w": sid, "o": 0}, payload=one)
+    cluster.call(w, "write", {"w": sid, "o": 0}, payload=one)
+    cluster.call(w, "write", {"w": sid, "o": MiB}, payload=two)
+    first = cluster.call(w, "write_close", {"w": sid})[0]
+    assert cluster.call(w, "write_close", {"w": sid})[0] == first
+    assert _store(wds, "wthrough", "retry/r.bin") == one + two
+
+
 # -- fsspec's own abstract suites, with fluid:// as the filesystem under test ---------------
 from fsspec.tests.abstract import AbstractFixtures  # noqa: E402
 from fsspec.tests.abstract.copy import AbstractCopyTests  # noqa: E402

@@ -1,0 +1,149 @@
+"""Writes through fluid:// against direct s3fs: one run, peers interleaved, ratios printed.
+
+Two workloads, through s3rver behind the 20 ms first-byte latency proxy (each response's
+first byte held 20 ms, as from an in-region object store):
+  - a checkpoint: one 1 GiB file (--quick 64 MiB) written with write(8 MiB) pieces and
+    closed, as torch.save to a file object writes, by fluid (`through`, one local
+    worker) and by s3fs (`open(..., "wb")`, its default 50 MiB parts);
+  - small files: 2,000 files of 80-140 KB (--quick 200) written one after another by one
+    writer (`pipe_file`), by fluid (`through` and `cache-through`) and by s3fs.
+Each round's time runs from the first write to `close()` returning (the file is in the
+store then: through and cache-through finish at close). After each round the object is
+read back from the store and its bytes checked (xxh3), outside the timing. Reported:
+MB/s or files/s of the median round and of the worst round, and the ratio of medians.
+
+    python -m bench.write            # 1 GiB x 3 rounds, 2,000 small files x 3 rounds
+    python -m bench.write --quick    # 64 MiB x 2 rounds, 200 small files x 2 rounds
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+
+import xxhash
+
+PIECE = 8 << 20
+TARGETS = {"checkpoint": 1.0, "small files": None}
+WHERE = {"fluid through": "wt", "fluid cache-through": "wc"}
+
+
+def _checkpoint(f, body: memoryview) -> None:
+    with f:
+        for i in range(0, len(body), PIECE):
+            f.write(body[i:i + PIECE])
+
+
+def _small(fs, prefix: str, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        fs.pipe_file(f"{prefix}/{name}", data)
+
+
+def _check(s3, key: str, want: int) -> None:
+    h = xxhash.xxh3_64()
+    with s3.open(key, "rb", block_size=32 << 20) as f:
+        while chunk := f.read(32 << 20):
+            h.update(chunk)
+    assert h.intdigest() == want, f"{key}: wrong bytes in the store"
+
+
+def _line(label: str, unit: str, got: dict[str, list[float]], base: str) -> str:
+    out = [f"  {label} ({unit}: median, worst; ratio of medians to {base})"]
+    for who, xs in got.items():
+        ratio = statistics.median(xs) / statistics.median(got[base])
+        out.append(f"    {who:22s} {statistics.median(xs):9.1f} {min(xs):9.1f}   "
+                   f"{ratio:5.2f}x")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--mib", type=int, help="checkpoint size (default 1024; --quick 64)")
+    p.add_argument("--files", type=int, help="small files (default 2000; --quick 200)")
+    a = p.parse_args(argv)
+    size = (a.mib or (64 if a.quick else 1024)) << 20
+    nfiles = a.files or (200 if a.quick else 2000)
+    rounds = a.rounds or (2 if a.quick else 3)
+
+    import fsspec
+
+    from fluidcache import cluster, config, connect
+    from fluidcache.testing.proxy import LatencyProxy
+    from fluidcache.testing.s3 import S3rverServer, s3rver_script
+    if s3rver_script() is None:
+        print("s3rver is not installed (.ci/run installs it into .ci/s3rver): nothing to do")
+        return 1
+    home = tempfile.mkdtemp(prefix="fluidcache-bench-")
+    os.environ["FLUIDCACHE_HOME"] = home
+    mem = tempfile.mkdtemp(prefix="fc-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                           else None)
+    body = memoryview(os.urandom(size))
+    want = xxhash.xxh3_64_intdigest(body)
+    rnd = random.Random(7)
+    small = {f"f{i:05d}.bin": rnd.randbytes(rnd.randint(80_000, 140_000))
+             for i in range(nfiles)}
+    ckpt: dict[str, list[float]] = {"s3fs": [], "fluid through": []}
+    files: dict[str, list[float]] = {"s3fs": [], "fluid through": [],
+                                     "fluid cache-through": []}
+    try:
+        with S3rverServer(os.path.join(home, "s3rver")) as store, \
+                LatencyProxy(store.endpoint, 0.02) as proxy:
+            store.filesystem().mkdir("bench")
+            opts = dict(store.options(), endpoint_url=proxy.endpoint)
+            cluster.start(config.load(tiers=[{"medium": "MEM", "path": mem,
+                                              "quota": "1GiB"}]), dashboard=False)
+            try:
+                client = connect()
+                client.create_dataset("wt", {"/": "s3://bench/through"}, opts,
+                                      write_mode="through")
+                client.create_dataset("wc", {"/": "s3://bench/cache"}, opts,
+                                      write_mode="cache-through")
+                direct = fsspec.filesystem("s3", key=opts["key"], secret=opts["secret"],
+                                           client_kwargs={"endpoint_url": proxy.endpoint},
+                                           skip_instance_cache=True)
+                check = store.filesystem()
+                fluid = client.filesystem(skip_instance_cache=True)
+                for r in range(rounds):
+                    order = list(ckpt) if r % 2 == 0 else list(reversed(ckpt))
+                    for who in order:                   # neither always first
+                        f = direct.open("bench/direct/ckpt.bin", "wb") if who == "s3fs" \
+                            else fluid.open("fluid://wt/ckpt.bin", "wb")
+                        t0 = time.perf_counter()
+                        _checkpoint(f, body)
+                        ckpt[who].append(size / (time.perf_counter() - t0) / 1e6)
+                        _check(check, "bench/direct/ckpt.bin" if who == "s3fs"
+                               else "bench/through/ckpt.bin", want)
+                    order = list(files) if r % 2 == 0 else list(reversed(files))
+                    for who in order:
+                        fs, prefix = (direct, f"bench/direct/small{r}") if who == "s3fs" \
+                            else (fluid, f"fluid://{WHERE[who]}/small{r}")
+                        t0 = time.perf_counter()
+                        _small(fs, prefix, small)
+                        files[who].append(nfiles / (time.perf_counter() - t0))
+                    for key in (f"bench/direct/small{r}", f"bench/through/small{r}",
+                                f"bench/cache/small{r}"):
+                        got = check.cat(f"{key}/*")
+                        assert {k.rsplit("/", 1)[1]: v for k, v in got.items()} == small, \
+                            f"{key}: missing files or wrong bytes"
+            finally:
+                cluster.stop()
+    finally:
+        shutil.rmtree(mem, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+    print(f"\nwrites through s3rver behind a 20 ms first-byte latency proxy, {rounds} rounds, "
+          "one writer")
+    print(_line(f"one {size >> 20} MiB checkpoint, write(8 MiB) then close", "MB/s", ckpt,
+                "s3fs") + f"   (target: fluid through >= {TARGETS['checkpoint']}x)")
+    print(_line(f"{nfiles} files of 80-140 KB, pipe_file one after another", "files/s",
+                files, "s3fs"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
