@@ -64,7 +64,7 @@ class Master:
         self.rules = Rules(self.core, self._lock, self.listings, self.members, cfg,
                            self._commit, self.dataops.files)
         self.catalog = Catalog(self.core, self._lock, self.listings, self.blocks, cfg,
-                               self._commit, self.dataops.free_owner)
+                               self._commit, self.dataops.free_owner, self._forget_everywhere)
         self.writes = Writes(self.core, self._lock, self.listings, cfg,
                              self.dataops.free_keys)
         self.status = Status(self.core, self._lock, self.blocks, self.listings, self.members,
@@ -84,6 +84,13 @@ class Master:
         self.server = self._serve()
         if restarted:   # a master restarted by Ray: find the workers again, keep them going
             self.members.start()
+
+    def _forget_everywhere(self, ns: str, name: str) -> None:
+        """Every worker drops its record of a removed dataset (one that does not answer
+        drops it within its record_ttl)."""
+        with self._lock:
+            ids = [w["id"] for w in self.core.cluster_map()["workers"]]
+        self.members.call(ids, "forget", ns, name, timeout=10)
 
     def _op_table(self) -> dict[str, Op]:
         """Every client op, by the name on the wire (`ping` is answered before it)."""
@@ -239,9 +246,10 @@ class MasterActor:
         self._m.members.check_secret(secret)
         return self._m.catalog.dataset_for_worker(ns, name)
 
-    def wrote(self, ns: str, name: str, path: str, uid: str, secret: str = "") -> dict:
+    def wrote(self, ns: str, name: str, path: str, uid: str, committed: dict | None = None,
+              secret: str = "") -> dict:
         self._m.members.check_secret(secret)
-        return self._m.writes.wrote(ns, name, path, uid)
+        return self._m.writes.wrote(ns, name, path, uid, committed)
 
     def tokens(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)

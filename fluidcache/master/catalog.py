@@ -52,9 +52,14 @@ def grant_of(args: dict) -> tenants.Grant:
 class Catalog:
     def __init__(self, core: MasterCore, lock: threading.RLock, listings: Listings,
                  blocks: BlockMap, config: Config, commit: Callable[[dict], None],
-                 free_owner: Callable[[str], None]) -> None:
+                 free_owner: Callable[[str], None],
+                 forget: Callable[[str, str], None] = lambda ns, name: None) -> None:
+        """`free_owner(owner)`: a removed dataset's blocks go; `forget(ns, name)`: every
+        worker drops its record of a removed dataset (a write open on it commits
+        nothing)."""
         self.core, self._lock, self.listings, self.blocks = core, lock, listings, blocks
         self.config, self._commit, self._free_owner = config, commit, free_owner
+        self._forget = forget
 
     # -- namespaces --------------------------------------------------------------------
     def op_namespace_create(self, ns: str, args: dict) -> dict:
@@ -180,6 +185,7 @@ class Catalog:
             self._commit({"op": "dataset_rm", "ns": ns, "name": ds.name})
             self.blocks.drop_owner(f"{ns}/{ds.name}")
         self.listings.forget(ns, ds.name)
+        self._forget(ns, ds.name)
         return ds.public()
 
     def dataset_for_worker(self, ns: str, name: str) -> dict:

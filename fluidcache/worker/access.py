@@ -90,12 +90,15 @@ class Access:
             return None
         return rec
 
-    async def dataset(self, ns: str, name: str, fresh: bool = False) -> Record:
+    async def dataset(self, ns: str, name: str, fresh: bool = False,
+                      max_age: float | None = None) -> Record:
         """The dataset's record, asked of the master when we hold none, ours is older than
-        `record_ttl` or `fresh` asks for a new one. A dataset the master no longer knows
-        is forgotten here and by `on_forget`, and NotFound raised."""
+        `record_ttl` (or `max_age` seconds) or `fresh` asks for a new one. A dataset the
+        master no longer knows is forgotten here and by `on_forget`, and NotFound raised."""
         rec = self._records.get((ns, name))
-        if rec is None or fresh or rec.expires < time.monotonic():
+        now = time.monotonic()
+        if rec is None or fresh or rec.expires < now or \
+                (max_age is not None and rec.expires - self._ttl + max_age < now):
             try:
                 got = await self._ask_dataset(ns, name)
             except Exception as exc:

@@ -121,13 +121,15 @@ class Worker:
     async def _ask_dataset(self, ns: str, name: str) -> dict:
         return await _ray_call(self._master.dataset_for_worker.remote(ns, name, self._secret))
 
-    async def _tell_master(self, ns: str, name: str, path: str, uid: str) -> dict:
+    async def _tell_master(self, ns: str, name: str, path: str, uid: str,
+                           committed: dict | None) -> dict:
         """The master lists a file we committed. Its own error (the store's HEAD failed,
         the dataset went) reaches the client as it is; anything else is Unavailable (the
         file is in the store; the next listing shows it)."""
         try:
             return await asyncio.wait_for(
-                _ray_call(self._master.wrote.remote(ns, name, path, uid, self._secret)),
+                _ray_call(self._master.wrote.remote(ns, name, path, uid, committed,
+                                                    self._secret)),
                 _MASTER_TIMEOUT)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, FluidError):
@@ -272,6 +274,10 @@ class WorkerActor:
 
     def where(self, keys: list) -> dict:
         return self._w.store.tier_bytes(keys)
+
+    def forget(self, ns: str, name: str) -> None:
+        """A dataset was removed: its record goes (asked again, if ever, of the master)."""
+        self._w.on_loop(self._w.access.forget, ns, name)
 
     def release(self, keep_cache: bool = False) -> None:
         self._w.release(keep_cache)

@@ -13,8 +13,9 @@ Owns: write sessions and the data server's write ops
 
 Each session is bound to the namespace that opened it and to a dataset that takes
 writes (dataset.check_writable), with its path normalized and resolved through our
-own mount table; at close the dataset is asked of the master again (removed, made again
-or made read-only meanwhile: nothing is committed). A file is visible whole or not at
+own mount table; at close the dataset's record is at most RECHECK (1 s) old (removed,
+made again or made read-only before that: nothing is committed; the master checks
+again when it lists the file). A file is visible whole or not at
 all (upload.py): S3 shows an object once its upload completes; a local file is renamed
 over its name. Once a commit has begun it is never aborted (a request timeout does not
 cancel it), and a master that does not answer then is told again in the background.
@@ -53,10 +54,12 @@ from ..understore.versions import norm_etag, parse_version
 from .upload import LocalUpload, PartUpload
 
 log = logging.getLogger(__name__)
+RECHECK = 1.0      # seconds a dataset's record is trusted at a commit (then asked again)
 OPS = ("write_open", "write", "write_close", "write_cache", "write_abort", "put")
 
-# (ns, dataset name, path, dataset uid) -> the entry the master lists for the file written
-TellMaster = Callable[[str, str, str, str], Awaitable[dict]]
+# (ns, dataset name, path, dataset uid, the store's answer to the commit) -> the entry
+# the master lists for the file written
+TellMaster = Callable[[str, str, str, str, dict | None], Awaitable[dict]]
 
 
 @dataclass(eq=False)
@@ -225,7 +228,7 @@ class Writes:
             if s.file is None or s.committing:
                 raise InvalidRequest("this write is closed")
             try:
-                rec = await self._access.dataset(s.ns, s.ds.name, True)   # as it is now
+                rec = await self._access.dataset(s.ns, s.ds.name, max_age=RECHECK)
                 if rec.dataset.uid != s.ds.uid:
                     raise NotFound(f"dataset {s.ds.name} was removed while this file was "
                                    "written; nothing was committed")
@@ -250,7 +253,7 @@ class Writes:
         self.counters["files_written"] += 1
         self.counters["bytes_written"] += s.written
         try:
-            entry = await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
+            entry = await self._tell(s.ns, s.ds.name, s.path, s.ds.uid, _answer(s))
         except FluidError as exc:
             # in the store, not yet listed: told again in the background; readers see it
             # within the dataset's sync interval at worst
@@ -281,7 +284,7 @@ class Writes:
         for delay in (1, 2, 4, 8, 16, 32):
             await asyncio.sleep(delay)
             try:
-                await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
+                await self._tell(s.ns, s.ds.name, s.path, s.ds.uid, _answer(s))
                 return
             except FluidError:
                 continue
@@ -370,6 +373,18 @@ class Writes:
         if self._reaper is not None:
             self._reaper.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _answer(s: Session) -> dict | None:
+    """What the master may list the file by: the store's ETag (and VersionId) for it,
+    and the size written (None: the master asks the store)."""
+    got = s.committed or {}
+    if not got.get("ETag"):
+        return None
+    out = {"ETag": str(got["ETag"]), "size": s.written}
+    if got.get("VersionId"):
+        out["VersionId"] = str(got["VersionId"])
+    return out
 
 
 def _same_version(s: Session, entry: dict) -> bool:
