@@ -398,7 +398,7 @@ class FluidFileSystem(WriteVerbs, AbstractFileSystem):
     def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None,
               **kwargs):
         if mode != "rb":
-            return self._open_write(path, mode)       # fswrite.py
+            return self._open_write(path, mode, autocommit)       # fswrite.py
         path = self._strip_protocol(path)
         return FluidFile(self, path, self._file_entry(path))
 

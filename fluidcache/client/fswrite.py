@@ -41,7 +41,7 @@ class WriteVerbs:
                                "through or cache-through to write)")
         return path, ds, rest
 
-    def _open_write(self, path, mode: str) -> FluidWriter:
+    def _open_write(self, path, mode: str, autocommit: bool = True) -> FluidWriter:
         if mode not in ("wb", "xb"):
             raise NotSupported(f"mode {mode!r}: fluid:// files are written whole ('wb', "
                                "'xb'); object stores cannot append")
@@ -50,7 +50,7 @@ class WriteVerbs:
             raise IsADirectory(f"fluid://{path} is a dataset, not a file")
         if mode == "xb" and self.exists(path):
             raise AlreadyExists(f"fluid://{path} exists")
-        return FluidWriter(self, path, mode)
+        return FluidWriter(self, path, mode, autocommit)
 
     def wrote(self, path: str) -> None:
         """A file of ours was committed: what this process held of it goes (the

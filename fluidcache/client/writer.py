@@ -17,6 +17,7 @@ half-written is ever visible).
 from __future__ import annotations
 
 import io
+import sys
 
 from fsspec.spec import AbstractBufferedFile
 
@@ -42,10 +43,13 @@ def writer_worker(cluster, dataset: str, path: str) -> dict:
 class FluidWriter(AbstractBufferedFile):
     """A file of `fluid://` open for writing ("wb" or "xb")."""
 
-    def __init__(self, fs, path: str, mode: str = "wb") -> None:
+    def __init__(self, fs, path: str, mode: str = "wb", autocommit: bool = True) -> None:
+        """`autocommit=False` (inside `fs.transaction`): the bytes are sent at close and
+        committed by `commit()` when the transaction ends (`discard()` drops them)."""
         cluster = fs.client.cluster
         self.chunk = int(cluster.map().get("write_chunk") or DEFAULT_CHUNK)
-        super().__init__(fs, path, mode=mode, block_size=self.chunk, autocommit=True,
+        self._exc_at_open = sys.exc_info()[1]
+        super().__init__(fs, path, mode=mode, block_size=self.chunk, autocommit=autocommit,
                          cache_type="none")
         self.cluster = cluster
         self.dataset, _, self.rel = path.partition("/")
@@ -59,7 +63,7 @@ class FluidWriter(AbstractBufferedFile):
 
     # -- fsspec's buffered-file hooks -------------------------------------------------
     def _initiate_upload(self) -> None:
-        if self.forced and self.buffer.tell() <= self.chunk:
+        if self.forced and self.buffer.tell() <= self.chunk and self.autocommit:
             self.small = True           # a small file: one `put` at close
             return
         result, _ = self._call("write_open", {"ds": self.dataset, "p": self.rel,
@@ -81,16 +85,22 @@ class FluidWriter(AbstractBufferedFile):
             for start in range(0, len(data), self.chunk):
                 piece = data[start:start + self.chunk]
                 self._call("write", {"w": self.session, "o": self.offset + start}, piece)
-            if final:
-                result, _ = self._call("write_close", {"w": self.session})
-                self.session = None
-                self._committed(result)
+            if final and self.autocommit:
+                self.commit()
         except BaseException:
             self._abort()
             raise
         finally:
             data.release()
         return True
+
+    def commit(self) -> None:
+        """Make the file visible (at close; in a transaction, when it ends)."""
+        if self.session is None:
+            return
+        result, _ = self._call("write_close", {"w": self.session})
+        self.session = None
+        self._committed(result)
 
     def _committed(self, result: dict) -> None:
         self.entry = result["entry"]
@@ -133,10 +143,18 @@ class FluidWriter(AbstractBufferedFile):
     # -- whole or nothing -----------------------------------------------------------------
     def discard(self) -> None:
         """Give the file up: nothing of it reaches the store."""
-        if not self.closed:
-            self._abort()
-            self.buffer = io.BytesIO()
-            self.closed = True
+        self._abort()
+        self.buffer = io.BytesIO()
+        self.closed = True
+
+    def close(self) -> None:
+        """Commit the file, unless it is closed while an exception raised since it was
+        opened is being handled (fsspec's `with fsspec.open(...)`, a text wrapper, a
+        library's `finally`): then it is discarded, never committed half-written."""
+        if not self.closed and sys.exc_info()[1] not in (None, self._exc_at_open):
+            self.discard()
+            return
+        super().close()
 
     def __exit__(self, kind, exc, tb):
         if kind is not None:

@@ -246,10 +246,9 @@ class MasterActor:
         self._m.members.check_secret(secret)
         return self._m.catalog.dataset_for_worker(ns, name)
 
-    def wrote(self, ns: str, name: str, path: str, uid: str, committed: dict | None = None,
-              secret: str = "") -> dict:
+    def wrote(self, ns: str, name: str, path: str, uid: str, secret: str = "") -> dict:
         self._m.members.check_secret(secret)
-        return self._m.writes.wrote(ns, name, path, uid, committed)
+        return self._m.writes.wrote(ns, name, path, uid)
 
     def tokens(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)

@@ -163,15 +163,6 @@ class Listings:
         return info_entry(one, _prefix(ds, parent), self.url_of(ds, parent), child,
                           ds.namespace)
 
-    def committed(self, ds: Dataset, path: str, info: dict) -> dict:
-        """The entry of a file a worker just committed, from the store's own answer to
-        the commit (`info`: its ETag, VersionId, size) instead of asking again; put into
-        the parent's held listing as a refresh would."""
-        spec, rel = ds.resolve(path)
-        mount = self.mount(ds, spec)
-        started = time.monotonic()
-        return self._file(ds, path, self._row(mount, ds, dict(info, type="file")), started)
-
     def entry(self, ds: Dataset, path: str, refresh: bool = False) -> dict:
         """`info` of a path. A refresh (or the "always" policy) asks the store about this
         one file, not its whole directory."""

@@ -28,7 +28,6 @@ from ..config import Config
 from ..dataset import Dataset, normalize
 from ..errors import InvalidRequest, IsADirectory, NotFound, NotSupported
 from ..understore.mount import translate
-from ..understore.versions import norm_etag
 from .catalog import arg_str, target
 from .core import MasterCore
 from .listing import DIR
@@ -60,12 +59,10 @@ class Writes:
         return mount, rel, mount.under_path(rel)
 
     # -- from workers ---------------------------------------------------------------------
-    def wrote(self, ns: str, name: str, path: str, uid: str,
-              committed: dict | None = None) -> dict:
-        """A worker committed a file at `path` of the dataset incarnation `uid`: list it,
-        show it, free its old blocks. `committed`: the store's answer to the commit
-        ({"ETag", "VersionId", "size"}); with a strong ETag in it the file is listed
-        from it (the store said it once), else the store is asked (a HEAD)."""
+    def wrote(self, ns: str, name: str, path: str, uid: str) -> dict:
+        """A worker committed a file at `path` of the dataset incarnation `uid`: list it
+        (asked of the store: of two writers of one path, what the store holds now wins,
+        whichever worker tells us last), show it, free its old blocks."""
         with self._lock:
             ds = self.core.dataset(ns, name)
         if ds.uid != uid:
@@ -73,12 +70,7 @@ class Writes:
         ds.check_writable()
         path = normalize(path)
         old = self._old_entry(ds, path)
-        if committed and norm_etag(committed.get("ETag")) and \
-                isinstance(committed.get("size"), int):
-            info = {k: committed[k] for k in ("ETag", "VersionId", "size") if k in committed}
-            entry = self.listings.committed(ds, path, info)
-        else:
-            entry = self.listings.entry(ds, path, refresh=True)
+        entry = self.listings.entry(ds, path, refresh=True)
         self._show_dirs(ds, path)
         self._changed(ds, [old] if old and old.get("fid") != entry.get("fid") else [])
         return entry

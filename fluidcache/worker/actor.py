@@ -121,15 +121,13 @@ class Worker:
     async def _ask_dataset(self, ns: str, name: str) -> dict:
         return await _ray_call(self._master.dataset_for_worker.remote(ns, name, self._secret))
 
-    async def _tell_master(self, ns: str, name: str, path: str, uid: str,
-                           committed: dict | None) -> dict:
+    async def _tell_master(self, ns: str, name: str, path: str, uid: str) -> dict:
         """The master lists a file we committed. Its own error (the store's HEAD failed,
         the dataset went) reaches the client as it is; anything else is Unavailable (the
         file is in the store; the next listing shows it)."""
         try:
             return await asyncio.wait_for(
-                _ray_call(self._master.wrote.remote(ns, name, path, uid, committed,
-                                                    self._secret)),
+                _ray_call(self._master.wrote.remote(ns, name, path, uid, self._secret)),
                 _MASTER_TIMEOUT)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, FluidError):

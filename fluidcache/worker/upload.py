@@ -71,12 +71,11 @@ class PartUpload:
             raise AlreadyExists(f"{self.bucket}/{self.key} exists") from None
 
     def abort(self) -> None:
-        """Give the upload up: parts in flight cancelled, the uploaded ones removed."""
-        for f in self.parts:
-            f.cancel()
+        """Give the upload up: the parts in flight are let finish (S3 may keep a part
+        that lands after the abort), then the upload and its parts are removed."""
         self.buf = bytearray()
         if self.upload_id is not None:
-            cf.wait(self.parts, timeout=60)
+            cf.wait(self.parts, timeout=300)
             upload_id, self.upload_id = self.upload_id, None
             self._call("abort_multipart_upload", UploadId=upload_id)
 
@@ -128,10 +127,15 @@ class LocalUpload:
         self.file.write(data)
 
     def commit(self) -> dict:
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            os.fchmod(self.file.fileno(), 0o644)  # mkstemp's 0600 is not what users expect
+            st = os.fstat(self.file.fileno())     # ours: another writer may rename next
+        except BaseException:
+            self.abort()
+            raise
         self.file.close()
-        os.chmod(self.tmp, 0o644)                 # mkstemp's 0600 is not what users expect
         if self.exclusive:
             try:
                 os.link(self.tmp, self.path)
@@ -141,12 +145,15 @@ class LocalUpload:
                 os.unlink(self.tmp)
         else:
             os.replace(self.tmp, self.path)
-        st = os.stat(self.path)
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
     def abort(self) -> None:
-        self.file.close()
         try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
+            self.file.close()                     # (a full disk may fail this flush)
+        except OSError:
             pass
+        finally:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass

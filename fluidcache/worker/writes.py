@@ -39,6 +39,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -57,9 +58,8 @@ log = logging.getLogger(__name__)
 RECHECK = 1.0      # seconds a dataset's record is trusted at a commit (then asked again)
 OPS = ("write_open", "write", "write_close", "write_cache", "write_abort", "put")
 
-# (ns, dataset name, path, dataset uid, the store's answer to the commit) -> the entry
-# the master lists for the file written
-TellMaster = Callable[[str, str, str, str, dict | None], Awaitable[dict]]
+# (ns, dataset name, path, dataset uid) -> the entry the master lists for the file written
+TellMaster = Callable[[str, str, str, str], Awaitable[dict]]
 
 
 @dataclass(eq=False)
@@ -77,7 +77,9 @@ class Session:
     last_chunk: tuple | None = None     # (offset, length, digest): a re-send is taken once
     last: float = field(default_factory=time.monotonic)
     busy: asyncio.Lock = field(default_factory=asyncio.Lock)
-    committing: bool = False    # from here on it is never aborted
+    committing: bool = False    # from here on until it is in the store: never aborted
+    finishing: asyncio.Task | None = None   # the commit and listing, once begun
+    running: object = None     # the store call in a thread now (cf.Future), if any
     committed: dict | None = None       # the store's answer to the commit
     entry: dict | None = None   # once listed, for write_cache
 
@@ -127,6 +129,10 @@ class Writes:
             if done is not None and done[0] == ns:
                 return done[1], None          # a retried close: it was committed
         s = self._session(ns, a)
+        if req.op == "write_close" and s.finishing is not None:
+            return await asyncio.shield(s.finishing), None    # asked again meanwhile
+        if req.op == "write_abort" and s.committing:
+            return {"aborted": False, "committing": True}, None
         if req.op == "write":
             offset = a.get("o")
             if not isinstance(offset, int) or isinstance(offset, bool):
@@ -210,7 +216,7 @@ class Writes:
                 raise InvalidRequest(f"write at {offset}; the file has {s.written} bytes "
                                      "(chunks must come in order)")
             if data:
-                await self._run(s.ns, self._write_under, s, data)
+                await self._run(s.ns, self._write_under, s, data, session=s)
             s.written += len(data)
             s.last_chunk = (offset, len(data), xxhash.xxh3_64_intdigest(data))
             s.last = time.monotonic()
@@ -228,7 +234,7 @@ class Writes:
             if s.file is None or s.committing:
                 raise InvalidRequest("this write is closed")
             try:
-                rec = await self._access.dataset(s.ns, s.ds.name, max_age=RECHECK)
+                rec = await self._record(s)
                 if rec.dataset.uid != s.ds.uid:
                     raise NotFound(f"dataset {s.ds.name} was removed while this file was "
                                    "written; nothing was committed")
@@ -237,33 +243,49 @@ class Writes:
                 await self._abort(s)
                 raise
             s.committing = True
-        task = asyncio.get_running_loop().create_task(self._finish(s))
+        s.finishing = self._spawn(self._finish(s))
+        return await asyncio.shield(s.finishing)
+
+    async def _record(self, s: Session):
+        """The dataset's record at most RECHECK seconds old; while the master does not
+        answer, the one held (within record_ttl): an outage does not throw uploads away."""
+        try:
+            return await self._access.dataset(s.ns, s.ds.name, max_age=RECHECK)
+        except Unavailable:
+            held = self._access.held(s.ns, s.ds.name)
+            if held is None:
+                raise
+            return held
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return await asyncio.shield(task)
+        return task
 
     async def _finish(self, s: Session) -> dict:
         try:
-            await self._run(s.ns, self._commit, s)
+            await self._run(s.ns, self._commit, s, session=s)
         except BaseException:
             s.committing = False
             await self._abort(s)
             raise
-        s.file = None
+        s.file, s.committing, s.last = None, False, time.monotonic()
         self.counters["files_written"] += 1
         self.counters["bytes_written"] += s.written
         try:
-            entry = await self._tell(s.ns, s.ds.name, s.path, s.ds.uid, _answer(s))
-        except FluidError as exc:
+            entry = await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
+        except Unavailable as exc:
             # in the store, not yet listed: told again in the background; readers see it
             # within the dataset's sync interval at worst
             self._drop(s)
             self.counters["writes_unlisted"] += 1
             log.warning("the master did not list %s/%s: %s", s.ds.name, s.path, exc)
-            task = asyncio.get_running_loop().create_task(self._tell_later(s))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._tell_later(s))
             return self._remember(s, {"entry": None})
+        except BaseException:
+            self._drop(s)                   # refused (the dataset went): the caller hears
+            raise
         if s.spool is None or not entry.get("size"):
             self._drop(s)
             return self._remember(s, {"entry": entry})
@@ -284,10 +306,12 @@ class Writes:
         for delay in (1, 2, 4, 8, 16, 32):
             await asyncio.sleep(delay)
             try:
-                await self._tell(s.ns, s.ds.name, s.path, s.ds.uid, _answer(s))
+                await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
                 return
-            except FluidError:
+            except Unavailable:
                 continue
+            except FluidError:
+                return
 
     def _commit(self, s: Session) -> None:
         m = s.mount
@@ -305,12 +329,12 @@ class Writes:
         the ones this worker owns). The session ends here."""
         if s.entry is None or s.spool is None:
             raise InvalidRequest("write_cache follows write_close of a cache-through write")
-        count = blocks.block_count(s.entry["size"], self.config.block_size)
-        if not isinstance(indexes, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count
-                for i in indexes):
-            raise InvalidRequest(f"write_cache needs block indexes below {count}")
         try:
+            count = blocks.block_count(s.entry["size"], self.config.block_size)
+            if not isinstance(indexes, list) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < count
+                    for i in indexes):
+                raise InvalidRequest(f"write_cache needs block indexes below {count}")
             async with s.busy:
                 cached = await self._run(s.ns, self._cache_blocks, s, sorted(set(indexes)))
         finally:
@@ -342,7 +366,7 @@ class Writes:
             self.counters["writes_aborted"] += 1
             file, s.file = s.file, None
             try:
-                await self._run(s.ns, _discard, file)
+                await self._run(s.ns, _discard, file, s.running)
             except Exception as exc:  # noqa: BLE001 - the store keeps no half file either way
                 log.warning("discarding a write to %s/%s: %s", s.ds.name, s.path, exc)
 
@@ -357,34 +381,34 @@ class Writes:
         while True:
             await asyncio.sleep(min(10.0, self.config.write_idle / 2))
             limit = time.monotonic() - self.config.write_idle
+            # (a committed cache-through file whose write_cache never came, too)
             for s in [s for s in self.sessions.values()
                       if s.last < limit and not s.busy.locked() and not s.committing]:
                 await self._abort(s)
 
-    async def _run(self, ns: str, fn, *args):
-        """`fn(*args)` on a write thread; a namespace holds at most half of them."""
+    async def _run(self, ns: str, fn, *args, session: Session | None = None):
+        """`fn(*args)` on a write thread; a namespace holds at most half of them. The
+        slot is given back when the thread is done, not when the caller stops waiting
+        (a request that times out on a hanging store keeps holding its slot)."""
         slots = self._slots.get(ns)
         if slots is None:
             slots = self._slots[ns] = asyncio.Semaphore(max(1, self.config.write_threads // 2))
-        async with slots:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        await slots.acquire()
+        loop = asyncio.get_running_loop()
+        try:
+            fut = self._pool.submit(fn, *args)
+        except BaseException:
+            slots.release()
+            raise
+        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(slots.release))
+        if session is not None:
+            session.running = fut
+        return await asyncio.wrap_future(fut)
 
     def stop(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def _answer(s: Session) -> dict | None:
-    """What the master may list the file by: the store's ETag (and VersionId) for it,
-    and the size written (None: the master asks the store)."""
-    got = s.committed or {}
-    if not got.get("ETag"):
-        return None
-    out = {"ETag": str(got["ETag"]), "size": s.written}
-    if got.get("VersionId"):
-        out["VersionId"] = str(got["VersionId"])
-    return out
 
 
 def _same_version(s: Session, entry: dict) -> bool:
@@ -405,9 +429,12 @@ def _same_version(s: Session, entry: dict) -> bool:
     return False
 
 
-def _discard(file) -> None:
-    """Give up an upload: an object store's multipart upload is aborted, a local
+def _discard(file, running=None) -> None:
+    """Give up an upload, once the store call still running on it (`running`, a
+    cf.Future) is done: an object store's multipart upload is aborted, a local
     temporary file removed; the file object is closed without committing."""
+    if running is not None:
+        futures.wait([running])
     if isinstance(file, (PartUpload, LocalUpload)):
         file.abort()
         return

@@ -361,6 +361,42 @@ def test_a_resent_chunk_is_taken_once_and_a_retried_close_answers_again(wds):
     assert _store(wds, "wthrough", "retry/r.bin") == one + two
 
 
+def test_files_closed_by_fsspec_or_a_text_wrapper_on_an_exception_are_not_committed(wds):
+    for n in (100, 9 * MiB + 3):
+        with pytest.raises(RuntimeError):
+            with fsspec.open(f"fluid://wthrough/exc/open{n}.bin", "wb") as f:   # OpenFile
+                f.write(_body(n, 80))
+                raise RuntimeError("the job died")
+        assert _store(wds, "wthrough", f"exc/open{n}.bin") is None
+    with pytest.raises(RuntimeError):
+        with _fresh().open("fluid://wthrough/exc/text.txt", "w") as f:           # text
+            f.write("half a line")
+            raise RuntimeError("the job died")
+    assert _store(wds, "wthrough", "exc/text.txt") is None
+    try:
+        raise KeyError("while handling this")
+    except KeyError:                   # a file written inside `except` is committed
+        with _fresh().open("fluid://wthrough/exc/report.txt", "w") as f:
+            f.write("it failed")
+    assert _store(wds, "wthrough", "exc/report.txt") == b"it failed"
+
+
+def test_a_transaction_commits_its_files_at_its_end_or_not_at_all(wds):
+    fs = _fresh()
+    with fs.transaction:
+        fs.pipe_file("fluid://wthrough/tx/a.bin", b"a")
+        with fs.open("fluid://wthrough/tx/b.bin", "wb") as f:
+            f.write(_body(9 * MiB, 81))
+        assert _store(wds, "wthrough", "tx/a.bin") is None            # not yet
+    assert _store(wds, "wthrough", "tx/a.bin") == b"a"
+    assert _store(wds, "wthrough", "tx/b.bin") == _body(9 * MiB, 81)
+    with pytest.raises(RuntimeError):
+        with fs.transaction:
+            fs.pipe_file("fluid://wthrough/tx/c.bin", b"c")
+            raise RuntimeError("rolled back")
+    assert _store(wds, "wthrough", "tx/c.bin") is None
+
+
 # -- fsspec's own abstract suites, with fluid:// as the filesystem under test ---------------
 from fsspec.tests.abstract import AbstractFixtures  # noqa: E402
 from fsspec.tests.abstract.copy import AbstractCopyTests  # noqa: E402

@@ -28,7 +28,7 @@ def _room(tmp_path, mode="through", **cfg):
             raise RuntimeError(f"no dataset {name!r}")
         return dict(record, namespace=ns)
 
-    async def tell(ns, name, path, uid, answer):
+    async def tell(ns, name, path, uid):
         told.append((ns, name, path, uid))
         return {"name": f"{name}/{path}", "size": (tmp_path / path).stat().st_size,
                 "type": "file", "version": "w:x", "fid": "f"}
