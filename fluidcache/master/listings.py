@@ -163,6 +163,17 @@ class Listings:
         return info_entry(one, _prefix(ds, parent), self.url_of(ds, parent), child,
                           ds.namespace)
 
+    def held_entry(self, ds: Dataset, path: str) -> dict | None:
+        """The entry of `path` in its parent's listing as held here, expired or not
+        (None: not held, or not in it); never asks the store."""
+        parent, _, child = path.rpartition("/")
+        with self._lock:
+            held = self.core.listing(ds.namespace, ds.name, parent, None)
+        if held is None:
+            return None
+        return info_entry(held, _prefix(ds, parent), self.url_of(ds, parent), child,
+                          ds.namespace)
+
     def entry(self, ds: Dataset, path: str, refresh: bool = False) -> dict:
         """`info` of a path. A refresh (or the "always" policy) asks the store about this
         one file, not its whole directory."""

@@ -164,13 +164,12 @@ class Writes:
 
     # -- listings and blocks --------------------------------------------------------------
     def _old_entry(self, ds: Dataset, path: str) -> dict | None:
-        """What the listings say of `path` now (no store call unless its parent is not
-        held), or None: a file's old version, whose blocks go once it changes."""
-        try:
-            e = self.listings.entry(ds, path)
-        except (NotFound, InvalidRequest):
-            return None
-        return e if e.get("type") == "file" else None
+        """What the held listings say of `path` (never a store call: a write into a
+        directory of a million files lists nothing), or None: a file's old version,
+        whose blocks go once it changes. Blocks of a version not held here are under
+        a file id no listing names any more: never read, evicted in time."""
+        e = self.listings.held_entry(ds, path)
+        return e if e is not None and e.get("type") == "file" else None
 
     def _show_dirs(self, ds: Dataset, path: str) -> None:
         """Each directory above `path` shows in its parent's held listing."""
