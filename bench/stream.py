@@ -44,6 +44,20 @@ def _stream(f, want: int, size: int) -> None:
     assert n == size and h.intdigest() == want, "wrong bytes"
 
 
+def s3rver_scratch() -> tuple[str, str] | None:
+    """(a FLUIDCACHE_HOME, set for this process; a memory-tier directory) for a bench
+    over s3rver, or None (said why) when s3rver is not installed."""
+    from fluidcache.testing.s3 import s3rver_script
+    if s3rver_script() is None:
+        print("s3rver is not installed (.ci/run installs it into .ci/s3rver): nothing to do")
+        return None
+    home = tempfile.mkdtemp(prefix="fluidcache-bench-")
+    os.environ["FLUIDCACHE_HOME"] = home
+    mem = tempfile.mkdtemp(prefix="fc-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                           else None)
+    return home, mem
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -56,14 +70,11 @@ def main(argv=None) -> int:
 
     from fluidcache import cluster, config, connect
     from fluidcache.testing.proxy import LatencyProxy
-    from fluidcache.testing.s3 import S3rverServer, s3rver_script
-    if s3rver_script() is None:
-        print("s3rver is not installed (.ci/run installs it into .ci/s3rver): nothing to do")
+    from fluidcache.testing.s3 import S3rverServer
+    scratch = s3rver_scratch()
+    if scratch is None:
         return 1
-    home = tempfile.mkdtemp(prefix="fluidcache-bench-")
-    os.environ["FLUIDCACHE_HOME"] = home
-    mem = tempfile.mkdtemp(prefix="fc-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm")
-                           else None)
+    home, mem = scratch
     body = os.urandom(size)
     want = xxhash.xxh3_64_intdigest(body)
     results: dict[str, dict[str, list[float]]] = {}

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import statistics
-import tempfile
 import time
 
 import xxhash
@@ -78,14 +77,13 @@ def main(argv=None) -> int:
 
     from fluidcache import cluster, config, connect
     from fluidcache.testing.proxy import LatencyProxy
-    from fluidcache.testing.s3 import S3rverServer, s3rver_script
-    if s3rver_script() is None:
-        print("s3rver is not installed (.ci/run installs it into .ci/s3rver): nothing to do")
+    from fluidcache.testing.s3 import S3rverServer
+
+    from .stream import s3rver_scratch
+    scratch = s3rver_scratch()
+    if scratch is None:
         return 1
-    home = tempfile.mkdtemp(prefix="fluidcache-bench-")
-    os.environ["FLUIDCACHE_HOME"] = home
-    mem = tempfile.mkdtemp(prefix="fc-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm")
-                           else None)
+    home, mem = scratch
     body = memoryview(os.urandom(size))
     want = xxhash.xxh3_64_intdigest(body)
     rnd = random.Random(7)

@@ -431,23 +431,12 @@ def _same_version(s: Session, entry: dict) -> bool:
 
 def _discard(file, running=None) -> None:
     """Give up an upload, once the store call still running on it (`running`, a
-    cf.Future) is done: an object store's multipart upload is aborted, a local
-    temporary file removed; the file object is closed without committing."""
+    cf.Future) is done: an S3 multipart upload is aborted, a local temporary file
+    removed (upload.py); nothing is committed."""
     if running is not None:
         futures.wait([running])
     if isinstance(file, (PartUpload, LocalUpload)):
         file.abort()
         return
-    if getattr(file, "autocommit", True) is False:
-        file.close()                  # a local temporary file: closed, then removed
-        file.discard()
-        return
-    discard = getattr(file, "discard", None)
-    if discard is None:
-        file.close()
-        return
-    discard()
-    try:
-        file.closed = True            # fsspec's buffered files: never flushed after this
-    except AttributeError:
-        pass
+    file.discard()                    # another store's fsspec file: its upload given up
+    file.closed = True                # and never flushed after this
