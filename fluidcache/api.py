@@ -15,6 +15,7 @@ from .client.discovery import find
 from .client.fs import FluidFileSystem
 from .client.cluster import Cluster
 from .errors import InvalidRequest
+from .config import parse_duration
 from .dataset import parse_mount
 from .dataverbs import DataVerbs
 from .loadjob import LoadJob
@@ -83,7 +84,8 @@ class Client(DataVerbs):
                        options: dict | list[str] | None = None, replicas: int = 1,
                        sync: str | float | None = None,
                        selector: dict | list[str] | None = None, routing: str = "partitioned",
-                       write_mode: str = "read-only") -> dict:
+                       write_mode: str = "read-only",
+                       write_ttl: str | float | None = None) -> dict:
         """`mounts`: {"/": "s3://bucket/prefix"} or ["/=s3://bucket/prefix"];
         returns the dataset's public record.
 
@@ -108,8 +110,12 @@ class Client(DataVerbs):
             (the reader's own node caches what it reads).
         write_mode
             'read-only' (every write raises PermissionError), 'through' (each file goes
-            to the under store when it is closed; nothing cached) or 'cache-through'
-            (to the under store, and its blocks cached on their owners).
+            to the under store when it is closed; nothing cached), 'cache-through'
+            (to the under store, and its blocks cached on their owners), 'async-through'
+            (kept on the writing worker's disk at close, uploaded in the background;
+            `sync` waits for it) or 'must-cache' (kept there only, never uploaded).
+        write_ttl
+            must-cache: how long a file is kept ('1h', seconds); None: until removed.
 
         Raises
         ------
@@ -135,7 +141,8 @@ class Client(DataVerbs):
         return self._call("dataset_create", {
             "name": name, "mounts": pairs, "options": options or {}, "replicas": replicas,
             "sync": sync, "selector": selector or {}, "write_mode": write_mode,
-            "routing": routing})
+            "routing": routing,
+            "write_ttl": None if write_ttl is None else parse_duration(write_ttl)})
 
     def datasets(self) -> list[dict]:
         """The namespace's datasets (public records: mounts without credentials).

@@ -78,7 +78,12 @@ def _parser() -> argparse.ArgumentParser:
                             "must-cache"],
                    help="read-only (default): writes raise; through: each file goes to "
                         "the under store when closed; cache-through: and its blocks are "
-                        "cached (async-through and must-cache are not built yet)")
+                        "cached; async-through: kept on the writing worker's disk at "
+                        "close, uploaded in the background (see sync); must-cache: kept "
+                        "in the cache only, never uploaded")
+    c.add_argument("--write-ttl", metavar="DURATION",
+                   help="must-cache: how long a written file is kept (e.g. 1h); "
+                        "default: until removed")
     c.add_argument("--namespace")
     ls = dsub.add_parser("ls", help="list datasets")
     ls.add_argument("--json", action="store_true")
@@ -168,7 +173,7 @@ def _dataset(a) -> int:
     if a.dcmd == "create":
         d = client.create_dataset(a.name, a.mount, a.option, a.replicas, a.sync,
                                   a.selector or None, routing=a.routing,
-                                  write_mode=a.write_mode)
+                                  write_mode=a.write_mode, write_ttl=a.write_ttl)
         print(f"created dataset {d['name']}: " + ", ".join(f"{k} -> {v}"
                                                            for k, v in d["mounts"].items()))
     elif a.dcmd == "ls":

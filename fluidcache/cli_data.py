@@ -57,8 +57,11 @@ def add_parsers(sub) -> None:
     p.add_argument("url")
     p.add_argument("-l", action="store_true",
                    help="long format: size, cached share (* all cached) and name")
-    _sub(sub, "sync", "wait until what was written under a path is in the under "
-         "store").add_argument("url")
+    p = _sub(sub, "sync", "wait until what was written under a path is in the under store "
+             "(exit 1 if --timeout passed first)")
+    p.add_argument("url")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="wait at most this long (default: as long as the uploads take)")
     p = _sub(sub, "status", "workers, tiers, counters and datasets")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
@@ -126,9 +129,9 @@ def _free(a) -> int:
 
 
 def _sync(a) -> int:
-    r = _client().sync(a.url)
+    r = _client().sync(a.url, timeout=a.timeout)
     print(f"{r['path']}: {r['pending']} files pending upload ({r['write_mode']})")
-    return 0
+    return 0 if not r["pending"] else 1
 
 
 def _rule(a) -> int:
@@ -187,6 +190,11 @@ def _status(a) -> int:
     from rich.table import Table
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(f"master {st['master']['address']}")
+    up = st.get("uploads") or {}
+    if up.get("pending_files") or up.get("kept_files"):
+        console.print(f"uploads pending: {up['pending_files']} files "
+                      f"({format_size(up['pending_bytes'])}); kept in the cache only: "
+                      f"{up['kept_files']} files ({format_size(up['kept_bytes'])})")
     t = Table(title="workers")
     for col in ("node / address", "state", "tier used / capacity", "hits", "misses", "hit%",
                 "served", "from store", "evicted"):

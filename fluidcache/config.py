@@ -179,6 +179,8 @@ class Config:
     write_part: int = 0             # S3 upload part size (0: 16 MiB; at least 5 MiB)
     write_parallel: int = 4         # S3 parts of one file in flight at once
     write_spool: str = ""           # cache-through's spool directory ("": the system's)
+    write_journal: int = 0          # bytes kept by async-through/must-cache per worker
+                                    # (0: the quota of the lowest tier, where they live)
 
     def __post_init__(self) -> None:
         if self.eviction not in ("lru", "lfu", "fill-once"):
@@ -206,7 +208,8 @@ class Config:
         if unknown:
             raise InvalidRequest(f"unknown config keys: {', '.join(sorted(unknown))}")
         data = dict(data)
-        for key in ("block_size", "max_frame", "max_data", "write_chunk", "write_part"):
+        for key in ("block_size", "max_frame", "max_data", "write_chunk", "write_part",
+                    "write_journal"):
             if key in data:
                 data[key] = parse_size(data[key])
         if "tenant_protocols" in data:

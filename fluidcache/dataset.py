@@ -82,10 +82,11 @@ def parse_sync(value) -> float | None:
 # adds up across nodes; local-first: the reader's own node caches what it reads
 ROUTINGS = ("partitioned", "local-first")
 # how a write reaches the under store (issue 19): read-only refuses every write; through
-# writes each file to the store only; cache-through to the store and its owners' tiers.
-# async-through and must-cache are named by the contract and refused until built.
-WRITE_MODES = ("read-only", "through", "cache-through")
-PLANNED_WRITE_MODES = ("async-through", "must-cache")
+# writes each file to the store only; cache-through to the store and its owners' tiers;
+# async-through keeps it on the writing worker's disk and uploads it in the background;
+# must-cache keeps it there only (never uploaded; gone after `write_ttl`, if set)
+WRITE_MODES = ("read-only", "through", "cache-through", "async-through", "must-cache")
+JOURNALED = ("async-through", "must-cache")      # kept in a worker's journal at close
 
 
 @dataclass(slots=True)
@@ -99,6 +100,7 @@ class Dataset:
     write_mode: str = "read-only"
     routing: str = "partitioned"            # or "local-first"
     uid: str = ""                           # this incarnation of the name (set at create)
+    write_ttl: float | None = None          # must-cache: seconds a file is kept
 
     def __post_init__(self) -> None:
         check_name("dataset", self.name)
@@ -117,12 +119,18 @@ class Dataset:
                 isinstance(k, str) and isinstance(v, str) for k, v in self.selector.items()):
             raise InvalidRequest("a node selector maps strings to strings")
         self.sync_interval = parse_sync(self.sync_interval)
-        if self.write_mode in PLANNED_WRITE_MODES:
-            raise InvalidRequest(f"write mode {self.write_mode} is not built yet; use one "
-                                 f"of {', '.join(WRITE_MODES)}")
         if self.write_mode not in WRITE_MODES:
             raise InvalidRequest(f"write mode must be one of {', '.join(WRITE_MODES)}, "
                                  f"not {str(self.write_mode)[:40]!r}")
+        if self.write_ttl is not None:
+            ttl = self.write_ttl
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or \
+                    not 0 < ttl < math.inf:
+                raise InvalidRequest("write_ttl must be a positive number of seconds")
+            if self.write_mode != "must-cache":
+                raise InvalidRequest("write_ttl is for must-cache datasets (kept only in "
+                                     "the cache); other modes keep files in the store")
+            self.write_ttl = float(ttl)
         if self.routing not in ROUTINGS:
             raise InvalidRequest(f"routing must be {' or '.join(ROUTINGS)}, not {self.routing!r}")
 
@@ -171,6 +179,7 @@ class Dataset:
                 "mounts": {"/" + m.point: redact(m.url) for m in self.mounts},
                 "selector": dict(self.selector), "read_only": self.read_only,
                 "write_mode": self.write_mode, "routing": self.routing,
+                "write_ttl": self.write_ttl,
                 "sync": "default" if sync is None else "always" if sync == 0 else
                         "never" if sync < 0 else f"{sync:g}s", "sync_seconds": sync}
 
@@ -178,6 +187,7 @@ class Dataset:
         return {"name": self.name, "namespace": self.namespace, "replicas": self.replicas,
                 "sync_interval": self.sync_interval, "selector": dict(self.selector),
                 "write_mode": self.write_mode, "routing": self.routing, "uid": self.uid,
+                "write_ttl": self.write_ttl,
                 "mounts": [[m.point, m.url, m.options] for m in self.mounts]}
 
     @classmethod
@@ -186,7 +196,7 @@ class Dataset:
                    tuple(MountSpec(p, u, dict(o)) for p, u, o in r["mounts"]),
                    r.get("replicas", 1), r.get("sync_interval"), dict(r.get("selector") or {}),
                    r.get("write_mode", "read-only"), r.get("routing", "partitioned"),
-                   r.get("uid", ""))
+                   r.get("uid", ""), r.get("write_ttl"))
 
 
 def _nested(a: str, b: str) -> bool:

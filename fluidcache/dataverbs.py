@@ -9,6 +9,7 @@ ConnectionError (Unavailable: no answer from the master in `master_retry` second
 from __future__ import annotations
 
 from .client.fs import FluidFileSystem
+from .client.fswrite import wait_synced
 from .config import parse_duration
 from .errors import InvalidRequest
 from .loadjob import LoadJob
@@ -98,23 +99,26 @@ class DataVerbs:
         """
         return self._call("free", {**self._target(url), "force": force})
 
-    def sync(self, url: str) -> dict:
+    def sync(self, url: str, timeout: float | None = None) -> dict:
         """Wait until everything written under a path is in the under store; returns
-        {"pending": 0, "path", "write_mode"}. In the write modes built (through,
-        cache-through) a file is in the store when its `close()` returns, so this returns
-        at once; it is the verb async-through will block on.
+        {"pending": files still waiting (0 unless `timeout` passed first),
+        "pending_bytes", "path", "write_mode"}. Only async-through keeps files waiting
+        for their upload; through and cache-through are in the store when `close()`
+        returns; must-cache files are never uploaded (not counted).
 
         Parameters
         ----------
         url
             `fluid://dataset[/path]`.
+        timeout
+            Seconds to wait at most; None: as long as the uploads take.
 
         Raises
         ------
         FileNotFoundError, ValueError, PermissionError, ConnectionError
             As `free`.
         """
-        return self._call("sync", self._target(url))
+        return wait_synced(self._call, self._target(url), timeout)
 
     def pin(self, url: str) -> dict:
         """Keep the path's blocks from eviction, on every worker, across restarts.

@@ -57,7 +57,8 @@ def read_many(reader, jobs: list[tuple[dict, int, int]]) -> list:
                 if local is not None:
                     it.data = bytes(local[it.req.offset:it.req.offset + it.end - it.start])
                     continue
-            order = reader._route(it.key, reader.cluster.dataset(it.req.dataset), m)
+            order = reader._route(it.key, reader.cluster.dataset(it.req.dataset), m,
+                                  it.req.version)
         except FluidError:
             order = []
         if order:                  # (no owner: read alone below, with its failover)

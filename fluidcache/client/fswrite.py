@@ -1,5 +1,5 @@
 """The write verbs of `fluid://`: what FluidFileSystem (fs.py) does to names and bytes
-in datasets created with `--write-mode through` or `cache-through`.
+in datasets created with a `--write-mode` that takes writes.
 
 Bytes go through a worker (writer.py: streamed in chunks, committed at close, visible
 whole or not at all); names change at the master (`rm`, `copy`, `mkdir`), which lists
@@ -13,6 +13,7 @@ Never: carry store credentials (workers hold them) or write bytes itself.
 from __future__ import annotations
 
 import os
+import time
 
 from fsspec.callbacks import DEFAULT_CALLBACK
 
@@ -37,8 +38,9 @@ class WriteVerbs:
                                "create`, not written")
         mode = self.client.cluster.dataset(ds).get("write_mode", "read-only")
         if mode == "read-only":
-            raise AccessDenied(f"dataset {ds} is read-only (create it with --write-mode "
-                               "through or cache-through to write)")
+            raise AccessDenied(f"dataset {ds} is read-only (create it with a --write-mode "
+                               "that takes writes: through, cache-through, async-through, "
+                               "must-cache)")
         return path, ds, rest
 
     def _open_write(self, path, mode: str, autocommit: bool = True) -> FluidWriter:
@@ -176,10 +178,26 @@ class WriteVerbs:
             return
         self.mkdir(path)
 
-    def sync(self, path) -> dict:
-        """Wait until everything written under `path` is in the under store: {"pending":
-        0, ...}. The write modes built (through, cache-through) finish each file at
-        close, so nothing is ever pending."""
+    def sync(self, path, timeout: float | None = None) -> dict:
+        """Wait until everything written under `path` is in the under store (up to
+        `timeout` seconds; None: as long as it takes): {"pending": files not uploaded
+        yet, "pending_bytes", "path", "write_mode"}. Only async-through keeps files
+        waiting; through and cache-through finish each file at close, must-cache never
+        uploads."""
         path = self._strip_protocol(path)
         ds, _, rest = path.partition("/")
-        return self.client.cluster.master("sync", {"ds": ds, "p": rest})
+        return wait_synced(self.client.cluster.master, {"ds": ds, "p": rest}, timeout)
+
+
+SYNC_ASK = 10.0         # seconds one sync request waits at the master (its bound too)
+
+
+def wait_synced(call, args: dict, timeout: float | None) -> dict:
+    """Ask the master's `sync` (each request waits there, on its condition, up to
+    SYNC_ASK seconds) until nothing is pending or `timeout` seconds have passed."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = SYNC_ASK if deadline is None else max(0.0, deadline - time.monotonic())
+        r = call("sync", dict(args, wait=min(SYNC_ASK, left)))
+        if not r["pending"] or left <= 0:
+            return r

@@ -26,6 +26,7 @@ from ..backoff import Backoff
 from ..config import ClientSettings
 from ..errors import FluidError, NotHere, StaleVersion, Unavailable
 from ..tiering import layout
+from ..understore.versions import parse_cached
 from ..wire import BlockRead
 from .buffers import Buffer
 from .cluster import Cluster
@@ -93,7 +94,7 @@ class BlockReader:
         """(result, payload) of one `read` from worker `w`: from its serving processes
         when it has them (the block's checksum checked here), else, or when they do not
         hold it, from the worker itself."""
-        serve = w.get("serve")
+        serve = w.get("serve") if not req.version.startswith("c:") else None
         if serve:
             try:
                 result, payload = self.cluster.call(serve, op, args, into=into, served=True)
@@ -286,6 +287,8 @@ class BlockReader:
         """Ask block `index`'s owner to fetch it into its tier now; a hint, so errors
         are dropped (the read itself fails over if it must)."""
         try:
+            if entry["version"].startswith("c:"):
+                return                  # a kept file: read from its holder, not fetched
             m = self.cluster.map()
             bs = m["block_size"]
             req = self._request(entry, index, 0, -1, bs)
@@ -309,7 +312,7 @@ class BlockReader:
         m = m or self.cluster.map()
         bs = m["block_size"]
         key = blocks.block_key(entry["fid"], piece.index, bs)
-        if self.short_circuit:
+        if self.short_circuit and not entry["version"].startswith("c:"):
             length = blocks.block_length(entry["size"], bs, piece.index)
             data = self.local.read(key, length, (entry["fid"], piece.index))
             if data is not None:
@@ -326,7 +329,11 @@ class BlockReader:
         return BlockRead(dataset, path, entry["version"], entry["size"], index, offset,
                          length, entry["fid"], bs)
 
-    def _route(self, key: str, ds: dict, m: dict) -> list[str]:
+    def _route(self, key: str, ds: dict, m: dict, version: str = "") -> list[str]:
+        """Worker ids to ask, in order: a kept file's holder alone (its only copy)."""
+        kept = parse_cached(version)
+        if kept is not None:
+            return [w["id"] for w in m["workers"] if w["id"] == kept[0]]
         local = self.cluster.local_id if ds.get("routing") == "local-first" else None
         return placement.route(key, m["workers"], ds.get("selector"), local)
 
@@ -339,7 +346,7 @@ class BlockReader:
         last: Exception | None = None
         backoff = Backoff(self.settings.failover_timeout)
         while True:
-            order = self._route(key, ds, m)
+            order = self._route(key, ds, m, req.version)
             by_id = {w["id"]: w for w in m["workers"]}
             for rank, wid in enumerate(order):
                 try:
@@ -352,7 +359,7 @@ class BlockReader:
                 if rank >= replicas:
                     self.counters["failover"] += 1
                 return payload
-            if self.direct is not None:
+            if self.direct is not None and not req.version.startswith("c:"):
                 # no worker answered and the user gave us under-store options of our own:
                 # read the under store directly (never with the cluster's credentials)
                 self.counters["direct"] += 1

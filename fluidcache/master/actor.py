@@ -35,6 +35,7 @@ from .listings import Listings
 from .membership import Membership, Spawn
 from .rules import Rules
 from .status import Status
+from .pending import Pending
 from .writes import Writes
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,12 @@ class Master:
                                self._commit, self.dataops.free_owner, self._forget_everywhere)
         self.writes = Writes(self.core, self._lock, self.listings, cfg,
                              self.dataops.free_keys)
+        self.pending = Pending(self.core, self._lock, self.listings, self.writes,
+                               self._drop_kept, cfg.write_idle)
+        self.writes.pending = self.listings.overlay = self.pending
         self.status = Status(self.core, self._lock, self.blocks, self.listings, self.members,
                              cfg, self._about, self.dataops.job_count)
+        self.status.uploads = self.pending.totals
         self.ops = self._op_table()
         self._pool = ThreadPoolExecutor(cfg.master_threads, thread_name_prefix="fc-master")
         self._gate = tenants.Gate(cfg.tenant_requests, cfg.master_threads - _ADMIN_THREADS)
@@ -91,6 +96,14 @@ class Master:
         with self._lock:
             ids = [w["id"] for w in self.core.cluster_map()["workers"]]
         self.members.call(ids, "forget", ns, name, timeout=10)
+        self.pending.forget(ns, name)
+
+    def _drop_kept(self, holder: str, ids: list[str]) -> None:
+        """Worker `holder` drops these kept files (not waited for: one that does not
+        hear it drops them when their upload asks, or when their TTL ends)."""
+        handle = self.members.handle(holder)
+        if handle is not None:
+            handle.pending_drop.remote(ids)
 
     def _op_table(self) -> dict[str, Op]:
         """Every client op, by the name on the wire (`ping` is answered before it)."""
@@ -249,6 +262,26 @@ class MasterActor:
     def wrote(self, ns: str, name: str, path: str, uid: str, secret: str = "") -> dict:
         self._m.members.check_secret(secret)
         return self._m.writes.wrote(ns, name, path, uid)
+
+    def pending_add(self, rec: dict, holder: str, exclusive: bool, again: bool,
+                    secret: str = "") -> dict:
+        self._m.members.check_secret(secret)
+        return self._m.pending.add(rec, holder, exclusive, again)
+
+    def pending_begin(self, ns: str, name: str, uid: str, path: str, fid: str,
+                      secret: str = "") -> dict:
+        self._m.members.check_secret(secret)
+        return self._m.pending.begin(ns, name, uid, path, fid)
+
+    def pending_done(self, ns: str, name: str, uid: str, path: str, fid: str,
+                     secret: str = "") -> dict:
+        self._m.members.check_secret(secret)
+        return self._m.pending.done(ns, name, uid, path, fid)
+
+    def pending_gone(self, ns: str, name: str, uid: str, path: str, fid: str,
+                     secret: str = "") -> dict:
+        self._m.members.check_secret(secret)
+        return self._m.pending.gone(ns, name, uid, path, fid)
 
     def tokens(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)

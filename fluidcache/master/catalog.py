@@ -154,7 +154,8 @@ class Catalog:
             specs.append(MountSpec(normalize(m[0]), url, opts))
         ds = Dataset(arg_str(args, "name"), ns, tuple(specs), args.get("replicas", 1),
                      args.get("sync"), args.get("selector") or {}, write_mode,
-                     args.get("routing") or "partitioned", uid=secrets.token_hex(8))
+                     args.get("routing") or "partitioned", uid=secrets.token_hex(8),
+                     write_ttl=args.get("write_ttl"))
         tenants.check_plain(ds.to_record(), "the dataset")
         with self._lock:
             self.core.check_new(ds)

@@ -33,6 +33,7 @@ class Listings:
         self.core, self._lock, self.default_sync = core, lock, default_sync
         self.max_dir_entries, self.keep = max_dir_entries, keep
         self._mounts: dict[tuple, Mount] = {}
+        self.overlay = None         # pending.Pending: kept files, listed above the store's
 
     # -- mounts ----------------------------------------------------------------------------
     def mount(self, ds: Dataset, spec: MountSpec) -> Mount:
@@ -107,7 +108,9 @@ class Listings:
                 raw = []
             if len(raw) == 1 and raw[0].get("type") != "directory" and rel and \
                     mount.rel_of(raw[0]["name"]) == rel:
-                return self._file(ds, path, self._row(mount, ds, raw[0]), now, refresh)
+                kept = self.overlay.kept(ds, path) if self.overlay else None
+                return self._file(ds, path, kept.row() if kept else
+                                  self._row(mount, ds, raw[0]), now, refresh)
             for e in raw:
                 if mount.protocol == "file" and names.is_being_written(e["name"]):
                     continue                      # a file being written (worker/upload.py)
@@ -116,6 +119,8 @@ class Listings:
         for child in ds.child_mounts(path):
             rows.append((child, DIR, 0, "", None, None))
             found = True
+        if self.overlay is not None and self.overlay.merge(ds, path, rows):
+            found = True                              # kept files (not in the store yet)
         if not found and not ds.is_virtual_dir(path) and (rel or ds.read_only):
             # (the root of a mount that takes writes lists empty until a file is in it)
             self._gone(ds, path, now)
@@ -163,6 +168,11 @@ class Listings:
         return info_entry(one, _prefix(ds, parent), self.url_of(ds, parent), child,
                           ds.namespace)
 
+    def put_file(self, ds: Dataset, path: str, row: tuple) -> dict:
+        """A file's row put in its parent's held listing (a kept file: not asked of the
+        store); its entry."""
+        return self._file(ds, path, row, time.monotonic())
+
     def held_entry(self, ds: Dataset, path: str) -> dict | None:
         """The entry of `path` in its parent's listing as held here, expired or not
         (None: not held, or not in it); never asks the store."""
@@ -179,8 +189,11 @@ class Listings:
         one file, not its whole directory."""
         if path == "" or (ds.is_virtual_dir(path) and path not in {m.point for m in ds.mounts}):
             return _dir_entry(ds, path)
-        refresh = refresh or ds.sync_interval == 0
         parent, _, child = path.rpartition("/")
+        kept = self.overlay.kept(ds, path) if self.overlay is not None else None
+        if kept is not None:          # a kept file: above the store (which may be down)
+            return self._file(ds, path, kept.row(), time.monotonic())
+        refresh = refresh or ds.sync_interval == 0
         if refresh:
             spec, rel = ds.resolve(path)
             if rel:

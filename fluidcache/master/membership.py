@@ -72,7 +72,8 @@ class Membership:
             rules = self.core.rules_version
         report = report or {}
         if not report.get("full") and not self.blocks.known(wid):
-            return {"version": version, "resync": True, "rules": rules}
+            return {"version": version, "resync": True, "rules": rules,
+                    "inc": self.core.incarnation}
         self.blocks.apply(wid, report)
         with self._lock:
             seq = report.get("seq")
@@ -81,7 +82,7 @@ class Membership:
                 self._applied_cv.notify_all()
             if isinstance(report.get("by_dataset"), dict):
                 self._ds_counts[wid] = report["by_dataset"]
-        return {"version": version, "rules": rules}
+        return {"version": version, "rules": rules, "inc": self.core.incarnation}
 
     def wait_applied(self, seqs: dict[str, int], timeout: float = 15.0) -> bool:
         """Wait until each worker's report `seq` has been applied (they beat at once)."""

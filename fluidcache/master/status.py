@@ -36,6 +36,7 @@ class Status:
         self.members, self.config, self._about, self._job_count = \
             members, config, about, job_count
         self._metrics = None
+        self.uploads: Callable[[str | None], dict] = lambda ns: {}   # kept files (pending.py)
 
     def op_cluster(self, ns: str, args: dict) -> dict:
         """The cluster map, a page of workers at a time: {"version", "block_size",
@@ -65,6 +66,7 @@ class Status:
         with self._lock:
             sizes = {"listings": self.core.listing_count(), "mounts": self.listings.mount_count()}
         return {"master": dict(self._about(), **sizes, load_jobs=self._job_count()),
+                "uploads": self.uploads(None if ns == "default" else ns),
                 "workers": w["items"], "workers_next": w["next"],
                 "datasets": d["items"], "datasets_next": d["next"]}
 

@@ -1,10 +1,10 @@
 """The master's side of writes: what changes names in a dataset, and what every client
 must then see.
 
-Ops (clients): `rm` (a page of files and directories), `copy` (one file to another path
-of the same mount: the store copies it), `mkdir`, `sync` (nothing is ever pending in
-the write modes built: through and cache-through finish at close). From workers (a Ray
-call): `wrote`, a file a worker committed to the under store.
+Ops (clients): `rm` (a page of files and directories, kept ones too), `copy` (one file
+to another path of the same mount: the store copies it), `mkdir`, `sync` (waits for
+async-through's uploads: pending.py). From workers (a Ray call): `wrote`, a file a
+worker committed to the under store.
 After any change the master looks at the changed names in the store (one HEAD per
 file), puts what it found into its cached listings (a file's entry in its parent's
 listing, each directory above it in its own parent's, a removed directory's listings
@@ -35,6 +35,7 @@ from .listings import Listings
 
 log = logging.getLogger(__name__)
 RM_PAGE = paging.PAGE_ITEMS        # paths one rm request names, at most
+SYNC_WAIT = 10.0                   # seconds one sync request waits, at most
 
 
 class Writes:
@@ -44,6 +45,7 @@ class Writes:
         their reports (dataops)."""
         self.core, self._lock, self.listings, self.config = core, lock, listings, config
         self._free_keys = free_keys
+        self.pending = None        # pending.Pending (kept files), set by the master
 
     def _writable(self, ns: str, args: dict, key: str = "p") -> tuple[Dataset, str]:
         ds, _ = target(self.core, self._lock, ns, {"ds": args.get("ds")})
@@ -75,6 +77,33 @@ class Writes:
         self._changed(ds, [old] if old and old.get("fid") != entry.get("fid") else [])
         return entry
 
+    def shown(self, ds: Dataset, path: str, old: list[dict]) -> None:
+        """A file listed without asking the store (a kept one, pending.py): the
+        directories above it show, every client drops its listings, `old` blocks go."""
+        self._show_dirs(ds, path)
+        self._changed(ds, old)
+
+    def relist(self, ds: Dataset, path: str) -> None:
+        """A kept file left: what the store holds at `path` (if anything) is listed."""
+        try:
+            self.listings.entry(ds, path, refresh=True)
+        except NotFound:
+            self._gone_file(ds, path)
+        self._changed(ds, [])
+
+    def remove_uploaded(self, ns: str, name: str, path: str) -> None:
+        """A kept file removed while it was being uploaded: what the upload put in the
+        store goes too."""
+        with self._lock:
+            ds = self.core.dataset(ns, name)
+        mount, _, under = self._mount(ds, path)
+        with translate(path):
+            try:
+                mount.fs.rm_file(under)
+            except FileNotFoundError:
+                pass
+        self.relist(ds, path)
+
     # -- client ops -----------------------------------------------------------------------
     def op_rm(self, ns: str, args: dict) -> dict:
         """Remove a page of paths: files, and directories that are empty by then (files
@@ -97,9 +126,15 @@ class Writes:
                 entry = self._old_entry(ds, path)
                 with translate(path):
                     try:
-                        info = mount.fs.info(under)
+                        info = mount.fs.info(under)   # the store answers before any change
                     except FileNotFoundError:
                         info = None
+                kept = self.pending.take(ds, path)    # not uploaded yet, or never
+                if info is None and kept is not None:
+                    removed += 1
+                    self._gone_file(ds, path)
+                    parents.add(path.rpartition("/")[0])
+                    continue
                 if info is None:
                     missing.append(path)
                     self._forget_dir(ds, path)
@@ -115,7 +150,7 @@ class Writes:
                     continue
                 with translate(path):
                     mount.fs.rm_file(under)
-                removed += 1
+                removed += 1 if kept is None else 0
                 old.append(entry)
                 self._gone_file(ds, path)
                 parents.add(path.rpartition("/")[0])
@@ -132,6 +167,9 @@ class Writes:
         dmount, _, dunder = self._mount(ds, dst)
         if smount is not dmount:
             raise NotSupported(f"copy across mounts ({src} -> {dst}): read and write it")
+        if self.pending.kept(ds, src) is not None:
+            raise NotSupported(f"{ds.name}/{src} is kept in the cache, not in the store "
+                               "(yet): read and write it")
         old = self._old_entry(ds, dst)
         with translate(src):
             if smount.protocol == "file":
@@ -156,11 +194,17 @@ class Writes:
         return {"made": made}
 
     def op_sync(self, ns: str, args: dict) -> dict:
-        """Wait until what was written under a path is in the under store. The write
-        modes built finish each file at close: nothing is ever pending."""
+        """How many files written under a path are not in the under store yet
+        (async-through's, still kept on their workers), waiting up to `wait` seconds
+        (at most SYNC_WAIT: the client asks again) for that to be none. through and
+        cache-through finish each file at close; must-cache's are never uploaded."""
         ds, path = target(self.core, self._lock, ns, args)
-        return {"pending": 0, "path": f"fluid://{ds.name}/{path}".rstrip("/"),
-                "write_mode": ds.write_mode}
+        wait = args.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
+            raise InvalidRequest("sync: 'wait' must be a number of seconds")
+        files, nbytes = self.pending.wait(ns, ds.name, path, min(float(wait), SYNC_WAIT))
+        return {"pending": files, "pending_bytes": nbytes, "write_mode": ds.write_mode,
+                "path": f"fluid://{ds.name}/{path}".rstrip("/")}
 
     # -- listings and blocks --------------------------------------------------------------
     def _old_entry(self, ds: Dataset, path: str) -> dict | None:

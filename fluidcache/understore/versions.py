@@ -14,6 +14,11 @@ how to check bytes against it (readers.py):
                       master run, so its blocks are never shared between datasets nor
                       kept across a restart of the master.
 
+Not a store's version, never parsed as one (parse_version refuses it):
+
+    c:HOLDER:ID       a file kept only on worker HOLDER (async-through before its upload,
+                      must-cache): every read of it goes there (worker/pending.py)
+
 A weak HTTP ETag (`W/"..."`) promises equivalent content, not the same bytes: it is not
 used as a version.
 Pure: no I/O, no clocks.
@@ -136,6 +141,18 @@ def version_of(info: dict, protocol: str, weak_scope: str) -> str:
     if mtime is not None:
         return format_version(Version("m", value=repr(mtime), size=size))
     return format_version(Version("w", value=weak_scope, size=size))
+
+
+def cached_version(holder: str, fid: str) -> str:
+    return f"c:{holder}:{fid}"
+
+
+def parse_cached(version) -> tuple[str, str] | None:
+    """(holder, id) of a kept file's version; None for any other version."""
+    if not isinstance(version, str) or not version.startswith("c:"):
+        return None
+    holder, sep, fid = version[2:].partition(":")
+    return (holder, fid) if sep and holder and fid.isalnum() else None
 
 
 def is_weak(version: str) -> bool:

@@ -8,6 +8,7 @@ each with the dependencies it names:
     reports.Reports  block reports and heartbeats to the master, the master's rules
     loads.Loads      the worker's part of `load` jobs, through the read path
     writes.Writes    files written through to the under store (write sessions)
+    pending.Pending  files kept in this worker's journal (async-through, must-cache)
 
 Owns: the node's block store (tiering/), the data server (service.py, uvloop), the
 master's actor handle (every call to the master is made here, handed to the rooms as
@@ -32,7 +33,9 @@ from ..service import Server, advertised, bind_host as _bind_host, limits_of
 from ..tiering import dirs, layout
 from ..tiering.store import BlockStore
 from .access import Access
+from .journal import Journal
 from .loads import Loads
+from .pending import Pending
 from .reads import Reads
 from .reports import Reports
 from .servers import Servers, count_of
@@ -41,6 +44,7 @@ from .writes import OPS as WRITE_OPS, Writes
 log = logging.getLogger(__name__)
 _MASTER_TIMEOUT = 60.0   # seconds a blocking call to the master may take
 _LOOP_TIMEOUT = 30.0     # seconds a Ray call waits for the data server's loop
+_FLUSH_TIMEOUT = 60.0    # seconds a stopping worker waits for its uploads
 
 
 class Worker:
@@ -72,8 +76,15 @@ class Worker:
         self.reads = Reads(cfg, self.store, self.access, self.reports.owners, node_id,
                            self.labels, self.resources, self.metrics)
         self.loads = Loads(self.reads, self.reports.report_after, cfg.jobs_kept)
+        lowest = cfg.tiers[-1]                  # an SSD, where one is configured
+        journal = Journal(os.path.join(self.store.paths[-1], "pending"), cfg.block_size,
+                          cfg.write_journal or lowest.quota)
+        self.pending = Pending(cfg, node_id, journal, self.access, self.reads.mount_of,
+                               self._ask_pending, lambda *a: self.writes._run(*a))
+        self.pending.adopt()                    # a restarted worker's kept files
+        self.reads.kept = self.pending.read
         self.writes = Writes(cfg, self.store, self.access, self.reads.mount_of,
-                             self._tell_master, self.labels, self.resources)
+                             self._tell_master, self.labels, self.resources, self.pending)
         host = _bind_host(cfg.host)
         self.server = Server(self._handle, host, cfg.worker_port,
                              cfg.max_frame, cfg.write_chunk, name="fluidcache-data",
@@ -82,6 +93,7 @@ class Worker:
         if self.servers is not None:
             self.access.on_tokens = self.servers.push      # a new table reaches them at once
             self.server.call_soon(self.access.refresh())   # tokens for them, from the start
+        self.server.call_soon(_started(self.pending.start))
         self.reports.start()
 
     # -- the data server's handlers: writes to their room, the rest to the read path --
@@ -125,17 +137,24 @@ class Worker:
         """The master lists a file we committed. Its own error (the store's HEAD failed,
         the dataset went) reaches the client as it is; anything else is Unavailable (the
         file is in the store; the next listing shows it)."""
+        return await self._ask_master("wrote", f"list {name}/{path}", ns, name, path, uid)
+
+    async def _ask_pending(self, method: str, *args) -> dict:
+        return await self._ask_master(f"pending_{method}", f"take kept file {method}", *args)
+
+    async def _ask_master(self, method: str, what: str, *args) -> dict:
+        """A call to the master's actor from the loop: its own errors as they are,
+        anything else (it is gone, restarting, slow) as Unavailable."""
         try:
             return await asyncio.wait_for(
-                _ray_call(self._master.wrote.remote(ns, name, path, uid, self._secret)),
+                _ray_call(getattr(self._master, method).remote(*args, self._secret)),
                 _MASTER_TIMEOUT)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, FluidError):
                 raise exc.cause from None
-            raise Unavailable(f"the master failed to list {name}/{path}: {exc.cause}") from None
+            raise Unavailable(f"the master failed to {what}: {exc.cause}") from None
         except (ray.exceptions.RayError, asyncio.TimeoutError) as exc:
-            raise Unavailable(f"the master did not list {name}/{path} (written to the "
-                              f"store): {type(exc).__name__}") from None
+            raise Unavailable(f"the master did not {what}: {type(exc).__name__}") from None
 
     def _send_report(self, report: dict) -> dict:
         return ray.get(self._master.heartbeat.remote(self.info(), report, self._secret),
@@ -158,6 +177,8 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - metrics must never stop heartbeats
                 log.debug("metrics: %s", exc)
         self.reads.saw_map_version(reply.get("version", 0))
+        if reply.get("inc"):
+            self.server.loop.call_soon_threadsafe(self.pending.saw_master, reply["inc"])
 
     def _forget(self, ns: str, name: str) -> None:
         self.reads.forget(ns, name)
@@ -183,6 +204,15 @@ class Worker:
     def release(self, keep_cache: bool = False) -> None:
         """The cluster stops: stop serving and, unless `keep_cache`, give the memory
         tiers back (their blocks and directories are removed; SSD and HDD tiers stay)."""
+        try:                # async-through files still waiting go to the store first
+            if not asyncio.run_coroutine_threadsafe(
+                    self.pending.flush(_FLUSH_TIMEOUT), self.server.loop).result(
+                        _FLUSH_TIMEOUT + 5):
+                log.warning("stopping with files not uploaded yet: %s; they stay in the "
+                            "journal for this worker's next start", self.pending.stats())
+        except Exception as exc:  # noqa: BLE001 - stopping goes on
+            log.warning("flushing uploads at stop: %s", exc)
+        self.pending.stop()
         self.reports.stop()
         self.writes.stop()
         if self.servers is not None:
@@ -210,7 +240,8 @@ class Worker:
 
     def stats(self) -> dict:
         moves = self.store.moves
-        stats = dict(self.reads.counters, **self.writes.counters, evictions=self.store.evictions,
+        stats = dict(self.reads.counters, **self.writes.counters, **self.pending.stats(),
+                     evictions=self.store.evictions,
                      demotions=moves["demote"], promotions=moves["promote"],
                      expirations=moves["expire"],
                      write_failures=self.store.write_failures,
@@ -220,6 +251,10 @@ class Worker:
         return {"tiers": self.store.tiers(), "stats": stats,
                 "datasets": {o: {"hits": h, "misses": m}
                              for o, (h, m) in list(self.reads.by_dataset.items())}}
+
+
+async def _started(fn) -> None:
+    fn()
 
 
 def _metrics(node_id: str):
@@ -276,6 +311,11 @@ class WorkerActor:
     def forget(self, ns: str, name: str) -> None:
         """A dataset was removed: its record goes (asked again, if ever, of the master)."""
         self._w.on_loop(self._w.access.forget, ns, name)
+
+    def pending_drop(self, ids: list) -> None:
+        """Kept files removed or replaced at the master: they go from the journal."""
+        asyncio.run_coroutine_threadsafe(self._w.pending.drop(ids),
+                                         self._w.server.loop).result(_LOOP_TIMEOUT)
 
     def release(self, keep_cache: bool = False) -> None:
         self._w.release(keep_cache)

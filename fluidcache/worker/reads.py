@@ -69,6 +69,7 @@ class Reads:
         self._shares: dict[str, asyncio.Semaphore] = {}   # namespace -> fetch threads
         self._opening: dict[tuple, asyncio.Future] = {}   # mounts being opened
         self._fetch = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fc-fetch")
+        self.kept = None            # (ns, BlockRead) -> a kept file's block (pending.py)
 
     # -- the data server's handlers ------------------------------------------------------
     def fast(self, req, payload):
@@ -85,7 +86,7 @@ class Reads:
             return self._touch(req.namespace, req.args)
         r = self._block_read(req.args)
         rec = self._access.held(req.namespace, r.dataset)
-        if rec is None:
+        if rec is None or r.version.startswith("c:"):     # (a kept file's: `block`)
             return None
         found = self.resolve(req.namespace, rec, r, opened_only=True)
         if found is None or not self.store.in_memory(found.key):
@@ -106,6 +107,8 @@ class Reads:
             return await self._readv(req.namespace, req.args)
         r = self._block_read(req.args)
         if req.op == "prefetch":    # a sequential reader's hint: fill it, answer at once
+            if r.version.startswith("c:"):
+                return {"ok": False}, None                    # kept files are not fetched
             if self._prefetching >= self.config.prefetch_max:
                 return {"ok": False, "busy": True}, None      # a hint may be dropped
             self._prefetching += 1
@@ -318,8 +321,16 @@ class Reads:
                     hint: bool = False) -> memoryview | bytes:
         """A block's bytes: from a tier, else fetched once (single flight) and cached.
         `read`: a reader's request, counted as a hit or a miss (a load's is not);
-        `hint`: a prefetch hint's, fetched within the hints' share of threads."""
+        `hint`: a prefetch hint's, fetched within the hints' share of threads. A
+        kept file's (version `c:`) comes from the journal (pending.py), if kept here."""
         loop = asyncio.get_running_loop()
+        if r.version.startswith("c:"):
+            if self.kept is None:
+                raise StaleVersion(f"{r.dataset}/{r.path}: not kept here; list it again")
+            data = await self.kept(ns, r)
+            if read:
+                self._count(f"{ns}/{r.dataset}", 0)
+            return data
         for fresh in (False, True):
             rec = await self._access.dataset(ns, r.dataset, fresh)
             found = self.resolve(ns, rec, r, opened_only=True)

@@ -157,3 +157,27 @@ class LocalUpload:
                 os.unlink(self.tmp)
             except FileNotFoundError:
                 pass
+
+
+def open_upload(mount, rel: str, exclusive: bool, part_size: int, parallel: int):
+    """An upload of `rel` to `mount` (opened; called in a write thread): S3 in parts, a
+    local file under a hidden name, another store's own fsspec file. An exclusive one
+    fails with AlreadyExists if the file is there."""
+    path = mount.under_path(rel)            # opens the filesystem
+    mount.fs.invalidate_cache(path)
+    if exclusive and mount.fs.exists(path):
+        raise AlreadyExists(f"{rel} exists")
+    if mount.protocol in ("s3", "s3a"):     # parts in flight while the client sends
+        return PartUpload(mount.fs, path, part_size, parallel, exclusive)
+    if mount.protocol == "file":            # a hidden name, renamed at commit
+        return LocalUpload(mount.fs._strip_protocol(path), exclusive)
+    return mount.fs.open(path, "wb")        # other stores: their own file object
+
+
+def commit_upload(file) -> dict | None:
+    """Make an upload visible: the store's answer (ETag..., or a local file's mtime and
+    inode), None for another store's file object (its own close uploads it)."""
+    if isinstance(file, (PartUpload, LocalUpload)):
+        return file.commit()
+    file.close()
+    return None

@@ -46,13 +46,14 @@ from dataclasses import dataclass, field
 import xxhash
 
 from .. import blocks, placement
-from ..dataset import Dataset, normalize
+from ..dataset import JOURNALED, Dataset, normalize
 from ..errors import AlreadyExists, FluidError, InvalidRequest, NotFound, Unavailable
 from ..tiering import layout
 from ..understore import Mount
 from ..understore.mount import translate
 from ..understore.versions import norm_etag, parse_version
-from .upload import LocalUpload, PartUpload
+from .journal import JournalFile
+from .upload import LocalUpload, PartUpload, commit_upload, open_upload
 
 log = logging.getLogger(__name__)
 RECHECK = 1.0      # seconds a dataset's record is trusted at a commit (then asked again)
@@ -90,13 +91,14 @@ class Session:
 
 class Writes:
     def __init__(self, config, store, access, mount_of, tell_master: TellMaster,
-                 labels: dict, resources: list) -> None:
+                 labels: dict, resources: list, pending) -> None:
         """`store`: the BlockStore; `access`: tokens and records (access.py); `mount_of(ns,
         ds, spec)`: our mount table (reads.py); `tell_master(ns, name, path, uid)`: the
         master lists a file written (awaited on the loop); `labels`/`resources`: this
         node's, matched against a dataset's selector before a block is cached."""
         self.config, self.store, self._access = config, store, access
         self._mount_of, self._tell = mount_of, tell_master
+        self.pending = pending             # pending.Pending: async-through and must-cache
         self._labels, self._resources = labels, resources
         self.sessions: dict[str, Session] = {}
         self.closed: collections.OrderedDict = collections.OrderedDict()  # id -> (ns, reply)
@@ -189,19 +191,19 @@ class Writes:
                               f"{max(1, cap // 2)}); close some, or try again")
 
     def _open_under(self, s: Session) -> None:
-        m = s.mount
-        path = m.under_path(s.rel)          # opens the filesystem
+        if s.ds.write_mode in JOURNALED:      # kept here, uploaded later (or never)
+            if s.exclusive and s.ds.write_mode == "async-through":
+                with translate(s.path):
+                    if s.mount.fs.exists(s.mount.under_path(s.rel)):
+                        raise AlreadyExists(f"{s.ds.name}/{s.path} exists")
+            s.file = self.pending.journal.open(s.id)
+            return
         with translate(s.path):
-            m.fs.invalidate_cache(path)
-            if s.exclusive and m.fs.exists(path):
-                raise AlreadyExists(f"{s.ds.name}/{s.path} exists")
-            if m.protocol in ("s3", "s3a"):     # parts in flight while the client sends
-                s.file = PartUpload(m.fs, path, self.config.write_part,
-                                    self.config.write_parallel, s.exclusive)
-            elif m.protocol == "file":          # a hidden name, renamed at commit
-                s.file = LocalUpload(m.fs._strip_protocol(path), s.exclusive)
-            else:                               # other stores: their own file object
-                s.file = m.fs.open(path, "wb")
+            try:
+                s.file = open_upload(s.mount, s.rel, s.exclusive, self.config.write_part,
+                                     self.config.write_parallel)
+            except AlreadyExists:
+                raise AlreadyExists(f"{s.ds.name}/{s.path} exists") from None
         if s.ds.write_mode == "cache-through":
             s.spool = tempfile.TemporaryFile(dir=self.config.write_spool or None)
 
@@ -222,6 +224,9 @@ class Writes:
             s.last = time.monotonic()
 
     def _write_under(self, s: Session, data: bytes) -> None:
+        if isinstance(s.file, JournalFile):
+            s.file.write(data)                  # its own errors (journal full, disk full)
+            return
         with translate(s.path):
             s.file.write(data)
         if s.spool is not None:
@@ -273,6 +278,10 @@ class Writes:
         s.file, s.committing, s.last = None, False, time.monotonic()
         self.counters["files_written"] += 1
         self.counters["bytes_written"] += s.written
+        if "journal" in (s.committed or {}):    # kept here: listed as such, uploaded later
+            self._drop(s)
+            return self._remember(s, await self.pending.kept(s.committed["journal"],
+                                                             s.exclusive))
         try:
             entry = await self._tell(s.ns, s.ds.name, s.path, s.ds.uid)
         except Unavailable as exc:
@@ -314,15 +323,17 @@ class Writes:
                 return
 
     def _commit(self, s: Session) -> None:
+        if isinstance(s.file, JournalFile):   # durable here; listed as kept (pending.py)
+            s.committed = {"journal": s.file.commit(
+                ns=s.ns, ds=s.ds.name, uid=s.ds.uid, path=s.path, mode=s.ds.write_mode,
+                closed=time.time(), expires=self.pending.expiry(s.ds))}
+            return
         m = s.mount
         with translate(s.path):
             m.fs.invalidate_cache(m.under_path(s.rel))
             if s.exclusive and m.fs.exists(m.under_path(s.rel)):
                 raise AlreadyExists(f"{s.ds.name}/{s.path} exists")  # made meanwhile
-            if isinstance(s.file, (PartUpload, LocalUpload)):
-                s.committed = s.file.commit()   # the object appears whole / the rename
-            else:
-                s.file.close()            # other stores: their own file object's upload
+            s.committed = commit_upload(s.file)   # the object appears whole / the rename
 
     async def _cache(self, s: Session, indexes) -> dict:
         """Cache blocks `indexes` of the committed file from the spool (the caller named
@@ -435,7 +446,7 @@ def _discard(file, running=None) -> None:
     removed (upload.py); nothing is committed."""
     if running is not None:
         futures.wait([running])
-    if isinstance(file, (PartUpload, LocalUpload)):
+    if isinstance(file, (PartUpload, LocalUpload, JournalFile)):
         file.abort()
         return
     file.discard()                    # another store's fsspec file: its upload given up

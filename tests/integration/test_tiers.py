@@ -165,3 +165,50 @@ def test_reads_through_the_data_server_go_on_across_a_worker_kill(small_cluster)
             os.environ.pop("FLUIDCACHE_HOME", None)
         else:
             os.environ["FLUIDCACHE_HOME"] = old
+
+
+_WRITER = """
+import fsspec, json, random, sys
+fs = fsspec.filesystem("fluid")
+sizes = json.loads(sys.argv[1])
+for name, n in sizes.items():
+    with fs.open("fluid://ka/" + name, "wb") as f:
+        f.write(random.Random(n).randbytes(n))
+print("written")
+"""
+
+
+def test_async_through_files_survive_a_worker_kill_before_their_upload(small_cluster, moto):
+    """Written while the store is down, acknowledged, the worker SIGKILLed at once:
+    after Ray restarts it and the store is back, `sync` returns with every file in the
+    store, byte-identical (the journal on the SSD tier held them)."""
+    from fluidcache.testing.proxy import LatencyProxy
+    from fluidcache.testing.s3 import free_port
+    import random
+
+    env, _ = small_cluster
+    port = free_port()
+    moto.filesystem().mkdir("fc-kill")
+    opts = dict(moto.options(), endpoint_url=f"http://127.0.0.1:{port}")
+    with LatencyProxy(moto.endpoint, 0.0, port=port):
+        _cli(env, "dataset", "create", "ka", "--mount", "/=s3://fc-kill/a",
+             "--write-mode", "async-through", *[f"--option={k}={v}" for k, v in opts.items()])
+    sizes = {"empty.bin": 0, "100KB.bin": 100_000, "d/9MiB+3.bin": 9 * MiB + 3}
+    p = subprocess.run([sys.executable, "-c", _WRITER, __import__("json").dumps(sizes)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "written" in p.stdout, p.stderr
+    before = _status(env)
+    assert before["uploads"]["pending_files"] == 3        # the store is down: all wait
+    worker = before["workers"][0]
+    os.kill(worker["pid"], signal.SIGKILL)
+    wait_for(lambda: next((w for w in _status(env)["workers"]
+                           if w["alive"] and w["pid"] != worker["pid"]), None),
+             timeout=120, what="the worker to be restarted by Ray")
+    with LatencyProxy(moto.endpoint, 0.0, port=port):
+        out = run_cli("sync", "--timeout", "120", "fluid://ka", env=env)
+        assert "0 files pending" in out.stdout
+    s3 = moto.filesystem()
+    s3.invalidate_cache()
+    for name, n in sizes.items():
+        assert s3.cat_file(f"fc-kill/a/{name}") == random.Random(n).randbytes(n), name
+    assert _status(env)["uploads"]["pending_files"] == 0

@@ -240,9 +240,9 @@ def test_sync_answers_for_the_modes_built(wds, cluster, cli, moto):
     assert "0 files pending" in out.stdout
     shown = cluster["client"].dataset("wcache")
     assert shown["write_mode"] == "cache-through" and shown["read_only"] is False
-    with pytest.raises(ValueError, match="not built"):
+    with pytest.raises(ValueError, match="write mode must be one of"):
         cluster["client"].create_dataset("wasync", {"/": "s3://fc-write/async"},
-                                         moto.options(), write_mode="async-through")
+                                         moto.options(), write_mode="write-back")
 
 
 def test_a_writer_between_commit_and_listing_never_gets_our_bytes_cached(wds):

@@ -176,7 +176,7 @@ def test_public_never_includes_options_or_credentials():
     assert pub == {"name": "imgs", "namespace": "team", "replicas": 1,
                    "mounts": {"/": "s3://bucket/p", "/extra": "file:///d"},
                    "selector": {}, "read_only": True, "write_mode": "read-only",
-                   "routing": "partitioned",
+                   "routing": "partitioned", "write_ttl": None,
                    "sync": "default", "sync_seconds": None}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 
 import pytest
 
@@ -12,12 +13,14 @@ from fluidcache.errors import AccessDenied, InvalidRequest, NotFound, Unavailabl
 from fluidcache.understore import Mount
 from fluidcache.wire import Request
 from fluidcache.worker.access import Access
+from fluidcache.worker.journal import Journal
+from fluidcache.worker.pending import Pending
 from fluidcache.worker.writes import Writes
 
 
-def _room(tmp_path, mode="through", **cfg):
+def _room(tmp_path, mode="through", journal_dir=None, ttl=None, **cfg):
     record = {"name": "ds", "namespace": "t", "write_mode": mode, "uid": "u1",
-              "mounts": [["", f"file://{tmp_path}", {}]]}
+              "mounts": [["", f"file://{tmp_path}", {}]], "write_ttl": ttl}
     told = []
 
     async def ask_tokens():
@@ -40,7 +43,19 @@ def _room(tmp_path, mode="through", **cfg):
     def mount_of(ns, ds, spec):
         return mounts.setdefault((ns, spec.url), Mount(spec.url, spec.options))
 
-    return Writes(cfg, None, access, mount_of, tell, {}, []), told
+    async def ask(method, *args):           # the master's side of kept files
+        told.append((method, *args[:5]) if method != "add" else ("add", args[0]["path"]))
+        if method == "add":
+            return {"state": "ok", "entry": {"name": "ds/" + args[0]["path"]}, "inc": "i1"}
+        return {"state": "go"} if method == "begin" else {"entry": None}
+
+    journal = Journal(str(journal_dir or tmp_path.parent / f"{tmp_path.name}-journal"),
+                      cfg.block_size,
+                      cfg.write_journal or 64 * 1024**2)
+    pending = Pending(cfg, "node1", journal, access, mount_of, ask, None)
+    w = Writes(cfg, None, access, mount_of, tell, {}, [], pending)
+    pending._run = w._run
+    return w, told
 
 
 def _req(op, args, ns="t", token="tok"):
@@ -123,4 +138,107 @@ def test_an_idle_session_is_aborted_and_leaves_nothing(tmp_path):
         with pytest.raises(NotFound):
             await w.handle(_req("write_close", {"w": sid}), b"")
         w.stop()
+    _run(go())
+
+
+def _write(w, path, data: bytes):
+    async def go():
+        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": path}), b""))[0]["w"]
+        await w.handle(_req("write", {"w": sid, "o": 0}), data)
+        return (await w.handle(_req("write_close", {"w": sid}), b""))[0]
+    return go()
+
+
+def test_async_through_is_kept_first_then_uploaded_in_the_background(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+
+    async def go():
+        w, told = _room(store, "async-through", journal_dir=tmp_path / "j",
+                        block_size=64 * 1024)
+        body = bytes(range(256)) * 1000                        # 4 blocks
+        reply = await _write(w, "a/ck.bin", body)
+        assert reply["entry"]["name"] == "ds/a/ck.bin"
+        assert not (store / "a" / "ck.bin").exists()           # acknowledged, not uploaded
+        assert told == [("add", "a/ck.bin")]
+        assert w.pending.stats()["uploads_pending"] == 1
+        w.pending.start()
+        assert await w.pending.flush(30)
+        assert (store / "a" / "ck.bin").read_bytes() == body
+        assert [t[0] for t in told] == ["add", "begin", "done"]
+        w.pending.stop()
+    _run(go())
+
+
+def test_a_restarted_worker_finds_its_kept_files_and_drops_unacknowledged_ones(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+
+    async def first():
+        w, _ = _room(store, "async-through", journal_dir=tmp_path / "j")
+        await _write(w, "k.bin", b"kept" * 1000)
+        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": "half.bin"}), b""))[0]["w"]
+        await w.handle(_req("write", {"w": sid, "o": 0}), b"never closed")
+        # (killed here: nothing stops, nothing is flushed)
+
+    async def second():
+        w, told = _room(store, "async-through", journal_dir=tmp_path / "j")
+        assert w.pending.adopt() == 1                          # the closed one only
+        assert sorted(os.listdir(tmp_path / "j")) == sorted(
+            f"{e}{x}" for e in w.pending.entries for x in (".data", ".meta"))
+        w.pending.start()
+        assert await w.pending.flush(30)
+        assert (store / "k.bin").read_bytes() == b"kept" * 1000
+        assert not (store / "half.bin").exists()
+        assert told[0] == ("add", "k.bin")                     # told again
+        w.pending.stop()
+    _run(first())
+    _run(second())
+
+
+def test_a_damaged_kept_block_is_an_error_never_wrong_bytes(tmp_path):
+    from fluidcache.errors import FluidError
+    from fluidcache.understore.versions import cached_version
+    from fluidcache.wire import BlockRead
+
+    async def go():
+        w, _ = _room(tmp_path / "s", "must-cache", journal_dir=tmp_path / "j")
+        (tmp_path / "s").mkdir()
+        await _write(w, "x.bin", b"a" * 5000)
+        (fid, e), = w.pending.entries.items()
+        r = BlockRead("ds", "x.bin", cached_version("node1", fid), 5000, 0, 0, -1)
+        assert await w.pending.read("t", r) == b"a" * 5000
+        with pytest.raises(FluidError, match="not kept here"):   # another namespace's
+            await w.pending.read("u", r)
+        with open(tmp_path / "j" / f"{fid}.data", "r+b") as f:
+            f.write(b"b")
+        with pytest.raises(FluidError, match="damaged"):
+            await w.pending.read("t", r)
+    _run(go())
+
+
+def test_a_full_journal_refuses_the_write_and_keeps_nothing_of_it(tmp_path):
+    async def go():
+        w, _ = _room(tmp_path, "must-cache", journal_dir=tmp_path / "j",
+                     write_journal=100_000)
+        await _write(w, "fits.bin", b"x" * 60_000)
+        with pytest.raises(Unavailable, match="journal is full"):
+            await _write(w, "big.bin", b"y" * 60_000)
+        assert len(os.listdir(tmp_path / "j")) == 2            # fits.bin's data and meta
+        assert w.pending.journal.used == 60_000
+    _run(go())
+
+
+def test_must_cache_is_never_uploaded_and_goes_at_its_ttl(tmp_path):
+    async def go():
+        w, told = _room(tmp_path, "must-cache", journal_dir=tmp_path / "j", ttl=0.2)
+        await _write(w, "t.bin", b"t" * 10)
+        w.pending.start()
+        deadline = asyncio.get_running_loop().time() + 30
+        while w.pending.entries and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.1)          # polling a condition: the TTL's end
+        assert not w.pending.entries and os.listdir(tmp_path / "j") == []
+        assert [t[0] for t in told] == ["add", "gone"]
+        assert not (tmp_path / "t.bin").exists()
+        w.pending.stop()
     _run(go())
