@@ -6,11 +6,16 @@ first byte held 20 ms, as from an in-region object store):
     closed, as torch.save to a file object writes, by fluid (`through`, one local
     worker) and by s3fs (`open(..., "wb")`, its default 50 MiB parts);
   - small files: 2,000 files of 80-140 KB (--quick 200) written one after another by one
-    writer (`pipe_file`), by fluid (`through` and `cache-through`) and by s3fs.
+    writer (`pipe_file`), by fluid (`through`, `cache-through`, `async-through`) and by
+    s3fs.
 Each round's time runs from the first write to `close()` returning (the file is in the
-store then: through and cache-through finish at close). After each round the object is
-read back from the store and its bytes checked (xxh3), outside the timing. Reported:
-MB/s or files/s of the median round and of the worst round, and the ratio of medians.
+store then: through and cache-through finish at close). async-through is timed twice
+in the same round: "ack" when the last `close()` returns (the files are durable in the
+worker's journal on its SSD tier, a directory on this machine's disk), and "in store"
+when `sync` returns after it (every file uploaded); nothing of one round is still being
+uploaded when the next peer starts. After each round the objects are read back from
+the store and their bytes checked (xxh3), outside the timing. Reported: MB/s or files/s
+of the median round and of the worst round (the slowest), and the ratio of medians.
 
     python -m bench.write            # 1 GiB x 3 rounds, 2,000 small files x 2 rounds
     python -m bench.write --quick    # 64 MiB x 2 rounds, 200 small files x 2 rounds
@@ -28,7 +33,10 @@ import xxhash
 
 PIECE = 8 << 20
 TARGETS = {"checkpoint": 1.0, "small files": None}
-WHERE = {"fluid through": "wt", "fluid cache-through": "wc"}
+WHERE = {"fluid through": "wt", "fluid cache-through": "wc", "fluid async-through": "wa"}
+IN_STORE = {"s3fs": "bench/direct", "fluid through": "bench/through",
+            "fluid cache-through": "bench/cache", "fluid async-through": "bench/async"}
+ACK, STORED = "fluid async (ack)", "fluid async (in store)"
 
 
 def _checkpoint(f, body: memoryview) -> None:
@@ -89,48 +97,64 @@ def main(argv=None) -> int:
     rnd = random.Random(7)
     small = {f"f{i:05d}.bin": rnd.randbytes(rnd.randint(80_000, 140_000))
              for i in range(nfiles)}
-    ckpt: dict[str, list[float]] = {"s3fs": [], "fluid through": []}
+    ckpt: dict[str, list[float]] = {"s3fs": [], "fluid through": [], ACK: [], STORED: []}
     files: dict[str, list[float]] = {"s3fs": [], "fluid through": [],
-                                     "fluid cache-through": []}
+                                     "fluid cache-through": [], ACK: [], STORED: []}
     try:
         with S3rverServer(os.path.join(home, "s3rver")) as store, \
                 LatencyProxy(store.endpoint, 0.02) as proxy:
             store.filesystem().mkdir("bench")
             opts = dict(store.options(), endpoint_url=proxy.endpoint)
-            cluster.start(config.load(tiers=[{"medium": "MEM", "path": mem,
-                                              "quota": "1GiB"}]), dashboard=False)
+            cluster.start(config.load(tiers=[
+                {"medium": "MEM", "path": mem, "quota": "1GiB"},
+                {"medium": "SSD", "path": os.path.join(home, "ssd"), "quota": "4GiB"}]),
+                dashboard=False)
             try:
                 client = connect()
                 client.create_dataset("wt", {"/": "s3://bench/through"}, opts,
                                       write_mode="through")
                 client.create_dataset("wc", {"/": "s3://bench/cache"}, opts,
                                       write_mode="cache-through")
+                client.create_dataset("wa", {"/": "s3://bench/async"}, opts,
+                                      write_mode="async-through")
                 direct = fsspec.filesystem("s3", key=opts["key"], secret=opts["secret"],
                                            client_kwargs={"endpoint_url": proxy.endpoint},
                                            skip_instance_cache=True)
                 check = store.filesystem()
                 fluid = client.filesystem(skip_instance_cache=True)
+                peers = ["s3fs", "fluid through", "fluid async-through"]
                 for r in range(rounds):
-                    order = list(ckpt) if r % 2 == 0 else list(reversed(ckpt))
-                    for who in order if size else ():   # neither always first
+                    order = peers if r % 2 == 0 else list(reversed(peers))
+                    for who in order if size else ():   # none always first
                         f = direct.open("bench/direct/ckpt.bin", "wb") if who == "s3fs" \
-                            else fluid.open("fluid://wt/ckpt.bin", "wb")
+                            else fluid.open(f"fluid://{WHERE[who]}/ckpt.bin", "wb")
                         t0 = time.perf_counter()
                         _checkpoint(f, body)
-                        ckpt[who].append(size / (time.perf_counter() - t0) / 1e6)
-                        _check(check, "bench/direct/ckpt.bin" if who == "s3fs"
-                               else "bench/through/ckpt.bin", want)
+                        t1 = time.perf_counter()
+                        if who == "fluid async-through":
+                            client.sync("fluid://wa/ckpt.bin")
+                            ckpt[ACK].append(size / (t1 - t0) / 1e6)
+                            ckpt[STORED].append(size / (time.perf_counter() - t0) / 1e6)
+                        else:
+                            ckpt[who].append(size / (t1 - t0) / 1e6)
+                        _check(check, f"{IN_STORE[who]}/ckpt.bin", want)
                     if r >= small_rounds or not nfiles:
                         continue
-                    order = list(files) if r % 2 == 0 else list(reversed(files))
+                    speers = ["s3fs", *WHERE]
+                    order = speers if r % 2 == 0 else list(reversed(speers))
                     for who in order:
                         fs, prefix = (direct, f"bench/direct/small{r}") if who == "s3fs" \
                             else (fluid, f"fluid://{WHERE[who]}/small{r}")
                         t0 = time.perf_counter()
                         _small(fs, prefix, small)
-                        files[who].append(nfiles / (time.perf_counter() - t0))
-                    for key in (f"bench/direct/small{r}", f"bench/through/small{r}",
-                                f"bench/cache/small{r}"):
+                        t1 = time.perf_counter()
+                        if who == "fluid async-through":
+                            client.sync(f"fluid://wa/small{r}")
+                            files[ACK].append(nfiles / (t1 - t0))
+                            files[STORED].append(nfiles / (time.perf_counter() - t0))
+                        else:
+                            files[who].append(nfiles / (t1 - t0))
+                    for key in (f"{where}/small{r}" for where in IN_STORE.values()):
                         # by name: s3rver cannot page a listing past 1,000 keys
                         got = check.cat([f"{key}/{name}" for name in small])
                         assert {k.rsplit("/", 1)[1]: v for k, v in got.items()} == small, \
@@ -144,7 +168,8 @@ def main(argv=None) -> int:
           f"{rounds} checkpoint rounds, {min(rounds, small_rounds)} small-file rounds")
     if size:
         print(_line(f"one {size >> 20} MiB checkpoint, write(8 MiB) then close", "MB/s",
-                    ckpt, "s3fs") + f"   (target: fluid through >= {TARGETS['checkpoint']}x)")
+                    ckpt, "s3fs") + f"\n    (targets: fluid through >= "
+              f"{TARGETS['checkpoint']}x; async ack >= 5x, async in store >= 1x)")
     if nfiles:
         print(_line(f"{nfiles} files of 80-140 KB, pipe_file one after another", "files/s",
                     files, "s3fs"))

@@ -20,6 +20,8 @@ all (upload.py): S3 shows an object once its upload completes; a local file is r
 over its name. Once a commit has begun it is never aborted (a request timeout does not
 cancel it), and a master that does not answer then is told again in the background.
 An abort, a failure, or a session silent for `write_idle` seconds discards the upload.
+async-through and must-cache files go to this worker's journal instead (journal.py),
+and are listed and uploaded (or kept) by pending.py once committed there.
 For cache-through the bytes also go to a spool (an unlinked temporary file), cached
 only when the version the master lists is the one this commit made (the store's own
 answer: ETag, or size and mtime): a writer that came between caches nothing.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +22,9 @@ def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, datas
     try:
         opts = [f"--option={k}={v}" for k, v in moto.options().items()]
         cli_env(env, "dataset", "create", "d", "--mount", "/=s3://fc-test/ds", *opts)
+        cli_env(env, "dataset", "create", "k", "--mount", "/=s3://fc-test/kept", *opts,
+                "--write-mode", "must-cache")
+        _fluid(env, "fs.pipe_file('fluid://k/scratch/a.bin', b'kept' * 999)")
         want = digests(dataset_files)
         warm = sorted(dataset_files)[: len(dataset_files) // 2]
         assert read_digests(env, "d", warm) == {n: want[n] for n in warm}
@@ -52,7 +57,20 @@ def test_master_killed_comes_back_with_datasets_and_tokens(tmp_path, moto, datas
         # cached (short-circuit and through the worker) and cold alike
         assert read_digests(env, "d", dataset_files) == want
         assert read_digests(env, "d", dataset_files, short_circuit=False) == want
+        # a file kept only in the cache: its worker told the new master again
+        wait_for(lambda: _fluid(env, "print(fs.cat('fluid://k/scratch/a.bin') == "
+                                "b'kept' * 999)", check=False) == "True", timeout=60,
+                 what="the kept file listed again by the restarted master")
         bad = cli_env(dict(env, FLUIDCACHE_TOKEN="wrong"), "dataset", "ls", check=False)
         assert bad.returncode != 0 and "token" in bad.stderr
     finally:
         cli_env(env, "stop", check=False)
+
+
+def _fluid(env: dict, code: str, check: bool = True) -> str:
+    """Run `code` with `fs` a fluid filesystem, in a new process with `env`."""
+    p = subprocess.run([sys.executable, "-c", "import fsspec\n"
+                        "fs = fsspec.filesystem('fluid')\n" + code], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 or not check, p.stderr
+    return p.stdout.strip()
