@@ -69,7 +69,7 @@ class Master:
         self.writes = Writes(self.core, self._lock, self.listings, cfg,
                              self.dataops.free_keys)
         self.pending = Pending(self.core, self._lock, self.listings, self.writes,
-                               self._drop_kept, cfg.write_idle)
+                               self._drop_kept)
         self.writes.pending = self.listings.overlay = self.pending
         self.status = Status(self.core, self._lock, self.blocks, self.listings, self.members,
                              cfg, self._about, self.dataops.job_count)
@@ -277,6 +277,11 @@ class MasterActor:
                      secret: str = "") -> dict:
         self._m.members.check_secret(secret)
         return self._m.pending.done(ns, name, uid, path, fid)
+
+    def pending_release(self, ns: str, name: str, uid: str, path: str, fid: str,
+                        secret: str = "") -> dict:
+        self._m.members.check_secret(secret)
+        return self._m.pending.release(ns, name, uid, path, fid)
 
     def pending_gone(self, ns: str, name: str, uid: str, path: str, fid: str,
                      secret: str = "") -> dict:

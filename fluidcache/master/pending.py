@@ -46,15 +46,15 @@ class Kept:
 
 class Pending:
     def __init__(self, core, lock: threading.RLock, listings, writes,
-                 drop_on: Callable[[str, list[str]], None], lease: float) -> None:
+                 drop_on: Callable[[str, list[str]], None]) -> None:
         """`writes`: the master's Writes (listing a written file, freeing old blocks);
-        `drop_on(worker id, ids)`: that worker drops these kept files; `lease`: seconds
-        an upload's turn is held before another writer of the path may go."""
+        `drop_on(worker id, ids)`: that worker drops these kept files. An upload's turn
+        is held until it is done or released, or its worker leaves the cluster."""
         self.core, self._lock, self.listings, self.writes = core, lock, listings, writes
-        self._drop_on, self.lease = drop_on, lease
+        self._drop_on = drop_on
         self._cv = threading.Condition()
         self.files: dict[tuple[str, str], dict[str, Kept]] = {}
-        self._turns: dict[tuple[str, str, str], tuple[str, float]] = {}  # path -> (id, since)
+        self._turns: dict[tuple[str, str, str], tuple[str, str]] = {}  # path -> (id, holder)
         self._dropped: OrderedDict[str, bool] = OrderedDict()   # id -> removed (not replaced)
 
     # -- from workers ---------------------------------------------------------------------
@@ -104,7 +104,6 @@ class Pending:
         is being uploaded), drop (removed or replaced), unknown (tell us again)."""
         self._dataset(ns, name, uid)
         path = normalize(path)
-        now = time.monotonic()
         with self._cv:
             if fid in self._dropped:
                 return {"state": "drop"}
@@ -112,10 +111,18 @@ class Pending:
             if k is None or k.id != fid:
                 return {"state": "unknown"}
             turn = self._turns.get((ns, name, path))
-            if turn is not None and turn[0] != fid and now - turn[1] < self.lease:
+            if turn is not None and turn[0] != fid and self._alive(turn[1]):
                 return {"state": "wait"}
-            self._turns[(ns, name, path)] = (fid, now)
+            self._turns[(ns, name, path)] = (fid, k.holder)
         return {"state": "go"}
+
+    def release(self, ns: str, name: str, uid: str, path: str, fid: str) -> dict:
+        """An upload failed before it reached the store: its turn is given back."""
+        path = normalize(path)
+        with self._cv:
+            if self._turns.get((ns, name, path), ("",))[0] == fid:
+                del self._turns[(ns, name, path)]
+        return {"released": True}
 
     def done(self, ns: str, name: str, uid: str, path: str, fid: str) -> dict:
         """An upload is in the store: listed from the store's answer (when it is still
@@ -125,14 +132,23 @@ class Pending:
             if self._turns.get((ns, name, path), ("",))[0] == fid:
                 del self._turns[(ns, name, path)]
             files = self.files.get((ns, name), {})
-            current = files.get(path) is not None and files[path].id == fid
+            k = files.get(path)
+            current = k is not None and k.id == fid
             if current:
                 del files[path]
             removed = self._dropped.get(fid, False)
+            self._remember(fid, removed)         # told again after a restart: dropped
             newer = files.get(path) is not None
             self._cv.notify_all()
         if current:
-            return {"entry": self.writes.wrote(ns, name, path, uid)}
+            try:
+                return {"entry": self.writes.wrote(ns, name, path, uid)}
+            except BaseException:
+                with self._cv:                   # still listed as kept: told again later
+                    if path not in files:
+                        files[path] = k
+                    self._dropped.pop(fid, None)
+                raise
         if removed and not newer:
             self.writes.remove_uploaded(ns, name, path)
         return {"entry": None}
@@ -245,8 +261,11 @@ class Pending:
 
     def _turn_of(self, ns: str, name: str, path: str, fid: str) -> bool:
         turn = self._turns.get((ns, name, path))
-        return turn is not None and turn[0] == fid and \
-            time.monotonic() - turn[1] < self.lease
+        return turn is not None and turn[0] == fid and self._alive(turn[1])
+
+    def _alive(self, worker_id: str) -> bool:
+        with self._lock:
+            return worker_id in self.core.workers
 
     def _remember(self, fid: str, removed: bool) -> None:
         self._dropped[fid] = removed

@@ -150,7 +150,7 @@ class Writes:
                     continue
                 with translate(path):
                     mount.fs.rm_file(under)
-                removed += 1 if kept is None else 0
+                removed += 1
                 old.append(entry)
                 self._gone_file(ds, path)
                 parents.add(path.rpartition("/")[0])
@@ -167,9 +167,11 @@ class Writes:
         dmount, _, dunder = self._mount(ds, dst)
         if smount is not dmount:
             raise NotSupported(f"copy across mounts ({src} -> {dst}): read and write it")
-        if self.pending.kept(ds, src) is not None:
-            raise NotSupported(f"{ds.name}/{src} is kept in the cache, not in the store "
-                               "(yet): read and write it")
+        if self.pending.kept(ds, src) is not None or self.pending.kept(ds, dst) is not None:
+            # a kept source is not in the store; a kept target would be uploaded over
+            # the copy: read and written again, the copy is a close like any other
+            raise NotSupported(f"{ds.name}/{src} -> {dst}: a file kept in the cache is "
+                               "copied by reading and writing it")
         old = self._old_entry(ds, dst)
         with translate(src):
             if smount.protocol == "file":

@@ -44,7 +44,8 @@ from .writes import OPS as WRITE_OPS, Writes
 log = logging.getLogger(__name__)
 _MASTER_TIMEOUT = 60.0   # seconds a blocking call to the master may take
 _LOOP_TIMEOUT = 30.0     # seconds a Ray call waits for the data server's loop
-_FLUSH_TIMEOUT = 60.0    # seconds a stopping worker waits for its uploads
+_FLUSH_TIMEOUT = 25.0    # seconds a stopping worker waits for its uploads (the
+                         # master gives a stopping worker 30 s before it kills it)
 
 
 class Worker:
@@ -80,7 +81,7 @@ class Worker:
         journal = Journal(os.path.join(self.store.paths[-1], "pending"), cfg.block_size,
                           cfg.write_journal or lowest.quota)
         self.pending = Pending(cfg, node_id, journal, self.access, self.reads.mount_of,
-                               self._ask_pending, lambda *a: self.writes._run(*a))
+                               self._ask_pending)
         self.pending.adopt()                    # a restarted worker's kept files
         self.reads.kept = self.pending.read
         self.writes = Writes(cfg, self.store, self.access, self.reads.mount_of,

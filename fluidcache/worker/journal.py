@@ -55,26 +55,36 @@ class Journal:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self.used = 0                       # bytes of data files, kept and being written
+        self.by_ns: dict[str, int] = {}     # the same, per namespace (half the quota each)
 
     def _path(self, fid: str, suffix: str) -> str:
         if not fid.isalnum():               # our own ids only: never a path of a client's
             raise ValueError(f"bad journal id {fid!r:.40}")
         return os.path.join(self.dir, fid + suffix)
 
-    def reserve(self, n: int) -> None:
+    def reserve(self, ns: str, n: int) -> None:
+        """Room for `n` more bytes of namespace `ns` (a tenant holds at most half)."""
         with self._lock:
-            if self.used + n > self.quota:
+            mine = self.by_ns.get(ns, 0)
+            if self.used + n > self.quota or mine + n > self.quota // 2:
                 raise Unavailable(f"the write journal is full ({self.used} of {self.quota} "
-                                  "bytes wait to be uploaded or are kept); sync, remove "
-                                  "files, or raise write_journal")
+                                  f"bytes, {mine} of namespace {ns}'s {self.quota // 2}, "
+                                  "wait to be uploaded or are kept); sync, remove files, "
+                                  "or raise write_journal")
             self.used += n
+            self.by_ns[ns] = mine + n
 
-    def release(self, n: int) -> None:
+    def release(self, ns: str, n: int) -> None:
         with self._lock:
             self.used = max(0, self.used - n)
+            left = self.by_ns.get(ns, 0) - n
+            if left > 0:
+                self.by_ns[ns] = left
+            else:
+                self.by_ns.pop(ns, None)
 
-    def open(self, fid: str) -> "JournalFile":
-        return JournalFile(self, fid)
+    def open(self, fid: str, ns: str) -> "JournalFile":
+        return JournalFile(self, fid, ns)
 
     def scan(self) -> list[Entry]:
         """The files kept (a restarted worker's), oldest close first; leftovers of
@@ -98,44 +108,65 @@ class Journal:
                     raise ValueError("its data is not the size it says")
             except (OSError, ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
                 log.error("journal %s: dropping a damaged entry: %s", name, exc)
-                self.remove(stem)
+                self.remove(stem)       # (nothing of it was counted yet)
                 datas.discard(stem)
                 continue
             datas.discard(stem)
             entries.append(e)
             self.used += e.size
+            self.by_ns[e.ns] = self.by_ns.get(e.ns, 0) + e.size
         for stem in datas:                  # written, never acknowledged
             _unlink(self._path(stem, _DATA))
         return sorted(entries, key=lambda e: e.closed)
 
-    def read(self, e: Entry, index: int) -> bytes:
-        """Block `index` of a kept file, checked against its checksum."""
+    def read(self, e: Entry, start: int, length: int) -> bytes:
+        """Bytes [start, start + length) of a kept file, each block they touch (in the
+        block size it was kept with) checked against its checksum."""
+        if start < 0 or length < 0 or start + length > e.size:
+            raise FluidError(f"{e.ds}/{e.path}: bytes {start}+{length} are past its end")
         bs = e.block_size
+        first, last = start // bs, max(start, start + length - 1) // bs
         with open(self._path(e.id, _DATA), "rb") as f:
-            f.seek(index * bs)
-            data = f.read(min(bs, e.size - index * bs))
-        if xxhash.xxh3_64_intdigest(data) != e.sums[index]:
-            raise FluidError(f"{e.ds}/{e.path}: block {index} of the only copy (kept "
-                               "until uploaded) is damaged on this worker's disk")
-        return data
+            f.seek(first * bs)
+            data = f.read(min(e.size, (last + 1) * bs) - first * bs)
+        view = memoryview(data)
+        for i in range(first, last + 1):
+            block = view[(i - first) * bs:(i - first + 1) * bs]
+            if i >= len(e.sums) or xxhash.xxh3_64_intdigest(block) != e.sums[i]:
+                raise FluidError(f"{e.ds}/{e.path}: block {i} of the only copy (kept "
+                                 "until uploaded) is damaged on this worker's disk")
+        off = start - first * bs
+        return data if off == 0 and length == len(data) else bytes(view[off:off + length])
 
-    def chunks(self, e: Entry, size: int):
-        """The kept file's bytes, `size` at a time (an upload reads them)."""
+    def chunks(self, e: Entry):
+        """The kept file's bytes, a block at a time, each checked (an upload reads them:
+        a damaged copy is never uploaded)."""
         with open(self._path(e.id, _DATA), "rb") as f:
-            while chunk := f.read(size):
-                yield chunk
+            for i in range(len(e.sums)):
+                block = f.read(e.block_size)
+                if xxhash.xxh3_64_intdigest(block) != e.sums[i]:
+                    raise FluidError(f"{e.ds}/{e.path}: block {i} of the only copy is "
+                                     "damaged on this worker's disk; not uploaded")
+                if block:
+                    yield block
 
-    def remove(self, fid: str, size: int = 0) -> None:
+    def uploaded(self, fid: str) -> None:
+        """In the store now: its meta goes, so a restart never adopts it again (its data
+        is still read until `remove`)."""
+        _unlink(self._path(fid, _META))
+
+    def remove(self, fid: str, ns: str = "", size: int = 0) -> None:
         _unlink(self._path(fid, _META))     # the meta first: no half entry is ever adopted
         _unlink(self._path(fid, _DATA))
-        self.release(size)
+        self.release(ns, size)
 
 
 class JournalFile:
     """A file being written into the journal; nothing of it is kept unless committed."""
 
-    def __init__(self, journal: Journal, fid: str) -> None:
-        self.j, self.id = journal, fid
+    def __init__(self, journal: Journal, fid: str, ns: str) -> None:
+        self.j, self.id, self.ns = journal, fid, ns
+        self.gone = False
         self.path = journal._path(fid, _DATA)
         self.file = open(self.path, "xb")
         os.chmod(self.path, 0o600)
@@ -143,15 +174,15 @@ class JournalFile:
         self._hash, self._in_block = xxhash.xxh3_64(), 0
 
     def write(self, data) -> None:
-        self.j.reserve(len(data))
+        self.j.reserve(self.ns, len(data))
         try:
             self.file.write(data)
         except OSError as exc:
-            self.j.release(len(data))
+            self.j.release(self.ns, len(data))
             raise Unavailable(f"this worker's journal ({self.j.dir}) cannot take the "
                               f"file: {exc.strerror or exc}") from None
         except BaseException:
-            self.j.release(len(data))
+            self.j.release(self.ns, len(data))
             raise
         self.size += len(data)
         view, bs = memoryview(data), self.j.block_size
@@ -191,8 +222,15 @@ class JournalFile:
         return entry
 
     def abort(self) -> None:
-        self.file.close()
-        self.j.remove(self.id, self.size)
+        """Nothing of it is kept (once: a failed commit aborts, and so may its caller)."""
+        if self.gone:
+            return
+        self.gone = True
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self.j.remove(self.id, self.ns, self.size)
 
 
 def _unlink(path: str) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..dataset import Dataset, normalize
@@ -53,16 +54,19 @@ class State:
 
 class Pending:
     def __init__(self, config, node_id: str, journal: Journal, access,
-                 mount_of, ask: AskMaster, run) -> None:
-        """`mount_of(ns, ds, spec)`: our mount table; `ask(method, *args)`: the master;
-        `run(ns, fn, *args)`: `fn` on a write thread within the namespace's share."""
+                 mount_of, ask: AskMaster) -> None:
+        """`mount_of(ns, ds, spec)`: our mount table; `ask(method, *args)`: the master.
+        Uploads: at most half the `write_threads` at once, a quarter per namespace."""
         self.config, self.node_id, self.journal = config, node_id, journal
-        self._access, self._mount_of, self._ask, self._run = access, mount_of, ask, run
+        self._access, self._mount_of, self._ask = access, mount_of, ask
         self.entries: dict[str, Entry] = {}
         self.state: dict[str, State] = {}
         self.counters = dict(uploads_done=0, upload_retries=0, kept_expired=0)
         self.last_error = ""
         self.inc: str | None = None          # the master's incarnation we registered with
+        # uploads have threads of their own: a store that hangs never holds up a write
+        self._pool = ThreadPoolExecutor(max(1, config.write_threads // 2),
+                                        thread_name_prefix="fc-upload")
         self._wake: asyncio.Event | None = None
         self._settled: asyncio.Event | None = None   # set when an upload ends
         self._task: asyncio.Task | None = None
@@ -85,14 +89,17 @@ class Pending:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def saw_master(self, inc: str | None) -> None:
-        """The master's incarnation from a heartbeat: a restarted master is told again."""
+        """The master's incarnation (a heartbeat's, a reply's): a restarted master is
+        told again of every file still kept (not of those uploaded already)."""
         if inc and self.inc and inc != self.inc:
             for st in self.state.values():
-                st.registered = False
-            self.inc = inc
+                if not (st.uploaded or st.gone_at):
+                    st.registered = False
             self._poke()
+        self.inc = inc or self.inc
 
     def _poke(self) -> None:
         if self._wake is not None:
@@ -121,7 +128,7 @@ class Pending:
 
     async def _register(self, e: Entry, exclusive: bool = False, again: bool = False):
         reply = await self._ask("add", e.to_record(), self.node_id, exclusive, again)
-        self.inc = reply.get("inc") or self.inc
+        self.saw_master(reply.get("inc"))
         st = self.state.get(e.id)
         if reply.get("state") == "superseded":
             await self._forget(e.id)
@@ -151,8 +158,10 @@ class Pending:
                 e.size != r.size:
             raise StaleVersion(f"{r.dataset}/{r.path}: that version is not kept here any "
                                "more (uploaded or replaced); list it again")
-        return await asyncio.get_running_loop().run_in_executor(None, self.journal.read,
-                                                                e, r.index)
+        start = r.index * self.config.block_size      # (kept with another block size, too)
+        length = min(self.config.block_size, e.size - start)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.journal.read, e, start, length)
 
     # -- the loop -----------------------------------------------------------------------
     async def _loop(self) -> None:
@@ -163,14 +172,28 @@ class Pending:
                 raise
             except Exception:
                 log.exception("kept files' round")
-            now = time.monotonic()
-            dues = [st.due for st in self.state.values() if not st.uploading]
-            wait = min([5.0] + [max(0.05, d - now) for d in dues])
+            wait = self._next_wait()
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    def _next_wait(self) -> float:
+        """Seconds until something is due: a retry, a re-telling, an upload, an
+        uploaded file's end, a TTL (at most 5 s: the loop looks again)."""
+        now, wall, wait = time.monotonic(), time.time(), 5.0
+        for fid, e in list(self.entries.items()):
+            st = self.state.get(fid)
+            if st is None or st.uploading:
+                continue
+            if st.gone_at:
+                wait = min(wait, st.gone_at - now)
+            elif not st.registered or (e.mode == "async-through" and not st.dropped):
+                wait = min(wait, st.due - now)
+            if e.expires:
+                wait = min(wait, e.expires - wall)
+        return max(0.05, wait)
 
     async def _round(self) -> None:
         now, wall = time.monotonic(), time.time()
@@ -192,7 +215,8 @@ class Pending:
                     log.warning("dropping kept %s/%s: %s", e.ds, e.path, exc)
                     await self._forget(fid)
             elif e.mode == "async-through" and not st.gone_at and now >= st.due and \
-                    running < max(1, self.config.write_threads // 2):
+                    running < max(1, self.config.write_threads // 2) and \
+                    self._uploading(e.ns) < max(1, self.config.write_threads // 4):
                 st.uploading = True
                 running += 1
                 asyncio.get_running_loop().create_task(self._upload(e, st))
@@ -223,9 +247,13 @@ class Pending:
                 rec = await self._access.dataset(e.ns, e.ds, True)
                 if rec.dataset.uid != e.uid:
                     raise NotFound(f"dataset {e.ds} was made again since {e.path} was kept")
-                await self._run(e.ns, self._send, e, rec.dataset)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._send, e, rec.dataset)
                 st.uploaded = True
             await self._ask("done", e.ns, e.ds, e.uid, e.path, e.id)
+            # uploaded: a restart must not find it again (its bytes are served 60 s more)
+            await asyncio.get_running_loop().run_in_executor(None, self.journal.uploaded,
+                                                             e.id)
             self.counters["uploads_done"] += 1
             st.gone_at = time.monotonic() + KEEP_UPLOADED
             st.tries, st.error = 0, ""
@@ -235,6 +263,11 @@ class Pending:
         except Exception as exc:  # noqa: BLE001 - retried with backoff, the error shown
             self._failed(st, exc)
             log.warning("upload of %s/%s failed (try %d): %s", e.ds, e.path, st.tries, exc)
+            if not st.uploaded:                 # another close of the path may go first
+                try:
+                    await self._ask("release", e.ns, e.ds, e.uid, e.path, e.id)
+                except FluidError:
+                    pass
         finally:
             st.uploading = False
             if st.dropped:
@@ -256,7 +289,7 @@ class Pending:
             f = open_upload(mount, rel, False, self.config.write_part,
                             self.config.write_parallel)
             try:
-                for chunk in self.journal.chunks(e, self.config.write_chunk):
+                for chunk in self.journal.chunks(e):
                     f.write(chunk)
             except BaseException:
                 (f.abort if hasattr(f, "abort") else f.discard)()
@@ -268,7 +301,7 @@ class Pending:
         self.state.pop(fid, None)
         if e is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.journal.remove,
-                                                             fid, e.size)
+                                                             fid, e.ns, e.size)
 
     # -- status -------------------------------------------------------------------------
     async def flush(self, timeout: float) -> bool:
@@ -288,13 +321,21 @@ class Pending:
 
     def waiting(self) -> tuple[int, int]:
         """(files, bytes) of async-through files not in the store yet."""
-        files = [e for fid, e in self.entries.items() if e.mode == "async-through"
-                 and not self.state[fid].gone_at and not self.state[fid].dropped]
+        files = []
+        for fid, e in list(self.entries.items()):     # (a snapshot: stats runs on a thread)
+            st = self.state.get(fid)
+            if e.mode == "async-through" and st is not None and not st.gone_at and \
+                    not st.dropped:
+                files.append(e)
         return len(files), sum(e.size for e in files)
+
+    def _uploading(self, ns: str) -> int:
+        return sum(1 for fid, st in list(self.state.items())
+                   if st.uploading and fid in self.entries and self.entries[fid].ns == ns)
 
     def stats(self) -> dict:
         files, nbytes = self.waiting()
-        kept = [e for e in self.entries.values() if e.mode == "must-cache"]
+        kept = [e for e in list(self.entries.values()) if e.mode == "must-cache"]
         return dict(self.counters, uploads_pending=files, uploads_pending_bytes=nbytes,
                     kept_files=len(kept), kept_bytes=sum(e.size for e in kept),
                     journal_bytes=self.journal.used)

@@ -198,7 +198,7 @@ class Writes:
                 with translate(s.path):
                     if s.mount.fs.exists(s.mount.under_path(s.rel)):
                         raise AlreadyExists(f"{s.ds.name}/{s.path} exists")
-            s.file = self.pending.journal.open(s.id)
+            s.file = self.pending.journal.open(s.id, s.ns)
             return
         with translate(s.path):
             try:

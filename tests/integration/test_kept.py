@@ -148,13 +148,16 @@ def test_rm_and_mv_of_kept_files_leave_nothing_stale(kds):
     try:
         fs.pipe_file("fluid://kdown/m/gone.bin", b"g" * 5000)
         fs.pipe_file("fluid://kdown/m/a.bin", b"a" * 7000)
+        fs.pipe_file("fluid://kdown/m/c.bin", b"c" * 3000)
+        fs.pipe_file("fluid://kdown/m/b.bin", b"old b")       # waits, to be moved over
         with pytest.raises(OSError, match="under store"):    # rm asks the store: down
             fs.rm("fluid://kdown/m/gone.bin")
         assert _fresh().cat("fluid://kdown/m/gone.bin") == b"g" * 5000   # nothing changed
     finally:
         store.up()
     fs.rm("fluid://kdown/m/gone.bin")
-    fs.mv("fluid://kdown/m/a.bin", "fluid://kdown/m/b.bin")
+    fs.mv("fluid://kdown/m/a.bin", "fluid://kdown/m/b.bin")    # over a kept file
+    fs.rm("fluid://kdown/m/c.bin")
     other = _fresh()
     assert other.ls("fluid://kdown/m", detail=False) == ["kdown/m/b.bin"]
     assert other.cat("fluid://kdown/m/b.bin") == b"a" * 7000
@@ -163,6 +166,8 @@ def test_rm_and_mv_of_kept_files_leave_nothing_stale(kds):
     kds["admin"].sync("fluid://kdown/m")
     kds["s3"].invalidate_cache()
     assert kds["s3"].ls("fc-kept/down/m", detail=False) == ["fc-kept/down/m/b.bin"]
+    assert _in_store(kds, "down/m/b.bin") == b"a" * 7000       # the move, not "old b"
+    assert _fresh().cat("fluid://kdown/m/b.bin") == b"a" * 7000
     fs.pipe_file("fluid://kcache/m/x.bin", b"x")
     kept = sum(w["stats"]["kept_files"] for w in kds["admin"].status()["workers"])
     fs.rm("fluid://kcache/m/x.bin")

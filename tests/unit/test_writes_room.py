@@ -52,10 +52,8 @@ def _room(tmp_path, mode="through", journal_dir=None, ttl=None, **cfg):
     journal = Journal(str(journal_dir or tmp_path.parent / f"{tmp_path.name}-journal"),
                       cfg.block_size,
                       cfg.write_journal or 64 * 1024**2)
-    pending = Pending(cfg, "node1", journal, access, mount_of, ask, None)
-    w = Writes(cfg, None, access, mount_of, tell, {}, [], pending)
-    pending._run = w._run
-    return w, told
+    pending = Pending(cfg, "node1", journal, access, mount_of, ask)
+    return Writes(cfg, None, access, mount_of, tell, {}, [], pending), told
 
 
 def _req(op, args, ns="t", token="tok"):
@@ -141,11 +139,12 @@ def test_an_idle_session_is_aborted_and_leaves_nothing(tmp_path):
     _run(go())
 
 
-def _write(w, path, data: bytes):
+def _write(w, path, data: bytes, ns="t", token="tok"):
     async def go():
-        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": path}), b""))[0]["w"]
-        await w.handle(_req("write", {"w": sid, "o": 0}), data)
-        return (await w.handle(_req("write_close", {"w": sid}), b""))[0]
+        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": path}, ns, token),
+                              b""))[0]["w"]
+        await w.handle(_req("write", {"w": sid, "o": 0}, ns, token), data)
+        return (await w.handle(_req("write_close", {"w": sid}, ns, token), b""))[0]
     return go()
 
 
@@ -192,8 +191,29 @@ def test_a_restarted_worker_finds_its_kept_files_and_drops_unacknowledged_ones(t
         assert not (store / "half.bin").exists()
         assert told[0] == ("add", "k.bin")                     # told again
         w.pending.stop()
+
+    async def third():                        # uploaded: never adopted (nor uploaded) again
+        w, told = _room(store, "async-through", journal_dir=tmp_path / "j")
+        assert w.pending.adopt() == 0 and told == []
     _run(first())
     _run(second())
+    _run(third())
+
+
+def test_kept_bytes_are_read_by_offset_whatever_the_block_size(tmp_path):
+    from fluidcache.worker.journal import Journal
+    j = Journal(str(tmp_path), 1000, 10**6)
+    body = bytes(range(256)) * 20                              # 5,120 bytes: 6 blocks
+    f = j.open("abc1", "t")
+    f.write(body[:1234])
+    f.write(body[1234:])
+    e = f.commit(ns="t", ds="d", uid="u", path="p", mode="must-cache", closed=0.0,
+                 expires=0.0)
+    for start, n in ((0, 5120), (1500, 2000), (999, 2), (5000, 120), (4096, 1024)):
+        assert j.read(e, start, n) == body[start:start + n]    # e.g. read in 4 KiB blocks
+    f.abort()                                                  # (twice: counted once)
+    f.abort()
+    assert j.used == 0 and j.by_ns == {}
 
 
 def test_a_damaged_kept_block_is_an_error_never_wrong_bytes(tmp_path):
@@ -220,12 +240,14 @@ def test_a_damaged_kept_block_is_an_error_never_wrong_bytes(tmp_path):
 def test_a_full_journal_refuses_the_write_and_keeps_nothing_of_it(tmp_path):
     async def go():
         w, _ = _room(tmp_path, "must-cache", journal_dir=tmp_path / "j",
-                     write_journal=100_000)
+                     write_journal=200_000)
         await _write(w, "fits.bin", b"x" * 60_000)
-        with pytest.raises(Unavailable, match="journal is full"):
-            await _write(w, "big.bin", b"y" * 60_000)
+        with pytest.raises(Unavailable, match="journal is full.*namespace t"):
+            await _write(w, "big.bin", b"y" * 60_000)          # over t's half
         assert len(os.listdir(tmp_path / "j")) == 2            # fits.bin's data and meta
         assert w.pending.journal.used == 60_000
+        await _write(w, "other.bin", b"z" * 90_000, "u", "tok2")   # u has its own half
+        assert w.pending.journal.by_ns == {"t": 60_000, "u": 90_000}
     _run(go())
 
 
