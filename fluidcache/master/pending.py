@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..dataset import JOURNALED, Dataset, normalize
-from ..errors import AlreadyExists, InvalidRequest, NotFound
+from ..errors import AlreadyExists, InvalidRequest, NotFound, Unavailable, UnderStoreError
 from ..understore.versions import cached_version
 from .listing import DIR, FILE
 
@@ -69,15 +69,30 @@ class Pending:
             raise InvalidRequest(f"{name}/{path}: not a file this dataset keeps")
         k = Kept(_str(rec, "id"), holder, int(rec["size"]), float(rec["closed"]),
                  rec["mode"], ds.uid)
-        old = None
+        old, alive = None, self._alive()
         with self._cv:
             if k.id in self._dropped:
-                return {"state": "superseded", "inc": self.core.incarnation}
+                if self._end_turn(ns, name, path, k.id) and self._dropped[k.id] and \
+                        path not in self.files.get((ns, name), {}):
+                    # removed while its worker, since restarted, was uploading it: what
+                    # that upload may have put in the store goes too
+                    gone = True
+                else:
+                    gone = False
+                superseded = {"state": "superseded", "inc": self.core.incarnation}
+            else:
+                superseded = None
+        if superseded is not None:
+            if gone:
+                self.writes.remove_uploaded(ns, name, path)
+            return superseded
+        with self._cv:
             files = self.files.setdefault((ns, name), {})
             cur = files.get(path)
             if cur is not None and cur.id != k.id:
                 if again and cur.closed > k.closed:
                     self._remember(k.id, False)
+                    self._end_turn(ns, name, path, k.id)
                     return {"state": "superseded", "inc": self.core.incarnation}
                 if exclusive:
                     raise AlreadyExists(f"{name}/{path} exists")
@@ -91,7 +106,8 @@ class Pending:
                 with self._cv:
                     files.pop(path, None)
                 raise AlreadyExists(f"{name}/{path} exists")
-        if old is not None and old.holder and not self._turn_of(ns, name, path, old.id):
+        if old is not None and old.holder and \
+                not self._turn_of(ns, name, path, old.id, alive):
             self._drop_on(old.holder, [old.id])
         before = self.listings.held_entry(ds, path)
         entry = self.listings.put_file(ds, path, k.row())
@@ -104,14 +120,16 @@ class Pending:
         is being uploaded), drop (removed or replaced), unknown (tell us again)."""
         self._dataset(ns, name, uid)
         path = normalize(path)
+        alive = self._alive()
         with self._cv:
             if fid in self._dropped:
+                self._end_turn(ns, name, path, fid)
                 return {"state": "drop"}
             k = self.files.get((ns, name), {}).get(path)
             if k is None or k.id != fid:
                 return {"state": "unknown"}
             turn = self._turns.get((ns, name, path))
-            if turn is not None and turn[0] != fid and self._alive(turn[1]):
+            if turn is not None and turn[0] != fid and turn[1] in alive:
                 return {"state": "wait"}
             self._turns[(ns, name, path)] = (fid, k.holder)
         return {"state": "go"}
@@ -120,8 +138,7 @@ class Pending:
         """An upload failed before it reached the store: its turn is given back."""
         path = normalize(path)
         with self._cv:
-            if self._turns.get((ns, name, path), ("",))[0] == fid:
-                del self._turns[(ns, name, path)]
+            self._end_turn(ns, name, path, fid)
         return {"released": True}
 
     def done(self, ns: str, name: str, uid: str, path: str, fid: str) -> dict:
@@ -143,12 +160,15 @@ class Pending:
         if current:
             try:
                 return {"entry": self.writes.wrote(ns, name, path, uid)}
-            except BaseException:
+            except (Unavailable, UnderStoreError):
                 with self._cv:                   # still listed as kept: told again later
                     if path not in files:
                         files[path] = k
                     self._dropped.pop(fid, None)
                 raise
+            except NotFound:                     # removed from the store meanwhile
+                self.writes.relist(self._dataset(ns, name, uid), path)
+                return {"entry": None}
         if removed and not newer:
             self.writes.remove_uploaded(ns, name, path)
         return {"entry": None}
@@ -170,12 +190,13 @@ class Pending:
     def take(self, ds: Dataset, path: str) -> Kept | None:
         """`rm` of a kept file: it leaves the kept set; its holder drops it (or, while
         its upload is under way, what it uploads is removed when that ends)."""
+        alive = self._alive()
         with self._cv:
             k = self.files.get((ds.namespace, ds.name), {}).pop(path, None)
             if k is None:
                 return None
             self._remember(k.id, True)
-            uploading = self._turn_of(ds.namespace, ds.name, path, k.id)
+            uploading = self._turn_of(ds.namespace, ds.name, path, k.id, alive)
             self._cv.notify_all()
         if not uploading:
             self._drop_on(k.holder, [k.id])
@@ -184,6 +205,13 @@ class Pending:
     def kept(self, ds: Dataset, path: str) -> Kept | None:
         with self._cv:
             return self.files.get((ds.namespace, ds.name), {}).get(path)
+
+    def busy(self, ds: Dataset, path: str) -> bool:
+        """Is `path` kept, or being uploaded (a removed kept file whose upload is under
+        way: what it puts in the store is removed when it ends)?"""
+        with self._cv:
+            return path in self.files.get((ds.namespace, ds.name), {}) or \
+                (ds.namespace, ds.name, path) in self._turns
 
     def merge(self, ds: Dataset, path: str, rows: list) -> bool:
         """Add the kept files directly in directory `path` (and the directories that
@@ -259,13 +287,21 @@ class Pending:
                            "was written")
         return ds
 
-    def _turn_of(self, ns: str, name: str, path: str, fid: str) -> bool:
+    def _turn_of(self, ns: str, name: str, path: str, fid: str, alive: set) -> bool:
         turn = self._turns.get((ns, name, path))
-        return turn is not None and turn[0] == fid and self._alive(turn[1])
+        return turn is not None and turn[0] == fid and turn[1] in alive
 
-    def _alive(self, worker_id: str) -> bool:
+    def _end_turn(self, ns: str, name: str, path: str, fid: str) -> bool:
+        """`fid`'s turn on the path ends (True if it held it). Under `_cv`."""
+        if self._turns.get((ns, name, path), ("",))[0] == fid:
+            del self._turns[(ns, name, path)]
+            return True
+        return False
+
+    def _alive(self) -> set:
+        """The ids of the workers in the cluster now (taken before `_cv`)."""
         with self._lock:
-            return worker_id in self.core.workers
+            return set(self.core.workers)
 
     def _remember(self, fid: str, removed: bool) -> None:
         self._dropped[fid] = removed

@@ -167,7 +167,7 @@ class Writes:
         dmount, _, dunder = self._mount(ds, dst)
         if smount is not dmount:
             raise NotSupported(f"copy across mounts ({src} -> {dst}): read and write it")
-        if self.pending.kept(ds, src) is not None or self.pending.kept(ds, dst) is not None:
+        if self.pending.kept(ds, src) is not None or self.pending.busy(ds, dst):
             # a kept source is not in the store; a kept target would be uploaded over
             # the copy: read and written again, the copy is a close like any other
             raise NotSupported(f"{ds.name}/{src} -> {dst}: a file kept in the cache is "

@@ -189,15 +189,26 @@ class Pending:
                 continue
             if st.gone_at:
                 wait = min(wait, st.gone_at - now)
-            elif not st.registered or (e.mode == "async-through" and not st.dropped):
+            elif e.expires and wall >= e.expires:       # expired: telling the master
                 wait = min(wait, st.due - now)
-            if e.expires:
+            elif e.expires:
                 wait = min(wait, e.expires - wall)
+            if not st.gone_at and st.due > now and (
+                    not st.registered or e.mode == "async-through"):
+                wait = min(wait, st.due - now)      # a retry (one due now but held by
+                #  the upload caps waits for an upload to end: that wakes the loop)
         return max(0.05, wait)
 
     async def _round(self) -> None:
         now, wall = time.monotonic(), time.time()
-        running = sum(st.uploading for st in self.state.values())
+        cap, share = max(1, self.config.write_threads // 2), \
+            max(1, self.config.write_threads // 4)
+        running, by_ns = 0, {}
+        for fid, st in list(self.state.items()):
+            e = self.entries.get(fid)
+            if st.uploading and e is not None:
+                running += 1
+                by_ns[e.ns] = by_ns.get(e.ns, 0) + 1
         for fid, e in list(self.entries.items()):
             st = self.state.get(fid)
             if st is None or st.uploading:
@@ -205,7 +216,8 @@ class Pending:
             if st.gone_at and now >= st.gone_at:
                 await self._forget(fid)
             elif e.expires and wall >= e.expires:
-                await self._expire(e)
+                if now >= st.due:
+                    await self._expire(e, st)
             elif not st.registered and now >= st.due:
                 try:
                     await self._register(e, again=True)
@@ -215,17 +227,18 @@ class Pending:
                     log.warning("dropping kept %s/%s: %s", e.ds, e.path, exc)
                     await self._forget(fid)
             elif e.mode == "async-through" and not st.gone_at and now >= st.due and \
-                    running < max(1, self.config.write_threads // 2) and \
-                    self._uploading(e.ns) < max(1, self.config.write_threads // 4):
+                    running < cap and by_ns.get(e.ns, 0) < share:
                 st.uploading = True
                 running += 1
+                by_ns[e.ns] = by_ns.get(e.ns, 0) + 1
                 asyncio.get_running_loop().create_task(self._upload(e, st))
 
-    async def _expire(self, e: Entry) -> None:
+    async def _expire(self, e: Entry, st: State) -> None:
         try:
             await self._ask("gone", e.ns, e.ds, e.uid, e.path, e.id)
-        except Unavailable:
-            return                                  # told next round
+        except Unavailable as exc:
+            self._failed(st, exc)                   # told again, with backoff
+            return
         except FluidError:
             pass
         self.counters["kept_expired"] += 1
@@ -247,8 +260,11 @@ class Pending:
                 rec = await self._access.dataset(e.ns, e.ds, True)
                 if rec.dataset.uid != e.uid:
                     raise NotFound(f"dataset {e.ds} was made again since {e.path} was kept")
-                await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._send, e, rec.dataset)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self._send, e, rec.dataset)
+                except NotFound as exc:     # (a bucket, a journal file): retried, not dropped
+                    raise FluidError(f"uploading {e.ds}/{e.path}: {exc}") from None
                 st.uploaded = True
             await self._ask("done", e.ns, e.ds, e.uid, e.path, e.id)
             # uploaded: a restart must not find it again (its bytes are served 60 s more)
@@ -260,6 +276,10 @@ class Pending:
         except NotFound as exc:                     # the dataset went: nothing to upload
             log.warning("dropping kept %s/%s: %s", e.ds, e.path, exc)
             st.dropped = True
+            try:
+                await self._ask("release", e.ns, e.ds, e.uid, e.path, e.id)
+            except FluidError:
+                pass
         except Exception as exc:  # noqa: BLE001 - retried with backoff, the error shown
             self._failed(st, exc)
             log.warning("upload of %s/%s failed (try %d): %s", e.ds, e.path, st.tries, exc)
@@ -328,10 +348,6 @@ class Pending:
                     not st.dropped:
                 files.append(e)
         return len(files), sum(e.size for e in files)
-
-    def _uploading(self, ns: str) -> int:
-        return sum(1 for fid, st in list(self.state.items())
-                   if st.uploading and fid in self.entries and self.entries[fid].ns == ns)
 
     def stats(self) -> dict:
         files, nbytes = self.waiting()
