@@ -123,6 +123,19 @@ def _parser() -> argparse.ArgumentParser:
     hd.add_argument("--no-dashboard", action="store_true", help="do not start Ray's dashboard")
     wk = svs.add_parser("worker", help="a Ray node joining the head (gets a cache worker)")
     wk.add_argument("--head", required=True, metavar="HOST:PORT", help="the Ray head's address")
+    mt = sub.add_parser("mount", help="mount a dataset as a directory (FUSE); returns once "
+                        "the mount is live", epilog="example: fluidcache mount "
+                        "fluid://imagenet /mnt/imagenet && ls /mnt/imagenet")
+    mt.add_argument("url", metavar="fluid://DATASET[/PATH]")
+    mt.add_argument("mountpoint")
+    mt.add_argument("--foreground", action="store_true",
+                    help="serve in this process until unmounted (SIGTERM unmounts)")
+    mt.add_argument("--allow-other", action="store_true",
+                    help="let other users see the mount (needs user_allow_other in "
+                         "/etc/fuse.conf unless root)")
+    um = sub.add_parser("unmount", help="unmount a mount and end its daemon (a mount "
+                        "whose daemon died is cleaned up)")
+    um.add_argument("mountpoint")
     hl = sub.add_parser("health", help="exit 0 if the master (or a worker) answers a ping")
     hl.add_argument("--worker", metavar="HOST:PORT", help="ping this worker's data server")
     dm = sub.add_parser("demo", help="a local cluster, a local S3 and a DataLoader, cold vs warm")
@@ -190,6 +203,21 @@ def _dataset(a) -> int:
     return 0
 
 
+def _mount(a) -> int:
+    from .posix import mount
+    if a.cmd == "unmount":
+        print(f"unmounted {a.mountpoint}" if mount.unmount(a.mountpoint)
+              else f"nothing is mounted on {a.mountpoint}")
+        return 0
+    if a.foreground:
+        return mount.serve(a.url, a.mountpoint, a.allow_other)
+    rec = mount.mount(a.url, a.mountpoint, a.allow_other)
+    print(f"mounted {rec['url']} on {rec['mountpoint']} "
+          f"({'read-write' if rec['writable'] else 'read-only'}; daemon pid {rec['pid']}; "
+          f"`fluidcache unmount {rec['mountpoint']}` ends it)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
@@ -209,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                                        metrics_port=a.metrics_port,
                                        dashboard=not a.no_dashboard)
             return node.serve_worker(a.head)
+        if a.cmd in ("mount", "unmount"):
+            return _mount(a)
         if a.cmd == "health":
             from . import node
             return node.health(a.worker)

@@ -82,6 +82,19 @@ class FluidFile(io.RawIOBase):
     def readall(self) -> bytes:
         return self.read(-1)
 
+    def pread(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset`, the file's position untouched (what a mount's
+        kernel asks: many reads of one open file at once, each at its own offset)."""
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        end = min(self.size, offset + size)
+        if offset >= end:
+            return b""
+        try:
+            return self.fs.client.read_at(self._reads, offset, end, self.fs.readahead)
+        except StaleVersion as exc:
+            raise self._stale(exc) from None
+
     def readinto(self, buffer) -> int:
         """Read into the caller's buffer; large reads go straight from the local tier
         files into it (the fastest way to read a big file through fluid://)."""

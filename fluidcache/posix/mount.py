@@ -1,0 +1,223 @@
+"""`fluidcache mount` and `unmount`: a dataset as a directory, served by a daemon.
+
+`mount` starts the daemon (this same command with --foreground, in its own session,
+its log beside its record) and returns once the kernel shows the mount live, or says
+why the daemon ended. The daemon serves until it is unmounted (`unmount`, `umount`,
+`fusermount3 -u`) or sent SIGTERM, SIGINT or SIGHUP (libfuse then unmounts it cleanly).
+A record per mountpoint (its daemon's pid, the URL, the log) lets `unmount` end the
+daemon, and lets `mount`/`unmount` find a mount whose daemon died (the kernel answers
+ENOTCONN there) and clean it up.
+Owns: records, the daemon's start and end, the stale-mount cleanup.
+Never: serve a file operation (ops.py does).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import xxhash
+
+from ..config import default_home
+from ..errors import AlreadyExists, InvalidRequest, NotFound, NotSupported, Unavailable
+
+START_TIMEOUT = 60.0         # seconds `mount` waits for the daemon's mount to be live
+STOP_TIMEOUT = 30.0          # seconds `unmount` waits for the daemon to end
+MAX_TIMEOUT = 60.0           # the longest the kernel keeps an entry or attributes
+WRITABLE_TIMEOUT = 1.0       # ... of a dataset that takes writes (others' closes show)
+
+
+def records() -> Path:
+    return default_home() / "mounts"
+
+
+def _record_path(mountpoint: str) -> Path:
+    return records() / f"{xxhash.xxh3_64_hexdigest(mountpoint.encode())}.json"
+
+
+def record(mountpoint: str) -> dict | None:
+    try:
+        return json.loads(_record_path(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:        # a zombie child of ours has ended too
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def state(mountpoint: str) -> str:
+    """"live" (a mount answers), "stale" (a mount whose daemon is gone: ENOTCONN),
+    "absent" (no mount here)."""
+    try:
+        # statfs always reaches the daemon (stat may be answered from cached attributes)
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
+            return "stale"
+        if exc.errno == errno.ENOENT:
+            return "absent"
+        raise
+    return "live" if os.path.ismount(mountpoint) else "absent"
+
+
+def _fusermount(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProcess:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        cmd = ["umount"] + (["-l"] if lazy else []) + [mountpoint]
+    else:
+        cmd = [tool, "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=STOP_TIMEOUT)
+
+
+def _clean(mountpoint: str) -> bool:
+    """Clean up after a daemon that died: a stale mount is lazily unmounted, a record
+    of a dead pid goes. True if anything was cleaned."""
+    cleaned = False
+    if state(mountpoint) == "stale":
+        _fusermount(mountpoint, lazy=True)
+        cleaned = True
+    rec = record(mountpoint)
+    if rec is not None and not _alive(int(rec["pid"])):
+        _record_path(mountpoint).unlink(missing_ok=True)
+        cleaned = True
+    return cleaned
+
+
+def _check_mountpoint(mountpoint: str) -> str:
+    mp = os.path.realpath(mountpoint)
+    _clean(mp)
+    if state(mp) == "live":
+        rec = record(mp)
+        owner = f" (by pid {rec['pid']}: {rec['url']})" if rec else ""
+        raise AlreadyExists(f"{mp} is a mount already{owner}; `fluidcache unmount {mp}`")
+    if not os.path.isdir(mp):
+        raise NotFound(f"{mp}: no such directory to mount on")
+    return mp
+
+
+def _check_url(url: str) -> None:
+    if not url.startswith("fluid://") or not url[len("fluid://"):].strip("/"):
+        raise InvalidRequest(f"{url!r}: mount one dataset, fluid://DATASET[/PATH]")
+
+
+def mount(url: str, mountpoint: str, allow_other: bool = False) -> dict:
+    """Start a daemon serving `url` at `mountpoint`; return its record once the mount is
+    live. Raises with the daemon's last log lines if it ended first."""
+    _check_url(url)
+    mp = _check_mountpoint(mountpoint)
+    records().mkdir(parents=True, exist_ok=True)
+    logfile = _record_path(mp).with_suffix(".log")
+    cmd = [sys.executable, "-m", "fluidcache.cli", "mount", url, mp, "--foreground"]
+    if allow_other:
+        cmd.append("--allow-other")
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:           # polling a condition: the mount is live
+        if proc.poll() is not None:
+            raise Unavailable(f"mount of {url} on {mp} failed: {_tail(logfile)}")
+        rec = record(mp)
+        if rec is not None and rec["pid"] == proc.pid and state(mp) == "live":
+            return rec
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    raise Unavailable(f"mount of {url} on {mp} was not live after {START_TIMEOUT:.0f} s: "
+                      f"{_tail(logfile)}")
+
+
+def _tail(logfile: Path, lines: int = 3) -> str:
+    try:
+        text = logfile.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        return "(no log)"
+    return " | ".join(text) or "(the log is empty)"
+
+
+def unmount(mountpoint: str) -> bool:
+    """Unmount and wait for its daemon to end; True if a mount was there. A stale
+    mount (its daemon died) is cleaned up. Raises if it is busy."""
+    mp = os.path.realpath(mountpoint)
+    if _clean(mp) and state(mp) != "live":
+        return True
+    if state(mp) != "live":
+        return False
+    rec = record(mp)
+    done = _fusermount(mp)
+    if done.returncode != 0:
+        msg = (done.stderr or done.stdout).strip()
+        if "busy" in msg.lower():
+            raise OSError(errno.EBUSY, f"{mp} is busy (a process has files open or its "
+                                       f"working directory there): {msg}")
+        raise Unavailable(f"unmounting {mp}: {msg}")
+    if rec is not None:
+        pid = int(rec["pid"])
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _alive(pid) and time.monotonic() < deadline:   # polling: the daemon ends
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        _record_path(mp).unlink(missing_ok=True)
+    return True
+
+
+def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
+    """The daemon: mount `url` at `mountpoint` and serve until unmounted or signalled."""
+    from mfusepy import FUSE
+
+    from ..client.fs import FluidFileSystem
+    from .ops import MAX_READ, FluidOps
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _check_url(url)
+    mp = _check_mountpoint(mountpoint)
+    fs = FluidFileSystem()
+    root = fs._strip_protocol(url)
+    ds = root.partition("/")[0]
+    if fs.info(root)["type"] != "directory":
+        raise NotSupported(f"fluid://{root} is a file: mount a dataset or a directory")
+    about = fs.client.cluster.dataset(ds)
+    writable = about.get("write_mode", "read-only") != "read-only"
+    sync = about.get("sync_seconds")
+    timeout = WRITABLE_TIMEOUT if writable else \
+        MAX_TIMEOUT if sync is None or sync < 0 else min(float(sync), MAX_TIMEOUT)
+    ops = FluidOps(fs, root, writable, timeout)
+    records().mkdir(parents=True, exist_ok=True)
+    _record_path(mp).write_text(json.dumps({"pid": os.getpid(), "mountpoint": mp,
+                                            "url": f"fluid://{root}",
+                                            "writable": writable}))
+    opts = {"fsname": f"fluid://{root}", "subtype": "fluidcache", "ro": not writable,
+            "max_read": MAX_READ, "default_permissions": True}
+    if allow_other:
+        opts["allow_other"] = True
+    logging.getLogger("fluidcache.mount").info("serving fluid://%s on %s (%s, timeouts %.1f s)",
+                                                root, mp, "read-write" if writable
+                                                else "read-only", timeout)
+    try:
+        FUSE(ops, mp, foreground=True, raw_fi=True, **opts)
+    finally:
+        rec = record(mp)
+        if rec is not None and rec.get("pid") == os.getpid():
+            _record_path(mp).unlink(missing_ok=True)
+    return 0
+
+
+__all__ = ["mount", "record", "serve", "state", "unmount"]
