@@ -53,10 +53,12 @@ def errno_of(exc: BaseException) -> int:
     return errno.EIO
 
 
-def stat_of(entry: dict, writable: bool, uid: int, gid: int) -> dict:
+def stat_of(entry: dict, writable: bool, uid: int, gid: int, default_time: float = 0.0
+            ) -> dict:
     """stat(2) fields of a listed entry: files 0444 (0644 when the dataset takes
-    writes), directories 0555 (0755); times from the store's mtime where it has one."""
-    mtime = float(entry.get("mtime") or 0.0)
+    writes), directories 0555 (0755); times (ns) from the store's mtime where it has
+    one, else `default_time` (the mount's start: object stores keep no directories)."""
+    mtime = int(float(entry.get("mtime") or default_time) * 1e9)
     if entry.get("type") == "directory":
         mode, nlink, size = stat.S_IFDIR | (0o755 if writable else 0o555), 2, 0
     else:
@@ -113,12 +115,16 @@ def answers(fn):
 class FluidOps(mfusepy.Operations):
     """The operations of one mount of `fluid://ROOT` (a dataset or a directory in one)."""
 
-    use_ns = False
+    use_ns = True
 
     def __init__(self, fs, root: str, writable: bool, timeout: float) -> None:
         self.fs, self.root, self.writable, self.timeout = fs, root.strip("/"), writable, \
             timeout
-        self.uid, self.gid = os.getuid(), os.getgid()
+        if not writable:
+            # nothing to commit at close(2): the kernel then never asks (one round trip
+            # less per file opened)
+            self.flush = None
+        self.uid, self.gid, self.started = os.getuid(), os.getgid(), time.time()
         self.pages = PageCache()
         self.handles: dict[int, Handle] = {}
         # directories made here that the store does not keep while empty (object
@@ -178,7 +184,7 @@ class FluidOps(mfusepy.Operations):
             if full not in self.made:
                 raise
             entry = {"type": "directory", "size": 0}
-        return stat_of(entry, self.writable, self.uid, self.gid)
+        return stat_of(entry, self.writable, self.uid, self.gid, self.started)
 
     @answers
     def readdir(self, path, fh):
@@ -282,7 +288,7 @@ class FluidOps(mfusepy.Operations):
                 self._carry(h, full)               # appending: the file again, then more
             fi.fh = self._put(h)
             return 0
-        f = self.fs.open(full, "rb")
+        f = self.fs._open(full, "rb")
         fi.keep_cache = 1 if self.pages.keep(full, f.details.get("fid", "")) else 0
         fi.fh = self._put(Handle(full, f))
         return 0

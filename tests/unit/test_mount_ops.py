@@ -29,7 +29,7 @@ def test_stat_of_files_and_directories():
     f = stat_of({"type": "file", "size": 1234, "mtime": 1700000000.5}, False, 7, 8)
     assert stat.S_ISREG(f["st_mode"]) and stat.S_IMODE(f["st_mode"]) == 0o444
     assert (f["st_size"], f["st_uid"], f["st_gid"], f["st_mtime"]) == (1234, 7, 8,
-                                                                      1700000000.5)
+                                                                      1700000000500000000)
     assert f["st_blocks"] == 3
     d = stat_of({"type": "directory", "size": 0}, True, 0, 0)
     assert stat.S_ISDIR(d["st_mode"]) and stat.S_IMODE(d["st_mode"]) == 0o755
