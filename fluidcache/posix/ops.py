@@ -13,6 +13,7 @@ without an errno. Stat fields and errno choice are pure functions (tested alone)
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import itertools
@@ -70,11 +71,16 @@ def stat_of(entry: dict, writable: bool, uid: int, gid: int, default_time: float
 
 
 class PageCache:
-    """Which version of each file the kernel may still hold pages of: an open keeps
-    them (keep_cache) only when it opens the version opened last (bounded)."""
+    """What the kernel may hold of each file: the pages of the version opened last (an
+    open keeps them, keep_cache, only when it opens that version again) and the size
+    getattr last told it (an open of a version of another size first tells the kernel
+    its attributes are stale: it would cut reads at the old size). Bounded: a path it
+    forgot counts as unknown, which only costs the kernel's caches."""
 
-    def __init__(self, limit: int = 100_000) -> None:
-        self.limit, self._seen, self._lock = limit, {}, threading.Lock()
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit, self._seen, self._told = limit, {}, {}
+        self._forgot = False            # some sizes told were forgotten: unknown = stale
+        self._lock = threading.Lock()
 
     def keep(self, path: str, fid: str) -> bool:
         with self._lock:
@@ -85,6 +91,19 @@ class PageCache:
                 self._seen[path] = fid
             return same
 
+    def told(self, path: str, size: int) -> None:
+        with self._lock:
+            if len(self._told) >= self.limit:
+                self._told.clear()
+                self._forgot = True
+            self._told[path] = size
+
+    def stale(self, path: str, size: int) -> bool:
+        """May the kernel hold another size for `path` than `size`?"""
+        with self._lock:
+            was = self._told.get(path)
+            return was != size if was is not None else self._forgot
+
 
 @dataclass
 class Handle:
@@ -94,6 +113,17 @@ class Handle:
     written: int = 0
     error: int = 0                  # a failed commit's errno, said again at release
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _kernel_forgets(path: str) -> None:
+    """Tell the kernel what it holds of `path` (attributes, pages) is stale; from inside
+    a request (libfuse's fuse_invalidate_path; not for getattr, read or write of the
+    same file, which libfuse says could deadlock)."""
+    lib = mfusepy._libfuse
+    ctx = lib.fuse_get_context()
+    if ctx and ctx.contents.fuse:
+        lib.fuse_invalidate_path(ctypes.c_void_p(ctx.contents.fuse),
+                                 path.encode("utf-8", "surrogateescape"))
 
 
 def answers(fn):
@@ -178,12 +208,18 @@ class FluidOps(mfusepy.Operations):
         if h is not None:                    # written now, listed once it is closed
             return stat_of({"type": "file", "size": h.written, "mtime": time.time()},
                            True, self.uid, self.gid)
-        try:
-            entry = self.fs.info(full)
-        except FileNotFoundError:
-            if full not in self.made:
-                raise
-            entry = {"type": "directory", "size": 0}
+        held = self.handles.get(getattr(fh, "fh", -1))
+        if held is not None and not held.writing:
+            entry = held.file.details                # the open file's version
+        else:
+            try:
+                entry = self.fs.info(full)
+            except FileNotFoundError:
+                if full not in self.made:
+                    raise
+                entry = {"type": "directory", "size": 0}
+        if entry.get("type") == "file":
+            self.pages.told(full, int(entry.get("size") or 0))
         return stat_of(entry, self.writable, self.uid, self.gid, self.started)
 
     @answers
@@ -289,6 +325,9 @@ class FluidOps(mfusepy.Operations):
             fi.fh = self._put(h)
             return 0
         f = self.fs._open(full, "rb")
+        if self.pages.stale(full, f.size):
+            _kernel_forgets(path)        # it would cut reads at the size it was told
+            self.pages.told(full, f.size)
         fi.keep_cache = 1 if self.pages.keep(full, f.details.get("fid", "")) else 0
         fi.fh = self._put(Handle(full, f))
         return 0

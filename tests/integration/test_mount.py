@@ -212,27 +212,56 @@ def test_reads_go_on_while_the_worker_is_killed(mnt, cluster, dataset_files):
     assert not errors, errors
 
 
+def test_a_file_changed_in_the_store_is_read_whole_never_cut(cluster, tmp_path):
+    import fsspec
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f.txt").write_bytes(b"v1")
+    cluster["client"].create_dataset("mchg", {"/": f"file://{data}"})
+    mp = tmp_path / "m"
+    mp.mkdir()
+    _mount("fluid://mchg", mp)
+    try:
+        assert (mp / "f.txt").read_bytes() == b"v1"          # the kernel holds v1's size
+        fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+        for old, new in ((b"v1", b"version two is longer"), (b"version two is longer",
+                                                            b"3")):
+            (data / "f.txt").write_bytes(new)
+            assert fs.info("fluid://mchg/f.txt", refresh=True)["size"] == len(new)
+
+            def read(old=old, new=new):
+                got = (mp / "f.txt").read_bytes()
+                assert got in (old, new), got                 # never cut, never mixed
+                return got == new
+            wait_for(read, timeout=30, what="the mount to read the new version")
+    finally:
+        _unmount(mp)
+
+
 def test_sigterm_unmounts_and_a_dead_daemon_is_cleaned_up(cluster, tmp_path):
     mp = tmp_path / "m"
     mp.mkdir()
-    _mount("fluid://mixed", mp)
-    pid = _pid(mp)
-    os.kill(pid, signal.SIGTERM)                # libfuse unmounts, the daemon ends
-    wait_for(lambda: _gone(pid), timeout=30, what="the daemon to end")
-    assert fmount.state(str(mp)) == "absent" and fmount.record(str(mp)) is None
-    _mount("fluid://mixed", mp)
-    pid = _pid(mp)
-    os.kill(pid, signal.SIGKILL)                # the mount stays, dead: ENOTCONN
-    wait_for(lambda: _gone(pid), timeout=30, what="the daemon to die")
-    assert fmount.state(str(mp)) == "stale"
-    _mount("fluid://mixed", mp)                 # the next mount cleans it up
-    assert os.path.getsize(mp / "one.bin") == 1
-    pid = _pid(mp)
-    os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _gone(pid), timeout=30, what="the daemon to die")
-    assert "unmounted" in run_cli("unmount", str(mp)).stdout   # ... and so does unmount
-    assert fmount.state(str(mp)) == "absent" and fmount.record(str(mp)) is None
-    assert "nothing is mounted" in run_cli("unmount", str(mp)).stdout
+    try:
+        _mount("fluid://mixed", mp)
+        pid = _pid(mp)
+        os.kill(pid, signal.SIGTERM)                # libfuse unmounts, the daemon ends
+        wait_for(lambda: _gone(pid), timeout=30, what="the daemon to end")
+        assert fmount.state(str(mp)) == "absent" and fmount.record(str(mp)) is None
+        _mount("fluid://mixed", mp)
+        pid = _pid(mp)
+        os.kill(pid, signal.SIGKILL)                # the mount stays, dead: ENOTCONN
+        wait_for(lambda: _gone(pid), timeout=30, what="the daemon to die")
+        assert fmount.state(str(mp)) == "stale"
+        _mount("fluid://mixed", mp)                 # the next mount cleans it up
+        assert os.path.getsize(mp / "one.bin") == 1
+        pid = _pid(mp)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: _gone(pid), timeout=30, what="the daemon to die")
+        assert "unmounted" in run_cli("unmount", str(mp)).stdout   # ... and so does unmount
+        assert fmount.state(str(mp)) == "absent" and fmount.record(str(mp)) is None
+        assert "nothing is mounted" in run_cli("unmount", str(mp)).stdout
+    finally:
+        run_cli("unmount", str(mp), check=False)    # whatever happened, nothing left
 
 
 def test_bad_mounts_get_clear_errors(cluster, tmp_path):

@@ -45,3 +45,13 @@ def test_pages_are_kept_only_for_the_version_cached_last():
     pc.keep("d/b", "v1")
     pc.keep("d/c", "v1")                      # over the limit: forgets, never keeps wrongly
     assert not pc.keep("d/a", "v2")
+
+
+def test_sizes_told_to_the_kernel_say_when_its_attributes_are_stale():
+    pc = PageCache(limit=2)
+    assert not pc.stale("d/a", 10)           # never told: the kernel has nothing
+    pc.told("d/a", 10)
+    assert not pc.stale("d/a", 10) and pc.stale("d/a", 11)
+    pc.told("d/b", 5)
+    pc.told("d/c", 5)                         # over the limit: forgotten, so unknown
+    assert pc.stale("d/a", 10)                # ... counts as stale (costs a refresh)
