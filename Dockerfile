@@ -6,6 +6,9 @@ ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
 FROM ${RAY_IMAGE}
 
 USER root
+# libfuse 3 for `fluidcache mount` (the chart's optional FUSE DaemonSet)
+RUN apt-get update && apt-get install -y --no-install-recommends fuse3 && \
+    rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/fluidcache
 COPY pyproject.toml README.md ./
 COPY fluidcache ./fluidcache
