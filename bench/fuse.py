@@ -18,6 +18,7 @@ the ratio of medians to the named reference. Every read is checked against its d
 
     python -m bench.fuse            # 2,000 objects, 256 MiB object, 5 rounds
     python -m bench.fuse --quick    # 300 objects, 64 MiB object
+    python -m bench.fuse --out bench   # and write the 'fuse' section of bench/RESULTS.md
 """
 from __future__ import annotations
 
@@ -187,14 +188,19 @@ def _big(path_of: dict, fs, want: str, rounds: int, mnt_big: str) -> dict:
     return gbs
 
 
-def _print(title: str, rows: dict, ref: str, unit: str) -> None:
+def _print(title: str, rows: dict, ref: str, unit: str, md: list) -> None:
     print(f"\n{title} (median round / worst round; ratio of medians to {ref})")
+    md += ["", f"**{title}** (ratios of medians to {ref})", "",
+           f"| path | {unit} median | {unit} worst | ratio | target |",
+           "| --- | --- | --- | --- | --- |"]
     base = _median(rows[ref])
     for label, xs in rows.items():
         worst = min(xs)
         target = TARGETS.get(label, "")
         print(f"  {label:<34} {_median(xs):>10,.2f} / {worst:>10,.2f} {unit}  "
               f"{_median(xs) / base:5.2f}x  {target}")
+        md.append(f"| {label} | {_median(xs):,.2f} | {worst:,.2f} | "
+                  f"{_median(xs) / base:.2f}x | {target} |")
 
 
 def main(argv=None) -> int:
@@ -203,7 +209,18 @@ def main(argv=None) -> int:
     p.add_argument("--files", type=int)
     p.add_argument("--big-mib", type=int)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=None,
+                   help="write the results as the 'fuse' section of OUT/RESULTS.md")
     a = p.parse_args(argv)
+    md = ["## POSIX mount (`python -m bench.fuse`)", "",
+          f"{os.cpu_count()} cores shared by the readers, the mount's daemon and the worker; "
+          f"one run, {a.rounds} rounds interleaved path by path. Median = the median round, "
+          "worst = the slowest round (for rates, the lowest). Small files: plain "
+          "`open().read()`, each process its share, all started together; \"page cache "
+          "dropped\": the kernel's pages of the files dropped before the round (every byte "
+          "through the daemon); \"kept\": what the last round left (a second epoch on one "
+          "node); the do-nothing FUSE fs hands out bytes it holds in memory (what libfuse, "
+          "mfusepy and the kernel's round trips cost alone). Every read's bytes are checked."]
     n_files = a.files or (300 if a.quick else 2000)
     big_mib = a.big_mib or (64 if a.quick else 256)
 
@@ -259,12 +276,16 @@ def main(argv=None) -> int:
             roots = {"tmpfs": tmpfs, "mount": mnt, "floor": floor_mnt}
             for procs in (1, 4):
                 rates = _small(procs, names, roots, want, home, a.rounds, mnt)
-                _print(f"{n_files} small files, {procs} process(es), files/s", rates,
-                       "fluid", "files/s")
+                _print(f"{n_files} small files, {procs} process(es)", rates, "fluid",
+                       "files/s", md)
             gbs = _big({"tmpfs": os.path.join(tmpfs, "big.bin")}, fs,
                        xxhash.xxh3_64_hexdigest(big), a.rounds, os.path.join(mnt, "big.bin"))
-            _print(f"one {big_mib} MiB file, read(8 MiB) to the end, GB/s", gbs,
-                   "big: tmpfs", "GB/s")
+            _print(f"one {big_mib} MiB file, read(8 MiB) to the end", gbs, "big: tmpfs",
+                   "GB/s", md)
+            if a.out:
+                from . import report
+                report.put_section(os.path.join(a.out, "RESULTS.md"), "fuse", "\n".join(md))
+                print(f"\nwrote the fuse section of {os.path.join(a.out, 'RESULTS.md')}")
         finally:
             if mounted:
                 subprocess.run(cli + ["unmount", mnt], check=False)

@@ -13,13 +13,16 @@ Never: serve a file operation (ops.py does).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +35,7 @@ START_TIMEOUT = 60.0         # seconds `mount` waits for the daemon's mount to b
 STOP_TIMEOUT = 30.0          # seconds `unmount` waits for the daemon to end
 MAX_TIMEOUT = 60.0           # the longest the kernel keeps an entry or attributes
 WRITABLE_TIMEOUT = 1.0       # ... of a dataset that takes writes (others' closes show)
+THREADS = 10                 # libfuse's threads at most (its default, said explicitly)
 
 
 def records() -> Path:
@@ -62,19 +66,53 @@ def _alive(pid: int) -> bool:
         return True
 
 
+FSTYPE = "fuse.fluidcache"
+PROBE_TIMEOUT = 5.0          # seconds to ask a mount of ours with no record if it answers
+
+
+def _mounts() -> dict[str, str]:
+    """Mountpoint -> filesystem type of what is mounted (the last of stacked mounts),
+    from /proc/self/mountinfo: nothing here touches a mount (which may hang)."""
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) > 4 and right:
+                mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                out[mp] = right.split()[0]
+    return out
+
+
+def _answers(mountpoint: str) -> bool:
+    """Does the mount answer statfs within PROBE_TIMEOUT (False: ENOTCONN, its daemon
+    is gone)? A daemon that does not answer at all counts as alive."""
+    box: list = []
+
+    def ask():
+        try:
+            os.statvfs(mountpoint)
+            box.append(True)
+        except OSError as exc:
+            box.append(exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED))
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(PROBE_TIMEOUT)
+    return box[0] if box else True
+
+
 def state(mountpoint: str) -> str:
-    """"live" (a mount answers), "stale" (a mount whose daemon is gone: ENOTCONN),
-    "absent" (no mount here)."""
-    try:
-        # statfs always reaches the daemon (stat may be answered from cached attributes)
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            return "stale"
-        if exc.errno == errno.ENOENT:
-            return "absent"
-        raise
-    return "live" if os.path.ismount(mountpoint) else "absent"
+    """"live" (a mount of ours whose daemon runs), "stale" (one whose daemon is gone),
+    "other" (another filesystem is mounted here), "absent" (nothing is)."""
+    kind = _mounts().get(mountpoint)
+    if kind is None:
+        return "absent"
+    if kind != FSTYPE:
+        return "other"
+    rec = record(mountpoint)
+    if rec is not None:
+        return "live" if _alive(int(rec["pid"])) else "stale"
+    return "live" if _answers(mountpoint) else "stale"     # a mount of another home
 
 
 def _fusermount(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProcess:
@@ -86,27 +124,25 @@ def _fusermount(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, timeout=STOP_TIMEOUT)
 
 
-def _clean(mountpoint: str) -> bool:
-    """Clean up after a daemon that died: a stale mount is lazily unmounted, a record
-    of a dead pid goes. True if anything was cleaned."""
-    cleaned = False
-    if state(mountpoint) == "stale":
-        _fusermount(mountpoint, lazy=True)
-        cleaned = True
+def _forget(mountpoint: str) -> None:
     rec = record(mountpoint)
     if rec is not None and not _alive(int(rec["pid"])):
         _record_path(mountpoint).unlink(missing_ok=True)
-        cleaned = True
-    return cleaned
 
 
 def _check_mountpoint(mountpoint: str) -> str:
     mp = os.path.realpath(mountpoint)
-    _clean(mp)
-    if state(mp) == "live":
+    st = state(mp)
+    if st == "stale":                         # its daemon died: cleaned up
+        _fusermount(mp, lazy=True)
+        st = state(mp)
+    _forget(mp)
+    if st == "live":
         rec = record(mp)
         owner = f" (by pid {rec['pid']}: {rec['url']})" if rec else ""
         raise AlreadyExists(f"{mp} is a mount already{owner}; `fluidcache unmount {mp}`")
+    if st == "other":
+        raise AlreadyExists(f"{mp}: another filesystem is mounted there")
     if not os.path.isdir(mp):
         raise NotFound(f"{mp}: no such directory to mount on")
     return mp
@@ -127,7 +163,7 @@ def mount(url: str, mountpoint: str, allow_other: bool = False) -> dict:
     cmd = [sys.executable, "-m", "fluidcache.cli", "mount", url, mp, "--foreground"]
     if allow_other:
         cmd.append("--allow-other")
-    with open(logfile, "ab") as out:
+    with open(logfile, "wb") as out:             # this daemon's log only
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, close_fds=True)
     deadline = time.monotonic() + START_TIMEOUT
@@ -152,16 +188,26 @@ def _tail(logfile: Path, lines: int = 3) -> str:
 
 
 def unmount(mountpoint: str) -> bool:
-    """Unmount and wait for its daemon to end; True if a mount was there. A stale
-    mount (its daemon died) is cleaned up. Raises if it is busy."""
+    """Unmount a mount of ours and wait for its daemon to end; True if one was there.
+    A stale mount (its daemon died) is cleaned up; a daemon that does not end is
+    killed. Raises if it is busy, or if what is mounted there is not ours."""
     mp = os.path.realpath(mountpoint)
-    if _clean(mp) and state(mp) != "live":
-        return True
-    if state(mp) != "live":
-        return False
+    st = state(mp)
+    if st == "other":
+        raise NotSupported(f"{mp} is not a fluidcache mount ({_mounts().get(mp)}): "
+                           "left alone")
+    if st != "live":
+        if st == "stale":
+            _fusermount(mp, lazy=True)
+        _forget(mp)
+        return st == "stale"
     rec = record(mp)
-    done = _fusermount(mp)
-    if done.returncode != 0:
+    try:
+        done = _fusermount(mp)
+    except subprocess.TimeoutExpired:        # a daemon that does not answer
+        done = None
+        _fusermount(mp, lazy=True)
+    if done is not None and done.returncode != 0:
         msg = (done.stderr or done.stdout).strip()
         if "busy" in msg.lower():
             raise OSError(errno.EBUSY, f"{mp} is busy (a process has files open or its "
@@ -179,16 +225,24 @@ def unmount(mountpoint: str) -> bool:
 
 
 def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
-    """The daemon: mount `url` at `mountpoint` and serve until unmounted or signalled."""
-    from mfusepy import FUSE
-
+    """The daemon: mount `url` at `mountpoint` and serve until unmounted or signalled
+    (SIGTERM, SIGINT, SIGHUP: libfuse unmounts). Files still open for writing then are
+    not committed, as if their writer had been killed."""
     from ..client.fs import FluidFileSystem
-    from .ops import MAX_READ, FluidOps
+    from .ops import MAX_READ, FluidOps, Mount
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _check_url(url)
     mp = _check_mountpoint(mountpoint)
+    records().mkdir(parents=True, exist_ok=True)
+    # one daemon per mountpoint: held until it ends (two started at once: one mounts)
+    lock = open(_record_path(mp).with_suffix(".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AlreadyExists(f"{mp} is being mounted by another daemon") from None
+    mp = _check_mountpoint(mp)                 # as it is now that we hold the lock
     fs = FluidFileSystem()
     root = fs._strip_protocol(url)
     ds = root.partition("/")[0]
@@ -200,23 +254,28 @@ def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
     timeout = WRITABLE_TIMEOUT if writable else \
         MAX_TIMEOUT if sync is None or sync < 0 else min(float(sync), MAX_TIMEOUT)
     ops = FluidOps(fs, root, writable, timeout)
-    records().mkdir(parents=True, exist_ok=True)
     _record_path(mp).write_text(json.dumps({"pid": os.getpid(), "mountpoint": mp,
                                             "url": f"fluid://{root}",
                                             "writable": writable}))
     opts = {"fsname": f"fluid://{root}", "subtype": "fluidcache", "ro": not writable,
-            "max_read": MAX_READ, "default_permissions": True}
+            "max_read": MAX_READ, "default_permissions": True, "max_threads": THREADS}
     if allow_other:
         opts["allow_other"] = True
-    logging.getLogger("fluidcache.mount").info("serving fluid://%s on %s (%s, timeouts %.1f s)",
-                                                root, mp, "read-write" if writable
-                                                else "read-only", timeout)
+    log = logging.getLogger("fluidcache.mount")
+    log.info("serving fluid://%s on %s (%s, timeouts %.1f s)", root, mp,
+             "read-write" if writable else "read-only", timeout)
     try:
-        FUSE(ops, mp, foreground=True, raw_fi=True, **opts)
+        Mount(ops, mp, foreground=True, raw_fi=True, **opts)
+    except RuntimeError as exc:
+        # libfuse's main loop ends with 8 when a signal stopped it (it unmounted)
+        if exc.args != (8,) or state(mp) == "live":
+            raise
+        log.info("stopped by a signal: unmounted %s", mp)
     finally:
         rec = record(mp)
         if rec is not None and rec.get("pid") == os.getpid():
             _record_path(mp).unlink(missing_ok=True)
+        lock.close()
     return 0
 
 

@@ -22,97 +22,31 @@ import os
 import stat
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import mfusepy
 
-from ..errors import FluidError
+from ..errors import StaleVersion
+from .core import PageCache, errno_of, stat_of
+from .writes import WriteHandle, tgid
 
 log = logging.getLogger("fluidcache.mount")
 
 BLOCK = 4096
+NAME_MAX = 255              # the longest name in a path this mount makes
 MADE_LIMIT = 10_000         # empty directories a mount remembers making
 MAX_READ = 1 << 20          # the largest read the kernel sends (and its readahead)
-# errnos passed to the caller as they are; anything else is EIO with a log line
-_KEPT = {errno.ENOENT, errno.EACCES, errno.EEXIST, errno.EISDIR, errno.ENOTDIR,
-         errno.ENOTSUP, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE,
-         errno.EBUSY}
-_BY_TYPE = ((FileNotFoundError, errno.ENOENT), (PermissionError, errno.EACCES),
-            (FileExistsError, errno.EEXIST), (IsADirectoryError, errno.EISDIR),
-            (NotADirectoryError, errno.ENOTDIR))
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno the kernel answers for `exc`: its own where it is one a caller can act
-    on (ENOENT, EACCES, EROFS, ...), else EIO."""
-    code = getattr(exc, "errno", None)
-    if isinstance(exc, OSError) and code in _KEPT:
-        return code
-    for kind, c in _BY_TYPE:
-        if isinstance(exc, kind):
-            return c
-    return errno.EIO
-
-
-def stat_of(entry: dict, writable: bool, uid: int, gid: int, default_time: float = 0.0
-            ) -> dict:
-    """stat(2) fields of a listed entry: files 0444 (0644 when the dataset takes
-    writes), directories 0555 (0755); times (ns) from the store's mtime where it has
-    one, else `default_time` (the mount's start: object stores keep no directories)."""
-    mtime = int(float(entry.get("mtime") or default_time) * 1e9)
-    if entry.get("type") == "directory":
-        mode, nlink, size = stat.S_IFDIR | (0o755 if writable else 0o555), 2, 0
-    else:
-        mode, nlink, size = stat.S_IFREG | (0o644 if writable else 0o444), 1, \
-            int(entry.get("size") or 0)
-    return {"st_mode": mode, "st_nlink": nlink, "st_size": size, "st_uid": uid,
-            "st_gid": gid, "st_blksize": 1 << 20, "st_blocks": (size + 511) // 512,
-            "st_mtime": mtime, "st_ctime": mtime, "st_atime": mtime}
-
-
-class PageCache:
-    """What the kernel may hold of each file: the pages of the version opened last (an
-    open keeps them, keep_cache, only when it opens that version again) and the size
-    getattr last told it (an open of a version of another size first tells the kernel
-    its attributes are stale: it would cut reads at the old size). Bounded: a path it
-    forgot counts as unknown, which only costs the kernel's caches."""
-
-    def __init__(self, limit: int = 200_000) -> None:
-        self.limit, self._seen, self._told = limit, {}, {}
-        self._forgot = False            # some sizes told were forgotten: unknown = stale
-        self._lock = threading.Lock()
-
-    def keep(self, path: str, fid: str) -> bool:
-        with self._lock:
-            same = self._seen.get(path) == fid
-            if not same:
-                if len(self._seen) >= self.limit:
-                    self._seen.clear()
-                self._seen[path] = fid
-            return same
-
-    def told(self, path: str, size: int) -> None:
-        with self._lock:
-            if len(self._told) >= self.limit:
-                self._told.clear()
-                self._forgot = True
-            self._told[path] = size
-
-    def stale(self, path: str, size: int) -> bool:
-        """May the kernel hold another size for `path` than `size`?"""
-        with self._lock:
-            was = self._told.get(path)
-            return was != size if was is not None else self._forgot
+ROOMY = 1 << 50             # what statfs says is free: a store has no fixed size
 
 
 @dataclass
 class Handle:
-    path: str                       # the fluid:// path (stripped)
-    file: object = None             # FluidFile (reads) or FluidWriter (writes)
-    writing: bool = False
-    written: int = 0
-    error: int = 0                  # a failed commit's errno, said again at release
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    """A file open for reading: one version (its FluidFile), around the page cache
+    or not."""
+    path: str
+    file: object
+    fid: str
+    direct: bool
 
 
 def _kernel_forgets(path: str) -> None:
@@ -167,20 +101,36 @@ class FluidOps(mfusepy.Operations):
     def full(self, path: str) -> str:
         """The fluid:// path (stripped) of a kernel path below the mount."""
         rest = path.strip("/")
-        if any(p in ("", ".", "..") for p in rest.split("/")) and rest:
-            raise mfusepy.FuseOSError(errno.ENOENT)
+        if rest:
+            parts = rest.split("/")
+            if any(p in ("", ".", "..") for p in parts):
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            try:
+                rest.encode("utf-8")
+            except UnicodeError:         # no store names a file so: nothing is there
+                raise mfusepy.FuseOSError(errno.ENOENT) from None
         return f"{self.root}/{rest}" if rest else self.root
 
-    def _put(self, h: Handle) -> int:
+    def _new_name(self, path: str) -> str:
+        """full(path) for a name this mount makes: bounded, UTF-8."""
+        try:
+            path.strip("/").encode("utf-8")
+        except UnicodeError:
+            raise mfusepy.FuseOSError(errno.EINVAL) from None
+        if any(len(p.encode()) > NAME_MAX for p in path.strip("/").split("/")):
+            raise mfusepy.FuseOSError(errno.ENAMETOOLONG)
+        return self.full(path)
+
+    def _put(self, h) -> int:
         with self._lock:
             fh = next(self._ids)
             self.handles[fh] = h
             return fh
 
-    def _writing(self, full: str) -> Handle | None:
+    def _writing(self, full: str) -> WriteHandle | None:
         with self._lock:
-            return next((h for h in self.handles.values() if h.writing and h.path == full
-                         and not h.file.closed), None)
+            return next((h for h in self.handles.values() if isinstance(h, WriteHandle)
+                         and h.path == full and not h.error), None)
 
     def _must_write(self) -> None:
         if not self.writable:
@@ -198,18 +148,21 @@ class FluidOps(mfusepy.Operations):
 
     @answers
     def statfs(self, path):
-        return {"f_bsize": 1 << 20, "f_frsize": BLOCK, "f_namemax": 1024}
+        blocks = ROOMY // BLOCK      # a store has no fixed size: say it is roomy, as
+        return {"f_bsize": 1 << 20, "f_frsize": BLOCK, "f_blocks": blocks,  # s3fs does
+                "f_bfree": blocks, "f_bavail": blocks, "f_files": 1 << 32,
+                "f_ffree": 1 << 32, "f_favail": 1 << 32, "f_namemax": NAME_MAX}
 
     # -- names ----------------------------------------------------------------------------
     @answers
     def getattr(self, path, fh=None):
         full = self.full(path)
-        h = self._writing(full)
-        if h is not None:                    # written now, listed once it is closed
-            return stat_of({"type": "file", "size": h.written, "mtime": time.time()},
+        w = self._writing(full)
+        if w is not None:                    # written now, listed once it is committed
+            return stat_of({"type": "file", "size": w.written, "mtime": time.time()},
                            True, self.uid, self.gid)
         held = self.handles.get(getattr(fh, "fh", -1))
-        if held is not None and not held.writing:
+        if isinstance(held, Handle):
             entry = held.file.details                # the open file's version
         else:
             try:
@@ -218,7 +171,7 @@ class FluidOps(mfusepy.Operations):
                 if full not in self.made:
                     raise
                 entry = {"type": "directory", "size": 0}
-        if entry.get("type") == "file":
+        if entry.get("type") == "file" and not getattr(held, "direct", False):
             self.pages.told(full, int(entry.get("size") or 0))
         return stat_of(entry, self.writable, self.uid, self.gid, self.started)
 
@@ -247,7 +200,7 @@ class FluidOps(mfusepy.Operations):
     @answers
     def mkdir(self, path, mode):
         self._must_write()
-        full = self.full(path)
+        full = self._new_name(path)
         self.fs.mkdir(full)
         if len(self.made) < MADE_LIMIT:
             self.made.add(full)
@@ -270,25 +223,30 @@ class FluidOps(mfusepy.Operations):
     @answers
     def unlink(self, path):
         self._must_write()
-        self.fs.rm_file(self.full(path))
+        full = self.full(path)
+        self.fs.rm_file(full)
+        self.pages.written(full)
 
     @answers
     def rename(self, old, new):
         self._must_write()
-        src, dst = self.full(old), self.full(new)
+        src, dst = self.full(old), self._new_name(new)
         if self.fs.isdir(src):
             raise mfusepy.FuseOSError(errno.ENOTSUP)     # an object store has no dirs
         self.fs.mv(src, dst)
+        self.pages.written(src)
+        self.pages.written(dst)
 
     @answers
     def truncate(self, path, length, fh=None):
         self._must_write()
         full = self.full(path)
-        h = self._writing(full)
-        if h is not None and length == h.written:
+        w = self._writing(full)
+        if w is not None and length == w.written:
             return 0                              # O_TRUNC on a file opened for writing
-        if h is None and length == 0:
+        if w is None and length == 0:
             self.fs.pipe_file(full, b"")           # `truncate -s 0`, `: > file`
+            self.pages.written(full)
             return 0
         raise mfusepy.FuseOSError(errno.ENOTSUP)  # files are written whole, in order
 
@@ -305,108 +263,107 @@ class FluidOps(mfusepy.Operations):
         return 0 if self.writable else self._must_write()
 
     # -- bytes ----------------------------------------------------------------------------
-    @answers
-    def create(self, path, mode, fi):
+    def _open_write(self, path: str, fi, exclusive: bool) -> int:
         self._must_write()
-        full = self.full(path)
-        fi.fh = self._put(Handle(full, self.fs.open(full, "wb"), writing=True))
+        full = self._new_name(path)
+        w = WriteHandle(self.fs, full, exclusive, tgid(mfusepy.fuse_get_context()[2]))
+        self.pages.written(full)
+        fi.direct_io = 1                # its bytes never sit in the kernel's pages
+        fi.fh = self._put(w)
         return 0
 
     @answers
+    def create(self, path, mode, fi):
+        return self._open_write(path, fi, bool(fi.flags & os.O_EXCL))
+
+    @answers
     def open(self, path, fi):
-        full = self.full(path)
         if fi.flags & os.O_ACCMODE != os.O_RDONLY:
             self._must_write()
-            if not fi.flags & (os.O_TRUNC | os.O_APPEND):
-                raise mfusepy.FuseOSError(errno.ENOTSUP)     # no changing files in place
-            h = Handle(full, self.fs.open(full, "wb"), writing=True)
-            if not fi.flags & os.O_TRUNC:
-                self._carry(h, full)               # appending: the file again, then more
-            fi.fh = self._put(h)
-            return 0
+            if fi.flags & os.O_APPEND or not fi.flags & os.O_TRUNC:
+                # an object is written whole: no appending, no changing it in place
+                raise mfusepy.FuseOSError(errno.ENOTSUP)
+            return self._open_write(path, fi, False)
+        full = self.full(path)
         f = self.fs._open(full, "rb")
-        if self.pages.stale(full, f.size):
+        fid = f.details.get("fid", "")
+        keep, direct, stale = self.pages.opened(full, fid, f.size)
+        if stale:
             _kernel_forgets(path)        # it would cut reads at the size it was told
-            self.pages.told(full, f.size)
-        fi.keep_cache = 1 if self.pages.keep(full, f.details.get("fid", "")) else 0
-        fi.fh = self._put(Handle(full, f))
+        fi.keep_cache, fi.direct_io = int(keep), int(direct)
+        fi.fh = self._put(Handle(full, f, fid, direct))
         return 0
 
     @answers
     def read(self, path, size, offset, fi):
         h = self.handles.get(fi.fh)
-        if h is None or h.writing:
+        if not isinstance(h, Handle):
             raise mfusepy.FuseOSError(errno.EBADF)
-        return h.file.pread(offset, size)
-
-    @answers
-    def write(self, path, data, offset, fi):
-        h = self.handles.get(fi.fh)
-        if h is None or not h.writing:
-            raise mfusepy.FuseOSError(errno.EBADF)
-        with h.lock:
-            if offset != h.written:
-                log.warning("write %s: at %d after %d bytes: files are written in order",
-                            h.path, offset, h.written)
-                raise mfusepy.FuseOSError(errno.ENOTSUP)
-            if h.file.closed:       # written after a close of a dup'd descriptor
-                h.file = self.fs.open(h.path, "wb")
-                self._carry(h, h.path, h.written)
-            h.file.write(data)
-            h.written += len(data)
-        return len(data)
-
-    def _carry(self, h: Handle, path: str, size: int | None = None) -> None:
-        """Start h's new writer with what `path` holds now (its first `size` bytes):
-        every close commits the file as written so far, and writing on continues it."""
-        h.written = 0
         try:
-            with self.fs.open(path, "rb") as f:
-                end = f.size if size is None else size
-                while h.written < end:
-                    chunk = f.pread(h.written, min(MAX_READ * 8, end - h.written))
-                    if not chunk:
-                        break
-                    h.file.write(chunk)
-                    h.written += len(chunk)
-        except BaseException:
-            h.file.discard()
+            return h.file.pread(offset, size)
+        except StaleVersion:
+            # gone from the store since it was listed: have the master list it again,
+            # so the next open reads what the store holds now
+            try:
+                self.fs.info(h.path, refresh=True)
+            except OSError:
+                pass
             raise
 
     @answers
+    def write(self, path, data, offset, fi):
+        w = self.handles.get(fi.fh)
+        if not isinstance(w, WriteHandle):
+            raise mfusepy.FuseOSError(errno.EBADF)
+        return w.write(data, offset)
+
+    @answers
     def flush(self, path, fi):
-        """A writer's close(2): commit here, so the caller hears if it failed and the
-        next open anywhere reads it whole (a later write through a dup'd descriptor
-        writes the file again, continued: see write)."""
-        h = self.handles.get(fi.fh)
-        if h is not None and h.writing:
-            self._commit(h)
+        """close(2) of a descriptor: the opener's commits (the caller hears if it
+        failed, and every next open reads it whole); a child's close does not."""
+        w = self.handles.get(fi.fh)
+        if isinstance(w, WriteHandle) and \
+                tgid(mfusepy.fuse_get_context()[2]) == w.opener:
+            self._commit(w)
+        return 0
+
+    @answers
+    def fsync(self, path, datasync, fi):
+        w = self.handles.get(fi.fh)
+        if isinstance(w, WriteHandle):
+            self._commit(w)              # in the store once fsync returns
         return 0
 
     @answers
     def release(self, path, fi):
         with self._lock:
             h = self.handles.pop(fi.fh, None)
-        if h is None:
-            return 0
-        if h.writing:
-            self._commit(h)
-        else:
+        if isinstance(h, WriteHandle):
+            try:
+                if not h.error:          # (a failure was said at its write or close)
+                    self._commit(h)      # the last close, whoever made it
+            finally:
+                h.drop()
+        elif h is not None:
             h.file.close()
+            self.pages.closed(h.path, h.fid, h.direct)
         return 0
 
-    def _commit(self, h: Handle) -> None:
-        with h.lock:
-            if h.error:
-                raise mfusepy.FuseOSError(h.error)
-            if h.file.closed:
-                return
-            try:
-                h.file.close()
-            except (OSError, FluidError) as exc:
-                h.error = errno_of(exc)
-                log.warning("close %s: %s: %s", h.path, type(exc).__name__, exc)
-                raise mfusepy.FuseOSError(h.error) from None
+    def _commit(self, w: WriteHandle) -> None:
+        try:
+            w.commit()
+        finally:
+            self.pages.written(w.path)
 
 
-__all__ = ["FluidOps", "PageCache", "errno_of", "stat_of"]
+class Mount(mfusepy.FUSE):
+    """mfusepy's FUSE, with rename's flags seen: RENAME_EXCHANGE and RENAME_NOREPLACE
+    are refused (EINVAL) rather than done as a plain rename."""
+
+    def rename_fuse_3(self, old, new, flags):
+        if flags:
+            return -errno.EINVAL
+        return super().rename_fuse_3(old, new, flags)
+
+
+__all__ = ["FluidOps", "Handle", "Mount"]

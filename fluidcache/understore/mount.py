@@ -18,7 +18,8 @@ import threading
 import fsspec
 from fsspec.core import url_to_fs
 
-from ..errors import AccessDenied, InvalidRequest, NotFound, StaleVersion, UnderStoreError
+from ..errors import (AccessDenied, AlreadyExists, InvalidRequest, NotFound, StaleVersion,
+                      UnderStoreError)
 from .readers import Fetched, read_verified
 from .s3list import ls_s3
 from .versions import version_of
@@ -225,8 +226,11 @@ class translate:
 
     def __exit__(self, kind, exc, tb):
         if exc is None or isinstance(exc, (StaleVersion, NotFound, AccessDenied,
-                                           UnderStoreError, InvalidRequest)):
+                                           UnderStoreError, InvalidRequest,
+                                           AlreadyExists)):
             return False
+        if isinstance(exc, FileExistsError):    # "xb" onto a file that is there
+            raise AlreadyExists(f"{self.where} exists") from None
         if isinstance(exc, FileNotFoundError):
             raise NotFound(f"{self.where}: no such file or directory") from None
         if isinstance(exc, PermissionError):

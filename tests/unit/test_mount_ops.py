@@ -9,7 +9,7 @@ import pytest
 
 from fluidcache.errors import (AccessDenied, IsADirectory, NotFound,
                                NotSupported, StaleVersion, Unavailable, UnderStoreError)
-from fluidcache.posix.ops import PageCache, errno_of, stat_of
+from fluidcache.posix.core import UNKNOWN, PageCache, errno_of, stat_of
 
 
 @pytest.mark.parametrize("exc,code", [
@@ -37,21 +37,41 @@ def test_stat_of_files_and_directories():
 
 
 def test_pages_are_kept_only_for_the_version_cached_last():
-    pc = PageCache(limit=2)
-    assert not pc.keep("d/a", "v1")          # first open: nothing cached to keep
-    assert pc.keep("d/a", "v1")
-    assert not pc.keep("d/a", "v2")          # a new version: drop what the kernel has
-    assert pc.keep("d/a", "v2")
-    pc.keep("d/b", "v1")
-    pc.keep("d/c", "v1")                      # over the limit: forgets, never keeps wrongly
-    assert not pc.keep("d/a", "v2")
+    pc = PageCache()
+    assert pc.opened("d/a", "v1", 10) == (False, False, False)   # nothing cached yet
+    pc.closed("d/a", "v1", False)
+    assert pc.opened("d/a", "v1", 10) == (True, False, False)
+    pc.closed("d/a", "v1", False)
+    assert pc.opened("d/a", "v2", 10) == (False, False, False)   # a new version: drop
+    pc.closed("d/a", "v2", False)
+
+
+def test_two_versions_never_share_the_pages():
+    pc = PageCache()
+    pc.opened("d/a", "v1", 10)                       # A reads v1 through the pages
+    assert pc.opened("d/a", "v2", 10) == (False, True, False)    # B: around them
+    pc.closed("d/a", "v2", True)
+    pc.closed("d/a", "v1", False)                    # A refilled v1's pages, then went
+    assert pc.opened("d/a", "v2", 10) == (False, False, False)   # C drops them
+    assert pc.opened("d/a", "v2", 10) == (True, False, False)    # D keeps C's
+
+
+def test_a_file_written_or_failed_leaves_the_kernel_view_unknown():
+    pc = PageCache()
+    pc.opened("d/a", "v1", 10)
+    pc.closed("d/a", "v1", False)
+    pc.written("d/a")                                # a commit failed or went
+    assert pc.opened("d/a", "v1", 10) == (False, False, True)    # drop pages and size
 
 
 def test_sizes_told_to_the_kernel_say_when_its_attributes_are_stale():
-    pc = PageCache(limit=2)
-    assert not pc.stale("d/a", 10)           # never told: the kernel has nothing
+    pc = PageCache(limit=3)
     pc.told("d/a", 10)
-    assert not pc.stale("d/a", 10) and pc.stale("d/a", 11)
-    pc.told("d/b", 5)
-    pc.told("d/c", 5)                         # over the limit: forgotten, so unknown
-    assert pc.stale("d/a", 10)                # ... counts as stale (costs a refresh)
+    assert pc.opened("d/a", "v1", 11)[2]             # it would cut reads at 10
+    pc.closed("d/a", "v1", False)
+    assert not pc.opened("d/a", "v1", 11)[2]
+    pc.closed("d/a", "v1", False)
+    for p in ("d/b", "d/c", "d/d"):                  # over the limit: forgotten ...
+        pc.told(p, 1)
+    assert pc.opened("d/a", "v1", 11)[2]             # ... so unknown: stale
+    assert UNKNOWN < 0
