@@ -35,7 +35,6 @@ START_TIMEOUT = 60.0         # seconds `mount` waits for the daemon's mount to b
 STOP_TIMEOUT = 30.0          # seconds `unmount` waits for the daemon to end
 MAX_TIMEOUT = 60.0           # the longest the kernel keeps an entry or attributes
 WRITABLE_TIMEOUT = 1.0       # ... of a dataset that takes writes (others' closes show)
-THREADS = 10                 # libfuse's threads at most (its default, said explicitly)
 
 
 def records() -> Path:
@@ -258,7 +257,7 @@ def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
                                             "url": f"fluid://{root}",
                                             "writable": writable}))
     opts = {"fsname": f"fluid://{root}", "subtype": "fluidcache", "ro": not writable,
-            "max_read": MAX_READ, "default_permissions": True, "max_threads": THREADS}
+            "max_read": MAX_READ, "default_permissions": True}
     if allow_other:
         opts["allow_other"] = True
     log = logging.getLogger("fluidcache.mount")
