@@ -23,7 +23,7 @@ from collections import Counter
 # errnos passed to the caller as they are; anything else is EIO (with a log line)
 _KEPT = {errno.ENOENT, errno.EACCES, errno.EEXIST, errno.EISDIR, errno.ENOTDIR,
          errno.ENOTSUP, errno.ENOTEMPTY, errno.EROFS, errno.EINVAL, errno.ESTALE,
-         errno.EBUSY, errno.ENOSPC, errno.ENAMETOOLONG, errno.EDQUOT}
+         errno.EBUSY, errno.ENOSPC, errno.ENAMETOOLONG, errno.EDQUOT, errno.ETXTBSY}
 _BY_TYPE = ((FileNotFoundError, errno.ENOENT), (PermissionError, errno.EACCES),
             (FileExistsError, errno.EEXIST), (IsADirectoryError, errno.EISDIR),
             (NotADirectoryError, errno.ENOTDIR), (UnicodeError, errno.EINVAL))
@@ -67,6 +67,7 @@ class PageCache:
         self._cached: dict[str, str | None] = {}   # path -> fid whose pages it may hold
         self._told: dict[str, int] = {}            # path -> size getattr told it
         self._readers: dict[str, Counter] = {}     # path -> fids read through the cache
+        self._held: dict[str, tuple[str, int]] = {}   # path -> (fid, size) they read
         self._forgot = False
         self._lock = threading.Lock()
 
@@ -92,7 +93,14 @@ class PageCache:
             keep = path in self._cached and self._cached[path] == fid
             self._cached[path] = fid
             self._readers.setdefault(path, Counter())[fid] += 1
+            self._held[path] = (fid, size)
             return keep, False, stale
+
+    def held(self, path: str) -> tuple[str, int] | None:
+        """(fid, size) of the version handles read through the pages now, if any: a
+        stat must not tell the kernel another size meanwhile (it would cut them)."""
+        with self._lock:
+            return self._held.get(path) if self._readers.get(path) else None
 
     def closed(self, path: str, fid: str, direct: bool) -> None:
         if direct:
@@ -105,6 +113,7 @@ class PageCache:
                     del readers[fid]
                 if not readers:
                     del self._readers[path]
+                    self._held.pop(path, None)
 
     def told(self, path: str, size: int) -> None:
         with self._lock:

@@ -129,8 +129,15 @@ def _forget(mountpoint: str) -> None:
         _record_path(mountpoint).unlink(missing_ok=True)
 
 
+def where(mountpoint: str) -> str:
+    """The mountpoint's path as the kernel lists it: its parent resolved, the mountpoint
+    itself never looked at (a mount whose daemon is stopped would hang that)."""
+    path = os.path.abspath(mountpoint)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def _check_mountpoint(mountpoint: str) -> str:
-    mp = os.path.realpath(mountpoint)
+    mp = where(mountpoint)
     st = state(mp)
     if st == "stale":                         # its daemon died: cleaned up
         _fusermount(mp, lazy=True)
@@ -190,7 +197,7 @@ def unmount(mountpoint: str) -> bool:
     """Unmount a mount of ours and wait for its daemon to end; True if one was there.
     A stale mount (its daemon died) is cleaned up; a daemon that does not end is
     killed. Raises if it is busy, or if what is mounted there is not ours."""
-    mp = os.path.realpath(mountpoint)
+    mp = where(mountpoint)
     st = state(mp)
     if st == "other":
         raise NotSupported(f"{mp} is not a fluidcache mount ({_mounts().get(mp)}): "

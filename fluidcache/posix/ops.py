@@ -172,6 +172,10 @@ class FluidOps(mfusepy.Operations):
                     raise
                 entry = {"type": "directory", "size": 0}
         if entry.get("type") == "file" and not getattr(held, "direct", False):
+            reading = self.pages.held(full)
+            if reading is not None and reading[0] != entry.get("fid"):
+                # open readers read another version through the pages: its size stays
+                entry = dict(entry, size=reading[1])
             self.pages.told(full, int(entry.get("size") or 0))
         return stat_of(entry, self.writable, self.uid, self.gid, self.started)
 
@@ -245,6 +249,7 @@ class FluidOps(mfusepy.Operations):
         if w is not None and length == w.written:
             return 0                              # O_TRUNC on a file opened for writing
         if w is None and length == 0:
+            self._busy(full)
             self.fs.pipe_file(full, b"")           # `truncate -s 0`, `: > file`
             self.pages.written(full)
             return 0
@@ -263,9 +268,17 @@ class FluidOps(mfusepy.Operations):
         return 0 if self.writable else self._must_write()
 
     # -- bytes ----------------------------------------------------------------------------
+    def _busy(self, full: str) -> None:
+        """Refuse to replace a file this mount's readers read through the page cache:
+        the kernel would set its one size of the file to 0 and cut their reads."""
+        if self.pages.held(full) is not None:
+            log.warning("%s is open for reading here: not replaced while it is", full)
+            raise mfusepy.FuseOSError(errno.ETXTBSY)
+
     def _open_write(self, path: str, fi, exclusive: bool) -> int:
         self._must_write()
         full = self._new_name(path)
+        self._busy(full)
         w = WriteHandle(self.fs, full, exclusive, tgid(mfusepy.fuse_get_context()[2]))
         self.pages.written(full)
         fi.direct_io = 1                # its bytes never sit in the kernel's pages
@@ -274,7 +287,12 @@ class FluidOps(mfusepy.Operations):
 
     @answers
     def create(self, path, mode, fi):
-        return self._open_write(path, fi, bool(fi.flags & os.O_EXCL))
+        # without O_TRUNC (">>", a bare O_CREAT) a file that is there is never replaced:
+        # the kernel may not know of it yet, so the store is asked at commit (EEXIST)
+        exclusive = bool(fi.flags & os.O_EXCL) or not fi.flags & os.O_TRUNC
+        if exclusive and not fi.flags & os.O_EXCL and self.fs.exists(self.full(path)):
+            raise mfusepy.FuseOSError(errno.ENOTSUP)   # appending, changing in place
+        return self._open_write(path, fi, exclusive)
 
     @answers
     def open(self, path, fi):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import subprocess
 import sys
 
@@ -201,6 +202,70 @@ def test_rename_flags_odd_names_and_statfs(two):
         os.stat(os.path.join(os.fsencode(mrw), b"bad\xff"))
     st = os.statvfs(mrw)
     assert st.f_bavail > 0 and st.f_namemax == 255
+
+
+def test_a_reader_is_never_cut_by_a_writer_or_a_stat(two):
+    mrw, rw = two["mrw"], two["rw"]
+    (mrw / "cut.bin").write_bytes(b"r" * (8 << 20))
+    with open(mrw / "cut.bin", "rb", buffering=0) as a:
+        first = a.read(1 << 20)
+        with pytest.raises(OSError) as e:                 # not replaced under a reader
+            open(mrw / "cut.bin", "wb")
+        assert e.value.errno == errno.ETXTBSY
+        (rw / "cut.bin").write_bytes(b"s" * 1000)         # replaced in the store ...
+        _relist("fluid://edrw/cut.bin")
+        os.stat(mrw / "cut.bin")                           # ... and stat'ed here
+        try:
+            rest = a.read()
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE               # its version is gone: said so
+        else:
+            assert len(first + rest) == 8 << 20            # never cut silently
+
+
+def test_an_append_onto_a_file_the_kernel_has_not_seen_is_refused(two):
+    mrw, rw = two["mrw"], two["rw"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(mrw / "ap1")                               # the kernel caches: absent
+    (rw / "ap1").write_bytes(b"IMPORTANT\n")               # another writer makes it
+    _relist("fluid://edrw/ap1")
+    for flags in (os.O_APPEND | os.O_CREAT, os.O_CREAT):
+        try:
+            fd = os.open(mrw / "ap1", os.O_WRONLY | flags)
+        except OSError as exc:
+            assert exc.errno == errno.ENOTSUP
+            continue
+        os.write(fd, b"appended\n")
+        with pytest.raises(OSError) as e:                  # the store is asked at commit
+            os.close(fd)
+        assert e.value.errno == errno.EEXIST
+    assert (rw / "ap1").read_bytes() == b"IMPORTANT\n"
+
+
+def test_unmount_of_a_stopped_daemon_does_not_hang(cluster, tmp_path):
+    import threading
+    mp = tmp_path / "m"
+    mp.mkdir()
+    _mount("fluid://mixed", mp)
+    pid = int(fmount.record(str(mp))["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        # once the mount is gone, let the daemon run on so it can end
+        t = threading.Thread(target=lambda: (wait_for(lambda: fmount.state(str(mp))
+                                                       != "live", timeout=60,
+                                                       what="the unmount"),
+                                              os.kill(pid, signal.SIGCONT)), daemon=True)
+        t.start()
+        p = subprocess.run([sys.executable, "-m", "fluidcache.cli", "unmount", str(mp)],
+                           capture_output=True, text=True, timeout=90)
+        assert p.returncode == 0, p.stderr
+        assert fmount.state(str(mp)) == "absent"
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        run_cli("unmount", str(mp), check=False)
 
 
 def test_unmount_leaves_other_filesystems_alone(cluster):

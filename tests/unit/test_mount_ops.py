@@ -75,3 +75,14 @@ def test_sizes_told_to_the_kernel_say_when_its_attributes_are_stale():
         pc.told(p, 1)
     assert pc.opened("d/a", "v1", 11)[2]             # ... so unknown: stale
     assert UNKNOWN < 0
+
+
+def test_readers_through_the_pages_keep_their_size():
+    pc = PageCache()
+    pc.opened("d/a", "v1", 8)
+    assert pc.held("d/a") == ("v1", 8)        # a stat must not tell the kernel v2's size
+    pc.opened("d/a", "v2", 9)                 # around the pages: holds nothing
+    pc.closed("d/a", "v2", True)
+    assert pc.held("d/a") == ("v1", 8)
+    pc.closed("d/a", "v1", False)
+    assert pc.held("d/a") is None
