@@ -32,6 +32,8 @@ import time
 
 import xxhash
 
+from .workloads import stage
+
 
 TARGETS = {"warm fluid cat_file": "target >= 0.8x", "warm fluid open().read()": "target >= 0.6x",
            "fluid open().readinto": "target >= 0.7x",
@@ -111,16 +113,7 @@ def main(argv=None) -> int:
                              else None)
     with MotoServer(log_path=os.path.join(home, "moto.log")) as moto:
         s3 = moto.filesystem()
-        s3.mkdir("bench")
-        print(f"writing {n_files} objects and one {big_mib} MiB object ...", flush=True)
-        s3.pipe({f"bench/{k}": v for k, v in files.items()})
-        s3.pipe_file("bench/big.bin", big)
-        for k, v in files.items():
-            os.makedirs(os.path.join(tmpfs, os.path.dirname(k)), exist_ok=True)
-            with open(os.path.join(tmpfs, k), "wb") as f:
-                f.write(v)
-        with open(os.path.join(tmpfs, "big.bin"), "wb") as f:
-            f.write(big)
+        stage(s3, tmpfs, files, big)
         cfg = config.load(tiers=[{"medium": "MEM", "path": os.path.join(tmpfs, "tier"),
                                   "quota": f"{2 * (big_mib + 400)}MiB"}])
         cluster.start(cfg, dashboard=False)

@@ -35,6 +35,8 @@ import time
 
 import xxhash
 
+from .workloads import stage
+
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -262,16 +264,7 @@ def main(argv=None) -> int:
     try:
         with MotoServer(log_path=os.path.join(home, "moto.log")) as moto:
             s3 = moto.filesystem()
-            s3.mkdir("bench")
-            print(f"writing {a.files} objects and one {a.big_mib} MiB object ...", flush=True)
-            s3.pipe({f"bench/{k}": v for k, v in files.items()})
-            s3.pipe_file("bench/big.bin", big)
-            for k, v in files.items():
-                os.makedirs(os.path.join(tmpfs, os.path.dirname(k)), exist_ok=True)
-                with open(os.path.join(tmpfs, k), "wb") as f:
-                    f.write(v)
-            with open(os.path.join(tmpfs, "big.bin"), "wb") as f:
-                f.write(big)
+            stage(s3, tmpfs, files, big)
             out = part1(a, files, big, names, digests, tmpfs, home, moto)
             if a.nodes:
                 from bench.remote_nodes import part2

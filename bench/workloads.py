@@ -5,9 +5,12 @@
 2. Parquet: several files, a few columns, scanned with pyarrow; cold then warm.
 3. One large object read sequentially in 8 MiB reads; cold then warm.
 Every sample, table and stream is checked against what was written.
+Also `stage`: the small objects and one large object the read benchmarks share, put in
+bucket `bench` and in a tmpfs directory alike.
 """
 from __future__ import annotations
 
+import os
 import time
 import zlib
 
@@ -109,3 +112,16 @@ def stream(system, key: str, size: int, digest: str, chunk: int = 8 << 20) -> di
             raise AssertionError(f"{system.name}: the {key} stream was wrong")
         out[phase] = {"s": dt, "gb_per_s": size / dt / 1e9}
     return out
+
+
+def stage(s3, tmpfs: str, files: dict[str, bytes], big: bytes) -> None:
+    """`files` and `big.bin` into bucket `bench` (s3fs) and under `tmpfs`, the same."""
+    s3.mkdir("bench")
+    print(f"writing {len(files)} objects and one {len(big) >> 20} MiB object ...",
+          flush=True)
+    s3.pipe({f"bench/{k}": v for k, v in files.items()})
+    s3.pipe_file("bench/big.bin", big)
+    for k, v in {**files, "big.bin": big}.items():
+        os.makedirs(os.path.join(tmpfs, os.path.dirname(k)), exist_ok=True)
+        with open(os.path.join(tmpfs, k), "wb") as f:
+            f.write(v)

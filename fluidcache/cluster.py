@@ -169,9 +169,9 @@ def stop(timeout: float = 60.0, keep_cache: bool = False) -> bool:
             discovery.remove()
             return True
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.2)   # polling for the supervisor's exit (a condition)
-        if _alive(pid) and is_our_supervisor(pid, info.get("supervisor_started")):
+        if alive(pid) and is_our_supervisor(pid, info.get("supervisor_started")):
             os.killpg(pid, signal.SIGKILL)
     else:
         import ray
@@ -211,11 +211,15 @@ def is_our_supervisor(pid: int, started: int | None) -> bool:
         return False
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Is process `pid` running (one of another user counts; a zombie child of ours
+    does not)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     try:  # a zombie child of ours counts as gone
         return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import xxhash
 
+from ..cluster import alive
 from ..config import default_home
 from ..errors import AlreadyExists, InvalidRequest, NotFound, NotSupported, Unavailable
 
@@ -50,19 +51,6 @@ def record(mountpoint: str) -> dict | None:
         return json.loads(_record_path(mountpoint).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:        # a zombie child of ours has ended too
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
 
 
 FSTYPE = "fuse.fluidcache"
@@ -110,7 +98,7 @@ def state(mountpoint: str) -> str:
         return "other"
     rec = record(mountpoint)
     if rec is not None:
-        return "live" if _alive(int(rec["pid"])) else "stale"
+        return "live" if alive(int(rec["pid"])) else "stale"
     return "live" if _answers(mountpoint) else "stale"     # a mount of another home
 
 
@@ -125,7 +113,7 @@ def _fusermount(mountpoint: str, lazy: bool = False) -> subprocess.CompletedProc
 
 def _forget(mountpoint: str) -> None:
     rec = record(mountpoint)
-    if rec is not None and not _alive(int(rec["pid"])):
+    if rec is not None and not alive(int(rec["pid"])):
         _record_path(mountpoint).unlink(missing_ok=True)
 
 
@@ -222,9 +210,9 @@ def unmount(mountpoint: str) -> bool:
     if rec is not None:
         pid = int(rec["pid"])
         deadline = time.monotonic() + STOP_TIMEOUT
-        while _alive(pid) and time.monotonic() < deadline:   # polling: the daemon ends
+        while alive(pid) and time.monotonic() < deadline:   # polling: the daemon ends
             time.sleep(0.05)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
         _record_path(mp).unlink(missing_ok=True)
     return True

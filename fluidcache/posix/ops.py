@@ -90,7 +90,8 @@ class FluidOps(mfusepy.Operations):
             self.flush = None
         self.uid, self.gid, self.started = os.getuid(), os.getgid(), time.time()
         self.pages = PageCache()
-        self.handles: dict[int, Handle] = {}
+        self.handles: dict[int, Handle | WriteHandle] = {}
+        self.writers: dict[str, list[WriteHandle]] = {}   # path -> its open writers
         # directories made here that the store does not keep while empty (object
         # stores): shown by this mount until a file in them lists them (bounded)
         self.made: set[str] = set()
@@ -125,12 +126,13 @@ class FluidOps(mfusepy.Operations):
         with self._lock:
             fh = next(self._ids)
             self.handles[fh] = h
+            if isinstance(h, WriteHandle):
+                self.writers.setdefault(h.path, []).append(h)
             return fh
 
     def _writing(self, full: str) -> WriteHandle | None:
         with self._lock:
-            return next((h for h in self.handles.values() if isinstance(h, WriteHandle)
-                         and h.path == full and not h.error), None)
+            return next((w for w in self.writers.get(full, ()) if not w.error), None)
 
     def _must_write(self) -> None:
         if not self.writable:
@@ -356,6 +358,11 @@ class FluidOps(mfusepy.Operations):
     def release(self, path, fi):
         with self._lock:
             h = self.handles.pop(fi.fh, None)
+            if isinstance(h, WriteHandle):
+                same = self.writers[h.path]
+                same.remove(h)
+                if not same:
+                    del self.writers[h.path]
         if isinstance(h, WriteHandle):
             try:
                 if not h.error:          # (a failure was said at its write or close)
