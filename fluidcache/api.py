@@ -317,6 +317,35 @@ class Client(DataVerbs):
                 after = page["next"]
         return st
 
+    def drain(self, node: str, wait: bool = False, timeout: float | None = None) -> dict:
+        """Drain a worker: it leaves the routing at once, its cached blocks move to their
+        new owners among the other workers, then it is retired (and no worker is made
+        on its node again while the node lives). Returns {"node": its id, "state":
+        "draining", "retired" or "lost", "pending_blocks": moves from it not done}.
+
+        Parameters
+        ----------
+        node
+            A worker id (its Ray node id) or host name, as `status` shows them.
+        wait
+            Return once it is retired (or lost).
+        timeout
+            Seconds `wait` waits at most (None: as long as it takes); the last state is
+            returned when it runs out.
+
+        Raises
+        ------
+        ValueError, PermissionError, ConnectionError
+            No such worker (InvalidRequest); not the default namespace's token
+            (AccessDenied); no answer from the master (Unavailable).
+        """
+        from .backoff import Backoff
+        got = self._call("drain", {"node": node})
+        backoff = Backoff(float("inf") if timeout is None else timeout, 0.2, 2.0)
+        while wait and got["state"] == "draining" and backoff.wait():
+            got = self._call("drain", {"node": got["node"]})
+        return got
+
     def filesystem(self, **kwargs) -> FluidFileSystem:
         """A `fluid://` filesystem of this client's cluster, namespace and token.
 

@@ -1,4 +1,5 @@
-"""The CLI's data verbs: load, free, pin, unpin, ttl, du, ls, sync, and the status table.
+"""The CLI's data verbs: load, free, pin, unpin, ttl, du, ls, sync, drain, and the status
+table.
 
 A thin shell over `fluidcache.connect()`'s Client: parse, call, print. Tables and the
 load progress bar are drawn with rich; `--json` prints what scripts read.
@@ -23,6 +24,8 @@ _EXAMPLES = {
     "ls": "fluidcache ls -l fluid://imagenet/train",
     "status": "fluidcache status\nfluidcache status --json",
     "sync": "fluidcache sync fluid://ckpt/run-7",
+    "drain": "fluidcache drain 6a1f...c2 --wait\n"
+             "fluidcache drain \"$HOSTNAME\" --wait --timeout 240",
 }
 
 
@@ -64,12 +67,18 @@ def add_parsers(sub) -> None:
                    help="wait at most this long (default: as long as the uploads take)")
     p = _sub(sub, "status", "workers, tiers, counters and datasets")
     p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    p = _sub(sub, "drain", "move a node's cached blocks to the other workers, then retire "
+             "its worker (exit 1 if --timeout passed first)")
+    p.add_argument("node", help="a worker id or host name, as `fluidcache status` shows")
+    p.add_argument("--wait", action="store_true", help="return once the worker is retired")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="wait at most this long (default: as long as the moves take)")
 
 
 def run(a) -> int | None:
     """Run a data verb; None if `a.cmd` is not one of ours."""
     fn = {"load": _load, "free": _free, "pin": _rule, "unpin": _rule, "ttl": _rule,
-          "du": _du, "ls": _ls, "status": _status, "sync": _sync}.get(a.cmd)
+          "du": _du, "ls": _ls, "status": _status, "sync": _sync, "drain": _drain}.get(a.cmd)
     return None if fn is None else fn(a)
 
 
@@ -181,6 +190,13 @@ def _ls(a) -> int:
     return 0
 
 
+def _drain(a) -> int:
+    r = _client().drain(a.node, a.wait, a.timeout)
+    print(f"{r['node']}: {r['state']}" + (f", {r['pending_blocks']} blocks to move"
+                                          if r["state"] == "draining" else ""))
+    return 1 if a.wait and r["state"] == "draining" else 0
+
+
 def _status(a) -> int:
     st = _client().status()
     if a.json:
@@ -190,6 +206,13 @@ def _status(a) -> int:
     from rich.table import Table
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(f"master {st['master']['address']}")
+    rb = st.get("rebalance") or {}
+    if rb.get("pending_blocks") or rb.get("moved_blocks") or rb.get("draining"):
+        console.print(f"rebalance: {rb['pending_blocks']} blocks to move, "
+                      f"{rb['moved_blocks']} moved ({format_size(rb['bytes_moved'])})"
+                      + (f", {rb['failed_blocks']} failed" if rb.get("failed_blocks") else "")
+                      + (f"; draining {', '.join(w[:10] for w in rb['draining'])}"
+                         if rb.get("draining") else ""))
     up = st.get("uploads") or {}
     if up.get("pending_files") or up.get("kept_files"):
         console.print(f"uploads pending: {up['pending_files']} files "

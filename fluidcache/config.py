@@ -166,6 +166,12 @@ class Config:
     tenant_loads: int = 8           # loads one tenant namespace runs at once
     tenant_rules: int = 1000        # pins and TTLs one tenant namespace may have
     walk_seconds: float = 120.0     # one request's walk over listings, at most
+    # -- elasticity (master/rebalance.py, worker/peers.py)
+    rebalance: bool = True          # blocks follow their owners when workers come and go
+    rebalance_rate: int = 256 * 1024**2   # bytes/s one worker pulls from its peers, at most
+    rebalance_batch: int = 32       # blocks in one move order to a worker
+    rebalance_grace: float = 30.0   # workers ask for a block's holders on a miss this long
+                                    # after the last move (clients' maps lag: map_ttl)
     # -- the worker's rooms
     record_ttl: float = 5.0         # a worker trusts a dataset record this long
     records_kept: int = 1024        # dataset records a worker keeps
@@ -197,6 +203,9 @@ class Config:
             raise InvalidRequest("write_part must be 0 (16 MiB) or 5MiB-5GiB (S3's limits)")
         if not 1 <= self.write_parallel <= 64:
             raise InvalidRequest("write_parallel must be 1-64")
+        if self.rebalance_rate < 1024**2 or not 1 <= self.rebalance_batch <= 1024:
+            raise InvalidRequest("rebalance_rate must be at least 1MiB (per second) and "
+                                 "rebalance_batch 1-1024")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -209,7 +218,7 @@ class Config:
             raise InvalidRequest(f"unknown config keys: {', '.join(sorted(unknown))}")
         data = dict(data)
         for key in ("block_size", "max_frame", "max_data", "write_chunk", "write_part",
-                    "write_journal"):
+                    "write_journal", "rebalance_rate"):
             if key in data:
                 data[key] = parse_size(data[key])
         if "tenant_protocols" in data:
@@ -268,6 +277,7 @@ _ENV = {
     "FLUIDCACHE_HOST": "host",
     "FLUIDCACHE_MASTER_PORT": "master_port",
     "FLUIDCACHE_REQUEST_TIMEOUT": "request_timeout",
+    "FLUIDCACHE_REBALANCE": "rebalance",
 }
 
 

@@ -90,11 +90,22 @@ class MasterMetrics:
                               "bytes of a dataset cached (every copy)", tag_keys=("dataset",))
         self.ratio = m.Gauge("fluidcache_dataset_hit_ratio",
                              "hits / (hits + misses) of a dataset's reads", tag_keys=("dataset",))
+        self.used = m.Gauge("fluidcache_dataset_cache_used_ratio",
+                            "a dataset's cached bytes over the cluster's cache capacity",
+                            tag_keys=("dataset",))
+        self.cluster_used = m.Gauge("fluidcache_cluster_cache_used_ratio",
+                                    "cached bytes over the cluster's cache capacity (the "
+                                    "tier quotas of its workers): what to scale on")
 
-    def publish(self, datasets: list[dict]) -> None:
+    def publish(self, datasets: list[dict], capacity: int = 0, used: int = 0) -> None:
+        """`capacity`: the cache's bytes over all workers; `used`: bytes cached in all."""
+        if capacity:
+            self.cluster_used.set(used / capacity)
         for d in datasets:
             tags = {"dataset": f"{d['namespace']}/{d['name']}"}
             self.cached.set(d["cached_bytes"], tags=tags)
+            if capacity:
+                self.used.set(d["cached_bytes"] / capacity, tags=tags)
             total = d.get("hits", 0) + d.get("misses", 0)
             if total:
                 self.ratio.set(d["hits"] / total, tags=tags)

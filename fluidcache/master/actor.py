@@ -36,6 +36,7 @@ from .membership import Membership, Spawn
 from .rules import Rules
 from .status import Status
 from .pending import Pending
+from .rebalance import Rebalance
 from .writes import Writes
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Master:
         self.status = Status(self.core, self._lock, self.blocks, self.listings, self.members,
                              cfg, self._about, self.dataops.job_count)
         self.status.uploads = self.pending.totals
+        self.rebalance = Rebalance(self.core, self._lock, self.blocks, self.members, cfg)
+        self.status.rebalance = self.rebalance.status
         self.ops = self._op_table()
         self._pool = ThreadPoolExecutor(cfg.master_threads, thread_name_prefix="fc-master")
         self._gate = tenants.Gate(cfg.tenant_requests, cfg.master_threads - _ADMIN_THREADS)
@@ -120,6 +123,7 @@ class Master:
             "free": d.op_free, "du": d.op_du, "locate": d.op_locate,
             "pin": r.op_pin, "unpin": r.op_unpin, "ttl": r.op_ttl, "rules": r.op_rules,
             "rm": w.op_rm, "copy": w.op_copy, "mkdir": w.op_mkdir, "sync": w.op_sync,
+            "drain": self.rebalance.op_drain,
         }
 
     def _replay(self) -> bool:
@@ -203,6 +207,7 @@ class Master:
     def shutdown(self, keep_cache: bool = False) -> None:
         """Stop the cluster: every worker stops serving and gives its memory tier back
         (unless `keep_cache`), then the workers and the server go."""
+        self.rebalance.stop()
         self.members.stop(keep_cache)
         self.server.stop()
 
@@ -291,6 +296,12 @@ class MasterActor:
     def tokens(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)
         return self._m.tokens()
+
+    def holders_for_worker(self, key: str, secret: str = "") -> list:
+        """The addresses of the workers holding a block (a worker's miss while blocks
+        move: it reads the block from its holder, not from the store)."""
+        self._m.members.check_secret(secret)
+        return self._m.rebalance.holders(key)
 
     def rules_for_worker(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)

@@ -118,6 +118,26 @@ class BlockMap:
         return [w for w, held in self._held.items() if k in held]
 
     @_locked
+    def total_bytes(self) -> int:
+        """Bytes cached over all datasets and workers (every copy)."""
+        return sum(sum(per.values()) for per in self._by_owner.values())
+
+    @_locked
+    def holdings(self) -> list[tuple[str, str, int, tuple[str, ...]]]:
+        """Every block held: (key hex, owner, size, its holders)."""
+        rows: dict[bytes, list] = {}
+        mask = (1 << _SIZE_BITS) - 1
+        for worker, held in self._held.items():
+            for k, packed in held.items():
+                row = rows.get(k)
+                if row is None:
+                    rows[k] = [packed >> _SIZE_BITS, packed & mask, [worker]]
+                else:
+                    row[2].append(worker)
+        return [(k.hex(), self._files[slot].owner, size, tuple(ws))
+                for k, (slot, size, ws) in rows.items()]
+
+    @_locked
     def keys_of_owner(self, owner: str) -> dict[str, list[str]]:
         """worker -> the keys (hex) it holds of dataset `owner`."""
         out: dict[str, list[str]] = {}

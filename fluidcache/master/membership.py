@@ -2,8 +2,11 @@
 
 Owns: telling the cluster's workers from others (the worker secret), their Ray handles,
 when each was last heard from, the workers lost (kept for `status`), the Ray nodes seen
-dead, which block report of each worker has been applied (and waiting for one), each
-worker's per-dataset hits and misses, keeping one worker on every alive node (like a
+dead, the workers draining (out of the routing, still serving their peers) and retired
+(drained: no worker is made on their node again while it lives), telling the rebalance
+of every change (`on_change`), draining the nodes Ray's autoscaler drains, which block
+report of each worker has been applied (and waiting for one), each worker's per-dataset
+hits and misses, keeping one worker on every alive node (like a
 DaemonSet), calling workers, and the background round that runs every heartbeat
 interval (it also calls the master's `every_round` hook).
 Never: answer clients, journal anything, or know what a worker is made of: a new worker
@@ -50,6 +53,10 @@ class Membership:
         self._ds_counts: dict[str, dict] = {}      # worker -> {"ns/name": [hits, misses]}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.draining: dict[str, dict] = {}        # worker id -> its info (not routed to)
+        self.retired: dict[str, str] = {}          # worker id -> its host (drained)
+        self.on_change: Callable[[str, str], None] = lambda what, wid: None
+        self.moving: Callable[[], bool] = lambda: False    # told to workers (rebalance)
 
     def check_secret(self, secret: str) -> None:
         """Only the workers this master made know the worker secret."""
@@ -63,17 +70,25 @@ class Membership:
         noted before any lock is taken, and no lock here is held for long: a heartbeat
         never waits on a long planning walk (those take no master lock)."""
         wid = info["id"]
-        if info["node_id"] in self._dead_nodes:
+        if info["node_id"] in self._dead_nodes or wid in self.retired:
             return {"version": -1}   # a straggler of a dead node: never routed to again
         self._seen[wid] = time.monotonic()
         with self._lock:
             self.lost.pop(wid, None)
-            version = self.core.register_worker(info)
+            joined = False
+            if wid in self.draining:         # still heard (its blocks), never routed to
+                self.draining[wid] = info
+                version = self.core.map_version
+            else:
+                joined = wid not in self.core.workers
+                version = self.core.register_worker(info)
             rules = self.core.rules_version
+        if joined:
+            self.on_change("join", wid)
         report = report or {}
         if not report.get("full") and not self.blocks.known(wid):
             return {"version": version, "resync": True, "rules": rules,
-                    "inc": self.core.incarnation}
+                    "inc": self.core.incarnation, "moving": self.moving()}
         self.blocks.apply(wid, report)
         with self._lock:
             seq = report.get("seq")
@@ -82,7 +97,8 @@ class Membership:
                 self._applied_cv.notify_all()
             if isinstance(report.get("by_dataset"), dict):
                 self._ds_counts[wid] = report["by_dataset"]
-        return {"version": version, "rules": rules, "inc": self.core.incarnation}
+        return {"version": version, "rules": rules, "inc": self.core.incarnation,
+                "moving": self.moving()}
 
     def wait_applied(self, seqs: dict[str, int], timeout: float = 15.0) -> bool:
         """Wait until each worker's report `seq` has been applied (they beat at once)."""
@@ -149,7 +165,9 @@ class Membership:
     def ensure_workers(self) -> None:
         """A worker on every alive node that has none; the workers of dead nodes are lost."""
         alive = placement.nodes_for_workers(ray.nodes(), self.config.node_selector)
-        for nid in sorted(alive - set(self.handles)):
+        for wid in [w for w in self.retired if w not in alive]:
+            del self.retired[wid]           # its node is gone: nothing to keep off it
+        for nid in sorted(alive - set(self.handles) - set(self.retired)):
             try:
                 handle = ray.get_actor(names.worker_actor(nid), namespace=names.RAY_NAMESPACE)
             except ValueError:
@@ -171,12 +189,61 @@ class Membership:
 
     def mark_lost(self, worker_id: str) -> None:
         with self._lock:
-            info = self.core.workers.get(worker_id)
+            info = self.core.workers.get(worker_id) or self.draining.pop(worker_id, None)
             if info is not None:
                 self.lost[worker_id] = info
                 self.core.remove_worker(worker_id)   # clients stop routing to it
             self.blocks.drop_worker(worker_id)
             self._seen.pop(worker_id, None)
+        if info is not None:
+            self.on_change("lost", worker_id)
+
+    def drain(self, wid: str) -> None:
+        """Take a worker out of the routing at once; it goes on serving its peers (its
+        blocks move to their new owners) until `retire`."""
+        with self._lock:
+            info = self.core.workers.get(wid)
+            if info is None:
+                return                        # draining already (or gone)
+            self.draining[wid] = info
+            self.core.remove_worker(wid)
+        self.on_change("drain", wid)
+
+    def retire(self, wid: str, timeout: float) -> None:
+        """A drained worker stops (its memory tier given back) and no worker is made on
+        its node again while the node lives."""
+        with self._lock:
+            info = self.draining.pop(wid, None)
+            if info is None:
+                return
+            self.retired[wid] = info.get("host", "")
+            handle = self.handles.pop(wid, None)
+            self._seen.pop(wid, None)
+        self.blocks.drop_worker(wid)
+        if handle is not None:
+            try:
+                ray.get(handle.release.remote(False), timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - it stops either way
+                log.warning("drained worker %s did not stop cleanly: %s", wid, exc)
+            try:
+                ray.kill(handle, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        log.info("worker %s drained and retired", wid)
+
+    def ray_draining(self) -> None:
+        """Drain the workers of the nodes Ray is draining (its autoscaler asks a node to
+        drain before it removes it; `ray drain-node` does too)."""
+        try:
+            from ray._private import state
+            nodes = state.state.get_draining_nodes()
+        except Exception as exc:  # noqa: BLE001 - an older Ray, or the GCS is busy
+            log.debug("no draining nodes from Ray: %s", exc)
+            return
+        for nid in nodes:
+            if nid in self.core.workers:
+                log.info("Ray drains node %s: draining its worker", nid)
+                self.drain(nid)
 
     # -- the background round ----------------------------------------------------------
     def start(self) -> None:
@@ -196,6 +263,7 @@ class Membership:
                 for wid in late:
                     log.warning("worker %s missed its heartbeats: marked lost", wid)
                     self.mark_lost(wid)
+                self.ray_draining()
                 self._every_round(now)
             except Exception:  # membership must keep running
                 log.exception("membership round failed")

@@ -37,6 +37,7 @@ class Status:
             members, config, about, job_count
         self._metrics = None
         self.uploads: Callable[[str | None], dict] = lambda ns: {}   # kept files (pending.py)
+        self.rebalance: Callable[[], dict] = dict     # blocks moving (rebalance.py)
 
     def op_cluster(self, ns: str, args: dict) -> dict:
         """The cluster map, a page of workers at a time: {"version", "block_size",
@@ -67,6 +68,7 @@ class Status:
             sizes = {"listings": self.core.listing_count(), "mounts": self.listings.mount_count()}
         return {"master": dict(self._about(), **sizes, load_jobs=self._job_count()),
                 "uploads": self.uploads(None if ns == "default" else ns),
+                "rebalance": self.rebalance(),
                 "workers": w["items"], "workers_next": w["next"],
                 "datasets": d["items"], "datasets_next": d["next"]}
 
@@ -134,4 +136,7 @@ class Status:
             rows.append({"namespace": d.namespace, "name": d.name, "hits": counts.hits,
                          "misses": counts.misses,
                          "cached_bytes": self.blocks.cached_bytes(owner)})
-        self._metrics.publish(rows)
+        with self._lock:
+            workers = len(self.core.workers)
+        capacity = workers * sum(t.quota for t in self.config.tiers)
+        self._metrics.publish(rows, capacity, self.blocks.total_bytes())

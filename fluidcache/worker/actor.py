@@ -9,6 +9,8 @@ each with the dependencies it names:
     loads.Loads      the worker's part of `load` jobs, through the read path
     writes.Writes    files written through to the under store (write sessions)
     pending.Pending  files kept in this worker's journal (async-through, must-cache)
+    peers.Peers      blocks to and from other workers (the master's moves, misses while
+                     blocks move)
 
 Owns: the node's block store (tiering/), the data server (service.py, uvloop), the
 master's actor handle (every call to the master is made here, handed to the rooms as
@@ -35,6 +37,7 @@ from ..tiering.store import BlockStore
 from .access import Access
 from .journal import Journal
 from .loads import Loads
+from .peers import Peers
 from .pending import Pending
 from .reads import Reads
 from .reports import Reports
@@ -90,6 +93,8 @@ class Worker:
         self.server = Server(self._handle, host, cfg.worker_port,
                              cfg.max_frame, cfg.write_chunk, name="fluidcache-data",
                              fast=self._fast, limits=limits_of(cfg)).start()
+        self.peers = self.reads.peers = Peers(cfg, self.store, lambda: self.server.address,
+                                              self._ask_holders, self.reports.report_after)
         self.servers = self._start_servers(host)
         if self.servers is not None:
             self.access.on_tokens = self.servers.push      # a new table reaches them at once
@@ -161,6 +166,10 @@ class Worker:
         return ray.get(self._master.heartbeat.remote(self.info(), report, self._secret),
                        timeout=_MASTER_TIMEOUT)
 
+    def _ask_holders(self, key: str) -> list:
+        return ray.get(self._master.holders_for_worker.remote(key, self._secret),
+                       timeout=10)
+
     def _ask_rules(self) -> dict:
         return ray.get(self._master.rules_for_worker.remote(self._secret),
                        timeout=_MASTER_TIMEOUT)
@@ -178,6 +187,7 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - metrics must never stop heartbeats
                 log.debug("metrics: %s", exc)
         self.reads.saw_map_version(reply.get("version", 0))
+        self.peers.saw(bool(reply.get("moving")), self.config.heartbeat_interval)
         if reply.get("inc"):
             self.server.loop.call_soon_threadsafe(self.pending.saw_master, reply["inc"])
 
@@ -214,6 +224,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - stopping goes on
             log.warning("flushing uploads at stop: %s", exc)
         self.pending.stop()
+        self.peers.close()
         self.reports.stop()
         self.writes.stop()
         if self.servers is not None:
@@ -242,6 +253,7 @@ class Worker:
     def stats(self) -> dict:
         moves = self.store.moves
         stats = dict(self.reads.counters, **self.writes.counters, **self.pending.stats(),
+                     **self.peers.counters,
                      evictions=self.store.evictions,
                      demotions=moves["demote"], promotions=moves["promote"],
                      expirations=moves["expire"],
@@ -305,6 +317,15 @@ class WorkerActor:
 
     def apply_rules(self, rules: dict) -> None:
         self._w.reports.apply_rules(rules)
+
+    def move_in(self, items: list) -> dict:
+        """The master's move order: pull these blocks from their holders, cache them."""
+        return self._w.peers.move_in(items)
+
+    def moving(self, seconds: float) -> None:
+        """Blocks move: a miss looks at their holders for `seconds` (and while the
+        master's heartbeats say so)."""
+        self._w.peers.moving_for(seconds)
 
     def where(self, keys: list) -> dict:
         return self._w.store.tier_bytes(keys)

@@ -34,7 +34,7 @@ from .access import Access, Record
 
 log = logging.getLogger(__name__)
 TOUCH_MAX = 8192         # keys in one touch (~300 KiB: well under a frame; clients know it)
-_OPS = ("read", "readv", "touch", "prefetch")
+_OPS = ("read", "readv", "touch", "prefetch", "peer")
 READV_MAX = 64           # reads in one batch (serve.py's bound too)
 
 
@@ -70,6 +70,7 @@ class Reads:
         self._opening: dict[tuple, asyncio.Future] = {}   # mounts being opened
         self._fetch = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fc-fetch")
         self.kept = None            # (ns, BlockRead) -> a kept file's block (pending.py)
+        self.peers = None           # peers.Peers: blocks from other workers while they move
 
     # -- the data server's handlers ------------------------------------------------------
     def fast(self, req, payload):
@@ -79,7 +80,7 @@ class Reads:
             return {"pong": True, "id": self._node_id}, None
         if req.op not in _OPS:
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
-        if req.op in ("prefetch", "readv") or \
+        if req.op in ("prefetch", "readv", "peer") or \
                 not self._access.token_ok(req.namespace, req.token):
             return None                     # maybe a new namespace: ask the master
         if req.op == "touch":
@@ -100,6 +101,10 @@ class Reads:
     async def handle(self, req, payload):
         if req.op not in _OPS:
             raise InvalidRequest(f"unknown data server operation {req.op!r}")
+        if req.op == "peer":                # another worker's (the worker secret, no ns)
+            if self.peers is None:
+                raise InvalidRequest("this worker serves no peers")
+            return await self.peers.serve(req)
         await self._access.authorize(req.namespace, req.token)
         if req.op == "touch":
             return self._touch(req.namespace, req.args)
@@ -383,10 +388,17 @@ class Reads:
         loop = asyncio.get_running_loop()
         start = r.index * self.block_size
         t0 = time.monotonic()
+        ns = dsid.partition("/")[0]
         try:
-            data, cacheable = await self._in_share(
-                dsid.partition("/")[0], found.mount.read_range, found.rel, r.version, start,
-                start + self.block_size, r.size, hint=hint)
+            data = None
+            if self.peers is not None and self.peers.active():   # blocks are moving: its
+                data = await self._in_share(ns, self.peers.fetch,  # holder has it
+                                            found.key, found.fid, r.index, hint=hint)
+            from_peer = cacheable = data is not None
+            if not from_peer:
+                data, cacheable = await self._in_share(
+                    ns, found.mount.read_range, found.rel, r.version, start,
+                    start + self.block_size, r.size, hint=hint)
             if self._metrics is not None:
                 self._metrics.observe_fetch(time.monotonic() - t0)
         except asyncio.CancelledError:
@@ -397,8 +409,9 @@ class Reads:
             fut.exception()       # retrieved here too: no "never retrieved" noise
             return
         fut.set_result(data)
-        self.counters["ufs_bytes_read"] += len(data)
-        self.counters["ufs_fetches"] += 1
+        if not from_peer:
+            self.counters["ufs_bytes_read"] += len(data)
+            self.counters["ufs_fetches"] += 1
         if len(data) != self._expected(r) or not cacheable:
             return             # not the listed size, or not shown to be that version's
                                # (racy, or no validator in the answer): never cache it

@@ -1,0 +1,283 @@
+"""The master's rebalance: cached blocks follow their owners when workers come and go.
+
+Owns: noticing a change of membership (a worker joined, was lost, or drains), planning
+the moves (moves.py) from the block reports, ordering each destination worker to pull
+its blocks from their holders (`move_in`, a batch at a time per worker, rate-limited by
+the worker, off the read path), freeing the copies no owner needs once moved, retiring
+a drained worker once nothing moves from it, the `drain` op, the `rebalance` part of
+`status`, and whether workers should ask for a block's holders on a miss (`moving`):
+until a block has moved, a read of it goes to its previous holder, never to the store.
+Never: move bytes itself (workers pull from each other), or hold the master's lock
+while it calls a worker.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import ray
+
+from ..config import Config
+from ..errors import AccessDenied, InvalidRequest
+from .blockmap import BlockMap
+from .core import MasterCore
+from .membership import Membership
+from .moves import DatasetPlace, Holding, Move, plan
+
+log = logging.getLogger(__name__)
+_WAIT = 0.5             # seconds the thread waits for a batch before it looks again
+_RETIRE_WAIT = 30.0     # seconds a retiring worker has to stop
+
+
+class Rebalance:
+    def __init__(self, core: MasterCore, lock: threading.RLock, blocks: BlockMap,
+                 members: Membership, config: Config) -> None:
+        self.core, self._lock, self.blocks, self.members = core, lock, blocks, members
+        self.config = config
+        self.enabled = config.rebalance
+        self._queues: dict[str, collections.deque[Move]] = {}   # dest -> moves to order
+        self._inflight: dict[str, tuple[object, list[Move]]] = {}  # dest -> (ref, moves)
+        self._left: dict[str, int] = {}          # key -> its moves not done yet
+        self.moved_blocks = self.bytes_moved = self.failed_blocks = 0
+        self._dirty = False
+        self._quiet_at = 0.0                     # monotonic: `moving` ends then
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._state = threading.Lock()           # the queues and counters
+        self._thread: threading.Thread | None = None
+        members.on_change, members.moving = self.changed, self.moving
+
+    # -- what the others see -----------------------------------------------------------
+    def changed(self, what: str, wid: str) -> None:
+        """Membership changed (`what`: join, lost, drain): plan again, soon."""
+        log.info("membership: %s %s; rebalancing", what, wid)
+        with self._state:
+            self._dirty = True
+            self._quiet_at = time.monotonic() + self.config.rebalance_grace
+        self._wake.set()
+        self.start()
+
+    def pending(self) -> int:
+        with self._state:
+            return sum(len(q) for q in self._queues.values()) + \
+                sum(len(m) for _, m in self._inflight.values())
+
+    def moving(self) -> bool:
+        """Should workers look for a missed block at its holders before the store?"""
+        with self._state:
+            busy = self._dirty or any(self._queues.values()) or bool(self._inflight)
+            return self.enabled and (busy or time.monotonic() < self._quiet_at)
+
+    def status(self) -> dict:
+        """`status`'s `rebalance`: {"pending_blocks", "moved_blocks", "bytes_moved",
+        "failed_blocks", "enabled", "draining", "retired"}. While a change waits for its
+        plan (a few milliseconds), `pending_blocks` is at least 1: it never reads 0
+        between a worker joining and its moves being planned."""
+        with self._state:
+            out = {"pending_blocks": 0, "moved_blocks": self.moved_blocks,
+                   "bytes_moved": self.bytes_moved, "failed_blocks": self.failed_blocks,
+                   "enabled": self.enabled}
+        out["pending_blocks"] = self.pending() + (1 if self._dirty else 0)
+        out["draining"] = sorted(self.members.draining)
+        out["retired"] = sorted(self.members.retired)
+        return out
+
+    def holders(self, key: str) -> list[str]:
+        """The data-server addresses of the workers holding block `key` (draining ones
+        too: they serve their peers until they retire)."""
+        if not isinstance(key, str) or not 0 < len(key) <= 64:
+            raise InvalidRequest("a block key is a hex string")
+        try:
+            ids = self.blocks.holders(key)
+        except ValueError:
+            raise InvalidRequest("a block key is a hex string") from None
+        with self._lock:
+            infos = [self.core.workers.get(w) or self.members.draining.get(w) for w in ids]
+        return [i["address"] for i in infos if i is not None]
+
+    def op_drain(self, ns: str, args: dict) -> dict:
+        """Drain a worker (by id, or by host name if one worker has it): it leaves the
+        routing at once, its blocks move to their owners, then it is retired. Asked
+        again, tells how far it is: {"node", "state" (draining, retired or lost),
+        "pending_blocks" (moves from it not done)}."""
+        if ns != "default":
+            raise AccessDenied("only the default namespace's token may drain a node")
+        node = args.get("node")
+        if not isinstance(node, str) or not 0 < len(node) <= 255:
+            raise InvalidRequest("drain needs a node: a worker id or host name")
+        wid, state = self._find(node)
+        if state == "routed":
+            self.members.drain(wid)
+            state = "draining"
+        pending = 0
+        if state == "draining":
+            with self._state:
+                pending = sum(m.src == wid for q in self._queues.values() for m in q) + \
+                    sum(m.src == wid for _, b in self._inflight.values() for m in b)
+        return {"node": wid, "state": state, "pending_blocks": pending}
+
+    def _find(self, node: str) -> tuple[str, str]:
+        """A worker by id or host name, and where it is: routed, draining, retired, lost."""
+        with self._lock:
+            tables = (("routed", {w: i.get("host") for w, i in self.core.workers.items()}),
+                      ("draining", {w: i.get("host") for w, i in self.members.draining.items()}),
+                      ("retired", dict(self.members.retired)),
+                      ("lost", {w: i.get("host") for w, i in self.members.lost.items()}))
+        for state, hosts in tables:
+            if node in hosts:
+                return node, state
+        for state, hosts in tables:
+            found = [w for w, h in hosts.items() if h == node]
+            if len(found) > 1:
+                raise InvalidRequest(f"{len(found)} workers run on host {node!r}: "
+                                     "name one by its id")
+            if found:
+                return found[0], state
+        raise InvalidRequest(f"no worker {node!r} (see `fluidcache status`)")
+
+    # -- the thread --------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, daemon=True,
+                                            name="fluidcache-rebalance")
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except Exception:  # the rebalance must keep running
+                log.exception("rebalance round failed")
+            busy = bool(self._inflight)
+            self._wake.wait(0.05 if busy else 1.0)
+            self._wake.clear()
+
+    def _round(self) -> None:
+        with self._state:
+            dirty, self._dirty = self._dirty, False
+        if dirty:
+            self._tell_workers()
+            if self.enabled:
+                self._replan()
+        self._collect()
+        self._dispatch()
+        self._retire_drained()
+
+    def _tell_workers(self) -> None:
+        """Every worker looks for missed blocks at their holders from now on (not only
+        after its next heartbeat): a client may route by the new map at once."""
+        with self._lock:
+            ids = list(self.core.workers) + list(self.members.draining)
+        if self.enabled:
+            self.members.call(ids, "moving", self.config.rebalance_grace, timeout=5)
+
+    def _replan(self) -> None:
+        with self._lock:
+            workers = list(self.core.cluster_map()["workers"])
+            places = {f"{d.namespace}/{d.name}": DatasetPlace(d.replicas, d.selector)
+                      for d in self.core.datasets.values()}
+        holdings = (Holding(*h) for h in self.blocks.holdings())
+        moves = plan(holdings, workers, places)
+        queues: dict[str, collections.deque[Move]] = {}
+        left: dict[str, int] = {}
+        for m in moves:
+            queues.setdefault(m.dest, collections.deque()).append(m)
+            left[m.key] = left.get(m.key, 0) + 1
+        with self._state:
+            for _, batch in self._inflight.values():   # still counted until they answer
+                for m in batch:
+                    left[m.key] = left.get(m.key, 0) + 1
+            self._queues, self._left = queues, left
+            self._quiet_at = time.monotonic() + self.config.rebalance_grace
+        if moves:
+            log.info("rebalance: %d blocks (%d bytes) to move", len(moves),
+                     sum(m.size for m in moves))
+
+    def _dispatch(self) -> None:
+        """Each destination with nothing in flight gets its next batch to pull."""
+        with self._state:
+            ready = [d for d, q in self._queues.items() if q and d not in self._inflight]
+        with self._lock:
+            addresses = {w: i["address"] for w, i in
+                         {**self.members.draining, **self.core.workers}.items()}
+        for dest in ready:
+            handle = self.members.handle(dest)
+            with self._state:
+                q = self._queues.get(dest)
+                batch = [q.popleft() for _ in range(min(len(q), self.config.rebalance_batch))]
+            ok = [m for m in batch if handle is not None and m.src in addresses]
+            if len(ok) < len(batch):      # the holder or the owner is gone meanwhile
+                self._done([m for m in batch if m not in ok], [], failed=True)
+            if ok:
+                ref = handle.move_in.remote([[m.key, addresses[m.src]] for m in ok])
+                with self._state:
+                    self._inflight[dest] = (ref, ok)
+
+    def _collect(self) -> None:
+        """Take the answers of the batches that finished."""
+        with self._state:
+            refs = {ref: dest for dest, (ref, _) in self._inflight.items()}
+        if not refs:
+            return
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=_WAIT)
+        for ref in ready:
+            dest = refs[ref]
+            with self._state:
+                _, batch = self._inflight.pop(dest)
+            try:
+                got = ray.get(ref)
+                done = set(got.get("done", ())) | set(got.get("had", ()))
+                moved = set(got.get("done", ()))
+            except Exception as exc:  # noqa: BLE001 - a worker gone: its moves failed
+                log.warning("worker %s did not take its moves: %s", dest, exc)
+                done = moved = set()
+            self._done([m for m in batch if m.key in done], [m.key for m in batch
+                                                             if m.key in moved])
+            self._done([m for m in batch if m.key not in done], [], failed=True)
+
+    def _done(self, batch: list[Move], moved: list[str], failed: bool = False) -> None:
+        """Moves finished: count them; a key whose moves are all done frees the copies
+        no owner needs (never a draining worker's: it retires with them)."""
+        moved_set = set(moved)
+        to_free: dict[str, list[str]] = {}
+        with self._state:
+            for m in batch:
+                if failed:
+                    self.failed_blocks += 1
+                elif m.key in moved_set:
+                    self.moved_blocks += 1
+                    self.bytes_moved += m.size
+                n = self._left.get(m.key, 1) - 1
+                if n > 0:
+                    self._left[m.key] = n
+                    continue
+                self._left.pop(m.key, None)
+                if not failed:
+                    for w in m.free:
+                        if w not in self.members.draining:
+                            to_free.setdefault(w, []).append(m.key)
+            if not any(self._queues.values()) and not self._inflight:
+                self._quiet_at = time.monotonic() + self.config.rebalance_grace
+        for w, keys in to_free.items():
+            handle = self.members.handle(w)
+            if handle is not None:      # not waited for: a copy left behind only costs room
+                handle.free.remote(keys, True)
+
+    def _retire_drained(self) -> None:
+        """A draining worker that nothing moves from (and nothing is planned) retires."""
+        if not self.members.draining:
+            return
+        with self._state:
+            if self._dirty:
+                return
+            busy = {m.src for q in self._queues.values() for m in q} | \
+                {m.src for _, b in self._inflight.values() for m in b}
+        for wid in list(self.members.draining):
+            if wid not in busy:
+                self.members.retire(wid, _RETIRE_WAIT)
