@@ -119,6 +119,21 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
         wait_for(lambda: settled(2) and third.node_id not in alive(),
                  what="the killed node's worker lost, the copies made again")
         assert read_digests(env, "two", want, short_circuit=False) == want
+
+        # -- Ray drains a node (as its autoscaler does before it removes one): so do we
+        fourth = cluster.add_node(num_cpus=1)
+        wait_for(lambda: settled(3), what="a third worker once more")
+        import subprocess
+        subprocess.run(["ray", "drain-node", "--address", cluster.address, "--node-id",
+                        fourth.node_id, "--reason", "DRAIN_NODE_REASON_PREEMPTION",
+                        "--reason-message", "a test", "--deadline-remaining-seconds", "120"],
+                       check=True, capture_output=True, timeout=60)
+        wait_for(lambda: fourth.node_id in status(env)["rebalance"]["retired"],
+                 what="the worker of the node Ray drains retired")
+        cluster.remove_node(fourth)
+        wait_for(lambda: settled(2), what="two workers after Ray's drain")
+        refetched = full_pass("el")
+        assert refetched <= 0.02 * total, f"{refetched} of {total} bytes from the store"
     finally:
         cli_env(env, "stop", check=False)
         cluster.shutdown()

@@ -57,6 +57,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "%s-head" (include "fluidcache.fullname" .) }}
 {{- end -}}
 
+{{/* The master endpoint for a client in another pod (the head Service) */}}
+{{- define "fluidcache.masterAddress" -}}
+{{ printf "%s.%s.svc:%v" (include "fluidcache.headService" .) .Release.Namespace .Values.master.port }}
+{{- end -}}
+
 {{/* Environment shared by every fluidcache container */}}
 {{- define "fluidcache.env" -}}
 - name: FLUIDCACHE_HOME
@@ -112,4 +117,31 @@ initialDelaySeconds: {{ .probes.initialDelaySeconds }}
 periodSeconds: {{ .probes.periodSeconds }}
 timeoutSeconds: {{ .probes.timeoutSeconds }}
 failureThreshold: {{ .probes.failureThreshold }}
+{{- end -}}
+
+{{/* A cache worker's preStop hook (worker.drainOnStop): `fluidcache drain` this pod's
+     worker (the host name `fluidcache status` shows for it is the pod's name) and wait
+     until its blocks have moved to their new owners and it is retired. Bounded twice:
+     the drain's own --timeout, then `timeout` ends the CLI. Whatever the drain answers,
+     the pod then stops (Kubernetes only records a failed hook as an event). The CLI finds
+     the master at the head Service, as the FUSE pods do, with the pod's FLUIDCACHE_TOKEN
+     (the `default` namespace's); the worker's own environment is left as it was. */}}
+{{- define "fluidcache.drainHook" -}}
+{{- $t := int .Values.worker.drainTimeoutSeconds }}
+{{- $grace := int .Values.worker.terminationGracePeriodSeconds }}
+{{- if lt $t 1 }}
+{{- fail (printf "worker.drainTimeoutSeconds must be a positive number of seconds, not %v" .Values.worker.drainTimeoutSeconds) }}
+{{- end }}
+{{- if lt $grace (add $t 30) }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%d) must be at least worker.drainTimeoutSeconds + 30 (%d): the preStop drain runs inside the grace period, and the worker needs time to stop after it (or set worker.drainOnStop: false)" $grace (add $t 30)) }}
+{{- end -}}
+preStop:
+  exec:
+    command:
+      - sh
+      - -c
+      - >-
+        export FLUIDCACHE_MASTER={{ include "fluidcache.masterAddress" . }};
+        exec timeout -k 5 {{ add $t 10 }}
+        fluidcache drain "${HOSTNAME:-$(cat /proc/sys/kernel/hostname)}" --wait --timeout {{ $t }}
 {{- end -}}
