@@ -177,6 +177,7 @@ class Config:
     records_kept: int = 1024        # dataset records a worker keeps
     mounts_kept: int = 256          # opened mounts a worker keeps
     prefetch_max: int = 64          # prefetch hints being filled at once; more are dropped
+    stage_bytes: int = 256 * 1024**2   # prefetched blocks no tier took, kept until read
     # -- writes (worker/writes.py)
     write_chunk: int = 8 * 1024**2  # largest payload of one write request
     write_sessions: int = 64        # files open for writing per worker (a namespace: half)
@@ -218,7 +219,7 @@ class Config:
             raise InvalidRequest(f"unknown config keys: {', '.join(sorted(unknown))}")
         data = dict(data)
         for key in ("block_size", "max_frame", "max_data", "write_chunk", "write_part",
-                    "write_journal", "rebalance_rate"):
+                    "write_journal", "rebalance_rate", "stage_bytes"):
             if key in data:
                 data[key] = parse_size(data[key])
         if "tenant_protocols" in data:

@@ -327,6 +327,19 @@ class FluidFileSystem(WriteVerbs, AbstractFileSystem):
         """
         return self._read(self._strip_protocol(path), start, end)
 
+    def prefetch(self, path) -> bool:
+        """Have a file's blocks fetched into the cache by their owners, and wait until
+        they have landed (a bulk prefetch: the bytes stay on the workers, the next read
+        of the file is a hit); True if every block did. A file in a full tier that takes
+        nothing more (fill-once) is kept aside for its next read.
+
+        Raises
+        ------
+        FileNotFoundError, IsADirectoryError, PermissionError
+            As `cat_file`.
+        """
+        return self.client.land(self._file_entry(self._strip_protocol(path)))
+
     def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
         """Bytes of many ranges, in the order given: ranges inside one block are read
         in batches, one request per worker (client/batch.py); the rest at once on the

@@ -303,6 +303,30 @@ class BlockReader:
         finally:
             self.budget.give(length)
 
+    def land(self, entry: dict) -> bool:
+        """Have every block of a file filled by its owner (from the store if it must),
+        waiting until each has landed in a tier, or is staged for its next read; True if
+        all did. The bytes stay on the workers."""
+        if entry["version"].startswith("c:"):
+            return True                     # a kept file is in its holder's journal
+        m = self.cluster.map()
+        bs = m["block_size"]
+        ds = self.cluster.dataset(entry["name"].partition("/")[0])
+        by_id = {w["id"]: w for w in m["workers"]}
+        landed = True
+        for index in range(max(1, blocks.block_count(entry["size"], bs))):
+            req = self._request(entry, index, 0, -1, bs)
+            order = self._route(blocks.block_key(entry["fid"], index, bs), ds, m)
+            if not order:
+                return False
+            try:
+                got, _ = self.cluster.call(by_id[order[0]]["address"], "prefetch",
+                                           dict(req.to_args(), wait=True))
+            except FluidError:
+                return False
+            landed = landed and bool(got.get("ok"))
+        return landed
+
     # -- blocks -----------------------------------------------------------------------
     def piece(self, entry: dict, piece: blocks.Piece, m: dict | None = None,
               into: memoryview | None = None) -> memoryview | bytes:

@@ -12,6 +12,10 @@ batch's memory, nothing left behind at the end of an epoch).
 Importing this module does not import torch; the dataset only needs `__len__` and
 `__getitem__`.
 
+Samplers: `CacheAwareDistributedSampler` (each DDP rank reads what its node caches) and
+`SubstitutingSampler` (sampler.py: within a bounded window, cached samples first while
+the misses are prefetched through the cache).
+
 Model loading: `load(url, **torch_load_kwargs)` (`torch.load`) and
 `load_safetensors(url)` read the whole checkpoint with parallel block reads first.
 """
@@ -22,6 +26,8 @@ import pickle
 from collections.abc import Callable, Sequence
 
 import fsspec
+
+from .sampler import SubstitutingSampler
 
 
 class FluidDataset:
@@ -239,3 +245,7 @@ def load_safetensors(url: str, filesystem: fsspec.AbstractFileSystem | None = No
         for name in list(tensors):
             tensors[name] = tensors[name].to(device)
     return tensors
+
+
+__all__ = ["CacheAwareDistributedSampler", "FluidDataset", "SubstitutingSampler", "assign",
+           "load", "load_safetensors", "read_file"]

@@ -16,6 +16,7 @@ or a disk (only memory-tier blocks are read on it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -71,6 +72,10 @@ class Reads:
         self._fetch = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fc-fetch")
         self.kept = None            # (ns, BlockRead) -> a kept file's block (pending.py)
         self.peers = None           # peers.Peers: blocks from other workers while they move
+        # prefetched blocks no tier took (full, fill-once): kept until read once, at most
+        # `stage_bytes` (the first staged go first)
+        self._staged: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._staged_bytes = 0
 
     # -- the data server's handlers ------------------------------------------------------
     def fast(self, req, payload):
@@ -111,13 +116,15 @@ class Reads:
         if req.op == "readv":
             return await self._readv(req.namespace, req.args)
         r = self._block_read(req.args)
-        if req.op == "prefetch":    # a sequential reader's hint: fill it, answer at once
-            if r.version.startswith("c:"):
+        if req.op == "prefetch":    # a hint: fill it, answer at once (or, with `wait`,
+            if r.version.startswith("c:"):                    # once it has landed)
                 return {"ok": False}, None                    # kept files are not fetched
             if self._prefetching >= self.config.prefetch_max:
                 return {"ok": False, "busy": True}, None      # a hint may be dropped
             self._prefetching += 1
-            asyncio.get_running_loop().create_task(self._prefetch(req.namespace, r))
+            task = asyncio.get_running_loop().create_task(self._prefetch(req.namespace, r))
+            if req.args.get("wait") is True:
+                return {"ok": await asyncio.shield(task)}, None
             return {"ok": True}, None
         return self._serve(r, await self.block(req.namespace, r))
 
@@ -162,12 +169,19 @@ class Reads:
         for key in report.get("keys", ()):
             self.store.touch(key)
 
-    async def _prefetch(self, ns: str, r: BlockRead) -> None:
+    async def _prefetch(self, ns: str, r: BlockRead) -> bool:
+        """Fill a hinted block; True once it is in a tier or staged (a read finds it)."""
         self.counters["prefetches"] += 1
         try:
             await self.block(ns, r, read=False, hint=True)
+            key = blocks.block_key(r.fid, r.index, self.block_size) if r.fid else None
+            fill = self._fills.get(key) if key else None
+            if fill is not None:
+                await asyncio.shield(fill)      # landed = in its tier (or staged)
+            return key is not None and (key in self.store or key in self._staged)
         except Exception as exc:  # noqa: BLE001 - a hint: the read itself will report
             log.debug("prefetch of %s/%s block %d: %s", r.dataset, r.path, r.index, exc)
+            return False
         finally:
             self._prefetching -= 1
 
@@ -348,6 +362,12 @@ class Reads:
             raise StaleVersion(f"{r.dataset}/{r.path}: the dataset's mounts changed; "
                                "list it again")
         key = found.key
+        staged = self._staged.pop(key, None)
+        if staged is not None:           # prefetched for a reader that comes now
+            self._staged_bytes -= len(staged)
+            if read:
+                self._count(f"{ns}/{r.dataset}", 0)
+            return staged
         if self.store.in_memory(key):
             data = self.store.get(key, (found.fid, r.index))   # tmpfs: cheaper than a hop
         else:
@@ -418,10 +438,25 @@ class Reads:
         if not placement.matches(ds.selector, self._labels, self._resources):
             return             # not a node this dataset may cache on: read through only
         try:
-            await loop.run_in_executor(None, self.store.put, found.key, data,
-                                       layout.Meta(dsid, found.fid, r.index))
+            took = await loop.run_in_executor(None, self.store.put, found.key, data,
+                                              layout.Meta(dsid, found.fid, r.index))
         except Exception:      # the readers have their bytes; log, go on
             log.exception("caching block %s failed", found.key)
+            took = True
+        if not took and hint:
+            self._stage(found.key, data)
+
+    def _stage(self, key: str, data) -> None:
+        """Keep a prefetched block no tier took until it is read (the oldest go first
+        beyond `stage_bytes`): a hint ahead of a reader still lands."""
+        limit = self.config.stage_bytes
+        if len(data) > limit or key in self._staged:
+            return
+        self._staged[key] = bytes(data)
+        self._staged_bytes += len(data)
+        while self._staged_bytes > limit:
+            _, old = self._staged.popitem(last=False)
+            self._staged_bytes -= len(old)
 
 
 class _Both:
