@@ -55,6 +55,12 @@ def route(key: str, workers: Sequence[dict], selector: dict | None = None,
     return order + ranked(key, rest)
 
 
+def every_worker(cluster_map: dict) -> list[dict]:
+    """A cluster map's workers and those draining: out of the routing, but their kept
+    files are read from them until they retire."""
+    return cluster_map["workers"] + cluster_map.get("draining", [])
+
+
 def nodes_for_workers(nodes: Sequence[dict], selector: dict | None = None) -> set[str]:
     """The ids of the alive Ray nodes (entries of `ray.nodes()`) that get a worker: those
     matching the deployment's node selector (every alive node when it is empty)."""

@@ -13,7 +13,7 @@ Never: fail over itself (the reader does, range by range).
 """
 from __future__ import annotations
 
-from .. import blocks
+from .. import blocks, placement
 from ..errors import FluidError, NotHere, Unavailable
 from ..wire import BlockRead
 
@@ -63,7 +63,7 @@ def read_many(reader, jobs: list[tuple[dict, int, int]]) -> list:
             order = []
         if order:                  # (no owner: read alone below, with its failover)
             groups.setdefault(order[0], []).append(it)
-    by_id = {w["id"]: w for w in m["workers"]}
+    by_id = {w["id"]: w for w in placement.every_worker(m)}
     chunks = [(by_id[wid], chunk) for wid, its in groups.items()
               for chunk in _split(its, reader.settings.max_data)]
     if len(chunks) > 1:

@@ -356,8 +356,8 @@ class BlockReader:
     def _route(self, key: str, ds: dict, m: dict, version: str = "") -> list[str]:
         """Worker ids to ask, in order: a kept file's holder alone (its only copy)."""
         kept = parse_cached(version)
-        if kept is not None:
-            return [w["id"] for w in m["workers"] if w["id"] == kept[0]]
+        if kept is not None:     # (a draining holder still serves its kept files)
+            return [w["id"] for w in placement.every_worker(m) if w["id"] == kept[0]]
         local = self.cluster.local_id if ds.get("routing") == "local-first" else None
         return placement.route(key, m["workers"], ds.get("selector"), local)
 
@@ -371,7 +371,7 @@ class BlockReader:
         backoff = Backoff(self.settings.failover_timeout)
         while True:
             order = self._route(key, ds, m, req.version)
-            by_id = {w["id"]: w for w in m["workers"]}
+            by_id = {w["id"]: w for w in placement.every_worker(m)}
             for rank, wid in enumerate(order):
                 try:
                     result, payload = self.ask(by_id[wid], "read", args, req, key, into)

@@ -75,7 +75,9 @@ class Master:
         self.status = Status(self.core, self._lock, self.blocks, self.listings, self.members,
                              cfg, self._about, self.dataops.job_count)
         self.status.uploads = self.pending.totals
-        self.rebalance = Rebalance(self.core, self._lock, self.blocks, self.members, cfg)
+        self.rebalance = Rebalance(self.core, self._lock, self.blocks, self.members, cfg,
+                                   self.pending.held_by)
+        self.pending.draining = lambda: set(self.members.draining)
         self.status.rebalance = self.rebalance.status
         self.ops = self._op_table()
         self._pool = ThreadPoolExecutor(cfg.master_threads, thread_name_prefix="fc-master")
@@ -297,11 +299,11 @@ class MasterActor:
         self._m.members.check_secret(secret)
         return self._m.tokens()
 
-    def holders_for_worker(self, key: str, secret: str = "") -> list:
-        """The addresses of the workers holding a block (a worker's miss while blocks
-        move: it reads the block from its holder, not from the store)."""
+    def holders_for_worker(self, key: str, asker: str = "", secret: str = "") -> dict:
+        """Who holds a block, and whether the asking worker owns it (a worker's miss
+        while blocks move: it reads the block from its holder, not from the store)."""
         self._m.members.check_secret(secret)
-        return self._m.rebalance.holders(key)
+        return self._m.rebalance.holders(key, asker)
 
     def rules_for_worker(self, secret: str = "") -> dict:
         self._m.members.check_secret(secret)

@@ -122,20 +122,35 @@ class BlockMap:
         """Bytes cached over all datasets and workers (every copy)."""
         return sum(sum(per.values()) for per in self._by_owner.values())
 
-    @_locked
     def holdings(self) -> list[tuple[str, str, int, tuple[str, ...]]]:
-        """Every block held: (key hex, owner, size, its holders)."""
+        """Every block held: (key hex, owner, size, its holders). The lock is taken for
+        one worker's copy at a time, never for the whole walk (heartbeats go on); the
+        file table is only ever appended to, so its slots stay valid after."""
         rows: dict[bytes, list] = {}
         mask = (1 << _SIZE_BITS) - 1
-        for worker, held in self._held.items():
-            for k, packed in held.items():
+        with self._lock:
+            workers, files = list(self._held), self._files
+        for worker in workers:
+            with self._lock:
+                items = list(self._held.get(worker, {}).items())
+            for k, packed in items:
                 row = rows.get(k)
                 if row is None:
                     rows[k] = [packed >> _SIZE_BITS, packed & mask, [worker]]
                 else:
                     row[2].append(worker)
-        return [(k.hex(), self._files[slot].owner, size, tuple(ws))
+        return [(k.hex(), files[slot].owner, size, tuple(ws))
                 for k, (slot, size, ws) in rows.items()]
+
+    @_locked
+    def owner_of(self, key: str) -> str | None:
+        """The dataset ("namespace/name") of a held block (None: nobody holds it)."""
+        k = bytes.fromhex(key)
+        for held in self._held.values():
+            packed = held.get(k)
+            if packed is not None:
+                return self._files[packed >> _SIZE_BITS].owner
+        return None
 
     @_locked
     def keys_of_owner(self, owner: str) -> dict[str, list[str]]:

@@ -6,9 +6,11 @@ of ~1/N of the blocks, which it does not hold; when one drains, its blocks' owne
 others. A plan copies each block to the owners that lack it, from a worker that holds
 it, and frees the copies no owner needs once every owner has one.
 
-`r` keeps the copies there are: max(the dataset's replicas, the copies held now), at
-most the eligible workers. So a dataset loaded with `--replicas 2` keeps two, and a
-block whose second copy died with its node gets it back.
+`r` keeps the copies there are: max(the dataset's replicas, the copies routable
+workers hold now; a draining worker's copy is not counted), at most the eligible
+workers. So a dataset loaded with `--replicas 2` keeps two, and a block whose second
+copy died with its node gets it back. A local-first dataset is never moved: its blocks
+are where their readers are.
 
 Pure: holdings and workers come in as data; no Ray, clocks or I/O.
 """
@@ -34,11 +36,31 @@ class Move(NamedTuple):
     src: str                  # a holder to copy it from
     dest: str                 # the owner that lacks it
     free: tuple[str, ...]     # holders to free once every owner holds it
+    copies: int = 1           # the copies the block keeps (its owners are the first ones)
 
 
 class DatasetPlace(NamedTuple):
     replicas: int
     selector: dict
+    local_first: bool = False     # each node caches what it reads: never moved
+
+
+def eligible(place: DatasetPlace, workers: Sequence[dict]) -> list[str]:
+    """The ids of the workers that may cache a dataset (its selector)."""
+    return [w["id"] for w in workers
+            if placement.matches(place.selector or {}, w.get("labels") or {},
+                                 w.get("resources") or ())]
+
+
+def surplus(key: str, place: DatasetPlace, workers: Sequence[dict], copies: int,
+            holders: set[str], leaving: Sequence[str]) -> list[str]:
+    """Of `leaving` (holders a move meant to free), those that may go now: not among
+    the block's owners by the current workers, and every owner holds it."""
+    ids = eligible(place, workers)
+    want = set(placement.owners(key, ids, min(len(ids), copies))) if ids else set()
+    if not want or not want <= holders:
+        return []
+    return [w for w in leaving if w not in want]
 
 
 def plan(holdings: Iterable[Holding], workers: Sequence[dict],
@@ -46,23 +68,20 @@ def plan(holdings: Iterable[Holding], workers: Sequence[dict],
     """The moves that put every held block on its owners among `workers` (the routable
     ones: a draining worker is a source, never an owner). A block of a dataset not in
     `datasets` (removed) is not moved."""
-    eligible: dict[str, list[str]] = {}
+    by_owner: dict[str, list[str]] = {}
     out: list[Move] = []
     routable = {w["id"] for w in workers}
     for h in holdings:
         place = datasets.get(h.owner)
-        if place is None or not h.holders:
+        if place is None or place.local_first or not h.holders:
             continue
-        ids = eligible.get(h.owner)
+        ids = by_owner.get(h.owner)
         if ids is None:
-            ids = eligible[h.owner] = [
-                w["id"] for w in workers
-                if placement.matches(place.selector or {}, w.get("labels") or {},
-                                     w.get("resources") or ())]
+            ids = by_owner[h.owner] = eligible(place, workers)
         if not ids:
             continue              # no worker may cache it now: it stays where it is
         held = set(h.holders)
-        r = min(len(ids), max(place.replicas, len(held)))
+        r = min(len(ids), max(place.replicas, len(held & routable)))
         want = placement.owners(h.key, ids, r)
         lacking = [w for w in want if w not in held]
         if not lacking:
@@ -73,7 +92,7 @@ def plan(holdings: Iterable[Holding], workers: Sequence[dict],
         sources = leaving + staying
         free = tuple(leaving)
         for i, dest in enumerate(lacking):
-            out.append(Move(h.key, h.owner, h.size, sources[i % len(sources)], dest, free))
+            out.append(Move(h.key, h.owner, h.size, sources[i % len(sources)], dest, free, r))
     return out
 
 

@@ -56,6 +56,7 @@ class Pending:
         self.files: dict[tuple[str, str], dict[str, Kept]] = {}
         self._turns: dict[tuple[str, str, str], tuple[str, str]] = {}  # path -> (id, holder)
         self._dropped: OrderedDict[str, bool] = OrderedDict()   # id -> removed (not replaced)
+        self.draining: Callable[[], set] = set    # workers draining: still alive
 
     # -- from workers ---------------------------------------------------------------------
     def add(self, rec: dict, holder: str, exclusive: bool, again: bool) -> dict:
@@ -301,7 +302,16 @@ class Pending:
     def _alive(self) -> set:
         """The ids of the workers in the cluster now (taken before `_cv`)."""
         with self._lock:
-            return set(self.core.workers)
+            return set(self.core.workers) | self.draining()
+
+    def held_by(self, holder: str) -> dict:
+        """The kept files only `holder` has: {"pending_files": waiting for their
+        upload, "kept_files": must-cache}."""
+        with self._cv:
+            ks = [k for files in self.files.values() for k in files.values()
+                  if k.holder == holder]
+        return {"pending_files": sum(k.mode == "async-through" for k in ks),
+                "kept_files": sum(k.mode == "must-cache" for k in ks)}
 
     def _remember(self, fid: str, removed: bool) -> None:
         self._dropped[fid] = removed

@@ -45,6 +45,8 @@ class Status:
         limit = paging.check_cursor(args.get("after"), args.get("limit", paging.PAGE_ITEMS))
         with self._lock:
             m = self.core.cluster_map()
+            if args.get("after") is None:   # (few: they are workers too)
+                m["draining"] = list(self.members.draining.values())
         m["workers"], m["next"] = paging.page(m["workers"], lambda w: w["id"],
                                               args.get("after"), limit)
         m["block_size"] = self.config.block_size
@@ -77,6 +79,7 @@ class Status:
         at once: one timeout, not one each)."""
         with self._lock:
             infos = list(self.core.cluster_map()["workers"])
+            infos += [dict(i, draining=True) for i in self.members.draining.values()]
             infos += [dict(i, alive=False, lost=True) for i in self.members.lost.values()]
         infos.sort(key=lambda i: i["id"])
         chosen, nxt = paging.page(infos, lambda i: i["id"], after, limit)
@@ -137,6 +140,6 @@ class Status:
                          "misses": counts.misses,
                          "cached_bytes": self.blocks.cached_bytes(owner)})
         with self._lock:
-            workers = len(self.core.workers)
+            workers = len(self.core.workers) + len(self.members.draining)
         capacity = workers * sum(t.quota for t in self.config.tiers)
         self._metrics.publish(rows, capacity, self.blocks.total_bytes())

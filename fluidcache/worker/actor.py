@@ -166,9 +166,9 @@ class Worker:
         return ray.get(self._master.heartbeat.remote(self.info(), report, self._secret),
                        timeout=_MASTER_TIMEOUT)
 
-    def _ask_holders(self, key: str) -> list:
-        return ray.get(self._master.holders_for_worker.remote(key, self._secret),
-                       timeout=10)
+    def _ask_holders(self, key: str) -> dict:
+        return ray.get(self._master.holders_for_worker.remote(key, self.node_id,
+                                                              self._secret), timeout=10)
 
     def _ask_rules(self) -> dict:
         return ray.get(self._master.rules_for_worker.remote(self._secret),

@@ -28,7 +28,8 @@ from ..tiering import layout
 
 log = logging.getLogger(__name__)
 _KEY_CHARS = frozenset("0123456789abcdef")
-_PULL_TIMEOUT = 60.0
+_PULL_TIMEOUT = 60.0       # a move's pull (in the background)
+_READ_PULL_TIMEOUT = 5.0   # a reader's miss, from a holder
 
 
 def check_key(key) -> str:
@@ -47,6 +48,8 @@ class Peers:
         self._ask_holders, self._report_after = ask_holders, report_after
         self._secret = config.worker_secret
         self._pool = Pool(5.0, _PULL_TIMEOUT, max_idle=4, max_data=config.max_data)
+        # a reader waits on this one: a holder that hangs costs seconds, not a minute
+        self._quick = Pool(2.0, _READ_PULL_TIMEOUT, max_idle=4, max_data=config.max_data)
         self._until = 0.0                      # monotonic: look at peers on a miss until
         self._rate_lock = threading.Lock()
         self._next_free = time.monotonic()     # the rate limit's clock
@@ -73,27 +76,33 @@ class Peers:
                 not hmac.compare_digest(req.token.encode(), self._secret.encode()):
             raise AccessDenied("peer reads are for the cluster's workers only")
         key = check_key(req.args.get("key"))
-        about = self.store.describe(key)
+        if self.store.in_memory(key):         # tmpfs: cheaper than a hop
+            about, data = self._read_held(key)
+        else:                                 # a disk may stall: never on the loop
+            about, data = await asyncio.get_running_loop().run_in_executor(
+                None, self._read_held, key)
         if about is None:
-            raise NotFound(f"block {key} is not held here")
-        expect = (about.meta.fid, about.meta.index)
-        if self.store.in_memory(key):
-            data = self.store.get(key, expect)
-        else:
-            data = await asyncio.get_running_loop().run_in_executor(
-                None, self.store.get, key, expect)
-        if data is None:
             raise NotFound(f"block {key} is not held here")
         self.counters["peer_served"] += 1
         return {"n": len(data), "owner": about.meta.owner, "fid": about.meta.fid,
                 "index": about.meta.index, "h": xxhash.xxh3_64_intdigest(data)}, data
 
+    def _read_held(self, key: str):
+        """(what a held block is, its verified bytes), or (None, None)."""
+        about = self.store.describe(key)
+        if about is None:
+            return None, None
+        data = self.store.get(key, (about.meta.fid, about.meta.index))
+        return (about, data) if data is not None else (None, None)
+
     # -- the puller's side (threads) ---------------------------------------------------
-    def pull(self, address: str, key: str,
-             expect: tuple[str, int] | None = None) -> tuple[layout.Meta, bytes]:
+    def pull(self, address: str, key: str, expect: tuple[str, int] | None = None,
+             quick: bool = False) -> tuple[layout.Meta, bytes]:
         """A block from the peer at `address`, checked: its key is the one its file id
-        and index make (and `expect`, when given), and its bytes match the checksum."""
-        result, data = self._pool.call(address, "peer", {"key": key}, token=self._secret)
+        and index make (and `expect`, when given), and its bytes match the checksum.
+        `quick`: a reader waits (short timeouts)."""
+        pool = self._quick if quick else self._pool
+        result, data = pool.call(address, "peer", {"key": key}, token=self._secret)
         if not isinstance(result, dict):
             raise InvalidRequest(f"{address}: a malformed peer reply")
         owner, fid, index = result.get("owner"), result.get("fid"), result.get("index")
@@ -108,24 +117,26 @@ class Peers:
             raise InvalidRequest(f"{address}: block {key} arrived damaged")
         return layout.Meta(owner, fid, index), data
 
-    def fetch(self, key: str, fid: str, index: int) -> bytes | None:
-        """A missed block from a worker that holds it (None: nobody does, or none
-        answered): while blocks move, a read goes to its previous holder, not the store."""
+    def fetch(self, key: str, fid: str, index: int) -> tuple[bytes | None, bool]:
+        """A missed block from a worker that holds it: (its bytes, whether this worker
+        owns it and caches it); (None, True) when nobody holds it or none answered.
+        While blocks move, a read goes to its previous holder, not the store."""
         try:
-            holders = [a for a in self._ask_holders(key) if a != self._address()]
+            got = self._ask_holders(key)
+            holders = [a for a in got["addresses"] if a != self._address()]
         except Exception as exc:  # noqa: BLE001 - the master busy: the store it is
             log.debug("holders of %s: %s", key, exc)
-            return None
+            return None, True
         for address in holders:
             try:
-                _, data = self.pull(address, key, (fid, index))
+                _, data = self.pull(address, key, (fid, index), quick=True)
             except FluidError as exc:
                 log.debug("block %s from %s: %s", key, address, exc)
                 continue
             self.counters["peer_fetches"] += 1
             self.counters["peer_bytes"] += len(data)
-            return data
-        return None
+            return data, bool(got.get("cache", True))
+        return None, True
 
     def move_in(self, items: list) -> dict:
         """The master's move order: [[key, holder address]]. Each block is pulled and
@@ -168,3 +179,4 @@ class Peers:
 
     def close(self) -> None:
         self._pool.close()
+        self._quick.close()

@@ -410,11 +410,12 @@ class Reads:
         t0 = time.monotonic()
         ns = dsid.partition("/")[0]
         try:
-            data = None
+            data, owned = None, True
             if self.peers is not None and self.peers.active():   # blocks are moving: its
-                data = await self._in_share(ns, self.peers.fetch,  # holder has it
-                                            found.key, found.fid, r.index, hint=hint)
-            from_peer = cacheable = data is not None
+                data, owned = await self._in_share(                # holder has it
+                    ns, self.peers.fetch, found.key, found.fid, r.index, hint=hint)
+            from_peer = data is not None
+            cacheable = from_peer and owned     # (not an owner: served, not kept)
             if not from_peer:
                 data, cacheable = await self._in_share(
                     ns, found.mount.read_range, found.rel, r.version, start,

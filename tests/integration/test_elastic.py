@@ -12,7 +12,7 @@ import pytest
 
 from fluidcache.testing.proxy import LatencyProxy
 
-from ..helpers import cli_env, digests, read_digests, status, wait_for
+from ..helpers import cli_env, digests, home_env, read_digests, status, wait_for
 
 pytestmark = pytest.mark.integration
 MiB = 1024**2
@@ -85,7 +85,8 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
         # what it holds was moved to it or read from its holder (a block may be both
         # at once: then it counts in both)
         assert rb["moved_blocks"] <= held[added.node_id] <= rb["moved_blocks"] + fetched
-        assert sum(held.values()) == sum(len(range(0, len(v), MiB)) for v in files.values())
+        blocks = sum(len(range(0, len(v), MiB)) for v in files.values())
+        assert sum(held.values()) == blocks
         refetched = full_pass("el")
         assert refetched <= 0.02 * total, f"{refetched} of {total} bytes from the store"
         freed = cli_env(env, "free", "fluid://el").stdout     # not forced: pins hold
@@ -101,6 +102,8 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
         wait_for(lambda: settled(2), what="two workers after the drain")
         refetched = full_pass("el")
         assert refetched <= 0.02 * total, f"{refetched} of {total} bytes from the store"
+        held = sum(t["blocks"] for w in alive().values() for t in w["tiers"])
+        assert held == blocks, f"{held} blocks held for {blocks}: none lost, no extra copy"
 
         # -- kill without a drain, 2 replicas: nothing refetched (the store is off)
         third = cluster.add_node(num_cpus=1)
@@ -134,6 +137,30 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
         wait_for(lambda: settled(2), what="two workers after Ray's drain")
         refetched = full_pass("el")
         assert refetched <= 0.02 * total, f"{refetched} of {total} bytes from the store"
+
+        # -- a worker that keeps a must-cache file (its only copy) is not retired
+        # while it has it; the file stays readable from it meanwhile
+        fifth = cluster.add_node(num_cpus=1)
+        wait_for(lambda: settled(3), what="three workers for the kept file")
+        cli_env(env, "dataset", "create", "mc", "--mount", "/=s3://fc-elastic/mc",
+                "--write-mode", "must-cache", *opts)
+        body = os.urandom(3 * MiB + 7)
+        with home_env(env["FLUIDCACHE_HOME"]):
+            import fluidcache
+            from fluidcache.understore.versions import parse_cached
+            c = fluidcache.connect()
+            fs = c.filesystem(skip_instance_cache=True)
+            fs.pipe_file("fluid://mc/kept.bin", body)
+            holder = parse_cached(fs.info("fluid://mc/kept.bin")["version"])[0]
+            got = c.drain(holder)
+            assert got["state"] == "draining" and got["kept_files"] == 1, got
+            assert c.drain(holder, wait=True, timeout=3)["state"] == "draining"
+            assert fs.cat_file("fluid://mc/kept.bin") == body   # from the draining worker
+            fs.rm("fluid://mc/kept.bin")
+            assert c.drain(holder, wait=True, timeout=60)["state"] == "retired"
+            c.close()
+        if holder == fifth.node_id:
+            cluster.remove_node(fifth)
     finally:
         cli_env(env, "stop", check=False)
         cluster.shutdown()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fluidcache import placement
-from fluidcache.master.moves import DatasetPlace, Holding, plan, summary
+from fluidcache.master.moves import DatasetPlace, Holding, plan, summary, surplus
 
 W = [{"id": w} for w in ("a", "b", "c")]
 KEYS = [f"{i:032x}" for i in range(600)]
@@ -60,3 +60,23 @@ def test_selectors_hold_removed_datasets_stay():
     assert moves and all(m.dest == "c" for m in moves)    # never the unlabelled b
     assert plan(held, labelled, {}) == []                 # a removed dataset: not moved
     assert plan(held, [{"id": "b"}], {"ns/sel": DatasetPlace(1, {"cache": "yes"})}) == []
+
+
+def test_copies_are_counted_on_routable_workers_and_local_first_stays():
+    held = [Holding(k, "ns/d", 10, ("a", "b")) for k in KEYS[:50]]      # b drains
+    moves = plan(held, [{"id": "a"}, {"id": "c"}], {"ns/d": DatasetPlace(1, {})})
+    assert all(m.copies == 1 and m.src == "b" for m in moves)   # not 2: b is going
+    lf = [Holding(k, "ns/lf", 10, ("a",)) for k in KEYS]
+    assert plan(lf, W, {"ns/lf": DatasetPlace(1, {}, local_first=True)}) == []
+
+
+def test_a_holder_is_freed_only_when_every_owner_holds_the_block():
+    key = KEYS[0]
+    place = DatasetPlace(1, {})
+    owner = placement.owners(key, ["a", "b", "c"])[0]
+    other = next(w for w in "abc" if w != owner)
+    assert surplus(key, place, W, 1, {other}, [other]) == []             # owner lacks it
+    assert surplus(key, place, W, 1, {other, owner}, [other]) == [other]
+    assert surplus(key, place, W, 1, {other, owner}, [owner]) == []      # never an owner
+    two = placement.owners(key, ["a", "b", "c"], 2)
+    assert surplus(key, place, W, 2, {owner}, [two[1]]) == []            # 2 copies kept

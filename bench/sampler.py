@@ -1,0 +1,214 @@
+"""Samplers when the dataset is twice the cache: plain, locality and substituting.
+
+    python -m bench.sampler                       # 1,500 objects of 80-140 KB
+    python -m bench.sampler --objects 600 --out bench
+
+moto S3 behind the latency proxy (20 ms first byte per request), a local fluidcache
+cluster whose memory tier holds half the dataset, once with `fill-once` eviction and
+once with `lru`. A training loop: DataLoader(num_workers=2, batch 32) over FluidDataset
+(a decode-like step per sample, every sample's xxh3 checked) feeding a tiny CPU model.
+Per sampler, on the same cache, two epochs after the cache was filled by one plain
+epoch; the second is the warm epoch reported. Samplers: torch's RandomSampler (plain),
+CacheAwareDistributedSampler (locality: one rank here, so its order is the permutation)
+and SubstitutingSampler (window 512). Against the same loop reading direct s3fs (through
+the proxy) and tmpfs (the ceiling). Hit ratio = the workers' hits / (hits + misses) for
+the dataset during the epoch: a miss is a read that waited on the store (also one that
+found its prefetch still in flight), so it is the effective hit ratio. One run: each
+figure is one measurement (no median, no worst case).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+import zlib
+
+import xxhash
+
+from fluidcache.testing.proxy import LatencyProxy
+from fluidcache.testing.s3 import MotoServer
+
+
+class Decode:
+    """A sample's xxh3 (>> 1) after a fixed decode-like step."""
+
+    def __call__(self, data: bytes) -> int:
+        zlib.compress(data[:32768], 1)
+        return xxhash.xxh3_64_intdigest(data) >> 1
+
+
+def _epoch(ds, sampler, expected: dict[str, int]) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loader = DataLoader(ds, batch_size=32, sampler=sampler, num_workers=2,
+                        collate_fn=lambda b: b)
+    seen, t0 = [], time.perf_counter()
+    for batch in loader:
+        seen += batch
+        x = torch.randn(len(batch), 64)
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    dt = time.perf_counter() - t0
+    if sorted(seen) != sorted(expected[p.rsplit("/", 1)[-1]] for p in ds.paths):
+        raise AssertionError("an epoch read wrong bytes or not each sample once")
+    return dt
+
+
+def _counts(client) -> tuple[int, int]:
+    d = next(d for d in client.status()["datasets"] if d["name"] == "smp")
+    return d["hits"], d["misses"]
+
+
+def _settled(client, before: tuple[int, int], n: int) -> tuple[int, int]:
+    deadline = time.monotonic() + 30
+    while True:
+        h, m = _counts(client)
+        if (h + m) - sum(before) >= n or time.monotonic() > deadline:
+            return h - before[0], m - before[1]
+        time.sleep(0.2)        # polling the heartbeats' counts (a condition)
+
+
+def run(n: int, delay: float) -> dict:
+    import fsspec
+    import torch
+
+    from fluidcache import cluster as fc, config, connect
+    from fluidcache.integrations.torch import (CacheAwareDistributedSampler, FluidDataset,
+                                               SubstitutingSampler)
+    rng = random.Random(0)
+    objects = {f"o{i:05d}.bin": rng.randbytes(rng.randint(80_000, 140_000)) for i in range(n)}
+    expected = {k: xxhash.xxh3_64_intdigest(v) >> 1 for k, v in objects.items()}
+    total = sum(map(len, objects.values()))
+    out: dict = {"objects": n, "dataset_bytes": total, "cache_bytes": total // 2,
+                 "delay_ms": delay * 1000}
+    work = tempfile.mkdtemp(prefix="fc-smp-")
+    tmpfs = tempfile.mkdtemp(prefix="fc-smp-", dir="/dev/shm" if os.path.isdir("/dev/shm")
+                             else None)
+    try:
+        with MotoServer() as moto, LatencyProxy(moto.endpoint, delay) as store:
+            s3 = moto.filesystem()
+            s3.mkdir("smp")
+            s3.pipe({f"smp/{k}": v for k, v in objects.items()})
+            os.makedirs(os.path.join(tmpfs, "data"))
+            for k, v in objects.items():
+                with open(os.path.join(tmpfs, "data", k), "wb") as f:
+                    f.write(v)
+
+            def plain(ds, epoch):
+                return torch.utils.data.RandomSampler(
+                    ds, generator=torch.Generator().manual_seed(epoch))
+
+            local = FluidDataset([os.path.join(tmpfs, "data", k) for k in sorted(objects)],
+                                 Decode(), fsspec.filesystem("file"))
+            out["tmpfs"] = [_epoch(local, plain(local, e), expected) for e in (1, 2)]
+            direct = fsspec.filesystem("s3", key=moto.credentials["key"],
+                                       secret=moto.credentials["secret"],
+                                       client_kwargs={"endpoint_url": store.endpoint},
+                                       skip_instance_cache=True)
+            remote = FluidDataset([f"smp/{k}" for k in sorted(objects)], Decode(), direct)
+            out["s3fs"] = [_epoch(remote, plain(remote, e), expected) for e in (1, 2)]
+            for eviction in ("fill-once", "lru"):
+                out[eviction] = _fluid(fc, config, connect, store, eviction, total, work,
+                                       tmpfs, expected, plain, FluidDataset,
+                                       CacheAwareDistributedSampler, SubstitutingSampler)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(tmpfs, ignore_errors=True)
+    return out
+
+
+def _fluid(fc, config, connect, store, eviction, total, work, tmpfs, expected, plain,
+           FluidDataset, CacheAware, Substituting) -> dict:
+    home = os.path.join(work, f"home-{eviction}")
+    os.environ["FLUIDCACHE_HOME"] = home
+    cfg = config.load(tiers=[{"medium": "MEM", "path": os.path.join(tmpfs, f".t-{eviction}"),
+                              "quota": total // 2}], eviction=eviction)
+    fc.start(cfg, dashboard=False)
+    rows: dict = {}
+    try:
+        client = connect()
+        client.create_dataset("smp", {"/": "s3://smp"}, store.options(), sync="never")
+        ds = FluidDataset("fluid://smp", Decode(),
+                          client.filesystem(skip_instance_cache=True))
+        _epoch(ds, plain(ds, 0), expected)            # fills the cache (half fits)
+        makers = {"plain": lambda e: plain(ds, e),
+                  "locality": lambda e: _epoch_set(CacheAware(ds, num_replicas=1, rank=0,
+                                                              seed=0), e),
+                  "substituting": lambda e: _epoch_set(Substituting(ds, window=512,
+                                                                    seed=0), e)}
+        for name, make in makers.items():
+            row = []
+            for e in (1, 2):
+                sampler = make(e)
+                before = _counts(client)
+                s = _epoch(ds, sampler, expected)
+                h, m = _settled(client, before, len(ds))
+                row.append({"s": s, "hit_ratio": h / max(1, h + m),
+                            "sampler_ready": getattr(sampler, "effective_hit_ratio",
+                                                     lambda: None)()})
+            rows[name] = row
+        client.close()
+    finally:
+        fc.stop()
+    return rows
+
+
+def _epoch_set(sampler, epoch: int):
+    sampler.set_epoch(epoch)
+    if hasattr(sampler, "refresh") and not hasattr(sampler, "effective_hit_ratio"):
+        sampler.refresh()                   # the locality sampler's homes, this epoch
+    return sampler
+
+
+def markdown(r: dict, command: str) -> str:
+    lines = [f"## Samplers, dataset twice the cache (`{command}`)", "",
+             f"{r['objects']} objects of 80-140 KB ({r['dataset_bytes'] / 1e6:.0f} MB), "
+             f"cache {r['cache_bytes'] / 1e6:.0f} MB (one memory tier), moto S3 behind a "
+             f"{r['delay_ms']:.0f} ms first-byte proxy; DataLoader(num_workers=2, batch 32). "
+             "Warm epoch = the second epoch of each sampler on the same cache. Hit ratio = "
+             "reads that did not wait on the store (the workers' counts). One run: single "
+             "measurements.", "",
+             "| eviction | sampler | warm epoch s | vs plain | hit ratio | target |",
+             "|---|---|---:|---:|---:|---|"]
+    for ev in ("fill-once", "lru"):
+        base = r[ev]["plain"][1]["s"]
+        for name, row in r[ev].items():
+            w = row[1]
+            target = "<= 0.6x plain, hit ratio >= 0.9" if name == "substituting" else ""
+            lines.append(f"| {ev} | {name} | {w['s']:.2f} | {w['s'] / base:.2f}x | "
+                         f"{w['hit_ratio']:.2f} | {target} |")
+    lines += ["", f"Direct s3fs: {r['s3fs'][1]:.2f} s; tmpfs (the ceiling): "
+              f"{r['tmpfs'][1]:.2f} s (second epoch each).", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.sampler", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--objects", type=int, default=1500)
+    p.add_argument("--delay", type=float, default=0.02, help="store first-byte latency (s)")
+    p.add_argument("--out", help="write sampler.json and sampler.md here")
+    a = p.parse_args(argv)
+    r = run(a.objects, a.delay)
+    text = markdown(r, "python -m bench.sampler" + (f" --objects {a.objects}"
+                                                    if a.objects != 1500 else ""))
+    print(text)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        with open(os.path.join(a.out, "sampler.json"), "w") as f:
+            json.dump(r, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
