@@ -51,7 +51,7 @@ def _epoch(env: dict, want: dict) -> float:
     return got["s"]
 
 
-def run(mib: int, delay: float) -> dict:
+def run(mib: int, delay: float, rate: int) -> dict:
     import xxhash
     from ray.cluster_utils import Cluster
 
@@ -60,7 +60,8 @@ def run(mib: int, delay: float) -> dict:
     n = mib * 2
     objects = {f"o{i:04d}.bin": os.urandom(MiB // 2) for i in range(n)}
     want = {k: xxhash.xxh3_64_intdigest(v) for k, v in objects.items()}
-    out: dict = {"objects": n, "dataset_bytes": n * MiB // 2, "delay_ms": delay * 1000}
+    out: dict = {"objects": n, "dataset_bytes": n * MiB // 2, "delay_ms": delay * 1000,
+                 "rate": rate}
     with MotoServer() as s3, LatencyProxy(s3.endpoint, delay) as proxy:
         fs = s3.filesystem()
         fs.mkdir("bench-el")
@@ -68,12 +69,12 @@ def run(mib: int, delay: float) -> dict:
         options = dict(s3.options(), endpoint_url=proxy.endpoint)
         for rebalance in (True, False):
             out["with" if rebalance else "without"] = _one(
-                Cluster, fc, config, connect, options, want, rebalance, mib)
+                Cluster, fc, config, connect, options, want, rebalance, mib, rate)
     return out
 
 
 def _one(Cluster, fc, config, connect, options: dict, want: dict, rebalance: bool,
-         mib: int) -> dict:
+         mib: int, rate: int) -> dict:
     rc = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
                                                       "include_dashboard": False})
     first = rc.add_node(num_cpus=1)
@@ -84,7 +85,8 @@ def _one(Cluster, fc, config, connect, options: dict, want: dict, rebalance: boo
     env = dict(os.environ, FLUIDCACHE_HOME=home)
     os.environ["FLUIDCACHE_HOME"] = home
     cfg = config.load(tiers=[{"medium": "MEM", "path": mem, "quota": 2 * mib * MiB}],
-                      block_size=MiB, host="127.0.0.1", rebalance=rebalance)
+                      block_size=MiB, host="127.0.0.1", rebalance=rebalance,
+                      rebalance_rate=rate)
     rows = []
     try:
         fc.start(cfg, rc.address, dashboard=False)
@@ -102,23 +104,30 @@ def _one(Cluster, fc, config, connect, options: dict, want: dict, rebalance: boo
                     raise TimeoutError(what)
                 time.sleep(0.2)          # polling the cluster's state (a condition)
 
-        def store() -> int:
-            return sum(w["stats"]["ufs_bytes_read"] for w in workers().values())
+        def counted() -> tuple[int, int]:
+            ws = workers().values()
+            return (sum(w["stats"]["ufs_bytes_read"] for w in ws),
+                    sum(w["stats"].get("peer_fetches", 0) for w in ws))
 
         def epochs(phase: str) -> None:
             for k in (1, 2):
-                before = store()
+                before = counted()
                 s = _epoch(env, want)
+                after = counted()
                 rows.append({"phase": phase, "epoch": k, "s": s,
-                             "store_bytes": store() - before})
+                             "store_bytes": after[0] - before[0],
+                             "peer_fetches": after[1] - before[1]})
 
         until(lambda: len(workers()) == 2, "two workers")
         epochs("2 nodes, loaded")
         rc.add_node(num_cpus=1)
         until(lambda: len(workers()) == 3, "a third worker")
         epochs("2 -> 3")
+        drain_s = 0.0
         if rebalance:          # the node that leaves is one of the first two: it holds
-            c.drain(first.node_id, wait=True, timeout=600)     # its share and more
+            t0 = time.perf_counter()                           # its share and more
+            c.drain(first.node_id, wait=True, timeout=600)
+            drain_s = time.perf_counter() - t0
         rc.remove_node(first)
         until(lambda: len(workers()) == 2, "two workers again")
         epochs("3 -> 2")
@@ -129,7 +138,7 @@ def _one(Cluster, fc, config, connect, options: dict, want: dict, rebalance: boo
         rc.shutdown()
         shutil.rmtree(mem, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
-    return {"epochs": rows, "rebalance": rb}
+    return {"epochs": rows, "rebalance": rb, "drain_s": drain_s}
 
 
 def markdown(r: dict, command: str) -> str:
@@ -140,15 +149,21 @@ def markdown(r: dict, command: str) -> str:
              "over TCP per epoch. Store MiB = what the workers fetched from the store in "
              "that epoch (one run each: single measurements).", "",
              "| after | epoch | store MiB, rebalancing | store MiB, without | "
-             "epoch s, rebalancing | epoch s, without |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "epoch s, rebalancing | epoch s, without | blocks read from a holder "
+             "while moving |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for a, b in zip(r["with"]["epochs"], r["without"]["epochs"], strict=True):
         lines.append(f"| {a['phase']} | {a['epoch']} | {a['store_bytes'] / MiB:.1f} | "
-                     f"{b['store_bytes'] / MiB:.1f} | {a['s']:.2f} | {b['s']:.2f} |")
+                     f"{b['store_bytes'] / MiB:.1f} | {a['s']:.2f} | {b['s']:.2f} | "
+                     f"{a.get('peer_fetches', 0)} |")
     rb = r["with"]["rebalance"]
     lines += ["", f"Rebalancing moved {rb['moved_blocks']} blocks "
-              f"({rb['bytes_moved'] / MiB:.1f} MiB) between workers; "
-              f"{rb['failed_blocks']} failed.", "", "![store MiB per epoch](elastic.png)", ""]
+              f"({rb['bytes_moved'] / MiB:.1f} MiB) between workers at up to "
+              f"{r['rate'] / MiB:.0f} MiB/s per worker (the first 2 -> 3 epoch starts as "
+              f"the new worker comes up, so it reads while the blocks move); "
+              f"{rb['failed_blocks']} failed. The drain before 3 -> 2 took "
+              f"{r['with']['drain_s']:.1f} s (not in the epoch times). Store bytes are the "
+              "workers' own counts.", "", "![store MiB per epoch](elastic.png)", ""]
     return "\n".join(lines)
 
 
@@ -177,9 +192,12 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mib", type=int, default=96, help="dataset size in MiB")
     p.add_argument("--delay", type=float, default=0.02, help="store first-byte latency (s)")
+    p.add_argument("--rate", default="16MiB",
+                   help="rebalance_rate: slow enough that the first epoch meets the moves")
     p.add_argument("--out", help="write elastic.json, elastic.md and elastic.png here")
     a = p.parse_args(argv)
-    r = run(a.mib, a.delay)
+    from fluidcache.config import parse_size
+    r = run(a.mib, a.delay, parse_size(a.rate))
     text = markdown(r, "python -m bench.elastic" + (f" --mib {a.mib}" if a.mib != 96 else ""))
     print(text)
     if a.out:
