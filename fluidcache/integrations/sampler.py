@@ -34,7 +34,7 @@ from .window import Window
 class SubstitutingSampler:
     def __init__(self, dataset, window: int = 512, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None,
-                 shuffle: bool = True, drop_last: bool = False, prefetch: int = 16,
+                 shuffle: bool = True, drop_last: bool = False, prefetch: int = 32,
                  max_wait: float = 0.5) -> None:
         """`dataset`: a FluidDataset (its `paths` and `fs`); `window`: samples the order
         may be chosen among; `prefetch`: files fetched at once; `max_wait`: seconds the
@@ -76,15 +76,20 @@ class SubstitutingSampler:
         return order[self.rank::self.num_replicas]
 
     def refresh(self) -> set[int]:
-        """The samples whose files are wholly cached now, from the block reports."""
-        from ..scheduling import locate
+        """The samples whose files are wholly cached now, from the block reports: the
+        cached bytes of every file of each dataset the samples are in, asked of the
+        master a page at a time (`du` per file), against the files' listed sizes."""
         fs = self.dataset.fs
-        urls = [f"fluid://{p}" for p in self.dataset.paths]
-        found = locate(urls)
+        by_ds: dict[str, dict[str, int]] = {}
+        for p in self.dataset.paths:
+            ds, _, _ = p.partition("/")
+            if ds not in by_ds:
+                by_ds[ds] = _cached_by_file(fs, ds)
         cached = set()
-        for i, (p, u) in enumerate(zip(self.dataset.paths, urls, strict=True)):
-            held = found.get(u)
-            if held and max(held.values()) >= fs.info(p)["size"]:
+        for i, p in enumerate(self.dataset.paths):
+            ds, _, rel = p.partition("/")
+            got = by_ds[ds].get(rel, 0)
+            if got and got >= fs.info(p)["size"]:
                 cached.add(i)
         self.cached = cached
         return cached
@@ -96,7 +101,9 @@ class SubstitutingSampler:
         cv = threading.Condition()
         fs = self.dataset.fs
         stats = self.stats = {"samples": 0, "ready": 0, "waited_s": 0.0, "forced": 0,
-                              "prefetched": 0}
+                              "prefetched": 0, "prefetch_failed": 0}
+
+        failed: set[int] = set()
 
         def fetch(i: int) -> None:
             try:
@@ -104,10 +111,9 @@ class SubstitutingSampler:
             except Exception:  # noqa: BLE001 - a hint: the reader reports what is wrong
                 ok = False
             with cv:
-                if ok:
-                    landed.add(i)
-                    stats["prefetched"] += 1
-                started.discard(i)          # (a failed one may be asked again)
+                (landed if ok else failed).add(i)   # (failed: not worth waiting for)
+                stats["prefetched" if ok else "prefetch_failed"] += 1
+                started.discard(i)
                 cv.notify_all()
 
         pool = ThreadPoolExecutor(self.prefetch, thread_name_prefix="fc-substitute")
@@ -115,25 +121,30 @@ class SubstitutingSampler:
         try:
             while len(win):
                 for i in win.fill():
-                    if i not in cached and i not in started and i not in landed:
+                    if i not in cached and i not in started and i not in landed \
+                            and i not in failed:
                         started.add(i)
                         pool.submit(fetch, i)
                 with cv:
                     def ready(i: int) -> bool:
                         return i in cached or i in landed
-                    got = win.take(ready)
+
+                    def worth(i: int) -> bool:   # ready, or never will be: no wait
+                        return i in cached or i in landed or i in failed
+                    got = win.take(worth)
                     if got is None:       # nothing ready: wait for a landing, a while
                         t0 = time.monotonic()
                         deadline = t0 + self.max_wait
                         while got is None and time.monotonic() < deadline:
                             cv.wait(deadline - time.monotonic())
-                            got = win.take(ready)
+                            got = win.take(worth)
                         stats["waited_s"] += time.monotonic() - t0
                         if got is None:
                             got = win.take_head()
                             stats["forced"] += 1
-                    was_ready = got in cached or got in landed
+                    was_ready = ready(got)
                     landed.discard(got)
+                    failed.discard(got)
                 stats["samples"] += 1
                 stats["ready"] += was_ready
                 yield got
@@ -143,3 +154,16 @@ class SubstitutingSampler:
     def effective_hit_ratio(self) -> float:
         """Of the last epoch's samples (so far), the share yielded cached or landed."""
         return self.stats.get("ready", 0) / max(1, self.stats.get("samples", 0))
+
+
+def _cached_by_file(fs, dataset: str) -> dict[str, int]:
+    """{path in the dataset: cached bytes} of all its files, in pages."""
+    out: dict[str, int] = {}
+    after = None
+    while True:
+        page = fs.client.cluster.master("du", {"ds": dataset, "p": "", "per_file": True,
+                                               "after": after})
+        out.update(page["cached_by_file"])
+        after = page["next"]
+        if after is None:
+            return out

@@ -27,6 +27,7 @@ from . import plan
 from .blockmap import BlockMap
 from .catalog import Target, target
 from .core import MasterCore
+from .listing import DIR
 from .listings import Listings
 from .membership import Membership
 
@@ -57,8 +58,23 @@ class DataOps:
         limit = self.config.max_walk_files if budget is None else budget
         deadline = time.monotonic() + self.config.walk_seconds
         out = []
-        for f in plan.walk(lambda d: self.listings.listing(ds, d, refresh),
-                           lambda p, v: self.listings.fid(ds, p, v), path):
+
+        def lookup(d: str):
+            """A file in its parent's cached listing is taken from there (a path asked
+            alone would otherwise cost the store a round trip); else the listing."""
+            parent, _, name = d.rpartition("/")
+            with self._lock:
+                held = None if refresh or not name else \
+                    self.core.listing(ds.namespace, ds.name, parent, time.monotonic())
+            i = held.find(name) if held is not None else None
+            if i is not None:
+                _, kind, size, version = held.entry(i)
+                if kind != DIR:
+                    return {"size": size, "version": version,
+                            "fid": self.listings.fid(ds, d, version)}
+            return self.listings.listing(ds, d, refresh)
+
+        for f in plan.walk(lookup, lambda p, v: self.listings.fid(ds, p, v), path):
             out.append(f)
             if len(out) > limit:
                 raise InvalidRequest(f"fluid://{ds.name}/{path}: more than {limit} files; "

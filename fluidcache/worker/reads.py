@@ -362,10 +362,11 @@ class Reads:
             raise StaleVersion(f"{r.dataset}/{r.path}: the dataset's mounts changed; "
                                "list it again")
         key = found.key
-        staged = self._staged.pop(key, None)
-        if staged is not None:           # prefetched for a reader that comes now
-            self._staged_bytes -= len(staged)
-            if read:
+        staged = self._staged.get(key)
+        if staged is not None:           # prefetched for a reader that comes now (a
+            if read:                     # hint or a load leaves it for the reader)
+                del self._staged[key]
+                self._staged_bytes -= len(staged)
                 self._count(f"{ns}/{r.dataset}", 0)
             return staged
         if self.store.in_memory(key):
