@@ -17,18 +17,26 @@ takes nothing more) and yielded once they have landed; a sample is never more th
 master's block reports at the start of each epoch (`refresh()`, one paged `locate`)
 and from what this sampler saw land since.
 
-It runs where the DataLoader iterates it (the main process), with `prefetch` threads
-there; the DataLoader's workers (fork or spawn) read as always. Memory: the window's
-samples, a few sets of indices.
+It runs where the DataLoader iterates it (the main process), with at most `prefetch`
+prefetches in flight there; the DataLoader's workers (fork or spawn) read as always.
+Memory: the cached set (one int per cached sample) and the window's samples. The bound
+holds within a rank's share: in the global permutation a sample moves at most
+(window - 1) x num_replicas places. When landings lag, an epoch starts with cached
+samples and ends with the misses; where the cache holds whole classes (fill-once
+filled in path order), batches at the epoch's edges lean to them.
 """
 from __future__ import annotations
 
+import collections
+import logging
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .window import Window
+
+log = logging.getLogger(__name__)
 
 
 class SubstitutingSampler:
@@ -77,33 +85,41 @@ class SubstitutingSampler:
 
     def refresh(self) -> set[int]:
         """The samples whose files are wholly cached now, from the block reports: the
-        cached bytes of every file of each dataset the samples are in, asked of the
-        master a page at a time (`du` per file), against the files' listed sizes."""
+        cached bytes of the files under the samples' common directory in each dataset,
+        asked of the master a page at a time (`du` per file), against the files' listed
+        sizes. A master that does not answer: nothing is taken as cached (the epoch
+        goes on, prefetching)."""
         fs = self.dataset.fs
-        by_ds: dict[str, dict[str, int]] = {}
+        dirs: dict[str, list[str]] = {}
         for p in self.dataset.paths:
-            ds, _, _ = p.partition("/")
-            if ds not in by_ds:
-                by_ds[ds] = _cached_by_file(fs, ds)
-        cached = set()
-        for i, p in enumerate(self.dataset.paths):
             ds, _, rel = p.partition("/")
-            got = by_ds[ds].get(rel, 0)
-            if got and got >= fs.info(p)["size"]:
-                cached.add(i)
+            dirs.setdefault(ds, []).append(rel)
+        cached: set[int] = set()
+        try:
+            by_ds = {ds: _cached_by_file(fs, ds, _common_dir(rels))
+                     for ds, rels in dirs.items()}
+            for i, p in enumerate(self.dataset.paths):
+                ds, _, rel = p.partition("/")
+                got = by_ds[ds].get(rel, 0)
+                if got and got >= fs.info(p)["size"]:
+                    cached.add(i)
+        except Exception as exc:  # noqa: BLE001 - a hint: without it, nothing is cached
+            log.warning("which samples are cached is not known this epoch: %s", exc)
+            cached = set()
         self.cached = cached
         return cached
 
     def __iter__(self):
         cached = self.refresh()
-        landed: set[int] = set()
-        started: set[int] = set()
+        landed: set[int] = set()      # prefetched, in the window
+        failed: set[int] = set()      # prefetch failed, in the window: not waited for
+        waiting: set[int] = set()     # in the window, not yielded
+        todo: collections.deque[int] = collections.deque()   # to prefetch, in order
+        state = {"in_flight": 0, "landings": 0}
         cv = threading.Condition()
         fs = self.dataset.fs
         stats = self.stats = {"samples": 0, "ready": 0, "waited_s": 0.0, "forced": 0,
                               "prefetched": 0, "prefetch_failed": 0}
-
-        failed: set[int] = set()
 
         def fetch(i: int) -> None:
             try:
@@ -111,28 +127,39 @@ class SubstitutingSampler:
             except Exception:  # noqa: BLE001 - a hint: the reader reports what is wrong
                 ok = False
             with cv:
-                (landed if ok else failed).add(i)   # (failed: not worth waiting for)
+                if i in waiting:            # (one yielded meanwhile is forgotten)
+                    (landed if ok else failed).add(i)
                 stats["prefetched" if ok else "prefetch_failed"] += 1
-                started.discard(i)
+                state["in_flight"] -= 1
+                state["landings"] += 1
                 cv.notify_all()
 
         pool = ThreadPoolExecutor(self.prefetch, thread_name_prefix="fc-substitute")
         win = Window(self.order(), self.window)
+        starved = -1                  # landings seen when a wait last found none
         try:
             while len(win):
-                for i in win.fill():
-                    if i not in cached and i not in started and i not in landed \
-                            and i not in failed:
-                        started.add(i)
-                        pool.submit(fetch, i)
                 with cv:
+                    for i in win.fill():
+                        waiting.add(i)
+                        if i not in cached:
+                            todo.append(i)
+                    while todo and state["in_flight"] < self.prefetch:
+                        i = todo.popleft()   # at most `prefetch` in flight: nothing
+                        if i in waiting:     # piles up behind a slow store
+                            state["in_flight"] += 1
+                            pool.submit(fetch, i)
+
                     def ready(i: int) -> bool:
                         return i in cached or i in landed
 
                     def worth(i: int) -> bool:   # ready, or never will be: no wait
                         return i in cached or i in landed or i in failed
                     got = win.take(worth)
-                    if got is None:       # nothing ready: wait for a landing, a while
+                    if got is None and starved == state["landings"]:
+                        got = win.take_head()    # nothing landed since the last wait
+                        stats["forced"] += 1     # ran out: do not wait again for now
+                    elif got is None:     # nothing ready: wait for a landing, a while
                         t0 = time.monotonic()
                         deadline = t0 + self.max_wait
                         while got is None and time.monotonic() < deadline:
@@ -142,28 +169,44 @@ class SubstitutingSampler:
                         if got is None:
                             got = win.take_head()
                             stats["forced"] += 1
+                            starved = state["landings"]
                     was_ready = ready(got)
-                    landed.discard(got)
-                    failed.discard(got)
+                    for kept in (waiting, landed, failed):
+                        kept.discard(got)
                 stats["samples"] += 1
                 stats["ready"] += was_ready
                 yield got
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def effective_hit_ratio(self) -> float:
-        """Of the last epoch's samples (so far), the share yielded cached or landed."""
+    def ready_ratio(self) -> float:
+        """Of the last epoch's samples (so far), the share this sampler yielded believing
+        them cached or landed. A belief, not a measurement: under LRU a prefetch may
+        evict a sample the sampler still counts as cached; the workers' hit and miss
+        counts (`status`) say what the reads found."""
         return self.stats.get("ready", 0) / max(1, self.stats.get("samples", 0))
 
 
-def _cached_by_file(fs, dataset: str) -> dict[str, int]:
-    """{path in the dataset: cached bytes} of all its files, in pages."""
+def _common_dir(rels: list[str]) -> str:
+    """The deepest directory holding all of `rels` ("" : the dataset's root)."""
+    import posixpath
+    parents = [posixpath.dirname(r) for r in rels]
+    try:
+        return posixpath.commonpath(parents) if all(parents) else ""
+    except ValueError:
+        return ""
+
+
+def _cached_by_file(fs, dataset: str, under: str) -> dict[str, int]:
+    """{path in the dataset: cached bytes} of the files under `under`, in pages."""
     out: dict[str, int] = {}
     after = None
+    prefix = f"{under}/" if under else ""
     while True:
-        page = fs.client.cluster.master("du", {"ds": dataset, "p": "", "per_file": True,
+        page = fs.client.cluster.master("du", {"ds": dataset, "p": under, "per_file": True,
                                                "after": after})
-        out.update(page["cached_by_file"])
+        out.update({k if k.startswith(prefix) else prefix + k: v
+                    for k, v in page["cached_by_file"].items()})
         after = page["next"]
         if after is None:
             return out

@@ -196,6 +196,11 @@ class Worker:
 
     # -- data operations (the master's load, free, pin, ttl, du) -------------------------
     def free(self, keys: list[str], force: bool) -> dict:
+        try:                    # staged copies go too (a freed version is never served)
+            asyncio.run_coroutine_threadsafe(_started(lambda: self.reads.unstage(keys)),
+                                             self.server.loop).result(_LOOP_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the tiers are freed either way
+            log.warning("dropping staged blocks: %s", exc)
         freed = n = pinned = 0
         for key in keys:
             got = self.store.free(key, force)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TOUCH_MAX = 8192         # keys in one touch (~300 KiB: well under a frame; clients know it)
 _OPS = ("read", "readv", "touch", "prefetch", "peer")
 READV_MAX = 64           # reads in one batch (serve.py's bound too)
+_STAGE_COST = 512        # bytes a staged block counts beyond its data (its entry)
 
 
 class Resolved(NamedTuple):
@@ -66,7 +67,7 @@ class Reads:
         self._mounts: dict[tuple, Mount] = {}
         self._inflight: dict[str, asyncio.Future] = {}
         self._fills: dict[str, asyncio.Task] = {}      # key -> fetch-and-cache in flight
-        self._prefetching = 0                          # hints being filled now
+        self._prefetching: dict[str, int] = {}         # namespace -> hints being filled
         self._shares: dict[str, asyncio.Semaphore] = {}   # namespace -> fetch threads
         self._opening: dict[tuple, asyncio.Future] = {}   # mounts being opened
         self._fetch = ThreadPoolExecutor(config.fetch_threads, thread_name_prefix="fc-fetch")
@@ -74,8 +75,10 @@ class Reads:
         self.peers = None           # peers.Peers: blocks from other workers while they move
         # prefetched blocks no tier took (full, fill-once): kept until read once, at most
         # `stage_bytes` (the first staged go first)
-        self._staged: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._staged_bytes = 0
+        self._staged: collections.OrderedDict[str, tuple[str, bytes]] = \
+            collections.OrderedDict()                  # key -> ("ns/name", bytes)
+        self._staged_bytes: dict[str, int] = {}        # namespace -> bytes staged (+ cost)
+        self._joined: set[str] = set()                 # fills a reader waits on: not staged
 
     # -- the data server's handlers ------------------------------------------------------
     def fast(self, req, payload):
@@ -119,10 +122,12 @@ class Reads:
         if req.op == "prefetch":    # a hint: fill it, answer at once (or, with `wait`,
             if r.version.startswith("c:"):                    # once it has landed)
                 return {"ok": False}, None                    # kept files are not fetched
-            if self._prefetching >= self.config.prefetch_max:
+            ns = req.namespace
+            cap = self.config.prefetch_max if ns == "default" else self.config.prefetch_max // 2
+            if self._prefetching.get(ns, 0) >= max(1, cap):
                 return {"ok": False, "busy": True}, None      # a hint may be dropped
-            self._prefetching += 1
-            task = asyncio.get_running_loop().create_task(self._prefetch(req.namespace, r))
+            self._prefetching[ns] = self._prefetching.get(ns, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._prefetch(ns, r))
             if req.args.get("wait") is True:
                 return {"ok": await asyncio.shield(task)}, None
             return {"ok": True}, None
@@ -183,7 +188,9 @@ class Reads:
             log.debug("prefetch of %s/%s block %d: %s", r.dataset, r.path, r.index, exc)
             return False
         finally:
-            self._prefetching -= 1
+            self._prefetching[ns] -= 1
+            if not self._prefetching[ns]:
+                del self._prefetching[ns]
 
     def _touch(self, ns: str, args: dict):
         """Short-circuit hits of namespace `ns`: only blocks of its own datasets count (a
@@ -282,9 +289,11 @@ class Reads:
                 mount.open()
 
     def forget(self, ns: str, name: str) -> None:
-        """A dataset the master no longer knows: drop its mounts and counters."""
+        """A dataset the master no longer knows: drop its mounts, staged blocks and
+        counters."""
         for key in [k for k in self._mounts if k[:2] == (ns, name)]:
             del self._mounts[key]
+        self.unstage(owner=f"{ns}/{name}")
         self.by_dataset.pop(f"{ns}/{name}", None)
 
     def per_dataset(self) -> dict:
@@ -314,9 +323,10 @@ class Reads:
         sem = self._share(ns, share)
         held: list[asyncio.Semaphore] = []
         try:
-            if hint:  # (a hint waits for its slots before it takes one of its namespace)
-                for cap in (self._share("\0hints", threads // 2),
-                            self._share("\0hints:" + ns, max(1, share // 2))):
+            if hint:  # (its namespace's hint slot first: a namespace whose store hangs
+                      # holds its own slots, never the global ones while it waits)
+                for cap in (self._share("\0hints:" + ns, max(1, share // 2)),
+                            self._share("\0hints", threads // 2)):
                     await cap.acquire()
                     held.append(cap)
             await sem.acquire()
@@ -362,13 +372,12 @@ class Reads:
             raise StaleVersion(f"{r.dataset}/{r.path}: the dataset's mounts changed; "
                                "list it again")
         key = found.key
-        staged = self._staged.get(key)
-        if staged is not None:           # prefetched for a reader that comes now (a
+        held = self._staged.get(key)
+        if held is not None:             # prefetched for a reader that comes now (a
             if read:                     # hint or a load leaves it for the reader)
-                del self._staged[key]
-                self._staged_bytes -= len(staged)
+                self._unstage(key)
                 self._count(f"{ns}/{r.dataset}", 0)
-            return staged
+            return held[1]
         if self.store.in_memory(key):
             data = self.store.get(key, (found.fid, r.index))   # tmpfs: cheaper than a hop
         else:
@@ -378,13 +387,16 @@ class Reads:
                 self._count(f"{ns}/{r.dataset}", 0)
             return data
         fut = self._inflight.get(key)
+        if fut is not None and read:
+            self._joined.add(key)   # a reader has it from this fetch: not staged after
         if fut is None:       # single flight: one fetch per key, however many readers
             fut = self._inflight[key] = loop.create_future()
             task = self._fills[key] = loop.create_task(
                 self._fetch_and_cache(found, r, f"{ns}/{r.dataset}", rec.dataset, fut,
                                       hint=hint))
             task.add_done_callback(lambda _t, k=key: (self._inflight.pop(k, None),
-                                                      self._fills.pop(k, None)))
+                                                      self._fills.pop(k, None),
+                                                      self._joined.discard(k)))
         if read:
             self._count(f"{ns}/{r.dataset}", 1)
         return await asyncio.shield(fut)
@@ -445,20 +457,40 @@ class Reads:
         except Exception:      # the readers have their bytes; log, go on
             log.exception("caching block %s failed", found.key)
             took = True
-        if not took and hint:
-            self._stage(found.key, data)
+        if not took and hint and found.key not in self._joined:
+            self._stage(found.key, dsid, data)
 
-    def _stage(self, key: str, data) -> None:
-        """Keep a prefetched block no tier took until it is read (the oldest go first
-        beyond `stage_bytes`): a hint ahead of a reader still lands."""
-        limit = self.config.stage_bytes
-        if len(data) > limit or key in self._staged:
+    def _stage(self, key: str, dsid: str, data) -> None:
+        """Keep a prefetched block no tier took until it is read: a hint ahead of a
+        reader still lands. At most `stage_bytes` in all, counting each block's bytes
+        and a fixed cost, half of it for one tenant namespace; beyond, the namespace's
+        own oldest go first, then anyone's oldest. Nothing empty is kept."""
+        limit, ns = self.config.stage_bytes, dsid.partition("/")[0]
+        share = limit if ns == "default" else limit // 2
+        cost = len(data) + _STAGE_COST
+        if not len(data) or cost > share or key in self._staged:
             return
-        self._staged[key] = bytes(data)
-        self._staged_bytes += len(data)
-        while self._staged_bytes > limit:
-            _, old = self._staged.popitem(last=False)
-            self._staged_bytes -= len(old)
+        while self._staged_bytes.get(ns, 0) + cost > share:
+            self._unstage(next(k for k, (o, _) in self._staged.items()
+                               if o.partition("/")[0] == ns))
+        while sum(self._staged_bytes.values()) + cost > limit:
+            self._unstage(next(iter(self._staged)))
+        self._staged[key] = (dsid, bytes(data))
+        self._staged_bytes[ns] = self._staged_bytes.get(ns, 0) + cost
+
+    def _unstage(self, key: str) -> None:
+        dsid, data = self._staged.pop(key)
+        ns = dsid.partition("/")[0]
+        self._staged_bytes[ns] -= len(data) + _STAGE_COST
+        if not self._staged_bytes[ns]:
+            del self._staged_bytes[ns]
+
+    def unstage(self, keys=None, owner: str | None = None) -> None:
+        """Drop staged blocks: these keys (freed), or all of dataset `owner`."""
+        drop = [k for k in keys if k in self._staged] if keys is not None else \
+            [k for k, (o, _) in self._staged.items() if o == owner]
+        for k in drop:
+            self._unstage(k)
 
 
 class _Both:

@@ -102,3 +102,22 @@ def test_a_model_converges_in_the_substituted_order():
     (p0, plain), (s0, subst) = train(False), train(True)
     assert plain < 0.5 * p0 and subst < 0.5 * s0              # both learned
     assert abs(subst - plain) <= 0.10 * plain, (plain, subst)
+
+
+def test_seeds_and_epochs_give_different_orders_and_ranks_split_the_permutation():
+    from fluidcache.integrations.sampler import SubstitutingSampler
+
+    class Data:
+        paths = [f"d/{i}" for i in range(101)]
+
+        def __len__(self):
+            return len(self.paths)
+
+    one = SubstitutingSampler(Data(), seed=1)
+    two = SubstitutingSampler(Data(), seed=2)
+    assert one.order() != two.order() and sorted(one.order()) == list(range(101))
+    one.set_epoch(1)
+    assert one.order() != SubstitutingSampler(Data(), seed=1).order()
+    ranks = [SubstitutingSampler(Data(), seed=3, num_replicas=4, rank=r) for r in range(4)]
+    got = sorted(i for s in ranks for i in s.order())
+    assert len(got) == 4 * 26 and set(got) == set(range(101))   # padded as torch pads
