@@ -192,8 +192,15 @@ def _ls(a) -> int:
 
 def _drain(a) -> int:
     r = _client().drain(a.node, a.wait, a.timeout)
-    print(f"{r['node']}: {r['state']}" + (f", {r['pending_blocks']} blocks to move"
-                                          if r["state"] == "draining" else ""))
+    more = ""
+    if r["state"] == "draining":
+        more = f", {r['pending_blocks']} blocks to move"
+        if r.get("pending_files"):
+            more += f", {r['pending_files']} files to upload first"
+        if r.get("kept_files"):
+            more += (f", {r['kept_files']} must-cache files only it holds (it waits for "
+                     "them to be removed or to expire)")
+    print(f"{r['node']}: {r['state']}{more}")
     return 1 if a.wait and r["state"] == "draining" else 0
 
 

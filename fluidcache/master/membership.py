@@ -72,8 +72,10 @@ class Membership:
         wid = info["id"]
         if info["node_id"] in self._dead_nodes or wid in self.retired:
             return {"version": -1}   # a straggler of a dead node: never routed to again
-        self._seen[wid] = time.monotonic()
         with self._lock:
+            if wid in self.retired:  # (retired meanwhile: checked again under the lock)
+                return {"version": -1}
+            self._seen[wid] = time.monotonic()
             self.lost.pop(wid, None)
             joined = False
             if wid in self.draining:         # still heard (its blocks), never routed to
@@ -91,6 +93,9 @@ class Membership:
                     "inc": self.core.incarnation, "moving": self.moving()}
         self.blocks.apply(wid, report)
         with self._lock:
+            if wid in self.retired:           # retired while its report was applied
+                self.blocks.drop_worker(wid)
+                return {"version": -1}
             seq = report.get("seq")
             if isinstance(seq, int):
                 self._applied[wid] = max(seq, self._applied.get(wid, 0))
@@ -205,9 +210,9 @@ class Membership:
             info = self.core.workers.get(wid)
             if info is None:
                 return                        # draining already (or gone)
+            self.on_change("drain", wid)      # first: never seen draining and unplanned
             self.draining[wid] = info
             self.core.remove_worker(wid)
-        self.on_change("drain", wid)
 
     def retire(self, wid: str, timeout: float) -> None:
         """A drained worker stops (its memory tier given back) and no worker is made on

@@ -56,6 +56,7 @@ class Rebalance:
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
         self._retiring: set[str] = set()          # retire threads started (never twice)
+        self._abandoned: dict[str, object] = {}   # dest -> a late order maybe still running
         members.on_change, members.moving = self.changed, self.moving
 
     # -- what the others see -----------------------------------------------------------
@@ -134,12 +135,12 @@ class Rebalance:
             raise InvalidRequest("drain needs a node: a worker id or host name")
         wid, state = self._find(node)
         if state == "routed":
-            with self._lock:
-                others = [w for w in self.core.workers if w != wid]
-            if not others:
-                raise InvalidRequest(f"{wid} is the cluster's last worker: its blocks would "
-                                     "have nowhere to go (stop the cluster instead)")
-            self.members.drain(wid)
+            with self._lock:                 # (one check and drain: two drains at once
+                if not [w for w in self.core.workers if w != wid]:   # never empty it)
+                    raise InvalidRequest(f"{wid} is the cluster's last worker: its blocks "
+                                         "would have nowhere to go (stop the cluster "
+                                         "instead)")
+                self.members.drain(wid)
             state = "draining"
         out = {"node": wid, "state": state, "pending_blocks": 0}
         if state == "draining":
@@ -250,11 +251,16 @@ class Rebalance:
     def _dispatch(self) -> None:
         """Each destination with nothing in flight gets its next batch to pull (moves of
         a dataset removed since are dropped)."""
+        for dest, ref in list(self._abandoned.items()):     # still running there?
+            if ray.wait([ref], timeout=0)[0]:
+                del self._abandoned[dest]
         with self._state:
-            ready = [d for d, q in self._queues.items() if q and d not in self._inflight]
+            ready = [d for d, q in self._queues.items()
+                     if q and d not in self._inflight and d not in self._abandoned]
         with self._lock:
             addresses = {w: i["address"] for w, i in
                          {**self.members.draining, **self.core.workers}.items()}
+            routed = set(self.core.workers)
             live = set(self._places())
         for dest in ready:
             handle = self.members.handle(dest)
@@ -262,13 +268,13 @@ class Rebalance:
                 q = self._queues.get(dest)
                 batch = [q.popleft() for _ in range(min(len(q), self.config.rebalance_batch))]
             ok = [m for m in batch if handle is not None and m.src in addresses
-                  and dest in addresses and m.owner in live]
+                  and dest in routed and m.owner in live]
             if len(ok) < len(batch):      # the holder, owner or dataset is gone meanwhile
                 self._done([m for m in batch if m not in ok], [], failed=True)
             if ok:
-                ref = handle.move_in.remote([[m.key, addresses[m.src]] for m in ok])
-                deadline = time.monotonic() + _BATCH_SLACK + \
-                    sum(m.size for m in ok) / self.config.rebalance_rate
+                budget = _BATCH_SLACK + sum(m.size for m in ok) / self.config.rebalance_rate
+                ref = handle.move_in.remote([[m.key, addresses[m.src]] for m in ok], budget)
+                deadline = time.monotonic() + budget + 5     # (it stops itself first)
                 with self._state:
                     self._inflight[dest] = (ref, ok, deadline)
 
@@ -308,14 +314,12 @@ class Rebalance:
         with self._state:
             late = [d for d, (_, _, t) in self._inflight.items() if t < now or d not in alive]
             gone = [(d, self._inflight.pop(d)) for d in late]
+            rest = {d: list(self._queues.pop(d, ())) for d in late}
         for dest, (ref, batch, _) in gone:
-            log.warning("move order to %s abandoned (%d blocks): late or gone", dest,
-                        len(batch))
-            try:
-                ray.cancel(ref, force=False)
-            except Exception:  # noqa: BLE001 - finished or gone already
-                pass
-            self._done(batch, [], failed=True)
+            log.warning("move order to %s abandoned (%d blocks, %d more queued): late or "
+                        "gone", dest, len(batch), len(rest[dest]))
+            self._abandoned[dest] = ref      # nothing more to it while that still runs
+            self._done(batch + rest[dest], [], failed=True)
 
     def _done(self, batch: list[Move], moved: list[str], failed: bool = False) -> None:
         """Moves finished: count them; a key whose moves are all done frees the copies
@@ -369,5 +373,11 @@ class Rebalance:
             if wid in busy or wid in self._retiring or any(self._kept(wid).values()):
                 continue                 # (its kept files: uploaded first, or kept)
             self._retiring.add(wid)
-            threading.Thread(target=self.members.retire, args=(wid, _RETIRE_WAIT),
-                             daemon=True, name="fluidcache-retire").start()
+            threading.Thread(target=self._retire, args=(wid,), daemon=True,
+                             name="fluidcache-retire").start()
+
+    def _retire(self, wid: str) -> None:
+        try:
+            self.members.retire(wid, _RETIRE_WAIT)
+        finally:
+            self._retiring.discard(wid)

@@ -323,9 +323,10 @@ class WorkerActor:
     def apply_rules(self, rules: dict) -> None:
         self._w.reports.apply_rules(rules)
 
-    def move_in(self, items: list) -> dict:
-        """The master's move order: pull these blocks from their holders, cache them."""
-        return self._w.peers.move_in(items)
+    def move_in(self, items: list, budget: float = 3600.0) -> dict:
+        """The master's move order: pull these blocks from their holders, cache them
+        (within `budget` seconds)."""
+        return self._w.peers.move_in(items, budget)
 
     def moving(self, seconds: float) -> None:
         """Blocks move: a miss looks at their holders for `seconds` (and while the

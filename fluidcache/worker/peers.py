@@ -138,12 +138,17 @@ class Peers:
             return data, bool(got.get("cache", True))
         return None, True
 
-    def move_in(self, items: list) -> dict:
+    def move_in(self, items: list, budget: float = 3600.0) -> dict:
         """The master's move order: [[key, holder address]]. Each block is pulled and
-        cached here (its new owner), at most `rebalance_rate` bytes/s. Returns the keys
-        moved (`done`), already held (`had`) and not moved (`failed`)."""
+        cached here (its new owner), at most `rebalance_rate` bytes/s, for at most
+        `budget` seconds (the rest fail: the master gave up on them then). Returns the
+        keys moved (`done`), already held (`had`) and not moved (`failed`)."""
         done, had, failed = [], [], []
+        stop_at = time.monotonic() + max(0.0, float(budget))
         for item in items[:self.config.rebalance_batch]:
+            if time.monotonic() > stop_at:
+                failed.append(item[0] if item else "")
+                continue
             try:
                 key, address = check_key(item[0]), str(item[1])
             except (InvalidRequest, IndexError, TypeError):
