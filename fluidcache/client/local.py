@@ -4,7 +4,8 @@ workers, and the hits reported back to them.
 Owns: reading and verifying a local tier file (its checksum, and a trailer that names
 the file and index asked for); counting those reads (`short_circuit`); queueing a hit
 for the worker whose file it was and reporting the queue in batches (every
-`flush_every` seconds, at `flush_batch` hits, at exit), from a thread of this process.
+`flush_every` seconds, at `flush_batch` hits, at exit, also of a multiprocessing child),
+from a thread of this process.
 Never: write or remove a tier file (a corrupt one is skipped; its worker drops it when
 it next reads it), or fail a read because a hit could not be reported.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import multiprocessing.util as mp_util
 import os
 import threading
 import weakref
@@ -126,6 +128,24 @@ _LIVE: "weakref.WeakSet[LocalTiers]" = weakref.WeakSet()
 def _flush_all() -> None:
     for tiers in list(_LIVE):
         tiers.flush()
+
+
+def _flush_at_child_exit(_anchor) -> None:
+    """A multiprocessing child (a DataLoader worker process) ends with os._exit, where
+    atexit handlers do not run but multiprocessing's finalizers do: its hits are
+    reported then (else a worker never hears of them, and its eviction order and hit
+    counts miss every short-circuit read of those processes). Registered as an
+    after-fork hook of multiprocessing, which runs it in every child it starts (fork,
+    spawn, forkserver) after it clears the finalizers the child inherited."""
+    mp_util.Finalize(None, _flush_all, exitpriority=100)
+
+
+class _Anchor:
+    """What multiprocessing's after-fork registry holds (weakly) for the hook."""
+
+
+_ANCHOR = _Anchor()
+mp_util.register_after_fork(_ANCHOR, _flush_at_child_exit)
 
 
 def _flush_loop(ref, wake: threading.Event, every: float) -> None:

@@ -100,3 +100,28 @@ def test_every_sample_once_cached_ones_hit_misses_land(half_cache, context):
         assert sampler.stats["prefetched"] > 0 and hits > len(cached), (hits, len(cached))
         client.close()
 
+
+def test_short_circuit_hits_of_dataloader_processes_reach_the_workers(half_cache):
+    """DataLoader worker processes end with os._exit: the hits they read straight from
+    the tier files are reported before that (multiprocessing's exit finalizers), so the
+    workers count them (and keep those blocks hot)."""
+    torch = pytest.importorskip("torch")
+    import fluidcache
+    from fluidcache.integrations.torch import FluidDataset, SubstitutingSampler
+    from tests.helpers import wait_for
+    env, files = half_cache
+    with home_env(env["FLUIDCACHE_HOME"]):
+        client = fluidcache.connect()
+        client.load("fluid://smp", wait=True)                 # (half fits)
+        fs = client.filesystem(skip_instance_cache=True)      # short-circuit on
+        cached = SubstitutingSampler(FluidDataset("fluid://smp", filesystem=fs)).refresh()
+        ds = FluidDataset("fluid://smp", filesystem=fs)
+        mine = sorted(cached)
+        assert mine
+        before = _counts(client)
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=mine,
+                                             num_workers=2, collate_fn=list)
+        assert sum(len(b) for b in loader) == len(mine)
+        wait_for(lambda: _counts(client)[0] - before[0] >= len(mine), timeout=30,
+                 what="the DataLoader processes' short-circuit hits at the workers")
+        client.close()
