@@ -48,13 +48,7 @@ class SubstitutingSampler:
         may be chosen among; `prefetch`: files fetched at once; `max_wait`: seconds the
         sampler waits for a sample of the window to land before it hands the window's
         head to the DataLoader anyway (its reader then waits on the store)."""
-        from .torch import _dist
-        dist = _dist()
-        self.num_replicas = num_replicas if num_replicas is not None else \
-            (dist.get_world_size() if dist else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if dist else 0)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
+        self.num_replicas, self.rank = ranks(num_replicas, rank)
         if window < 1 or prefetch < 1:
             raise ValueError("window and prefetch must be at least 1")
         self.dataset, self.window, self.seed = dataset, window, seed
@@ -75,13 +69,8 @@ class SubstitutingSampler:
     def order(self) -> list[int]:
         """This rank's samples this epoch in the seeded permutation's order (as torch's
         DistributedSampler splits it: every `num_replicas`-th from `rank`)."""
-        n = len(self.dataset)
-        order = list(range(n))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        total = self.per_rank * self.num_replicas
-        order = order[:total] if total <= n else (order * (-(-total // n)))[:total]
-        return order[self.rank::self.num_replicas]
+        return epoch_order(len(self.dataset), self.seed + self.epoch, self.shuffle,
+                           self.per_rank * self.num_replicas)[self.rank::self.num_replicas]
 
     def refresh(self) -> set[int]:
         """The samples whose files are wholly cached now, from the block reports: the
@@ -185,6 +174,27 @@ class SubstitutingSampler:
         evict a sample the sampler still counts as cached; the workers' hit and miss
         counts (`status`) say what the reads found."""
         return self.stats.get("ready", 0) / max(1, self.stats.get("samples", 0))
+
+
+def ranks(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """(ranks, this rank): as given, else torch.distributed's when initialized, else
+    (1, 0)."""
+    from .torch import _dist
+    dist = _dist()
+    n = num_replicas if num_replicas is not None else (dist.get_world_size() if dist else 1)
+    r = rank if rank is not None else (dist.get_rank() if dist else 0)
+    if not 0 <= r < n:
+        raise ValueError(f"rank {r} is not in [0, {n})")
+    return n, r
+
+
+def epoch_order(n: int, seed: int, shuffle: bool, total: int) -> list[int]:
+    """One epoch's order of `n` samples (seeded permutation, or as is), cut or padded by
+    repeating to `total`, as torch's DistributedSampler does."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    return order[:total] if total <= n else (order * (-(-total // n)))[:total]
 
 
 def _common_dir(rels: list[str]) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import fsspec
 
-from .sampler import SubstitutingSampler
+from .sampler import SubstitutingSampler, epoch_order, ranks
 
 
 class FluidDataset:
@@ -118,11 +118,7 @@ class CacheAwareDistributedSampler:
                  drop_last: bool = False, rank_nodes: Sequence[str | None] | None = None,
                  homes: Sequence[str | None] | None = None) -> None:
         dist = _dist()
-        self.num_replicas = num_replicas if num_replicas is not None else \
-            (dist.get_world_size() if dist else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if dist else 0)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
+        self.num_replicas, self.rank = ranks(num_replicas, rank)
         self.dataset, self.shuffle, self.seed, self.drop_last = dataset, shuffle, seed, drop_last
         self.epoch = 0
         n = len(dataset)
@@ -158,17 +154,8 @@ class CacheAwareDistributedSampler:
         self.epoch = epoch
 
     def _order(self) -> list[int]:
-        n = len(self.dataset)
-        if self.shuffle:
-            import random
-            order = list(range(n))
-            random.Random(self.seed + self.epoch).shuffle(order)
-        else:
-            order = list(range(n))
-        total = self.per_rank * self.num_replicas
-        if total <= n:
-            return order[:total]
-        return (order * (-(-total // n)))[:total]      # pad by repeating, as torch does
+        return epoch_order(len(self.dataset), self.seed + self.epoch, self.shuffle,
+                           self.per_rank * self.num_replicas)
 
     def split(self) -> list[list[int]]:
         return assign(self._order(), self.homes, self.rank_nodes, self.per_rank)

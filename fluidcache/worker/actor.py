@@ -197,7 +197,7 @@ class Worker:
     # -- data operations (the master's load, free, pin, ttl, du) -------------------------
     def free(self, keys: list[str], force: bool) -> dict:
         try:                    # staged copies go too (a freed version is never served)
-            asyncio.run_coroutine_threadsafe(_started(lambda: self.reads.unstage(keys)),
+            asyncio.run_coroutine_threadsafe(_started(lambda: self.reads.stage.drop(keys)),
                                              self.server.loop).result(_LOOP_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - the tiers are freed either way
             log.warning("dropping staged blocks: %s", exc)

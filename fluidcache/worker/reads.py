@@ -16,7 +16,6 @@ or a disk (only memory-tier blocks are read on it).
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Mapping
@@ -32,12 +31,12 @@ from ..understore import Mount
 from ..understore.versions import is_weak, scope_of
 from ..wire import BlockRead
 from .access import Access, Record
+from .stage import Stage
 
 log = logging.getLogger(__name__)
 TOUCH_MAX = 8192         # keys in one touch (~300 KiB: well under a frame; clients know it)
 _OPS = ("read", "readv", "touch", "prefetch", "peer")
 READV_MAX = 64           # reads in one batch (serve.py's bound too)
-_STAGE_COST = 512        # bytes a staged block counts beyond its data (its entry)
 
 
 class Resolved(NamedTuple):
@@ -75,9 +74,7 @@ class Reads:
         self.peers = None           # peers.Peers: blocks from other workers while they move
         # prefetched blocks no tier took (full, fill-once): kept until read once, at most
         # `stage_bytes` (the first staged go first)
-        self._staged: collections.OrderedDict[str, tuple[str, bytes]] = \
-            collections.OrderedDict()                  # key -> ("ns/name", bytes)
-        self._staged_bytes: dict[str, int] = {}        # namespace -> bytes staged (+ cost)
+        self.stage = Stage(config.stage_bytes)
         self._joined: set[str] = set()                 # fills a reader waits on: not staged
 
     # -- the data server's handlers ------------------------------------------------------
@@ -183,7 +180,7 @@ class Reads:
             fill = self._fills.get(key) if key else None
             if fill is not None:
                 await asyncio.shield(fill)      # landed = in its tier (or staged)
-            return key is not None and (key in self.store or key in self._staged)
+            return key is not None and (key in self.store or key in self.stage)
         except Exception as exc:  # noqa: BLE001 - a hint: the read itself will report
             log.debug("prefetch of %s/%s block %d: %s", r.dataset, r.path, r.index, exc)
             return False
@@ -293,7 +290,7 @@ class Reads:
         counters."""
         for key in [k for k in self._mounts if k[:2] == (ns, name)]:
             del self._mounts[key]
-        self.unstage(owner=f"{ns}/{name}")
+        self.stage.drop_owner(f"{ns}/{name}")
         self.by_dataset.pop(f"{ns}/{name}", None)
 
     def per_dataset(self) -> dict:
@@ -372,12 +369,11 @@ class Reads:
             raise StaleVersion(f"{r.dataset}/{r.path}: the dataset's mounts changed; "
                                "list it again")
         key = found.key
-        held = self._staged.get(key)
-        if held is not None:             # prefetched for a reader that comes now (a
+        staged = self.stage.take(key) if read else self.stage.peek(key)
+        if staged is not None:           # prefetched for a reader that comes now (a
             if read:                     # hint or a load leaves it for the reader)
-                self._unstage(key)
                 self._count(f"{ns}/{r.dataset}", 0)
-            return held[1]
+            return staged
         if self.store.in_memory(key):
             data = self.store.get(key, (found.fid, r.index))   # tmpfs: cheaper than a hop
         else:
@@ -458,39 +454,7 @@ class Reads:
             log.exception("caching block %s failed", found.key)
             took = True
         if not took and hint and found.key not in self._joined:
-            self._stage(found.key, dsid, data)
-
-    def _stage(self, key: str, dsid: str, data) -> None:
-        """Keep a prefetched block no tier took until it is read: a hint ahead of a
-        reader still lands. At most `stage_bytes` in all, counting each block's bytes
-        and a fixed cost, half of it for one tenant namespace; beyond, the namespace's
-        own oldest go first, then anyone's oldest. Nothing empty is kept."""
-        limit, ns = self.config.stage_bytes, dsid.partition("/")[0]
-        share = limit if ns == "default" else limit // 2
-        cost = len(data) + _STAGE_COST
-        if not len(data) or cost > share or key in self._staged:
-            return
-        while self._staged_bytes.get(ns, 0) + cost > share:
-            self._unstage(next(k for k, (o, _) in self._staged.items()
-                               if o.partition("/")[0] == ns))
-        while sum(self._staged_bytes.values()) + cost > limit:
-            self._unstage(next(iter(self._staged)))
-        self._staged[key] = (dsid, bytes(data))
-        self._staged_bytes[ns] = self._staged_bytes.get(ns, 0) + cost
-
-    def _unstage(self, key: str) -> None:
-        dsid, data = self._staged.pop(key)
-        ns = dsid.partition("/")[0]
-        self._staged_bytes[ns] -= len(data) + _STAGE_COST
-        if not self._staged_bytes[ns]:
-            del self._staged_bytes[ns]
-
-    def unstage(self, keys=None, owner: str | None = None) -> None:
-        """Drop staged blocks: these keys (freed), or all of dataset `owner`."""
-        drop = [k for k in keys if k in self._staged] if keys is not None else \
-            [k for k, (o, _) in self._staged.items() if o == owner]
-        for k in drop:
-            self._unstage(k)
+            self.stage.put(found.key, dsid, data)   # kept until read (stage.py)
 
 
 class _Both:
