@@ -127,8 +127,8 @@ def test_an_idle_session_is_aborted_and_leaves_nothing(tmp_path):
         w, _ = _room(tmp_path, write_idle=0.2)
         sid = (await w.handle(_req("write_open", {"ds": "ds", "p": "idle.bin"}), b""))[0]["w"]
         await w.handle(_req("write", {"w": sid, "o": 0}), b"abc")
-        for _ in range(100):                                      # the reaper's period: 0.1 s
-            if not w.sessions:
+        for _ in range(100):      # the reaper's period: 0.1 s; the session goes first,
+            if not w.sessions and not list(tmp_path.iterdir()):    # its file after it
                 break
             await asyncio.sleep(0.05)
         assert w.sessions == {} and w.counters["writes_aborted"] == 1
