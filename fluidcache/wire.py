@@ -219,7 +219,9 @@ class FrameDecoder:
             self._header, self._need = header, need
         if len(self._buf) < self._need:
             return None
-        header, payload = self._header, bytes(self._buf[:self._need])
+        with memoryview(self._buf) as view:       # one copy of the payload, not two
+            payload = bytes(view[:self._need])
+        header = self._header
         del self._buf[:self._need]
         self._header, self._need = None, 0
         return header, payload

@@ -83,6 +83,7 @@ class Session:
     committing: bool = False    # from here on until it is in the store: never aborted
     finishing: asyncio.Task | None = None   # the commit and listing, once begun
     running: object = None     # the store call in a thread now (cf.Future), if any
+    inflight: asyncio.Task | None = None    # the chunk before, being written (one at most)
     committed: dict | None = None       # the store's answer to the commit
     entry: dict | None = None   # once listed, for write_cache
 
@@ -219,11 +220,23 @@ class Writes:
                     return                    # the last chunk again (a client's retry)
                 raise InvalidRequest(f"write at {offset}; the file has {s.written} bytes "
                                      "(chunks must come in order)")
+            await self._settled(s)
             if data:
-                await self._run(s.ns, self._write_under, s, data, session=s)
+                s.inflight = self._spawn(self._run(s.ns, self._write_under, s, data,
+                                                   session=s))
             s.written += len(data)
             s.last_chunk = (offset, len(data), xxhash.xxh3_64_intdigest(data))
             s.last = time.monotonic()
+
+    @staticmethod
+    async def _settled(s: Session) -> None:
+        """The chunk handed to a write thread before is written, or its error is raised
+        here (then the session is aborted). One chunk is written while the next arrives:
+        a write's reply says its chunk was taken, the next write or the close says it
+        was written. A waiter's timeout never cancels the write itself."""
+        if s.inflight is not None:
+            await asyncio.shield(s.inflight)
+            s.inflight = None
 
     def _write_under(self, s: Session, data: bytes) -> None:
         if isinstance(s.file, JournalFile):
@@ -241,6 +254,7 @@ class Writes:
             if s.file is None or s.committing:
                 raise InvalidRequest("this write is closed")
             try:
+                await self._settled(s)
                 rec = await self._record(s)
                 if rec.dataset.uid != s.ds.uid:
                     raise NotFound(f"dataset {s.ds.name} was removed while this file was "
@@ -374,6 +388,11 @@ class Writes:
     async def _abort(self, s: Session) -> None:
         if self.sessions.get(s.id) is not s or s.committing:
             return                          # gone already, or being committed: never abort
+        t, s.inflight = s.inflight, None
+        if t is not None and not t.done():
+            t.cancel()      # not begun: it never begins; begun: _discard waits for it
+        elif t is not None and not t.cancelled():
+            t.exception()   # its error is why we abort: retrieved, not logged as lost
         self._drop(s)
         if s.file is not None:
             self.counters["writes_aborted"] += 1

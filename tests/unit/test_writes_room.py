@@ -251,6 +251,30 @@ def test_a_full_journal_refuses_the_write_and_keeps_nothing_of_it(tmp_path):
     _run(go())
 
 
+@pytest.mark.parametrize("then", ["write", "write_close"])
+def test_a_chunk_written_behind_its_reply_fails_the_next_request_and_keeps_nothing(
+        tmp_path, then):
+    """A write's reply says its chunk was taken (the chunk is written while the next one
+    arrives); a chunk that then fails to be written fails the next write or the close,
+    and the file is aborted: nothing of it is kept, the session is gone."""
+    async def go():
+        w, _ = _room(tmp_path, "must-cache", journal_dir=tmp_path / "j",
+                     write_journal=200_000)
+        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": "f.bin"}), b""))[0]["w"]
+        await w.handle(_req("write", {"w": sid, "o": 0}), b"a" * 60_000)
+        # over the namespace's half of the journal: taken, written behind, fails there
+        assert (await w.handle(_req("write", {"w": sid, "o": 60_000}), b"b" * 60_000)
+                )[0] == {"n": 120_000}
+        args = {"w": sid, "o": 120_000} if then == "write" else {"w": sid}
+        with pytest.raises(Unavailable, match="journal is full"):
+            await w.handle(_req(then, args), b"c" if then == "write" else b"")
+        with pytest.raises(NotFound):                      # aborted
+            await w.handle(_req("write_close", {"w": sid}), b"")
+        assert os.listdir(tmp_path / "j") == [] and w.pending.journal.used == 0
+        assert w.counters["writes_aborted"] == 1 and not w._tasks
+    _run(go())
+
+
 def test_must_cache_is_never_uploaded_and_goes_at_its_ttl(tmp_path):
     async def go():
         w, told = _room(tmp_path, "must-cache", journal_dir=tmp_path / "j", ttl=0.2)
