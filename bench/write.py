@@ -16,6 +16,9 @@ when `sync` returns after it (every file uploaded); nothing of one round is stil
 uploaded when the next peer starts. After each round the objects are read back from
 the store and their bytes checked (xxh3), outside the timing. Reported: MB/s or files/s
 of the median round and of the worst round (the slowest), and the ratio of medians.
+The checkpoint rounds also time this machine's disk alone ("disk, write + fsync"): the
+same bytes written in the same pieces to a file on the journal's disk, then
+fsync'd, which is what bounds an async-through ack here.
 
     python -m bench.write            # 1 GiB x 3 rounds, 2,000 small files x 2 rounds
     python -m bench.write --quick    # 64 MiB x 2 rounds, 200 small files x 2 rounds
@@ -37,6 +40,22 @@ WHERE = {"fluid through": "wt", "fluid cache-through": "wc", "fluid async-throug
 IN_STORE = {"s3fs": "bench/direct", "fluid through": "bench/through",
             "fluid cache-through": "bench/cache", "fluid async-through": "bench/async"}
 ACK, STORED = "fluid async (ack)", "fluid async (in store)"
+DISK = "disk, write + fsync"
+
+
+def _disk(directory: str, body: memoryview) -> float:
+    """Seconds to write `body` in PIECE writes to a new file in `directory` and fsync it
+    (the disk's own pace: what a durable ack cannot beat)."""
+    path = os.path.join(directory, "bench-disk.tmp")
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        for i in range(0, len(body), PIECE):
+            f.write(body[i:i + PIECE])
+        f.flush()
+        os.fsync(f.fileno())
+    took = time.perf_counter() - t0
+    os.unlink(path)
+    return took
 
 
 def _checkpoint(f, body: memoryview) -> None:
@@ -97,7 +116,8 @@ def main(argv=None) -> int:
     rnd = random.Random(7)
     small = {f"f{i:05d}.bin": rnd.randbytes(rnd.randint(80_000, 140_000))
              for i in range(nfiles)}
-    ckpt: dict[str, list[float]] = {"s3fs": [], "fluid through": [], ACK: [], STORED: []}
+    ckpt: dict[str, list[float]] = {"s3fs": [], "fluid through": [], ACK: [], STORED: [],
+                                    DISK: []}
     files: dict[str, list[float]] = {"s3fs": [], "fluid through": [],
                                      "fluid cache-through": [], ACK: [], STORED: []}
     try:
@@ -122,10 +142,13 @@ def main(argv=None) -> int:
                                            skip_instance_cache=True)
                 check = store.filesystem()
                 fluid = client.filesystem(skip_instance_cache=True)
-                peers = ["s3fs", "fluid through", "fluid async-through"]
+                peers = ["s3fs", "fluid through", "fluid async-through", DISK]
                 for r in range(rounds):
                     order = peers if r % 2 == 0 else list(reversed(peers))
                     for who in order if size else ():   # none always first
+                        if who == DISK:
+                            ckpt[DISK].append(size / _disk(home, body) / 1e6)
+                            continue
                         f = direct.open("bench/direct/ckpt.bin", "wb") if who == "s3fs" \
                             else fluid.open(f"fluid://{WHERE[who]}/ckpt.bin", "wb")
                         t0 = time.perf_counter()

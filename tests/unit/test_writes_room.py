@@ -291,3 +291,29 @@ def test_must_cache_is_never_uploaded_and_goes_at_its_ttl(tmp_path):
         assert not (tmp_path / "t.bin").exists()
         w.pending.stop()
     _run(go())
+
+
+def test_a_kept_file_has_its_writeback_started_as_it_is_written(tmp_path, monkeypatch):
+    """Every _WRITEBACK_EVERY bytes the disk is told to start writing what came (Linux's
+    sync_file_range: the commit's fsync then finds little left); the bytes kept are
+    the bytes written."""
+    from fluidcache.worker import journal as jmod
+    assert jmod._writeback is not None            # bound on Linux (CI runs Linux)
+    calls = []
+
+    def spy(fd, offset, n):
+        calls.append((offset, n))
+        assert jmod._writeback_real(fd, offset, n) == 0     # the kernel took the call
+
+    monkeypatch.setattr(jmod, "_writeback_real", jmod._writeback, raising=False)
+    monkeypatch.setattr(jmod, "_writeback", spy)
+    monkeypatch.setattr(jmod, "_WRITEBACK_EVERY", 100_000)
+    j = Journal(str(tmp_path / "j"), 64 * 1024, 10 * 1024**2)
+    f = j.open("abc1", "t")
+    body = os.urandom(350_000)
+    for i in range(0, len(body), 60_000):
+        f.write(body[i:i + 60_000])
+    e = f.commit(ns="t", ds="ds", uid="u1", path="p", mode="must-cache", closed=0.0,
+                 expires=0.0)
+    assert calls == [(0, 120_000), (120_000, 120_000), (240_000, 110_000)]
+    assert j.read(e, 0, len(body)) == body
