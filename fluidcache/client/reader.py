@@ -134,23 +134,25 @@ class BlockReader:
 
     def read_into(self, entry: dict, start: int, out: memoryview) -> int:
         """Fill `out` with the file's bytes from `start` (fewer at the end of the file);
-        returns how many. Whole local blocks are read straight into `out` and verified
-        there; the other blocks come from their workers concurrently, each received
-        straight into its place in `out`."""
+        returns how many. The blocks are read at once, each straight into its place in
+        `out`: a whole block a local tier holds is read there and verified in place (on
+        several cores: copying and checking a block runs outside the GIL), the others
+        come from their workers."""
         m = self.cluster.map()
         bs = m["block_size"]
         size, fid = entry["size"], entry["fid"]
-        pos, remote = 0, []
+        jobs, pos = [], 0
         for p in blocks.pieces(size, bs, start, start + len(out)):
-            dst = out[pos:pos + p.length]
-            whole = p.offset == 0 and p.length == blocks.block_length(size, bs, p.index)
-            if not (whole and self.short_circuit and self.local.read_into(
-                    blocks.block_key(fid, p.index, bs), dst, (fid, p.index))):
-                remote.append((p, dst))
+            jobs.append((p, out[pos:pos + p.length]))
             pos += p.length
 
         def fetch(job) -> None:
             p, dst = job
+            if self.short_circuit and p.offset == 0 \
+                    and p.length == blocks.block_length(size, bs, p.index) \
+                    and self.local.read_into(blocks.block_key(fid, p.index, bs), dst,
+                                             (fid, p.index)):
+                return
             data = self.piece(entry, p, m, into=dst)
             if data is not dst:
                 if len(data) != len(dst):
@@ -158,10 +160,10 @@ class BlockReader:
                                        "size; list it again")
                 dst[:] = data
 
-        if len(remote) > 1:
-            settle([self.executor().submit(fetch, job) for job in remote])
-        elif remote:
-            fetch(remote[0])
+        if len(jobs) > 1:
+            settle([self.executor().submit(fetch, job) for job in jobs])
+        elif jobs:
+            fetch(jobs[0])
         return pos
 
     # -- an open file: its kept block and readahead ------------------------------------
