@@ -23,6 +23,7 @@ an async-through ack here.
 
     python -m bench.write            # 1 GiB x 3 rounds, 2,000 small files x 2 rounds
     python -m bench.write --quick    # 64 MiB x 2 rounds, 200 small files x 2 rounds
+    python -m bench.write --out bench   # and write the 'write' section of RESULTS.md
 """
 from __future__ import annotations
 
@@ -92,6 +93,36 @@ def _line(label: str, unit: str, got: dict[str, list[float]], base: str) -> str:
     return "\n".join(out)
 
 
+def _markdown(size: int, nfiles: int, rounds: int, small_rounds: int, ckpt: dict,
+              files: dict) -> str:
+    """The 'write' section of RESULTS.md: one table per workload, medians and worst."""
+    from bench import report
+    m = report.machine()
+    out = ["## Writes (`python -m bench.write --out bench`)", "",
+           f"Run {time.strftime('%Y-%m-%d %H:%M')} on {m['cpus']} CPUs. s3rver behind a "
+           "20 ms first-byte latency proxy, one writer; the async-through journal on this "
+           "machine's disk. "
+           "Median = the median round, worst = the slowest round; ratios are of the "
+           f"medians to direct s3fs. One run: {rounds} checkpoint rounds, "
+           f"{min(rounds, small_rounds)} small-file rounds, peers interleaved.", ""]
+    tables = []
+    if size:
+        tables.append((f"one {size >> 20} MiB checkpoint, write(8 MiB) then close", "MB/s",
+                       ckpt, {"fluid through": ">= 1.0x", ACK: ">= 5x", STORED: ">= 1x"}))
+    if nfiles:
+        tables.append((f"{nfiles} files of 80-140 KB, pipe_file one after another",
+                       "files/s", files, {}))
+    for title, unit, got, targets in tables:
+        base = statistics.median(got["s3fs"])
+        out += [f"**{title}**", "", f"| writer | {unit} median | {unit} worst | vs s3fs "
+                "| target |", "| --- | ---: | ---: | ---: | --- |"]
+        for who, xs in got.items():
+            out.append(f"| {who} | {statistics.median(xs):,.1f} | {min(xs):,.1f} | "
+                       f"{statistics.median(xs) / base:.2f}x | {targets.get(who, '')} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -100,6 +131,8 @@ def main(argv=None) -> int:
     p.add_argument("--mib", type=int, help="checkpoint size (default 1024; --quick 64; "
                    "0: none)")
     p.add_argument("--files", type=int, help="small files (default 2000; --quick 200; 0: none)")
+    p.add_argument("--out", help="write the results as the 'write' section of "
+                   "OUT/RESULTS.md (e.g. bench)")
     a = p.parse_args(argv)
     size = (a.mib if a.mib is not None else (64 if a.quick else 1024)) << 20
     nfiles = a.files if a.files is not None else (200 if a.quick else 2000)
@@ -202,6 +235,12 @@ def main(argv=None) -> int:
     if nfiles:
         print(_line(f"{nfiles} files of 80-140 KB, pipe_file one after another", "files/s",
                     files, "s3fs"))
+    if a.out:
+        from bench import report
+        os.makedirs(a.out, exist_ok=True)
+        report.put_section(os.path.join(a.out, "RESULTS.md"), "write",
+                           _markdown(size, nfiles, rounds, small_rounds, ckpt, files))
+        print(f"\nwrote the write section of {os.path.join(a.out, 'RESULTS.md')}")
     return 0
 
 

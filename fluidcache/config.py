@@ -255,6 +255,12 @@ class ClientSettings:
     readahead_budget: int = 256 * 1024**2   # bytes all open files of a process read ahead
     max_data: int = 64 * 1024**2    # largest payload the client reads
 
+    def __post_init__(self) -> None:
+        if isinstance(self.fanout, bool) or not isinstance(self.fanout, int) \
+                or not 1 <= self.fanout <= 256:
+            raise InvalidRequest("fanout (blocks of one read fetched at once) must be "
+                                 "1-256")
+
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "ClientSettings":
         env = os.environ if env is None else env

@@ -424,6 +424,12 @@ class _Connection(asyncio.Protocol):
                                   f"{self.s.limits.request_timeout:g}s; try again")
         except FluidError as exc:
             outcome = exc
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise                 # the server is stopping
+            # a handler that awaited something another cancelled: the peer still hears
+            log.warning("%s was cancelled inside its handler", req.op)
+            outcome = Unavailable(f"{req.op} was cancelled; try again")
         except Exception as exc:  # a bug: reply, log, keep serving
             log.exception("handler failed on %s", req.op)
             outcome = exc

@@ -18,6 +18,7 @@ the filesystem.
 """
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 
@@ -53,6 +54,7 @@ class BlockReader:
         self.budget = Budget(self.settings.readahead_budget)
         self._threads: ThreadPoolExecutor | None = None
         self._hints: ThreadPoolExecutor | None = None    # hints never queue before reads
+        self._copiers: ThreadPoolExecutor | None = None  # local blocks: never behind a fetch
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -60,7 +62,7 @@ class BlockReader:
         that is dropped does the same when it is collected)."""
         self.local.close()
         self.cluster.close()
-        for pool in (self._threads, self._hints):
+        for pool in (self._threads, self._hints, self._copiers):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
 
@@ -75,8 +77,20 @@ class BlockReader:
             with self._lock:
                 if self._threads is None:
                     self._threads = ThreadPoolExecutor(self.settings.fanout,
-                                                       thread_name_prefix="fc-read")
+                                                       thread_name_prefix="fc-read",
+                                                       initializer=_fetching)
         return self._threads
+
+    def copiers(self) -> ThreadPoolExecutor:
+        """Threads that copy and check the local blocks of one large read at once (the
+        copy and the checksum run outside the GIL). They never wait on a network, nor
+        on each other: a read never queues behind another file's fetches there."""
+        if self._copiers is None:
+            with self._lock:
+                if self._copiers is None:
+                    self._copiers = ThreadPoolExecutor(_COPY_THREADS,
+                                                       thread_name_prefix="fc-copy")
+        return self._copiers
 
     def hinter(self) -> ThreadPoolExecutor:
         """Threads that send readahead hints: apart from the reads' own, so a hint to a
@@ -134,10 +148,11 @@ class BlockReader:
 
     def read_into(self, entry: dict, start: int, out: memoryview) -> int:
         """Fill `out` with the file's bytes from `start` (fewer at the end of the file);
-        returns how many. The blocks are read at once, each straight into its place in
-        `out`: a whole block a local tier holds is read there and verified in place (on
-        several cores: copying and checking a block runs outside the GIL), the others
-        come from their workers."""
+        returns how many. Each block lands straight in its place in `out`: first the
+        whole blocks a local tier holds, read there and checked in place, several at
+        once (copiers); then the others from their workers, at once - one after the
+        other when this is itself a fetch thread (its pool's threads may all be waiting
+        on reads like this one: none may wait on a queue they fill)."""
         m = self.cluster.map()
         bs = m["block_size"]
         size, fid = entry["size"], entry["fid"]
@@ -145,14 +160,22 @@ class BlockReader:
         for p in blocks.pieces(size, bs, start, start + len(out)):
             jobs.append((p, out[pos:pos + p.length]))
             pos += p.length
+        rest = jobs
+        if self.short_circuit:
+            whole = [j for j in jobs
+                     if j[0].offset == 0 and j[0].length == blocks.block_length(size, bs,
+                                                                               j[0].index)]
+
+            def near(job) -> bool:
+                p, dst = job
+                return self.local.read_into(blocks.block_key(fid, p.index, bs), dst,
+                                            (fid, p.index))
+
+            held = {id(j) for j, ok in zip(whole, _each(self.copiers, near, whole)) if ok}
+            rest = [j for j in jobs if id(j) not in held]
 
         def fetch(job) -> None:
             p, dst = job
-            if self.short_circuit and p.offset == 0 \
-                    and p.length == blocks.block_length(size, bs, p.index) \
-                    and self.local.read_into(blocks.block_key(fid, p.index, bs), dst,
-                                             (fid, p.index)):
-                return
             data = self.piece(entry, p, m, into=dst)
             if data is not dst:
                 if len(data) != len(dst):
@@ -160,10 +183,11 @@ class BlockReader:
                                        "size; list it again")
                 dst[:] = data
 
-        if len(jobs) > 1:
-            settle([self.executor().submit(fetch, job) for job in jobs])
-        elif jobs:
-            fetch(jobs[0])
+        if getattr(_FETCHING, "yes", False):
+            for job in rest:
+                fetch(job)
+        else:
+            _each(self.executor, fetch, rest)
         return pos
 
     # -- an open file: its kept block and readahead ------------------------------------
@@ -408,6 +432,30 @@ __all__ = ["BlockReader", "FileReads"]
 
 
 _HINT_THREADS = 4
+_COPY_THREADS = max(2, min(8, os.cpu_count() or 2))
+_FETCHING = threading.local()       # `yes` in the reader's own fetch threads
+
+
+def _fetching() -> None:
+    _FETCHING.yes = True
+
+
+def _each(pool, fn, jobs: list) -> list:
+    """[fn(job) for job in jobs], run at once on `pool()` (one job: here), settled as
+    `settle` does: nothing runs after this returns or raises. A pool shut down (the
+    reader closed meanwhile) is Unavailable, once the jobs it took are done."""
+    if len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    futures = []
+    try:
+        for j in jobs:
+            futures.append(pool().submit(fn, j))
+    except RuntimeError:
+        wait(futures)
+        raise Unavailable("this reader was closed while it read; open the file again") \
+            from None
+    settle(futures)
+    return [f.result() for f in futures]
 
 
 def settle(futures: list[Future]) -> None:

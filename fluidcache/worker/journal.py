@@ -201,6 +201,11 @@ class JournalFile:
         self.j.reserve(self.ns, len(data))
         try:
             self.file.write(data)
+            end = self.size + len(data)
+            if _writeback is not None and end - self._flushed >= _WRITEBACK_EVERY:
+                self.file.flush()
+                _writeback(self.file.fileno(), self._flushed, end - self._flushed)
+                self._flushed = end         # (advisory: an error shows at the fsync)
         except OSError as exc:
             self.j.release(self.ns, len(data))
             raise Unavailable(f"this worker's journal ({self.j.dir}) cannot take the "
@@ -209,10 +214,6 @@ class JournalFile:
             self.j.release(self.ns, len(data))
             raise
         self.size += len(data)
-        if _writeback is not None and self.size - self._flushed >= _WRITEBACK_EVERY:
-            self.file.flush()
-            _writeback(self.file.fileno(), self._flushed, self.size - self._flushed)
-            self._flushed = self.size       # (advisory: an error shows at the fsync)
         view, bs = memoryview(data), self.j.block_size
         while len(view):
             take = min(len(view), bs - self._in_block)

@@ -27,8 +27,12 @@ only when the version the master lists is the one this commit made (the store's 
 answer: ETag, or size and mtime): a writer that came between caches nothing.
 Limits: `write_sessions` open files per worker, half of them per namespace; half the
 `write_threads` per namespace (a tenant whose store hangs holds only its own);
-`write_chunk` bytes per request. Memory per open file: below one S3 part (16 MiB)
-buffered, plus `write_parallel` parts while they are sent.
+`write_chunk` bytes per request. A chunk is written (on a write thread, within the
+namespace's half) while the next one arrives: a write's reply says its chunk was
+taken, the next write or the close says it was written, and a chunk that failed fails
+them (the file is then aborted). Memory per open file: two chunks (the one written,
+the one arrived), below one S3 part (16 MiB) buffered, plus `write_parallel` parts
+while they are sent.
 Never: trust a client's offsets or another namespace's session id, or block the
 server's loop on the store or a disk.
 """
@@ -234,8 +238,15 @@ class Writes:
         here (then the session is aborted). One chunk is written while the next arrives:
         a write's reply says its chunk was taken, the next write or the close says it
         was written. A waiter's timeout never cancels the write itself."""
-        if s.inflight is not None:
-            await asyncio.shield(s.inflight)
+        t = s.inflight
+        if t is not None:
+            try:
+                await asyncio.shield(t)
+            except asyncio.CancelledError:
+                if t.cancelled():       # aborted meanwhile (write_abort, the reaper)
+                    raise NotFound("this write was aborted meanwhile; nothing of it is "
+                                   "kept") from None
+                raise                   # our own waiter's: the chunk is still written
             s.inflight = None
 
     def _write_under(self, s: Session, data: bytes) -> None:
@@ -412,11 +423,15 @@ class Writes:
         """Abort sessions left silent `write_idle` seconds (a client that went away)."""
         while True:
             await asyncio.sleep(min(10.0, self.config.write_idle / 2))
-            limit = time.monotonic() - self.config.write_idle
-            # (a committed cache-through file whose write_cache never came, too)
-            for s in [s for s in self.sessions.values()
-                      if s.last < limit and not s.busy.locked() and not s.committing]:
+            for s in self.idle(time.monotonic() - self.config.write_idle):
                 await self._abort(s)
+
+    def idle(self, limit: float) -> list[Session]:
+        """Sessions silent since before `limit`, owed nothing and writing nothing (a
+        committed cache-through file whose write_cache never came, too)."""
+        return [s for s in self.sessions.values()
+                if s.last < limit and not s.busy.locked() and not s.committing
+                and (s.inflight is None or s.inflight.done())]
 
     async def _run(self, ns: str, fn, *args, session: Session | None = None):
         """`fn(*args)` on a write thread; a namespace holds at most half of them. The

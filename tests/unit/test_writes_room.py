@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sys
+import threading
+import time
 
 import pytest
 
@@ -298,7 +301,9 @@ def test_a_kept_file_has_its_writeback_started_as_it_is_written(tmp_path, monkey
     sync_file_range: the commit's fsync then finds little left); the bytes kept are
     the bytes written."""
     from fluidcache.worker import journal as jmod
-    assert jmod._writeback is not None            # bound on Linux (CI runs Linux)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("sync_file_range is Linux's; elsewhere the fsync at commit does it all")
+    assert jmod._writeback is not None
     calls = []
 
     def spy(fd, offset, n):
@@ -317,3 +322,62 @@ def test_a_kept_file_has_its_writeback_started_as_it_is_written(tmp_path, monkey
                  expires=0.0)
     assert calls == [(0, 120_000), (120_000, 120_000), (240_000, 110_000)]
     assert j.read(e, 0, len(body)) == body
+
+
+def test_an_abort_while_a_write_waits_for_the_chunk_before_answers_that_write(
+        tmp_path, monkeypatch):
+    """A write waiting for the chunk before it to be written, and a write_abort (from
+    another connection) meanwhile: the waiting write hears the file was aborted (an
+    error the server sends back), never a bare cancellation that would leave its
+    connection waiting for a reply for ever."""
+    from fluidcache.worker import writes as wmod
+    gate = threading.Event()
+    real = wmod.Writes._write_under
+
+    def slow(self, s, data):
+        if data.startswith(b"A"):
+            gate.wait(10)                 # the first chunk's write is slow
+        return real(self, s, data)
+
+    monkeypatch.setattr(wmod.Writes, "_write_under", slow)
+
+    async def go():
+        w, _ = _room(tmp_path)
+        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": "f"}), b""))[0]["w"]
+        await w.handle(_req("write", {"w": sid, "o": 0}), b"A" * 10)     # taken
+        nxt = asyncio.ensure_future(w.handle(_req("write", {"w": sid, "o": 10}),
+                                             b"B" * 10))
+        s = w.sessions[sid]
+        for _ in range(10_000):           # until the second write waits for the first
+            if s.busy.locked():
+                break
+            await asyncio.sleep(0)
+        assert s.busy.locked() and not nxt.done()
+        abort = asyncio.ensure_future(w.handle(_req("write_abort", {"w": sid}), b""))
+        try:
+            with pytest.raises(NotFound, match="aborted"):
+                await asyncio.wait_for(nxt, 5)    # answered while the thread still runs
+        finally:
+            gate.set()
+        assert (await abort)[0] == {"aborted": True}
+        assert not (tmp_path / "f").exists()
+    _run(go())
+
+
+def test_a_session_whose_chunk_is_still_being_written_is_not_idle(tmp_path, monkeypatch):
+    from fluidcache.worker import writes as wmod
+    gate = threading.Event()
+    real = wmod.Writes._write_under
+    monkeypatch.setattr(wmod.Writes, "_write_under",
+                        lambda self, s, data: (gate.wait(10), real(self, s, data))[1])
+
+    async def go():
+        w, _ = _room(tmp_path)
+        sid = (await w.handle(_req("write_open", {"ds": "ds", "p": "f"}), b""))[0]["w"]
+        await w.handle(_req("write", {"w": sid, "o": 0}), b"A" * 10)     # taken
+        later = time.monotonic() + 3600
+        assert w.idle(later) == []              # its chunk is being written: not idle
+        gate.set()
+        await w.sessions[sid].inflight
+        assert w.idle(later) == [w.sessions[sid]]
+    _run(go())
