@@ -3,6 +3,7 @@ closed connection, others keep being served, requests may not carry payloads, an
 connections are closed."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 
@@ -10,11 +11,15 @@ import pytest
 
 from fluidcache import wire
 from fluidcache.client.conn import Pool
-from fluidcache.errors import InvalidRequest, ProtocolError
+from fluidcache.errors import InvalidRequest, ProtocolError, Unavailable
 from fluidcache.service import Server
 
 
 async def _echo(req, payload):
+    if req.op == "cancelled":              # awaits something another task cancelled
+        other = asyncio.get_running_loop().create_future()
+        other.cancel()
+        await other
     if req.op == "fail":
         raise InvalidRequest("asked to fail")
     if req.op == "boom":
@@ -46,6 +51,15 @@ def test_replies_errors_and_payloads(server):
     with pytest.raises(Exception, match="a bug"):
         pool.call(server.address, "boom")
     assert pool.call(server.address, "hi", {"a": 2})[0] == {"echo": {"a": 2}}   # still serving
+
+
+def test_a_handler_cancelled_from_inside_still_answers_and_the_connection_serves_on(server):
+    """A handler that ends in a cancellation it did not ask for (it awaited something
+    another task cancelled) gets its peer an error, never silence on that connection."""
+    pool = Pool()
+    with pytest.raises(Unavailable, match="cancelled"):
+        pool.call(server.address, "cancelled")
+    assert pool.call(server.address, "hi", {"a": 3})[0] == {"echo": {"a": 3}}
 
 
 @pytest.mark.parametrize("frame", [
