@@ -7,6 +7,10 @@ One run, ratios printed. Part 1, one node (a local cluster, its cache loaded):
     `open().read()`, rounds interleaved; files/s of the median round and of the worst;
     the worker's CPU seconds (actor and serving processes) per GB served;
   - the same processes with `cat` of 64 paths at once (batch reads, `readv`);
+  - the floor of a request per file on this machine: the same processes asking two
+    bare server processes (`floor.py`: a name in, its size and `sendfile` of the tmpfs
+    file out, a thread per connection, no framing, checks or accounting) for each file;
+    what no per-file protocol written in Python gets past here;
   - one large object read with `readinto` over TCP against tmpfs `readinto`;
   - the latency of one 128 KB remote read (median, p99, worst of 2,000);
   - with --serve-processes 0 the worker's own server answers (wave 1's path).
@@ -35,6 +39,7 @@ import time
 
 import xxhash
 
+from .floor import FloorClient, FloorServers
 from .workloads import stage
 
 _CLK = os.sysconf("SC_CLK_TCK")
@@ -53,12 +58,13 @@ def cpu_seconds(pids) -> float:
     return total
 
 
-def _reader(conn, names, digests, tmpfs, home) -> None:
+def _reader(conn, names, digests, tmpfs, home, floor_port) -> None:
     """A reader process: told a mode, reads its share, answers (seconds, files)."""
     os.environ["FLUIDCACHE_HOME"] = home
     from fluidcache import connect
     fs = connect().filesystem(short_circuit=False, skip_instance_cache=True)
     fs.ls("fluid://bench/img")
+    bare = FloorClient(floor_port)
     conn.send("ready")
 
     def check(n, data):
@@ -74,6 +80,9 @@ def _reader(conn, names, digests, tmpfs, home) -> None:
         elif mode == "tcp":
             for n in names:
                 check(n, fs.cat_file(f"fluid://bench/{n}"))
+        elif mode == "floor":
+            for n in names:
+                check(n, bare.get(n))
         elif mode == "batch":
             for i in range(0, len(names), 64):
                 got = fs.cat([f"fluid://bench/{n}" for n in names[i:i + 64]])
@@ -83,14 +92,14 @@ def _reader(conn, names, digests, tmpfs, home) -> None:
 
 
 class Readers:
-    def __init__(self, n, names, digests, tmpfs, home):
+    def __init__(self, n, names, digests, tmpfs, home, floor_port):
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
         for i in range(n):
             mine, theirs = ctx.Pipe()
             share = names[i::n]
             p = ctx.Process(target=_reader, args=(theirs, share, {k: digests[k] for k in share},
-                                                  tmpfs, home), daemon=True)
+                                                  tmpfs, home, floor_port), daemon=True)
             p.start()
             self.conns.append(mine)
             self.procs.append(p)
@@ -110,7 +119,8 @@ class Readers:
             p.join(30)
 
 
-MODES = {"tmpfs": "tmpfs open().read()", "tcp": "fluid over TCP",
+MODES = {"tmpfs": "tmpfs open().read()", "floor": "bare request per file (floor)",
+         "tcp": "fluid over TCP",
          "batch": "fluid over TCP, cat of 64"}
 
 
@@ -125,6 +135,7 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
                               "quota": f"{2 * (a.big_mib + 400)}MiB"}],
                       serve_processes=a.serve_processes)
     cluster.start(cfg, dashboard=False)
+    floor = FloorServers(tmpfs)
     out: dict = {"files": []}
     try:
         client = connect()
@@ -139,18 +150,19 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
               "(files/s of all readers together: median round, worst round; ratio of the "
               "medians to tmpfs with as many processes; worker CPU s per GB served)")
         for procs in a.procs:
-            readers = Readers(procs, names, digests, tmpfs, home)
-            times = {"tmpfs": [], "tcp": [], "batch": []}
-            cpu = {"tcp": [], "batch": []}
+            readers = Readers(procs, names, digests, tmpfs, home, floor.port)
+            times = {"tmpfs": [], "floor": [], "tcp": [], "batch": []}
+            cpu = {"floor": [], "tcp": [], "batch": []}
             try:
                 for r in range(a.rounds):
                     order = list(times)
                     random.Random(r).shuffle(order)       # no mode always first or last
                     for mode in order:
-                        c0 = cpu_seconds(server_pids)
+                        pids = floor.pids if mode == "floor" else server_pids
+                        c0 = cpu_seconds(pids)
                         times[mode].append(readers.run(mode))
                         if mode in cpu:
-                            cpu[mode].append(cpu_seconds(server_pids) - c0)
+                            cpu[mode].append(cpu_seconds(pids) - c0)
             finally:
                 readers.close()
             gb = sum(len(v) for k, v in files.items() if k.startswith("img/")) / 1e9
@@ -208,6 +220,7 @@ def part1(a, files, big, names, digests, tmpfs, home, moto) -> dict:
               f"{statistics.median(out['single_epoch']):,.0f} samples/s median, "
               f"{min(out['single_epoch']):,.0f} worst of {a.rounds}")
     finally:
+        floor.stop()
         cluster.stop()
     return out
 
