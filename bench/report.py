@@ -224,6 +224,13 @@ def remote_plot(r: dict, out_dir: str) -> str:
     return name
 
 
+FLOOR_NOTE = ("\"floor\": the same reader processes asking two bare server processes "
+              "(bench/floor.py) for each file: a name in, its size and `sendfile` out, "
+              "nothing checked, limited or counted; what a request per file costs in Python "
+              "on this machine, where readers and servers share the 2 cores. \"batch\": "
+              "`cat` of 64 paths, one `readv` per owner.")
+
+
 def remote_markdown(r: dict, plot: str) -> str:
     import statistics
     m = r["machine"]
@@ -238,6 +245,7 @@ def remote_markdown(r: dict, plot: str) -> str:
                     [[x["procs"], x["mode"], f"{x['median']:,.0f}", f"{x['worst']:,.0f}",
                       f"{x['ratio']:.2f}x", "" if x["cpu_s_per_gb"] is None
                       else f"{x['cpu_s_per_gb']:.2f}"] for x in r["files"]])
+    lines += ["", FLOOR_NOTE]
     st = r["stream"]
     lines += ["", f"One {r['big_mib']} MiB object, `readinto` (GB/s):", ""]
     lines += _table(["", "median", "worst"], [[k, f"{v['median']:.2f}", f"{v['worst']:.2f}"]
