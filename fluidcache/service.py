@@ -425,8 +425,9 @@ class _Connection(asyncio.Protocol):
         except FluidError as exc:
             outcome = exc
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise                 # the server is stopping
+            task = asyncio.current_task()
+            if task is not None and getattr(task, "cancelling", lambda: 0)():
+                raise                 # asked of this task (3.11+ tells; 3.10: answered)
             # a handler that awaited something another cancelled: the peer still hears
             log.warning("%s was cancelled inside its handler", req.op)
             outcome = Unavailable(f"{req.op} was cancelled; try again")

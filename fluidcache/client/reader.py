@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import blocks, placement
 from ..backoff import Backoff
@@ -32,6 +32,7 @@ from ..wire import BlockRead
 from .buffers import Buffer
 from .cluster import Cluster
 from .direct import DirectReader
+from .jobs import each, fetching, in_fetch_thread, settle, submit_all, wait_all
 from .local import LocalTiers
 from .readahead import Budget, FileReads, Kept, Readahead
 
@@ -78,7 +79,7 @@ class BlockReader:
                 if self._threads is None:
                     self._threads = ThreadPoolExecutor(self.settings.fanout,
                                                        thread_name_prefix="fc-read",
-                                                       initializer=_fetching)
+                                                       initializer=fetching)
         return self._threads
 
     def copiers(self) -> ThreadPoolExecutor:
@@ -148,31 +149,28 @@ class BlockReader:
 
     def read_into(self, entry: dict, start: int, out: memoryview) -> int:
         """Fill `out` with the file's bytes from `start` (fewer at the end of the file);
-        returns how many. Each block lands straight in its place in `out`: first the
-        whole blocks a local tier holds, read there and checked in place, several at
-        once (copiers); then the others from their workers, at once - one after the
-        other when this is itself a fetch thread (its pool's threads may all be waiting
-        on reads like this one: none may wait on a queue they fill)."""
+        returns how many. Each block lands straight in its place in `out`, all at once:
+        the whole blocks a local tier holds are read there and checked in place on the
+        copy threads while the others are fetched from their workers on the fetch
+        threads - or, when this is itself a fetch thread, here after the local ones
+        (its pool's threads may all be waiting on reads like this one: none may wait on
+        a queue they fill). A local block gone meanwhile is fetched after."""
         m = self.cluster.map()
         bs = m["block_size"]
         size, fid = entry["size"], entry["fid"]
-        jobs, pos = [], 0
+        local, rest, pos = [], [], 0
         for p in blocks.pieces(size, bs, start, start + len(out)):
-            jobs.append((p, out[pos:pos + p.length]))
+            job = (p, out[pos:pos + p.length])
             pos += p.length
-        rest = jobs
-        if self.short_circuit:
-            whole = [j for j in jobs
-                     if j[0].offset == 0 and j[0].length == blocks.block_length(size, bs,
-                                                                               j[0].index)]
+            whole = p.offset == 0 and p.length == blocks.block_length(size, bs, p.index)
+            near = self.short_circuit and whole and \
+                self.local.holds(blocks.block_key(fid, p.index, bs))
+            (local if near else rest).append(job)
 
-            def near(job) -> bool:
-                p, dst = job
-                return self.local.read_into(blocks.block_key(fid, p.index, bs), dst,
-                                            (fid, p.index))
-
-            held = {id(j) for j, ok in zip(whole, _each(self.copiers, near, whole)) if ok}
-            rest = [j for j in jobs if id(j) not in held]
+        def copy(job) -> bool:
+            p, dst = job
+            return self.local.read_into(blocks.block_key(fid, p.index, bs), dst,
+                                        (fid, p.index))
 
         def fetch(job) -> None:
             p, dst = job
@@ -183,11 +181,23 @@ class BlockReader:
                                        "size; list it again")
                 dst[:] = data
 
-        if getattr(_FETCHING, "yes", False):
-            for job in rest:
+        inline = in_fetch_thread()
+        ahead = rest if rest and local and not inline else []
+        futures = submit_all(self.executor, fetch, ahead)
+        try:
+            held = each(self.copiers, copy, local)
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            wait_all(futures)
+            raise
+        settle(futures)
+        later = [j for j, ok in zip(local, held) if not ok] + (rest if not ahead else [])
+        if inline:
+            for job in later:
                 fetch(job)
         else:
-            _each(self.executor, fetch, rest)
+            each(self.executor, fetch, later)
         return pos
 
     # -- an open file: its kept block and readahead ------------------------------------
@@ -433,46 +443,3 @@ __all__ = ["BlockReader", "FileReads"]
 
 _HINT_THREADS = 4
 _COPY_THREADS = max(2, min(8, os.cpu_count() or 2))
-_FETCHING = threading.local()       # `yes` in the reader's own fetch threads
-
-
-def _fetching() -> None:
-    _FETCHING.yes = True
-
-
-def _each(pool, fn, jobs: list) -> list:
-    """[fn(job) for job in jobs], run at once on `pool()` (one job: here), settled as
-    `settle` does: nothing runs after this returns or raises. A pool shut down (the
-    reader closed meanwhile) is Unavailable, once the jobs it took are done."""
-    if len(jobs) <= 1:
-        return [fn(j) for j in jobs]
-    futures = []
-    try:
-        for j in jobs:
-            futures.append(pool().submit(fn, j))
-    except RuntimeError:
-        wait(futures)
-        raise Unavailable("this reader was closed while it read; open the file again") \
-            from None
-    settle(futures)
-    return [f.result() for f in futures]
-
-
-def settle(futures: list[Future]) -> None:
-    """Wait for fetches that write into one caller's buffer; on the first error cancel
-    those not begun and wait for the rest, then raise it: nothing writes into the buffer
-    after this returns or raises (it may be freed, or reused, at once)."""
-    try:
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-    except BaseException:                 # interrupted: the same, then the interrupt
-        for f in futures:
-            f.cancel()
-        wait(futures)
-        raise
-    if any(not f.cancelled() and f.exception() is not None for f in done):
-        for f in futures:
-            f.cancel()
-        wait(futures)
-    for f in futures:                     # the first error in block order
-        if not f.cancelled() and f.exception() is not None:
-            raise f.exception()

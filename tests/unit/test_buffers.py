@@ -32,7 +32,7 @@ def test_a_failed_block_raises_only_once_no_fetch_still_writes():
 
     import pytest
 
-    from fluidcache.client.reader import settle
+    from fluidcache.client.jobs import settle
     from fluidcache.errors import StaleVersion
     buf = Buffer(4 * 1024)
     started, release = threading.Event(), threading.Event()

@@ -32,6 +32,7 @@ def _reader(local: bool, fanout: int = 2) -> BlockReader:
         return CONTENT[p.index * BS + p.offset:p.index * BS + p.offset + p.length]
 
     reader.local.read_into = local_read_into
+    reader.local.holds = lambda key: local
     reader.local.read = lambda key, length, expect: None
     reader.piece = piece
     return reader
@@ -98,3 +99,73 @@ def test_a_reader_closed_during_a_read_says_so_and_writes_nothing_after():
         reader.read_into(ENTRY, 0, memoryview(buf))
     # the jobs it had handed out were over before it raised: none writes into buf later
     assert futures and all(f.done() for f in futures)
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["local blocks", "remote blocks"])
+def test_a_reader_closed_with_jobs_still_queued_answers_unavailable_not_never(local):
+    """close() cancels the jobs not begun (a pool shut down with cancel_futures never
+    wakes their waiters): the read ends, with Unavailable, once the begun ones end."""
+    reader = _reader(local, fanout=1)
+    big = bytes(range(256)) * (6 * BS // 256)
+    entry = dict(ENTRY, size=len(big))
+    gate, began = threading.Event(), threading.Event()
+
+    def slow(dst, i):
+        began.set()
+        gate.wait(10)
+        dst[:] = big[i * BS:(i + 1) * BS]
+
+    if local:
+        reader.local.read_into = lambda key, dst, expect: (slow(dst, expect[1]), True)[1]
+    else:
+        reader.piece = lambda e, p, m=None, into=None: (slow(into, p.index), into)[1]
+    out: dict = {}
+
+    def read():
+        try:
+            reader.read_into(entry, 0, memoryview(bytearray(len(big))))
+        except Unavailable as exc:
+            out["err"] = exc
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    assert began.wait(10)
+    reader.close()                       # jobs are queued behind the begun ones
+    gate.set()
+    t.join(10)
+    assert not t.is_alive(), "the read never ended"
+    assert "closed" in str(out.get("err"))
+
+
+def test_local_and_remote_blocks_of_one_read_are_read_at_the_same_time():
+    reader = _reader(local=True, fanout=2)
+    fetched = threading.Event()
+
+    reader.local.holds = lambda key: key == _key(0)      # block 0 is local, 1 is not
+    reader.local.read_into = lambda key, dst, expect: (
+        fetched.wait(10) and dst.__setitem__(slice(None), CONTENT[:BS]) is None)
+    real_piece = reader.piece
+
+    def piece(entry, p, m=None, into=None):
+        fetched.set()                     # the remote block is being fetched meanwhile
+        return real_piece(entry, p, m, into)
+
+    reader.piece = piece
+    buf = bytearray(2 * BS)
+    assert _within(10, lambda: reader.read_into(ENTRY, 0, memoryview(buf))) == 2 * BS
+    assert bytes(buf) == CONTENT[:2 * BS]
+    reader.close()
+
+
+def test_a_machine_without_local_tiers_makes_no_copy_threads():
+    reader = _reader(local=False, fanout=2)
+    reader.local.holds = lambda key: False
+    buf = bytearray(3 * BS)
+    assert reader.read_into(ENTRY, 0, memoryview(buf)) == 3 * BS
+    assert bytes(buf) == CONTENT[:3 * BS] and reader._copiers is None
+    reader.close()
+
+
+def _key(index: int) -> str:
+    from fluidcache import blocks
+    return blocks.block_key(ENTRY["fid"], index, BS)
