@@ -71,37 +71,34 @@ class BlockReader:
         """Report pending short-circuit hits to their workers now."""
         self.local.flush()
 
+    def _pool(self, attr: str, threads: int, name: str, initializer=None
+              ) -> ThreadPoolExecutor:
+        """The pool kept in `attr`, made on first use (in this process)."""
+        pool = getattr(self, attr)
+        if pool is None:
+            with self._lock:
+                pool = getattr(self, attr)
+                if pool is None:
+                    pool = ThreadPoolExecutor(threads, thread_name_prefix=name,
+                                              initializer=initializer)
+                    setattr(self, attr, pool)
+        return pool
+
     def executor(self) -> ThreadPoolExecutor:
         """Threads that fetch the blocks of one large read at once, and a small reader's
-        readahead (created on first use, in this process)."""
-        if self._threads is None:
-            with self._lock:
-                if self._threads is None:
-                    self._threads = ThreadPoolExecutor(self.settings.fanout,
-                                                       thread_name_prefix="fc-read",
-                                                       initializer=fetching)
-        return self._threads
+        readahead."""
+        return self._pool("_threads", self.settings.fanout, "fc-read", fetching)
 
     def copiers(self) -> ThreadPoolExecutor:
         """Threads that copy and check the local blocks of one large read at once (the
         copy and the checksum run outside the GIL). They never wait on a network, nor
         on each other: a read never queues behind another file's fetches there."""
-        if self._copiers is None:
-            with self._lock:
-                if self._copiers is None:
-                    self._copiers = ThreadPoolExecutor(_COPY_THREADS,
-                                                       thread_name_prefix="fc-copy")
-        return self._copiers
+        return self._pool("_copiers", _COPY_THREADS, "fc-copy")
 
     def hinter(self) -> ThreadPoolExecutor:
         """Threads that send readahead hints: apart from the reads' own, so a hint to a
         slow owner never holds a thread a read waits for."""
-        if self._hints is None:
-            with self._lock:
-                if self._hints is None:
-                    self._hints = ThreadPoolExecutor(_HINT_THREADS,
-                                                     thread_name_prefix="fc-hint")
-        return self._hints
+        return self._pool("_hints", _HINT_THREADS, "fc-hint")
 
     # -- one worker ---------------------------------------------------------------------
     def ask(self, w: dict, op: str, args: dict, req: BlockRead, key: str,
