@@ -9,8 +9,11 @@ with `fluidcache mount`, then measures with the same loop in 1 and 4 reader proc
     page cache dropped before the round (every byte through the daemon), and through
     the mount with the pages the last round left (what a second epoch on one node sees),
     and a FUSE filesystem that does nothing but hand out bytes it holds in memory
-    (mfusepy, multithreaded, page cache dropped: the ceiling of a Python FUSE daemon on
-    this machine, whatever it serves from);
+    (mfusepy, multithreaded as the mount is; page cache dropped and kept: the ceiling
+    of a Python FUSE daemon on this machine, whatever it serves from), and the same in C
+    (bench/fuse_floor.c, libfuse's multithreaded loop, compiled here when gcc and
+    Debian's libfuse3-dev are there; else its rows are left out and the reason printed),
+    dropped and kept: what any FUSE daemon costs on this machine, whatever its language;
   - the large file, read(8 MiB) to the end in one process: tmpfs, the fsspec client,
     the mount first (page cache dropped), the mount again (page cache kept).
 Figures: the median round and the worst round (each round reads everything once), and
@@ -40,6 +43,9 @@ CHUNK = 8 << 20
 TARGETS = {"mount, page cache dropped": "target >= 0.5x the fsspec client",
            "big: mount, page cache kept": "target >= 0.5x tmpfs"}
 FLOOR = "do-nothing FUSE fs, dropped"
+FLOOR_KEPT = "do-nothing FUSE fs, kept"
+CFLOOR = "do-nothing FUSE fs in C, dropped"
+CKEPT = "do-nothing FUSE fs in C, kept"
 
 
 def _floor_daemon(mp: str, root: str) -> None:
@@ -73,6 +79,7 @@ def _floor_daemon(mp: str, root: str) -> None:
                                          for k in held if k.startswith(path.rstrip("/") + "/")})
 
         def open(self, path, fi):
+            fi.keep_cache = 1            # the bytes never change: pages kept across opens
             return 0
 
         def read(self, path, size, offset, fi):
@@ -82,6 +89,38 @@ def _floor_daemon(mp: str, root: str) -> None:
             return 0
 
     mfusepy.FUSE(Floor(), mp, foreground=True, raw_fi=True, ro=True, fsname="floor")
+
+
+READING = (
+    "How to read the floors: a do-nothing filesystem pays only the kernel's round trips "
+    "and its binding's, so no daemon of that kind serves small files faster than its "
+    "floor on this machine, whatever it serves from. The mount answers the same requests "
+    "as the Python floor (lookup, open, read, release) with the fsspec client behind "
+    "them; \"dropped\" sends every byte through the daemon, \"kept\" only the open and "
+    "the release (the bytes come from the kernel's page cache). Where a floor's ratio is "
+    "below the small-file target (>= 0.5x the fsspec client), no daemon of its kind can "
+    "meet that target in that run.")
+
+
+def _c_floor(root: str, mnt: str, work: str):
+    """The C floor (bench/fuse_floor.c) compiled and mounted at `mnt`: its process, or
+    the reason it cannot run here."""
+    exe = os.path.join(work, "fuse_floor")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuse_floor.c")
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], check=True,
+                               capture_output=True, text=True).stdout.split()
+        subprocess.run(["gcc", "-O2", "-o", exe, src, *flags], check=True,
+                       capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        why = getattr(exc, "stderr", "") or str(exc)
+        return f"not compiled (needs gcc, pkg-config and libfuse3-dev): {why.strip()[:200]}"
+    proc = subprocess.Popen([exe, root, mnt, "-f", "-o", "ro,fsname=cfloor"])
+    while not os.path.ismount(mnt):                # polling a condition: it is live
+        if proc.poll() is not None:
+            return f"did not mount (exit {proc.returncode})"
+        time.sleep(0.05)
+    return proc
 
 
 def _drop(paths) -> None:
@@ -127,7 +166,7 @@ def _median(xs):
     return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
-def _small(procs: int, names, roots, want, home, rounds, mnt) -> dict:
+def _small(procs: int, names, roots, want, home, rounds) -> dict:
     ctx = mp.get_context("spawn")
     tasks, results = ctx.Queue(), ctx.Queue()
     barrier = ctx.Barrier(procs)
@@ -139,11 +178,12 @@ def _small(procs: int, names, roots, want, home, rounds, mnt) -> dict:
     rates: dict[str, list[float]] = {}
     try:
         order = ["tmpfs", "fluid", "mount, page cache dropped", "mount, page cache kept",
-                 FLOOR]
+                 FLOOR, FLOOR_KEPT] + ([CFLOOR, CKEPT] if "cfloor" in roots else [])
         for r in range(rounds + 1):                  # round 0 warms every path up
             for label in order:
-                kind = {"tmpfs": "tmpfs", "fluid": "fluid", FLOOR: "floor"}.get(label, "mount")
-                if label in ("mount, page cache dropped", FLOOR):
+                kind = {"tmpfs": "tmpfs", "fluid": "fluid", FLOOR: "floor", FLOOR_KEPT: "floor",
+                        CFLOOR: "cfloor", CKEPT: "cfloor"}.get(label, "mount")
+                if label in ("mount, page cache dropped", FLOOR, CFLOOR):
                     _drop(os.path.join(roots[kind], n) for n in names)
                 for _ in ps:
                     tasks.put(kind)
@@ -222,7 +262,9 @@ def main(argv=None) -> int:
           "dropped\": the kernel's pages of the files dropped before the round (every byte "
           "through the daemon); \"kept\": what the last round left (a second epoch on one "
           "node); the do-nothing FUSE fs hands out bytes it holds in memory (what libfuse, "
-          "mfusepy and the kernel's round trips cost alone). Every read's bytes are checked."]
+          "mfusepy and the kernel's round trips cost alone), and its twin in C "
+          "(bench/fuse_floor.c: what libfuse and the kernel cost with no Python). "
+          "Every read's bytes are checked."]
     n_files = a.files or (300 if a.quick else 2000)
     big_mib = a.big_mib or (64 if a.quick else 256)
 
@@ -241,6 +283,8 @@ def main(argv=None) -> int:
                              else None)
     mnt = tempfile.mkdtemp(prefix="fc-mnt-")
     floor_mnt = tempfile.mkdtemp(prefix="fc-floor-")
+    cfloor_mnt = tempfile.mkdtemp(prefix="fc-cfloor-")
+    cfloor = None
     cli = [sys.executable, "-m", "fluidcache.cli"]
     with MotoServer(log_path=os.path.join(home, "moto.log")) as moto:
         s3 = moto.filesystem()
@@ -267,14 +311,22 @@ def main(argv=None) -> int:
                 assert floor.is_alive(), "the do-nothing FUSE fs did not start"
                 time.sleep(0.05)
             roots = {"tmpfs": tmpfs, "mount": mnt, "floor": floor_mnt}
+            cfloor = _c_floor(tmpfs, cfloor_mnt, home)
+            if isinstance(cfloor, str):
+                print(f"the C floor is left out: {cfloor}")
+                md.append(f"\nThe C floor is left out of this run: {cfloor}")
+                cfloor = None
+            else:
+                roots["cfloor"] = cfloor_mnt
             for procs in (1, 4):
-                rates = _small(procs, names, roots, want, home, a.rounds, mnt)
+                rates = _small(procs, names, roots, want, home, a.rounds)
                 _print(f"{n_files} small files, {procs} process(es)", rates, "fluid",
                        "files/s", md)
             gbs = _big({"tmpfs": os.path.join(tmpfs, "big.bin")}, fs,
                        xxhash.xxh3_64_hexdigest(big), a.rounds, os.path.join(mnt, "big.bin"))
             _print(f"one {big_mib} MiB file, read(8 MiB) to the end", gbs, "big: tmpfs",
                    "GB/s", md)
+            md += ["", READING]
             if a.out:
                 from . import report
                 report.put_section(os.path.join(a.out, "RESULTS.md"), "fuse", "\n".join(md))
@@ -282,12 +334,16 @@ def main(argv=None) -> int:
         finally:
             if mounted:
                 subprocess.run(cli + ["unmount", mnt], check=False)
-            if os.path.ismount(floor_mnt):
-                subprocess.run(["fusermount3", "-u", floor_mnt], check=False)
+            for m in (floor_mnt, cfloor_mnt):
+                if os.path.ismount(m):
+                    subprocess.run(["fusermount3", "-u", m], check=False)
+            if cfloor is not None:
+                cfloor.wait(30)
             cluster.stop()
             shutil.rmtree(tmpfs, ignore_errors=True)
             shutil.rmtree(mnt, ignore_errors=True)
             shutil.rmtree(floor_mnt, ignore_errors=True)
+            shutil.rmtree(cfloor_mnt, ignore_errors=True)
     return 0
 
 
