@@ -42,6 +42,7 @@ class Mount:
         self.protocol = ""
         self.versioned = False      # an S3 bucket with versioning on: read by VersionId
         self.hints: dict = {}       # what the store was seen to do (readers.py)
+        self._real_root: str | None = None     # a local root, its links followed
         self._lock = threading.Lock()
 
     def _open(self):
@@ -94,7 +95,23 @@ class Mount:
         return self._root
 
     def under_path(self, rel: str) -> str:
-        """The under-store path of `rel` ('' is the mount root); `rel` is normalized."""
+        """The under-store path of `rel` ('' is the mount root); `rel` is normalized.
+        A local path that a symbolic link leads out of the mount's root is refused
+        (AccessDenied): a file:// mount serves and writes only what is under its root."""
+        path = self._path(rel)
+        if self.protocol == "file" and not self._inside(path):
+            raise AccessDenied(f"{rel or '/'}: a symbolic link leads outside the mount")
+        return path
+
+    def _inside(self, path: str) -> bool:
+        """Is local `path`, its symbolic links followed, under the mount's root?"""
+        real = self._real_root
+        if real is None:
+            real = self._real_root = os.path.realpath(self._path(""))
+        got = os.path.realpath(path)
+        return got == real or got.startswith(real.rstrip(os.sep) + os.sep)
+
+    def _path(self, rel: str) -> str:
         root = self.root
         if root:
             return f"{root}/{rel}" if rel else root
@@ -113,7 +130,7 @@ class Mount:
     def url_of(self, rel: str) -> str:
         """The identity of a file for block keys: protocol + under path."""
         self.fs  # noqa: B018 - opens it (sets the protocol)
-        return f"{self.protocol}://{self.under_path(rel)}"
+        return f"{self.protocol}://{self._path(rel)}"
 
     def version_of(self, info: dict, weak_scope: str) -> str:
         return version_of(info, self.protocol, weak_scope)
@@ -123,7 +140,7 @@ class Mount:
         path = self.under_path(rel)        # opens the filesystem: the protocol is known
         with translate(rel):
             if self.protocol == "file":
-                out = _local_ls(path)
+                out = _local_ls(path, self._inside)
             elif hasattr(self.fs, "call_s3"):
                 return ls_s3(self.fs, path, self.versioned, self.max_entries)
             else:
@@ -190,7 +207,10 @@ def _local_entry(path: str, st: os.stat_result) -> dict:
             "ctime_ns": st.st_ctime_ns}
 
 
-def _local_ls(path: str) -> list[dict]:
+def _local_ls(path: str, inside) -> list[dict]:
+    """A local directory's entries (a file: itself). A symbolic link is listed as what
+    it leads to when `inside(its path)`; one leading out of the mount, dangling or in a
+    loop is left out, as is an entry removed while listed."""
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         return [_local_entry(path, st)]
@@ -198,8 +218,10 @@ def _local_ls(path: str) -> list[dict]:
     with os.scandir(path) as it:
         for e in it:
             try:
+                if e.is_symlink() and not inside(e.path):
+                    continue
                 out.append(_local_entry(e.path, e.stat()))
-            except FileNotFoundError:       # removed while we listed
+            except OSError:                 # gone, dangling, a loop, unreadable
                 continue
     return out
 

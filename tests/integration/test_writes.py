@@ -308,6 +308,30 @@ def test_a_local_overwrite_is_never_seen_half_written(wds):
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]
 
 
+def test_a_local_dataset_never_reads_or_writes_through_a_link_out_of_it(wds, tmp_path):
+    import os
+    fs, outside = _fresh(), tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"secret")
+    os.symlink(outside, wds["local"] / "escape")          # put there on the host, not by us
+    try:
+        fs.invalidate_cache()
+        assert "wlocal/escape" not in fs.ls("fluid://wlocal", detail=False, refresh=True)
+        with pytest.raises(PermissionError, match="outside the mount"):
+            fs.cat_file("fluid://wlocal/escape/secret")
+        with pytest.raises(PermissionError, match="outside the mount"):
+            fs.pipe_file("fluid://wlocal/escape/new.bin", b"x" * 100)
+        with pytest.raises(PermissionError, match="outside the mount"):
+            fs.mkdir("fluid://wlocal/escape/made")
+        fs.pipe_file("fluid://wlocal/inside.bin", b"y" * 100)
+        with pytest.raises(PermissionError, match="outside the mount"):
+            fs.copy("fluid://wlocal/inside.bin", "fluid://wlocal/escape/copied.bin")
+        assert sorted(p.name for p in outside.iterdir()) == ["secret"]
+        assert (outside / "secret").read_bytes() == b"secret"
+    finally:
+        os.unlink(wds["local"] / "escape")
+
+
 def test_a_dataset_removed_while_a_file_is_written_gets_nothing(wds, moto):
     admin, fs = wds["admin"], _fresh()
     admin.create_dataset("wgone", {"/": "s3://fc-write/gone"}, moto.options(),

@@ -247,3 +247,37 @@ def test_a_file_written_just_now_is_served_but_not_cached(tmp_path):
     size = os.stat(os.__file__).st_size
     v = lib.version_of(lib.info("os.py"), "s")
     assert lib.read_range("os.py", v, 0, 10, size).cacheable is True
+
+
+def test_a_local_mount_serves_and_writes_nothing_a_symbolic_link_leads_out_to(tmp_path):
+    import os
+
+    from fluidcache.errors import AccessDenied
+    from fluidcache.understore import Mount
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "a.bin").write_bytes(b"a" * 10)
+    (outside / "secret").write_bytes(b"s" * 10)
+    os.symlink(root / "a.bin", root / "in")              # a link within: served
+    os.symlink(outside / "secret", root / "out")         # a file outside
+    os.symlink(outside, root / "sub" / "outdir")         # a directory outside
+    os.symlink(root / "loop", root / "loop")             # a loop: left out, not an error
+    os.symlink(tmp_path / "gone", root / "dangling")
+    m = Mount(f"file://{root}")
+    assert sorted(e["name"].rsplit("/", 1)[-1] for e in m.ls("")) == ["a.bin", "in", "sub"]
+    assert m.ls("sub") == []
+    v = m.version_of(m.info("in"), "s")
+    assert m.read_range("in", v, 0, 10, 10).data == b"a" * 10
+    for rel in ("out", "sub/outdir", "sub/outdir/secret", "sub/outdir/new"):
+        with pytest.raises(AccessDenied, match="outside the mount"):
+            m.under_path(rel)                            # every read, list and write
+        with pytest.raises(AccessDenied):
+            m.info(rel)
+    with pytest.raises(AccessDenied):
+        m.ls("sub/outdir")
+    # a mount whose root is itself reached through a link is still served
+    os.symlink(root, tmp_path / "alias")
+    assert [e["name"].rsplit("/", 1)[-1] for e in Mount(f"file://{tmp_path / 'alias'}")
+            .ls("sub")] == []
+    assert Mount(f"file://{tmp_path / 'alias'}").info("a.bin")["size"] == 10
