@@ -57,17 +57,22 @@ FSTYPE = "fuse.fluidcache"
 PROBE_TIMEOUT = 5.0          # seconds to ask a mount of ours with no record if it answers
 
 
-def _mounts() -> dict[str, str]:
+def mount_table() -> dict[str, str]:
     """Mountpoint -> filesystem type of what is mounted (the last of stacked mounts),
     from /proc/self/mountinfo: nothing here touches a mount (which may hang)."""
-    out = {}
     with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            if len(fields) > 4 and right:
-                mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                out[mp] = right.split()[0]
+        return parse_mountinfo(f.read())
+
+
+def parse_mountinfo(text: str) -> dict[str, str]:
+    """Mountpoint -> filesystem type, from the text of a /proc/PID/mountinfo."""
+    out = {}
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) > 4 and right:
+            mp = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            out[mp] = right.split()[0]
     return out
 
 
@@ -91,7 +96,7 @@ def _answers(mountpoint: str) -> bool:
 def state(mountpoint: str) -> str:
     """"live" (a mount of ours whose daemon runs), "stale" (one whose daemon is gone),
     "other" (another filesystem is mounted here), "absent" (nothing is)."""
-    kind = _mounts().get(mountpoint)
+    kind = mount_table().get(mountpoint)
     if kind is None:
         return "absent"
     if kind != FSTYPE:
@@ -188,7 +193,7 @@ def unmount(mountpoint: str) -> bool:
     mp = where(mountpoint)
     st = state(mp)
     if st == "other":
-        raise NotSupported(f"{mp} is not a fluidcache mount ({_mounts().get(mp)}): "
+        raise NotSupported(f"{mp} is not a fluidcache mount ({mount_table().get(mp)}): "
                            "left alone")
     if st != "live":
         if st == "stale":
@@ -273,4 +278,5 @@ def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
     return 0
 
 
-__all__ = ["mount", "record", "serve", "state", "unmount"]
+__all__ = ["FSTYPE", "mount", "mount_table", "parse_mountinfo", "record", "serve", "state",
+           "unmount"]

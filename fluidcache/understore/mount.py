@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import select
 import threading
 
 import fsspec
@@ -99,8 +100,12 @@ class Mount:
         A local path that a symbolic link leads out of the mount's root is refused
         (AccessDenied): a file:// mount serves and writes only what is under its root."""
         path = self._path(rel)
-        if self.protocol == "file" and not self._inside(path):
-            raise AccessDenied(f"{rel or '/'}: a symbolic link leads outside the mount")
+        if self.protocol == "file":
+            if any(path == m or path.startswith(m.rstrip("/") + "/")
+                   for m in fluid_mountpoints()):
+                raise NotFound(f"{rel or '/'}: a fluidcache mount, not part of the store")
+            if not self._inside(path):
+                raise AccessDenied(f"{rel or '/'}: a symbolic link leads outside the mount")
         return path
 
     def _inside(self, path: str) -> bool:
@@ -207,18 +212,55 @@ def _local_entry(path: str, st: os.stat_result) -> dict:
             "ctime_ns": st.st_ctime_ns}
 
 
+class _FluidMounts:
+    """Where `fluidcache mount`s are on this machine. A local store never looks inside
+    one: that would ask this cluster again from within its own request, a loop that ends
+    only when a timeout does. /proc/self/mountinfo is read again only when the kernel
+    says the mount table changed (poll: POLLPRI), so asking costs a poll, never a stale
+    answer; nothing here touches a mount."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._file = self._poll = None
+        self._found: frozenset[str] = frozenset()
+
+    def __call__(self) -> frozenset[str]:
+        with self._lock:
+            try:
+                if self._file is None:
+                    self._file = open("/proc/self/mountinfo")     # kept open: polled
+                    self._poll = select.poll()
+                    self._poll.register(self._file, select.POLLPRI | select.POLLERR)
+                    changed = True
+                else:
+                    changed = bool(self._poll.poll(0))
+                if changed:
+                    from ..posix.mount import FSTYPE, parse_mountinfo
+                    self._file.seek(0)
+                    self._found = frozenset(mp for mp, kind in
+                                            parse_mountinfo(self._file.read()).items()
+                                            if kind == FSTYPE)
+            except (OSError, AttributeError):   # no /proc (or no poll): none to avoid
+                return frozenset()
+            return self._found
+
+
+fluid_mountpoints = _FluidMounts()
+
+
 def _local_ls(path: str, inside) -> list[dict]:
     """A local directory's entries (a file: itself). A symbolic link is listed as what
     it leads to when `inside(its path)`; one leading out of the mount, dangling or in a
-    loop is left out, as is an entry removed while listed."""
+    loop is left out, as is an entry removed while listed and a fluidcache mount."""
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         return [_local_entry(path, st)]
     out = []
+    ours = fluid_mountpoints()
     with os.scandir(path) as it:
         for e in it:
             try:
-                if e.is_symlink() and not inside(e.path):
+                if e.path in ours or e.is_symlink() and not inside(e.path):
                     continue
                 out.append(_local_entry(e.path, e.stat()))
             except OSError:                 # gone, dangling, a loop, unreadable

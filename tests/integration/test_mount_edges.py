@@ -294,3 +294,27 @@ def test_two_daemons_at_once_make_one_mount(cluster, tmp_path):
         for p in procs:
             p.wait(60)
     assert fmount.state(str(mp)) == "absent"
+
+
+def test_a_mount_inside_its_own_local_store_is_never_looked_into(cluster, tmp_path):
+    """Mounted inside the directory it serves, the mount is no part of the store: listing
+    the directory (through fluid:// or through the mount) leaves it out at once, and a
+    path through it is not found; nothing asks the mount from within its own request."""
+    store = tmp_path / "store"
+    (store / "sub").mkdir(parents=True)
+    (store / "a.bin").write_bytes(b"a" * 1000)
+    cluster["client"].create_dataset("edself", {"/": f"file://{store}"})
+    inner = store / "mnt"
+    inner.mkdir()
+    _mount("fluid://edself", inner)
+    try:
+        fs = fsspec.filesystem("fluid", skip_instance_cache=True)
+        assert sorted(fs.ls("fluid://edself", detail=False, refresh=True)) == \
+            ["edself/a.bin", "edself/sub"]
+        assert sorted(os.listdir(inner)) == ["a.bin", "sub"]
+        assert (inner / "a.bin").read_bytes() == b"a" * 1000
+        with pytest.raises(FileNotFoundError):
+            fs.info("fluid://edself/mnt/a.bin", refresh=True)
+        assert not os.path.exists(inner / "mnt")
+    finally:
+        _unmount(inner)
