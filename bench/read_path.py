@@ -32,7 +32,7 @@ import time
 
 import xxhash
 
-from .workloads import stage
+from .workloads import stage, tensor_like
 
 
 TARGETS = {"warm fluid cat_file": "target >= 0.8x", "warm fluid open().read()": "target >= 0.6x",
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
 
             digest = hashlib.sha256(big).hexdigest()
             assert hashlib.sha256(fs.cat_file("fluid://bench/big.bin")).hexdigest() == digest
-            buf = bytearray(len(big))                  # every readinto row reuses it
+            buf = tensor_like(len(big))   # every readinto row reuses it
 
             def bytes_read(reader):
                 def go():
