@@ -27,7 +27,7 @@ from .. import blocks, paging
 from ..config import Config
 from ..dataset import Dataset, normalize
 from ..errors import InvalidRequest, IsADirectory, NotFound, NotSupported
-from ..understore.mount import translate
+from ..understore.mount import drop_links, translate
 from .catalog import arg_str, target
 from .core import MasterCore
 from .listing import DIR
@@ -144,6 +144,7 @@ class Writes:
                         raise IsADirectory(f"{ds.name}/{path} holds files (remove them "
                                            "first, or rm recursively)")
                     with translate(path):
+                        drop_links(under)                 # what was never listed
                         mount.fs.rmdir(under)             # empty by now (files go first)
                     removed += 1
                     self._forget_dir(ds, path)

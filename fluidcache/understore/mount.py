@@ -43,7 +43,7 @@ class Mount:
         self.protocol = ""
         self.versioned = False      # an S3 bucket with versioning on: read by VersionId
         self.hints: dict = {}       # what the store was seen to do (readers.py)
-        self._real_root: str | None = None     # a local root, its links followed
+        self._root_seen: tuple | None = None   # a local root's (dev, inode), real path
         self._lock = threading.Lock()
 
     def _open(self):
@@ -97,24 +97,44 @@ class Mount:
 
     def under_path(self, rel: str) -> str:
         """The under-store path of `rel` ('' is the mount root); `rel` is normalized.
-        A local path that a symbolic link leads out of the mount's root is refused
-        (AccessDenied): a file:// mount serves and writes only what is under its root."""
+        In a local (file://) mount, a path is served only as far as its real path lies
+        under the mount's root through real directories, a symbolic link to a file
+        inside the root at its end allowed (`_local_ls` lists the same); a link to a
+        directory is not served (so a walk or `rm -r` never follows one), one leading out
+        of the root is refused (AccessDenied), and a fluidcache mount is no part of it."""
         path = self._path(rel)
         if self.protocol == "file":
             if any(path == m or path.startswith(m.rstrip("/") + "/")
                    for m in fluid_mountpoints()):
                 raise NotFound(f"{rel or '/'}: a fluidcache mount, not part of the store")
-            if not self._inside(path):
-                raise AccessDenied(f"{rel or '/'}: a symbolic link leads outside the mount")
+            self._check_local(path, rel)
         return path
 
-    def _inside(self, path: str) -> bool:
-        """Is local `path`, its symbolic links followed, under the mount's root?"""
-        real = self._real_root
-        if real is None:
-            real = self._real_root = os.path.realpath(self._path(""))
-        got = os.path.realpath(path)
-        return got == real or got.startswith(real.rstrip(os.sep) + os.sep)
+    def _real_root(self) -> str:
+        """The mount root's real path, resolved again whenever the root path leads to
+        another directory than before (a `current -> v2` link re-pointed)."""
+        root = self._path("")
+        try:
+            st = os.stat(root)
+            seen = (st.st_dev, st.st_ino)
+        except OSError:
+            seen = None
+        if self._root_seen is None or self._root_seen[0] != seen:
+            self._root_seen = (seen, os.path.realpath(root))
+        return self._root_seen[1]
+
+    def _check_local(self, path: str, rel: str) -> None:
+        real_root = self._real_root()
+        direct = f"{real_root.rstrip(os.sep)}{os.sep}{rel}" if rel else real_root
+        real = os.path.realpath(path)
+        if real == direct:                            # no link on the way
+            return
+        inside = real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+        if not inside:
+            raise AccessDenied(f"{rel or '/'}: a symbolic link leads outside the mount")
+        if os.path.dirname(direct) != os.path.realpath(os.path.dirname(path)) or \
+                os.path.isdir(path):
+            raise NotFound(f"{rel or '/'}: a symbolic link to a directory is not served")
 
     def _path(self, rel: str) -> str:
         root = self.root
@@ -145,7 +165,7 @@ class Mount:
         path = self.under_path(rel)        # opens the filesystem: the protocol is known
         with translate(rel):
             if self.protocol == "file":
-                out = _local_ls(path, self._inside)
+                out = _local_ls(path, self._real_root())
             elif hasattr(self.fs, "call_s3"):
                 return ls_s3(self.fs, path, self.versioned, self.max_entries)
             else:
@@ -248,24 +268,43 @@ class _FluidMounts:
 fluid_mountpoints = _FluidMounts()
 
 
-def _local_ls(path: str, inside) -> list[dict]:
-    """A local directory's entries (a file: itself). A symbolic link is listed as what
-    it leads to when `inside(its path)`; one leading out of the mount, dangling or in a
-    loop is left out, as is an entry removed while listed and a fluidcache mount."""
+def _local_ls(path: str, real_root: str) -> list[dict]:
+    """A local directory's entries (a file: itself). A symbolic link to a file under
+    `real_root` is listed as that file; a link to a directory (so no walk follows one
+    and `rm -r` never empties its target), one leading out of the root, dangling or in
+    a loop is left out, as is an entry removed while listed and a fluidcache mount."""
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         return [_local_entry(path, st)]
     out = []
     ours = fluid_mountpoints()
+    under = real_root.rstrip(os.sep) + os.sep
     with os.scandir(path) as it:
         for e in it:
             try:
-                if e.path in ours or e.is_symlink() and not inside(e.path):
+                if e.path in ours:
                     continue
-                out.append(_local_entry(e.path, e.stat()))
+                est = e.stat()
+                if e.is_symlink() and (stat.S_ISDIR(est.st_mode) or
+                                       not os.path.realpath(e.path).startswith(under)):
+                    continue
+                out.append(_local_entry(e.path, est))
             except OSError:                 # gone, dangling, a loop, unreadable
                 continue
     return out
+
+
+def drop_links(path: str) -> None:
+    """Unlink the symbolic links local directory `path` holds (never listed, so a
+    directory removed through fluid:// looked empty with them): their targets are not
+    touched. Called just before the directory itself is removed."""
+    with os.scandir(path) as it:
+        for e in it:
+            if e.is_symlink():
+                try:
+                    os.unlink(e.path)
+                except FileNotFoundError:
+                    pass
 
 
 def redact(url: str) -> str:

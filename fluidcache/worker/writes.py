@@ -199,10 +199,11 @@ class Writes:
 
     def _open_under(self, s: Session) -> None:
         if s.ds.write_mode in JOURNALED:      # kept here, uploaded later (or never)
-            if s.exclusive and s.ds.write_mode == "async-through":
-                with translate(s.path):
-                    if s.mount.fs.exists(s.mount.under_path(s.rel)):
-                        raise AlreadyExists(f"{s.ds.name}/{s.path} exists")
+            with translate(s.path):
+                under = s.mount.under_path(s.rel)   # refused now, not at the upload
+                if s.exclusive and s.ds.write_mode == "async-through" and \
+                        s.mount.fs.exists(under):
+                    raise AlreadyExists(f"{s.ds.name}/{s.path} exists")
             s.file = self.pending.journal.open(s.id, s.ns)
             return
         with translate(s.path):

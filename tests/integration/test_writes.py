@@ -332,6 +332,47 @@ def test_a_local_dataset_never_reads_or_writes_through_a_link_out_of_it(wds, tmp
         os.unlink(wds["local"] / "escape")
 
 
+def test_rm_r_of_a_local_directory_never_follows_a_link_into_another(wds):
+    import os
+    fs, local = _fresh(), wds["local"]
+    (local / "lr" / "a").mkdir(parents=True)
+    (local / "lr" / "b").mkdir()
+    (local / "lr" / "a" / "own.bin").write_bytes(b"o")
+    for k in ("keep1", "keep2"):
+        (local / "lr" / "b" / k).write_bytes(b"k")
+    os.symlink("../b", local / "lr" / "a" / "tob")       # put there on the host
+    fs.invalidate_cache()
+    assert fs.ls("fluid://wlocal/lr/a", detail=False, refresh=True) == ["wlocal/lr/a/own.bin"]
+    fs.rm("fluid://wlocal/lr/a", recursive=True)
+    assert not os.path.lexists(local / "lr" / "a")       # the link went with it ...
+    assert sorted(p.name for p in (local / "lr" / "b").iterdir()) == ["keep1", "keep2"]
+    fs.rm("fluid://wlocal/lr", recursive=True)           # ... never what it led to
+
+
+def test_an_async_write_through_a_link_out_is_refused_at_open(wds, cluster, tmp_path):
+    import os
+    local, outside = tmp_path / "lasync", tmp_path / "outside"
+    local.mkdir()
+    outside.mkdir()
+    os.symlink(outside, local / "escape")
+    cluster["client"].create_dataset("wlasync", {"/": f"file://{local}"},
+                                     write_mode="async-through")
+    try:
+        fs = _fresh()
+        with pytest.raises(PermissionError, match="outside the mount"):
+            fs.pipe_file("fluid://wlasync/escape/p.bin", b"x" * 100)
+        with pytest.raises(PermissionError, match="outside the mount"):
+            with fs.open("fluid://wlasync/escape/q.bin", "wb") as f:
+                f.write(b"y" * 100)
+        fs.pipe_file("fluid://wlasync/fine.bin", b"z" * 100)
+        fs.sync("fluid://wlasync", timeout=60)
+        assert (local / "fine.bin").read_bytes() == b"z" * 100
+        assert list(outside.iterdir()) == []
+        assert "wlasync/escape" not in fs.ls("fluid://wlasync", detail=False, refresh=True)
+    finally:
+        cluster["client"].remove_dataset("wlasync")
+
+
 def test_a_dataset_removed_while_a_file_is_written_gets_nothing(wds, moto):
     admin, fs = wds["admin"], _fresh()
     admin.create_dataset("wgone", {"/": "s3://fc-write/gone"}, moto.options(),

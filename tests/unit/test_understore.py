@@ -252,32 +252,58 @@ def test_a_file_written_just_now_is_served_but_not_cached(tmp_path):
 def test_a_local_mount_serves_and_writes_nothing_a_symbolic_link_leads_out_to(tmp_path):
     import os
 
-    from fluidcache.errors import AccessDenied
+    from fluidcache.errors import AccessDenied, NotFound
     from fluidcache.understore import Mount
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "sub").mkdir(parents=True)
+    (root / "b").mkdir()
     outside.mkdir()
     (root / "a.bin").write_bytes(b"a" * 10)
+    (root / "b" / "keep").write_bytes(b"k")
     (outside / "secret").write_bytes(b"s" * 10)
-    os.symlink(root / "a.bin", root / "in")              # a link within: served
+    os.symlink(root / "a.bin", root / "in")              # a link to a file within: served
+    os.symlink("../a.bin", root / "sub" / "rel_in")      # relative, within: served
     os.symlink(outside / "secret", root / "out")         # a file outside
     os.symlink(outside, root / "sub" / "outdir")         # a directory outside
-    os.symlink(root / "loop", root / "loop")             # a loop: left out, not an error
+    os.symlink("../b", root / "sub" / "tob")             # a directory within: not served
+    os.symlink(".", root / "sub" / "loop")               # a loop through an ancestor
+    os.symlink(root / "self", root / "self")             # a loop onto itself
     os.symlink(tmp_path / "gone", root / "dangling")
     m = Mount(f"file://{root}")
-    assert sorted(e["name"].rsplit("/", 1)[-1] for e in m.ls("")) == ["a.bin", "in", "sub"]
-    assert m.ls("sub") == []
-    v = m.version_of(m.info("in"), "s")
-    assert m.read_range("in", v, 0, 10, 10).data == b"a" * 10
+    assert sorted(e["name"].rsplit("/", 1)[-1] for e in m.ls("")) == \
+        ["a.bin", "b", "in", "sub"]
+    assert [e["name"].rsplit("/", 1)[-1] for e in m.ls("sub")] == ["rel_in"]
+    for rel in ("in", "sub/rel_in"):
+        v = m.version_of(m.info(rel), "s")
+        assert m.read_range(rel, v, 0, 10, 10).data == b"a" * 10
     for rel in ("out", "sub/outdir", "sub/outdir/secret", "sub/outdir/new"):
         with pytest.raises(AccessDenied, match="outside the mount"):
             m.under_path(rel)                            # every read, list and write
         with pytest.raises(AccessDenied):
             m.info(rel)
+    for rel in ("sub/tob", "sub/tob/keep", "sub/tob/new", "sub/loop", "sub/loop/sub"):
+        with pytest.raises(NotFound, match="directory is not served"):
+            m.under_path(rel)
     with pytest.raises(AccessDenied):
         m.ls("sub/outdir")
-    # a mount whose root is itself reached through a link is still served
-    os.symlink(root, tmp_path / "alias")
-    assert [e["name"].rsplit("/", 1)[-1] for e in Mount(f"file://{tmp_path / 'alias'}")
-            .ls("sub")] == []
-    assert Mount(f"file://{tmp_path / 'alias'}").info("a.bin")["size"] == 10
+    with pytest.raises(NotFound):
+        m.ls("sub/tob")
+    assert m.under_path("sub/new.bin") == str(root / "sub" / "new.bin")   # a new file
+
+
+def test_a_local_mount_whose_root_is_a_link_follows_it_when_it_is_repointed(tmp_path):
+    import os
+
+    from fluidcache.understore import Mount
+    for v in ("v1", "v2"):
+        (tmp_path / v).mkdir()
+        (tmp_path / v / "f.bin").write_bytes(v.encode() * 5)
+    os.symlink(tmp_path / "v1", tmp_path / "current")
+    m = Mount(f"file://{tmp_path / 'current'}")
+    assert m.info("f.bin")["size"] == 10
+    assert [e["name"].rsplit("/", 1)[-1] for e in m.ls("")] == ["f.bin"]
+    os.symlink(tmp_path / "v2", tmp_path / "next")
+    os.replace(tmp_path / "next", tmp_path / "current")   # ln -sfn v2 current
+    v = m.version_of(m.info("f.bin"), "s")
+    assert m.read_range("f.bin", v, 0, 10, 10).data == b"v2" * 5
+    assert [e["name"].rsplit("/", 1)[-1] for e in m.ls("")] == ["f.bin"]
