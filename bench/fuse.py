@@ -48,12 +48,15 @@ CFLOOR = "do-nothing FUSE fs in C, dropped"
 CKEPT = "do-nothing FUSE fs in C, kept"
 
 
-def _floor_daemon(mp: str, root: str) -> None:
+def _floor_daemon(mp: str, root: str, timeout: float) -> None:
     """A FUSE filesystem over the bytes of `root`'s files, held in memory (no cache,
-    no network): what libfuse, mfusepy and the kernel cost alone."""
+    no network): what libfuse, mfusepy and the kernel cost alone, with the kernel
+    options the mount has (`timeout`: its entry and attribute timeouts)."""
     import stat
 
     import mfusepy
+
+    from fluidcache.posix.ops import MAX_READ
 
     held = {}
     for d, _, fs in os.walk(os.path.join(root, "img")):      # the small files only
@@ -65,6 +68,13 @@ def _floor_daemon(mp: str, root: str) -> None:
 
     class Floor(mfusepy.Operations):
         use_ns = True
+
+        def init_with_config(self, conn, config):    # as the mount's (posix/ops.py)
+            if config is not None:
+                config.entry_timeout = config.attr_timeout = timeout
+                config.negative_timeout = min(timeout, 1.0)
+            if conn is not None:
+                conn.max_read = conn.max_readahead = MAX_READ
 
         def getattr(self, path, fh=None):
             if path in dirs:
@@ -88,23 +98,27 @@ def _floor_daemon(mp: str, root: str) -> None:
         def release(self, path, fi):
             return 0
 
-    mfusepy.FUSE(Floor(), mp, foreground=True, raw_fi=True, ro=True, fsname="floor")
+    mfusepy.FUSE(Floor(), mp, foreground=True, raw_fi=True, ro=True, fsname="floor",
+                 max_read=MAX_READ, default_permissions=True)
 
 
 READING = (
     "How to read the floors: a do-nothing filesystem pays only the kernel's round trips "
-    "and its binding's, so no daemon of that kind serves small files faster than its "
-    "floor on this machine, whatever it serves from. The mount answers the same requests "
-    "as the Python floor (lookup, open, read, release) with the fsspec client behind "
-    "them; \"dropped\" sends every byte through the daemon, \"kept\" only the open and "
-    "the release (the bytes come from the kernel's page cache). Where a floor's ratio is "
-    "below the small-file target (>= 0.5x the fsspec client), no daemon of its kind can "
-    "meet that target in that run.")
+    "and its binding's. Both floors run with the mount's kernel options (entry and "
+    "attribute timeouts from the dataset, max_read, default_permissions) and answer the "
+    "requests the mount answers (lookup, getattr, open, read, release: \"dropped\" "
+    "sends every byte through the daemon, \"kept\" no bytes, only the requests of "
+    "each open and close, the bytes coming from the kernel's page cache), so a daemon "
+    "of their kind that answers those requests serves small files no faster than its "
+    "floor in that run. A daemon that asks the kernel for fewer requests (no open at "
+    "all, FUSE passthrough) is not bounded by them; the mount opens every file to pin "
+    "the version it reads.")
 
 
-def _c_floor(root: str, mnt: str, work: str):
-    """The C floor (bench/fuse_floor.c) compiled and mounted at `mnt`: its process, or
-    the reason it cannot run here."""
+def _c_floor(root: str, mnt: str, work: str, timeout: float):
+    """The C floor (bench/fuse_floor.c) compiled and mounted at `mnt` with the mount's
+    kernel options: its process, or the reason it cannot run here."""
+    from fluidcache.posix.ops import MAX_READ
     exe = os.path.join(work, "fuse_floor")
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuse_floor.c")
     try:
@@ -115,10 +129,16 @@ def _c_floor(root: str, mnt: str, work: str):
     except (OSError, subprocess.CalledProcessError) as exc:
         why = getattr(exc, "stderr", "") or str(exc)
         return f"not compiled (needs gcc, pkg-config and libfuse3-dev): {why.strip()[:200]}"
-    proc = subprocess.Popen([exe, root, mnt, "-f", "-o", "ro,fsname=cfloor"])
+    proc = subprocess.Popen([exe, root, mnt, str(timeout), str(MAX_READ), "-f",
+                             "-o", "ro,fsname=cfloor,default_permissions"])
+    deadline = time.monotonic() + 60
     while not os.path.ismount(mnt):                # polling a condition: it is live
         if proc.poll() is not None:
             return f"did not mount (exit {proc.returncode})"
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            return "did not mount within 60 s"
         time.sleep(0.05)
     return proc
 
@@ -303,15 +323,17 @@ def main(argv=None) -> int:
             assert xxhash.xxh3_64_hexdigest(fs.cat_file("fluid://bench/big.bin")) == \
                 xxhash.xxh3_64_hexdigest(big)
             subprocess.run(cli + ["mount", "fluid://bench", mnt], check=True)
+            from fluidcache.posix.mount import kernel_timeout
+            timeout = kernel_timeout(client.dataset("bench"))     # the floors' too
             mounted = True
             floor = mp.get_context("spawn").Process(target=_floor_daemon, args=(
-                floor_mnt, tmpfs), daemon=True)
+                floor_mnt, tmpfs, timeout), daemon=True)
             floor.start()
             while not os.path.ismount(floor_mnt):     # polling a condition: it is live
                 assert floor.is_alive(), "the do-nothing FUSE fs did not start"
                 time.sleep(0.05)
             roots = {"tmpfs": tmpfs, "mount": mnt, "floor": floor_mnt}
-            cfloor = _c_floor(tmpfs, cfloor_mnt, home)
+            cfloor = _c_floor(tmpfs, cfloor_mnt, home, timeout)
             if isinstance(cfloor, str):
                 print(f"the C floor is left out: {cfloor}")
                 md.append(f"\nThe C floor is left out of this run: {cfloor}")
@@ -338,7 +360,10 @@ def main(argv=None) -> int:
                 if os.path.ismount(m):
                     subprocess.run(["fusermount3", "-u", m], check=False)
             if cfloor is not None:
-                cfloor.wait(30)
+                try:
+                    cfloor.wait(30)
+                except subprocess.TimeoutExpired:
+                    cfloor.kill()
             cluster.stop()
             shutil.rmtree(tmpfs, ignore_errors=True)
             shutil.rmtree(mnt, ignore_errors=True)

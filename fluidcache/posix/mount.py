@@ -223,6 +223,16 @@ def unmount(mountpoint: str) -> bool:
     return True
 
 
+def kernel_timeout(about: dict) -> float:
+    """How long the kernel keeps a mount's entries and attributes, from its dataset
+    (`dataset show`): a writable one's briefly (others' closes show), else as long as
+    the dataset's sync policy lets a listing stand, at most MAX_TIMEOUT."""
+    if about.get("write_mode", "read-only") != "read-only":
+        return WRITABLE_TIMEOUT
+    sync = about.get("sync_seconds")
+    return MAX_TIMEOUT if sync is None or sync < 0 else min(float(sync), MAX_TIMEOUT)
+
+
 def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
     """The daemon: mount `url` at `mountpoint` and serve until unmounted or signalled
     (SIGTERM, SIGINT, SIGHUP: libfuse unmounts). Files still open for writing then are
@@ -249,9 +259,7 @@ def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
         raise NotSupported(f"fluid://{root} is a file: mount a dataset or a directory")
     about = fs.client.cluster.dataset(ds)
     writable = about.get("write_mode", "read-only") != "read-only"
-    sync = about.get("sync_seconds")
-    timeout = WRITABLE_TIMEOUT if writable else \
-        MAX_TIMEOUT if sync is None or sync < 0 else min(float(sync), MAX_TIMEOUT)
+    timeout = kernel_timeout(about)
     ops = FluidOps(fs, root, writable, timeout)
     _record_path(mp).write_text(json.dumps({"pid": os.getpid(), "mountpoint": mp,
                                             "url": f"fluid://{root}",
@@ -278,5 +286,5 @@ def serve(url: str, mountpoint: str, allow_other: bool = False) -> int:
     return 0
 
 
-__all__ = ["FSTYPE", "mount", "mount_table", "parse_mountinfo", "record", "serve", "state",
-           "unmount"]
+__all__ = ["FSTYPE", "kernel_timeout", "mount", "mount_table", "parse_mountinfo", "record",
+           "serve", "state", "unmount"]
