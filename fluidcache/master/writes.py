@@ -19,6 +19,7 @@ Never: hold the master lock while the store is asked, or carry file bytes (worke
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable
@@ -27,7 +28,7 @@ from .. import blocks, paging
 from ..config import Config
 from ..dataset import Dataset, normalize
 from ..errors import InvalidRequest, IsADirectory, NotFound, NotSupported
-from ..understore.mount import drop_links, translate
+from ..understore.mount import translate
 from .catalog import arg_str, target
 from .core import MasterCore
 from .listing import DIR
@@ -144,8 +145,7 @@ class Writes:
                         raise IsADirectory(f"{ds.name}/{path} holds files (remove them "
                                            "first, or rm recursively)")
                     with translate(path):
-                        drop_links(under)                 # what was never listed
-                        mount.fs.rmdir(under)             # empty by now (files go first)
+                        mount.remove_local_dir(under)     # empty by now (files go first)
                     removed += 1
                     self._forget_dir(ds, path)
                     continue
@@ -177,6 +177,8 @@ class Writes:
         with translate(src):
             if smount.protocol == "file":
                 smount.fs.makedirs(smount.fs._parent(dunder), exist_ok=True)
+                if os.path.islink(dunder):     # a copy replaces a link, as a write does
+                    os.unlink(dunder)
             smount.fs.cp_file(sunder, dunder)
         entry = self.listings.entry(ds, dst, refresh=True)
         self._show_dirs(ds, dst)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import re
 import stat
-import select
 import threading
 
 import fsspec
 from fsspec.core import url_to_fs
 
-from ..errors import (AccessDenied, AlreadyExists, InvalidRequest, NotFound, StaleVersion,
+from ..errors import (AccessDenied, AlreadyExists, FluidError, InvalidRequest, NotFound,
                       UnderStoreError)
+from . import local
 from .readers import Fetched, read_verified
 from .s3list import ls_s3
 from .versions import version_of
@@ -43,7 +43,6 @@ class Mount:
         self.protocol = ""
         self.versioned = False      # an S3 bucket with versioning on: read by VersionId
         self.hints: dict = {}       # what the store was seen to do (readers.py)
-        self._root_seen: tuple | None = None   # a local root's (dev, inode), real path
         self._lock = threading.Lock()
 
     def _open(self):
@@ -96,45 +95,18 @@ class Mount:
         return self._root
 
     def under_path(self, rel: str) -> str:
-        """The under-store path of `rel` ('' is the mount root); `rel` is normalized.
-        In a local (file://) mount, a path is served only as far as its real path lies
-        under the mount's root through real directories, a symbolic link to a file
-        inside the root at its end allowed (`_local_ls` lists the same); a link to a
-        directory is not served (so a walk or `rm -r` never follows one), one leading out
-        of the root is refused (AccessDenied), and a fluidcache mount is no part of it."""
+        """The under-store path of `rel` ('' is the mount root); `rel` is normalized. A
+        local path is checked against what a local mount serves (local.py): a link that
+        leads out is AccessDenied, one to a directory, dangling or looping, and a
+        fluidcache mount inside, NotFound."""
         path = self._path(rel)
         if self.protocol == "file":
-            if any(path == m or path.startswith(m.rstrip("/") + "/")
-                   for m in fluid_mountpoints()):
-                raise NotFound(f"{rel or '/'}: a fluidcache mount, not part of the store")
-            self._check_local(path, rel)
+            local.check(self._path(""), rel, path)
         return path
 
-    def _real_root(self) -> str:
-        """The mount root's real path, resolved again whenever the root path leads to
-        another directory than before (a `current -> v2` link re-pointed)."""
-        root = self._path("")
-        try:
-            st = os.stat(root)
-            seen = (st.st_dev, st.st_ino)
-        except OSError:
-            seen = None
-        if self._root_seen is None or self._root_seen[0] != seen:
-            self._root_seen = (seen, os.path.realpath(root))
-        return self._root_seen[1]
-
-    def _check_local(self, path: str, rel: str) -> None:
-        real_root = self._real_root()
-        direct = f"{real_root.rstrip(os.sep)}{os.sep}{rel}" if rel else real_root
-        real = os.path.realpath(path)
-        if real == direct:                            # no link on the way
-            return
-        inside = real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
-        if not inside:
-            raise AccessDenied(f"{rel or '/'}: a symbolic link leads outside the mount")
-        if os.path.dirname(direct) != os.path.realpath(os.path.dirname(path)) or \
-                os.path.isdir(path):
-            raise NotFound(f"{rel or '/'}: a symbolic link to a directory is not served")
+    def remove_local_dir(self, under: str) -> None:
+        """Remove a local directory that holds nothing served (local.py)."""
+        local.remove_dir(under, self._path(""))
 
     def _path(self, rel: str) -> str:
         root = self.root
@@ -165,7 +137,7 @@ class Mount:
         path = self.under_path(rel)        # opens the filesystem: the protocol is known
         with translate(rel):
             if self.protocol == "file":
-                out = _local_ls(path, self._real_root())
+                out = local.list_dir(path, self._path(""), _local_entry)
             elif hasattr(self.fs, "call_s3"):
                 return ls_s3(self.fs, path, self.versioned, self.max_entries)
             else:
@@ -232,81 +204,6 @@ def _local_entry(path: str, st: os.stat_result) -> dict:
             "ctime_ns": st.st_ctime_ns}
 
 
-class _FluidMounts:
-    """Where `fluidcache mount`s are on this machine. A local store never looks inside
-    one: that would ask this cluster again from within its own request, a loop that ends
-    only when a timeout does. /proc/self/mountinfo is read again only when the kernel
-    says the mount table changed (poll: POLLPRI), so asking costs a poll, never a stale
-    answer; nothing here touches a mount."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._file = self._poll = None
-        self._found: frozenset[str] = frozenset()
-
-    def __call__(self) -> frozenset[str]:
-        with self._lock:
-            try:
-                if self._file is None:
-                    self._file = open("/proc/self/mountinfo")     # kept open: polled
-                    self._poll = select.poll()
-                    self._poll.register(self._file, select.POLLPRI | select.POLLERR)
-                    changed = True
-                else:
-                    changed = bool(self._poll.poll(0))
-                if changed:
-                    from ..posix.mount import FSTYPE, parse_mountinfo
-                    self._file.seek(0)
-                    self._found = frozenset(mp for mp, kind in
-                                            parse_mountinfo(self._file.read()).items()
-                                            if kind == FSTYPE)
-            except (OSError, AttributeError):   # no /proc (or no poll): none to avoid
-                return frozenset()
-            return self._found
-
-
-fluid_mountpoints = _FluidMounts()
-
-
-def _local_ls(path: str, real_root: str) -> list[dict]:
-    """A local directory's entries (a file: itself). A symbolic link to a file under
-    `real_root` is listed as that file; a link to a directory (so no walk follows one
-    and `rm -r` never empties its target), one leading out of the root, dangling or in
-    a loop is left out, as is an entry removed while listed and a fluidcache mount."""
-    st = os.stat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        return [_local_entry(path, st)]
-    out = []
-    ours = fluid_mountpoints()
-    under = real_root.rstrip(os.sep) + os.sep
-    with os.scandir(path) as it:
-        for e in it:
-            try:
-                if e.path in ours:
-                    continue
-                est = e.stat()
-                if e.is_symlink() and (stat.S_ISDIR(est.st_mode) or
-                                       not os.path.realpath(e.path).startswith(under)):
-                    continue
-                out.append(_local_entry(e.path, est))
-            except OSError:                 # gone, dangling, a loop, unreadable
-                continue
-    return out
-
-
-def drop_links(path: str) -> None:
-    """Unlink the symbolic links local directory `path` holds (never listed, so a
-    directory removed through fluid:// looked empty with them): their targets are not
-    touched. Called just before the directory itself is removed."""
-    with os.scandir(path) as it:
-        for e in it:
-            if e.is_symlink():
-                try:
-                    os.unlink(e.path)
-                except FileNotFoundError:
-                    pass
-
-
 def redact(url: str) -> str:
     """A URL fit for messages: user info (`key:secret@`, where a secret may hold `/` or
     `@`) and the query string (signatures, tokens) removed."""
@@ -328,9 +225,7 @@ class translate:
         return self
 
     def __exit__(self, kind, exc, tb):
-        if exc is None or isinstance(exc, (StaleVersion, NotFound, AccessDenied,
-                                           UnderStoreError, InvalidRequest,
-                                           AlreadyExists)):
+        if exc is None or isinstance(exc, FluidError):     # ours already: as it is
             return False
         if isinstance(exc, FileExistsError):    # "xb" onto a file that is there
             raise AlreadyExists(f"{self.where} exists") from None

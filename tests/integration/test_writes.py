@@ -346,6 +346,13 @@ def test_rm_r_of_a_local_directory_never_follows_a_link_into_another(wds):
     fs.rm("fluid://wlocal/lr/a", recursive=True)
     assert not os.path.lexists(local / "lr" / "a")       # the link went with it ...
     assert sorted(p.name for p in (local / "lr" / "b").iterdir()) == ["keep1", "keep2"]
+    # a copy onto a link to a file replaces the link, as a write does: its target stays
+    os.symlink("b/keep1", local / "lr" / "alias")
+    fs.pipe_file("fluid://wlocal/lr/src.bin", b"new")
+    fs.copy("fluid://wlocal/lr/src.bin", "fluid://wlocal/lr/alias")
+    assert not os.path.islink(local / "lr" / "alias")
+    assert (local / "lr" / "alias").read_bytes() == b"new"
+    assert (local / "lr" / "b" / "keep1").read_bytes() == b"k"
     fs.rm("fluid://wlocal/lr", recursive=True)           # ... never what it led to
 
 

@@ -307,3 +307,74 @@ def test_a_local_mount_whose_root_is_a_link_follows_it_when_it_is_repointed(tmp_
     v = m.version_of(m.info("f.bin"), "s")
     assert m.read_range("f.bin", v, 0, 10, 10).data == b"v2" * 5
     assert [e["name"].rsplit("/", 1)[-1] for e in m.ls("")] == ["f.bin"]
+
+
+def test_a_local_mount_never_looks_into_a_fluidcache_mount_however_it_is_reached(
+        tmp_path, monkeypatch):
+    import os
+
+    from fluidcache.errors import NotFound
+    from fluidcache.understore import Mount, local
+    v1 = tmp_path / "v1"
+    (v1 / "mnt").mkdir(parents=True)
+    (v1 / "mnt" / "a.bin").write_bytes(b"m")
+    (v1 / "f.bin").write_bytes(b"f")
+    os.symlink(v1 / "mnt" / "a.bin", v1 / "into_mnt")     # a link into the mount
+    os.symlink(v1, tmp_path / "current")
+    monkeypatch.setattr(local, "fluid_mountpoints", lambda: frozenset({str(v1 / "mnt")}))
+    real_lstat, touched = os.lstat, []
+
+    def lstat(p, *a, **k):                                   # nothing stat'ed inside
+        touched.append(str(p))
+        return real_lstat(p, *a, **k)
+    monkeypatch.setattr(local.os, "lstat", lstat)
+    for url in (f"file://{v1}", f"file://{tmp_path}/current", f"file://{tmp_path}//v1",
+                f"file://{tmp_path}/./v1/"):
+        m = Mount(url)
+        assert [e["name"].rsplit("/", 1)[-1] for e in m.ls("")] == ["f.bin"], url
+        for rel in ("mnt", "mnt/a.bin", "into_mnt"):
+            with pytest.raises(NotFound):
+                m.under_path(rel)
+    assert not [p for p in touched if p.startswith(str(v1 / "mnt"))]
+
+
+def test_local_links_that_loop_or_dangle_are_not_served_and_a_root_moved_is_followed(
+        tmp_path):
+    import os
+
+    from fluidcache.errors import IsADirectory, NotFound
+    from fluidcache.understore import Mount
+    v1 = tmp_path / "v1"
+    (v1 / "d").mkdir(parents=True)
+    (v1 / "data.bin").write_bytes(b"D" * 10)
+    os.symlink(v1 / "self", v1 / "self")
+    os.symlink("y", v1 / "x")
+    os.symlink("x", v1 / "y")
+    os.symlink("gone.bin", v1 / "dang_in")
+    os.symlink(v1, tmp_path / "current")
+    m = Mount(f"file://{tmp_path / 'current'}")
+    assert sorted(e["name"].rsplit("/", 1)[-1] for e in m.ls("")) == ["d", "data.bin"]
+    for rel in ("self", "self/z", "x", "x/z", "dang_in"):
+        with pytest.raises(NotFound, match="dangles, loops"):
+            m.under_path(rel)
+    # a directory holding a served link to a file is not empty: nothing goes
+    os.symlink("../data.bin", v1 / "d" / "alias.bin")
+    (v1 / "d" / "sub").mkdir()
+    with pytest.raises(IsADirectory):
+        m.remove_local_dir(m.under_path("d"))
+    assert os.path.islink(v1 / "d" / "alias.bin")
+    os.rmdir(v1 / "d" / "sub")
+    with pytest.raises(IsADirectory):                    # the served link alone, too
+        m.remove_local_dir(m.under_path("d"))
+    assert os.path.islink(v1 / "d" / "alias.bin")
+    # one holding only links that are not served is empty to its readers: they go
+    os.unlink(v1 / "d" / "alias.bin")
+    os.symlink(tmp_path, v1 / "d" / "out")
+    os.symlink(".", v1 / "d" / "loop")
+    m.remove_local_dir(m.under_path("d"))
+    assert not os.path.lexists(v1 / "d") and (v1 / "data.bin").read_bytes() == b"D" * 10
+    # the root's target moved and the link re-pointed (the same inode behind it)
+    os.rename(v1, tmp_path / "v1-renamed")
+    os.symlink(tmp_path / "v1-renamed", tmp_path / "next")
+    os.replace(tmp_path / "next", tmp_path / "current")
+    assert m.info("data.bin")["size"] == 10
