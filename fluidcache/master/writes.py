@@ -131,6 +131,14 @@ class Writes:
                     except FileNotFoundError:
                         info = None
                 kept = self.pending.take(ds, path)    # not uploaded yet, or never
+                if info is None and kept is None:
+                    # its upload may have ended between the two questions: ask again
+                    with translate(path):
+                        try:
+                            mount.fs.invalidate_cache(under)
+                            info = mount.fs.info(under)
+                        except FileNotFoundError:
+                            info = None
                 if info is None and kept is not None:
                     removed += 1
                     self._gone_file(ds, path)

@@ -132,6 +132,7 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
                         "--reason-message", "a test", "--deadline-remaining-seconds", "120"],
                        check=True, capture_output=True, timeout=60)
         wait_for(lambda: fourth.node_id in status(env)["rebalance"]["retired"],
+                 timeout=240,       # a loaded 2-core machine took over 120 s once
                  what="the worker of the node Ray drains retired")
         cluster.remove_node(fourth)
         wait_for(lambda: settled(2), what="two workers after Ray's drain")
