@@ -57,7 +57,7 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
         return store_bytes() - before
 
     config = tmp_path / "config.json"      # moves slow enough that a read meets them
-    config.write_text('{"rebalance_rate": "4MiB"}')
+    config.write_text('{"rebalance_rate": "1MiB"}')   # ~13 s of moves at scale-out
     try:
         cli_env(env, "start", "--address", cluster.address, "--config", str(config),
                 "--mem", "96MiB",
@@ -79,7 +79,7 @@ def test_scale_out_drain_and_kill_keep_the_cache(tmp_path, moto):
         assert alive()[added.node_id]["stats"]["peer_fetches"] > 0   # (the moves were slow)
         st = wait_for(lambda: settled(3), what="a third worker and its blocks moved")
         rb = st["rebalance"]
-        assert rb["moved_blocks"] > 5 and rb["bytes_moved"] >= rb["moved_blocks"] * 1000
+        assert rb["moved_blocks"] > 0 and rb["bytes_moved"] >= rb["moved_blocks"] * 1000
         held = {w["node_id"]: sum(t["blocks"] for t in w["tiers"]) for w in st["workers"]}
         fetched = alive()[added.node_id]["stats"]["peer_fetches"]
         # what it holds was moved to it or read from its holder (a block may be both
