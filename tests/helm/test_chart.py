@@ -237,7 +237,7 @@ def test_fuse_entry_mounts_each_dataset_and_unmounts_on_sigterm(tmp_path):
         deadline = time.monotonic() + 30
         while not all(mp.with_suffix(".pid").exists() for mp in mps):
             assert p.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+            time.sleep(0.05)      # polling a condition (the pid files), bounded above
         assert all(mp.is_dir() for mp in mps)
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=30) == 0
