@@ -52,7 +52,24 @@ class Decode:
         return xxhash.xxh3_64_intdigest(data) >> 1, x
 
 
-def _epoch(ds, sampler, expected: dict[str, int]) -> float:
+def cpu_ticks() -> tuple[int, int]:
+    """This machine's busy and total CPU time so far (/proc/stat, all cores; 0s where
+    there is no /proc)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(v) - v[3] - v[4], sum(v)          # less idle and iowait
+
+
+def busy_share(before: tuple[int, int]) -> float | None:
+    """The share of all cores' time that was busy since `before` (cpu_ticks())."""
+    now = cpu_ticks()
+    return (now[0] - before[0]) / (now[1] - before[1]) if now[1] > before[1] else None
+
+
+def _epoch(ds, sampler, expected: dict[str, int], cpu: list | None = None) -> float:
     import torch
     from torch.utils.data import DataLoader
     torch.manual_seed(0)          # the headline benchmark's tiny CNN
@@ -63,7 +80,7 @@ def _epoch(ds, sampler, expected: dict[str, int]) -> float:
     loss_fn = torch.nn.CrossEntropyLoss()
     loader = DataLoader(ds, batch_size=32, sampler=sampler, num_workers=2,
                         collate_fn=lambda b: b)
-    seen, t0 = [], time.perf_counter()
+    seen, ticks, t0 = [], cpu_ticks(), time.perf_counter()
     for batch in loader:
         seen += [d for d, _ in batch]
         x = torch.stack([t for _, t in batch])
@@ -73,6 +90,8 @@ def _epoch(ds, sampler, expected: dict[str, int]) -> float:
         loss.backward()
         opt.step()
     dt = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(busy_share(ticks))
     if sorted(seen) != sorted(expected[p.rsplit("/", 1)[-1]] for p in ds.paths):
         raise AssertionError("an epoch read wrong bytes or not each sample once")
     return dt
@@ -103,7 +122,7 @@ def _settled(client, before: tuple[int, int], n: int) -> tuple[int, int]:
         time.sleep(0.2)        # polling the heartbeats' counts (a condition)
 
 
-def run(n: int, delay: float) -> dict:
+def run(n: int, delay: float, replay: bool = False) -> dict:
     import fsspec
     import torch
 
@@ -115,12 +134,13 @@ def run(n: int, delay: float) -> dict:
     expected = {k: xxhash.xxh3_64_intdigest(v) >> 1 for k, v in objects.items()}
     total = sum(map(len, objects.values()))
     out: dict = {"objects": n, "dataset_bytes": total, "cache_bytes": total // 2,
-                 "delay_ms": delay * 1000}
+                 "delay_ms": delay * 1000, "store": "replay" if replay else "moto"}
     work = tempfile.mkdtemp(prefix="fc-smp-")
     tmpfs = tempfile.mkdtemp(prefix="fc-smp-", dir="/dev/shm" if os.path.isdir("/dev/shm")
                              else None)
     try:
-        with MotoServer() as moto, LatencyProxy(moto.endpoint, delay) as store:
+        with MotoServer() as moto, LatencyProxy(moto.endpoint, delay,
+                                                        replay=replay) as store:
             s3 = moto.filesystem()
             s3.mkdir("smp")
             s3.pipe({f"smp/{k}": v for k, v in objects.items()})
@@ -135,13 +155,16 @@ def run(n: int, delay: float) -> dict:
 
             local = FluidDataset([os.path.join(tmpfs, "data", k) for k in sorted(objects)],
                                  Decode(), fsspec.filesystem("file"))
-            out["tmpfs"] = [_epoch(local, plain(local, e), expected) for e in (1, 2)]
+            out["tmpfs_cpu"], out["s3fs_cpu"] = [], []
+            out["tmpfs"] = [_epoch(local, plain(local, e), expected, out["tmpfs_cpu"])
+                            for e in (1, 2)]
             direct = fsspec.filesystem("s3", key=moto.credentials["key"],
                                        secret=moto.credentials["secret"],
                                        client_kwargs={"endpoint_url": store.endpoint},
                                        skip_instance_cache=True)
             remote = FluidDataset([f"smp/{k}" for k in sorted(objects)], Decode(), direct)
-            out["s3fs"] = [_epoch(remote, plain(remote, e), expected) for e in (1, 2)]
+            out["s3fs"] = [_epoch(remote, plain(remote, e), expected, out["s3fs_cpu"])
+                           for e in (1, 2)]
             for eviction in ("fill-once", "lru"):
                 out[eviction] = _fluid(fc, config, connect, store, eviction, total, work,
                                        tmpfs, expected, plain, FluidDataset,
@@ -175,10 +198,10 @@ def _fluid(fc, config, connect, store, eviction, total, work, tmpfs, expected, p
             row = []
             for e in (1, 2):
                 sampler = make(e)
-                before, fetched = _counts(client), _fetches(client)
-                s = _epoch(ds, sampler, expected)
+                before, fetched, cpu = _counts(client), _fetches(client), []
+                s = _epoch(ds, sampler, expected, cpu)
                 h, m = _settled(client, before, len(ds))
-                row.append({"s": s, "hit_ratio": h / max(1, h + m),
+                row.append({"s": s, "hit_ratio": h / max(1, h + m), "cpu_busy": cpu[0],
                             "store_fetches": _fetches(client) - fetched,
                             "sampler_believed_ready": getattr(sampler, "ready_ratio",
                                                      lambda: None)()})
@@ -196,26 +219,39 @@ def _epoch_set(sampler, epoch: int):
     return sampler
 
 
+STORES = {"moto": "moto S3 behind a %.0f ms first-byte proxy",
+          "replay": "a store model: moto behind a %.0f ms first-byte proxy that answers "
+                    "a request it has seen before from memory (`--store replay`: every "
+                    "object's first answer is moto's, later ones cost the proxy's CPU only, "
+                    "as a real store's servers are not on this machine)"}
+
+
 def markdown(r: dict, command: str) -> str:
     lines = [f"## Samplers, dataset twice the cache (`{command}`)", "",
              f"{r['objects']} objects of 80-140 KB ({r['dataset_bytes'] / 1e6:.0f} MB), "
-             f"cache {r['cache_bytes'] / 1e6:.0f} MB (one memory tier), moto S3 behind a "
-             f"{r['delay_ms']:.0f} ms first-byte proxy; DataLoader(num_workers=2, batch 32). "
+             f"cache {r['cache_bytes'] / 1e6:.0f} MB (one memory tier), "
+             + (STORES[r.get("store", "moto")] % r["delay_ms"]) +
+             "; DataLoader(num_workers=2, batch 32). "
              "Warm epoch = the second epoch of each sampler on the same cache. Hit ratio = "
              "reads that did not wait on the store (the workers' counts). One run: single "
              "measurements.", "",
              "| eviction | sampler | warm epoch s | vs plain | hit ratio | store fetches | "
-             "target |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "CPU busy | target |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for ev in ("fill-once", "lru"):
         base = r[ev]["plain"][1]["s"]
         for name, row in r[ev].items():
             w = row[1]
             target = "<= 0.6x plain, hit ratio >= 0.9" if name == "substituting" else ""
             lines.append(f"| {ev} | {name} | {w['s']:.2f} | {w['s'] / base:.2f}x | "
-                         f"{w['hit_ratio']:.2f} | {w.get('store_fetches', '-')} | {target} |")
-    lines += ["", f"Direct s3fs: {r['s3fs'][1]:.2f} s; tmpfs (the ceiling): "
-              f"{r['tmpfs'][1]:.2f} s (second epoch each). The substituting sampler's "
+                         f"{w['hit_ratio']:.2f} | {w.get('store_fetches', '-')} | "
+                         f"{_share(w.get('cpu_busy'))} | {target} |")
+    lines += ["", f"Direct s3fs: {r['s3fs'][1]:.2f} s (CPU busy "
+              f"{_share((r.get('s3fs_cpu') or [None, None])[1])}); tmpfs (the ceiling): "
+              f"{r['tmpfs'][1]:.2f} s (CPU busy "
+              f"{_share((r.get('tmpfs_cpu') or [None, None])[1])}) (second epoch each). "
+              "CPU busy = the share of all this machine's cores busy during the epoch "
+              "(/proc/stat): every process, the store's included. The substituting sampler's "
               "misses still come from the store (store fetches): it hides their latency "
               "behind cached samples, it does not save them; under fill-once a prefetched "
               "block no tier takes is held by its worker until read (`stage_bytes`, "
@@ -225,16 +261,23 @@ def markdown(r: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sampler", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objects", type=int, default=1500)
     p.add_argument("--delay", type=float, default=0.02, help="store first-byte latency (s)")
+    p.add_argument("--store", choices=sorted(STORES), default="moto",
+                   help="moto behind the proxy (default), or the replaying store model")
     p.add_argument("--out", help="write sampler.json and sampler.md here")
     a = p.parse_args(argv)
-    r = run(a.objects, a.delay)
+    r = run(a.objects, a.delay, a.store == "replay")
     text = markdown(r, "python -m bench.sampler" + (f" --objects {a.objects}"
-                                                    if a.objects != 1500 else ""))
+                                                    if a.objects != 1500 else "")
+                    + (f" --store {a.store}" if a.store != "moto" else ""))
     print(text)
     if a.out:
         os.makedirs(a.out, exist_ok=True)

@@ -10,6 +10,13 @@ HEADs still answer): a store that hangs on reads. With `rate` each connection's
 responses stream at most `rate` bytes/s: with a first-byte latency, a model of a real
 object store (S3 gives one connection ~50-100 MB/s after tens of ms; more bandwidth
 comes only from more connections).
+With `replay` it keeps each answer to a GET or HEAD (by method, target, range and
+conditional headers; bounded) and answers the same request again from memory, still
+after the delay; any other request (a write) is passed on and forgets every kept
+answer; a client's connection is kept open (moto closes each after one request, a real
+store does not). A model of a store whose servers are not on this machine: a local S3 stand-in
+costs several ms of this machine's CPU per object (moto, s3rver: ~100-130 objects/s
+however many are asked at once), where a real store's GETs scale with connections.
 Runs as its own process (`python -m fluidcache.testing.proxy`), so it never shares a
 GIL with what it measures. Binds 127.0.0.1 only.
 """
@@ -91,6 +98,112 @@ async def _requests(reader, writer, strip: set[bytes], on_request,
         writer.close()
 
 
+_KEYED = (b"range", b"if-match", b"if-none-match", b"if-modified-since",
+          b"if-unmodified-since")
+_KEEP_MAX = 64 << 20          # a larger body is never read whole (refused in replay)
+
+
+class Replay:
+    """Answers kept by request, at most `limit` bytes in all (then nothing more kept)."""
+
+    def __init__(self, limit: int = 2 << 30) -> None:
+        self.kept: dict[tuple, bytes] = {}
+        self.size, self.limit = 0, limit
+
+    def keep(self, key: tuple, answer: bytes) -> None:
+        if self.size + len(answer) <= self.limit:
+            self.kept[key] = answer
+            self.size += len(answer)
+
+    def forget(self) -> None:
+        self.kept.clear()
+        self.size = 0
+
+
+def _head_fields(head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
+    lines = head[:-4].split(b"\r\n")
+    return lines, {ln.split(b":", 1)[0].strip().lower(): ln.split(b":", 1)[1].strip()
+                   for ln in lines[1:] if b":" in ln}
+
+
+async def _body(reader, fields: dict[bytes, bytes]) -> bytes:
+    """A message's body as sent (Content-Length or chunked), at most _KEEP_MAX."""
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        out = bytearray()
+        while True:
+            size_line = await reader.readuntil(b"\r\n")
+            n = int(size_line.split(b";")[0], 16)
+            if len(out) + n > _KEEP_MAX:
+                raise ValueError("body too large to replay")
+            out += size_line + await reader.readexactly(n + 2)
+            if n == 0:
+                return bytes(out)
+    n = int(fields.get(b"content-length", b"0"))
+    if n > _KEEP_MAX:
+        raise ValueError("body too large to replay")
+    return await reader.readexactly(n)
+
+
+async def _replaying(c_reader, c_writer, target, delay: float, rate: float,
+                     replay: Replay) -> None:
+    """Serve one client connection from `replay`, asking the store what it lacks."""
+    upstream = None
+    try:
+        while True:
+            try:
+                head = await c_reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            asked = time.monotonic()
+            lines, fields = _head_fields(head)
+            method, _, rest = lines[0].partition(b" ")
+            if fields.get(b"expect", b"").lower() == b"100-continue":
+                c_writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")   # answered here
+                head = b"\r\n".join(ln for ln in lines if not ln.lower().startswith(
+                    b"expect:")) + b"\r\n\r\n"
+            body = await _body(c_reader, fields)
+            key = (method, rest.rpartition(b" ")[0]) + tuple(fields.get(h) for h in _KEYED)
+            answer = replay.kept.get(key) if method in (b"GET", b"HEAD") else None
+            if answer is None:
+                if method not in (b"GET", b"HEAD"):
+                    replay.forget()            # a write: what was kept may be stale
+                if upstream is None:
+                    upstream = await asyncio.open_connection(*target)
+                upstream[1].write(head + body)
+                await upstream[1].drain()
+                r_head = await upstream[0].readuntil(b"\r\n\r\n")
+                r_lines, r_fields = _head_fields(r_head)
+                status = int(r_lines[0].split()[1])
+                r_body = b"" if method == b"HEAD" or status in (204, 304) \
+                    else await _body(upstream[0], r_fields)
+                if r_fields.get(b"connection", b"").lower() == b"close":
+                    upstream[1].close()          # moto's way: a connection a request
+                    upstream = None
+                # the model keeps its clients' connections, as a real store does
+                answer = b"\r\n".join(ln for ln in r_lines if not ln.lower().startswith(
+                    b"connection:")) + b"\r\n\r\n" + r_body
+                if method in (b"GET", b"HEAD") and status in (200, 206):
+                    replay.keep(key, answer)
+            ahead = asked + delay - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)     # the injected first-byte latency
+            t0 = time.monotonic()
+            for i in range(0, len(answer), 256 * 1024):
+                c_writer.write(answer[i:i + 256 * 1024])
+                await c_writer.drain()
+                if rate:                       # the connection's rate cap
+                    ahead = t0 + (i + 256 * 1024) / rate - time.monotonic()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+    except (ConnectionError, OSError, ValueError, IndexError, asyncio.LimitOverrunError,
+            asyncio.IncompleteReadError):
+        pass
+    finally:
+        c_writer.close()
+        if upstream is not None:
+            upstream[1].close()
+
+
 _BODY = (b'<?xml version="1.0" encoding="UTF-8"?>'
          b"<Error><Code>SlowDown</Code><Message>fault</Message></Error>")
 _ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\n"
@@ -99,10 +212,14 @@ _ERROR = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\
 
 async def _serve(port: int, target: tuple[str, int], delay: float, fail: bool = False,
                  strip: tuple[str, ...] = (), hang_ranges: bool = False,
-                 rate: float = 0.0) -> None:
+                 rate: float = 0.0, replay: bool = False) -> None:
     dropped = {h.lower().encode() for h in strip}
+    kept = Replay() if replay else None
 
     async def handle(c_reader, c_writer):
+        if kept is not None:
+            await _replaying(c_reader, c_writer, target, delay, rate, kept)
+            return
         if fail:             # the store answers every request with a 503 (a fault test)
             try:
                 await c_reader.read(65536)
@@ -149,13 +266,16 @@ class LatencyProxy(Endpoint):
 
     def __init__(self, target: str, delay: float = 0.02, port: int | None = None,
                  fail: bool = False, strip: tuple[str, ...] = (),
-                 hang_ranges: bool = False, rate: float = 0.0) -> None:
+                 hang_ranges: bool = False, rate: float = 0.0,
+                 replay: bool = False) -> None:
         """`fail`: answer every request with HTTP 503 instead (the store erring);
         `strip`: request headers to remove (e.g. ("If-Match",)); `rate`: bytes/s each
-        connection's responses stream at, at most (0: no cap)."""
+        connection's responses stream at, at most (0: no cap); `replay`: answer a GET
+        or HEAD asked before from memory (a store whose CPU is elsewhere)."""
         host_port = target.split("://", 1)[-1].rstrip("/")
         self.target, self.delay, self.fail = host_port, delay, fail
         self.strip, self.hang_ranges, self.rate = tuple(strip), hang_ranges, rate
+        self.replay = replay
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -167,7 +287,8 @@ class LatencyProxy(Endpoint):
                                      + (["--fail"] if self.fail else [])
                                      + [f"--strip={h}" for h in self.strip]
                                      + (["--hang-ranges"] if self.hang_ranges else [])
-                                     + ([f"--rate={self.rate}"] if self.rate else []),
+                                     + ([f"--rate={self.rate}"] if self.rate else [])
+                                     + (["--replay"] if self.replay else []),
                                      start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -197,6 +318,8 @@ def main(argv=None) -> int:
                    help="never answer a request for a byte range")
     p.add_argument("--rate", type=float, default=0.0,
                    help="bytes/s each connection's responses stream at, at most")
+    p.add_argument("--replay", action="store_true",
+                   help="answer a GET or HEAD asked before from memory")
     a = p.parse_args(argv)
     host, _, port = a.target.rpartition(":")
     try:
@@ -206,7 +329,7 @@ def main(argv=None) -> int:
         pass
     try:
         asyncio.run(_serve(a.port, (host, int(port)), a.delay, a.fail, tuple(a.strip),
-                           a.hang_ranges, a.rate))
+                           a.hang_ranges, a.rate, a.replay))
     except KeyboardInterrupt:
         pass
     return 0
