@@ -16,6 +16,13 @@ Invariants, kept by every method:
   - a reserved or moving block is never chosen as a victim.
 Placement: a new block goes to the first (fastest) tier with room; if none has room, to
 the first tier whose policy admits it and where evicting unpinned blocks frees enough.
+Marks: a reader may say it wants a block soon (`want`); a block a prefetch brought in is
+wanted too. A new block of the same group (a namespace) evicts no block its group wants
+and has not read since: without other room it is not cached (a prefetched one is kept
+aside by the worker), nor does a high watermark's eviction. Other groups' blocks ignore
+the marks, so a mark never holds the
+cache against another tenant; a mark lapses once its group has asked room for twice the
+tier's blocks since (a reader that never comes holds nothing for long).
 Watermarks: a tier above `high` x capacity is brought down to `low` x capacity; each
 victim is demoted to the next tier that has room below its own high mark, else dropped.
 A tier whose policy never evicts for admission (fill-once) is exempt.
@@ -27,6 +34,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .policy import Policy
+
+
+ANY_GROUP = "\0any"         # _spared: a mark of any group
 
 
 class StateError(Exception):
@@ -55,6 +65,7 @@ class Entry:
     pinned: bool = False
     expires: float | None = None
     dest: int | None = None    # while moving
+    prefetched: str | None = None   # reserved by a prefetch of this group: wanted once in
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +115,9 @@ class TierIndex:
         self.moves = {"demote": 0, "promote": 0, "expire": 0}
         self._pins: set[str] = set()            # pins that apply when the block arrives
         self._ttls: dict[str, float] = {}
+        self.wanted: dict[str, tuple[str, int]] = {}   # key -> (group, its fills then)
+        self._fills: dict[str, int] = {}                # group -> blocks it asked room for
+        self._prefetched: set[str] = set()      # reserved by a prefetch: wanted once in
 
     # -- queries ---------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
@@ -148,40 +162,48 @@ class TierIndex:
                    for t in self.tiers)
 
     # -- admission ---------------------------------------------------------------
-    def reserve(self, key: str, size: int) -> Reservation | None:
-        """Room for a new block, or None (not cached: no room, or the policy refused)."""
+    def reserve(self, key: str, size: int, group: str | None = None,
+                prefetched: bool = False) -> Reservation | None:
+        """Room for a new block, or None (not cached: no room, or the policy refused, or
+        no room but by evicting a block `group` wants). A `prefetched` block is wanted by
+        its group once committed."""
         if key in self.entries:
             raise StateError(f"block {key} is already {self.entries[key].state}")
+        if group is not None:
+            self._fills[group] = self._fills.get(group, 0) + 1
+        marked = group if prefetched else None
         for i, t in enumerate(self.tiers):
             if t.room(size):
-                return self._reserve(key, size, i, ())
+                return self._reserve(key, size, i, (), (), marked)
         for i, t in enumerate(self.tiers):
             if size > t.capacity or not t.policy.admit(key, full=True):
                 continue
-            chosen = self._victims(i, t.used + size - t.capacity)
+            chosen = self._victims(i, t.used + size - t.capacity, group)
             if chosen is not None:
                 sizes = tuple(self.entries[v].size for v in chosen)
                 for victim in chosen:
                     self._drop(victim)
                 self.evictions += len(chosen)
-                return self._reserve(key, size, i, tuple(chosen), sizes)
+                return self._reserve(key, size, i, tuple(chosen), sizes, marked)
         return None
 
-    def _victims(self, i: int, need: int) -> list[str] | None:
-        """Unpinned, settled blocks of tier i, in policy order, that free `need` bytes."""
+    def _victims(self, i: int, need: int, group: str | None = None) -> list[str] | None:
+        """Unpinned, settled blocks of tier i, in policy order, that free `need` bytes
+        (none that `group` wants)."""
         chosen: list[str] = []
         for victim in self.tiers[i].policy.victims():
             if need <= 0:
                 break
             e = self.entries.get(victim)
-            if e is None or e.pinned or e.state != "cached" or e.tier != i:
+            if e is None or e.pinned or e.state != "cached" or e.tier != i or \
+                    self._spared(victim, group):
                 continue
             chosen.append(victim)
             need -= e.size
         return chosen if need <= 0 else None
 
-    def _reserve(self, key, size, i, evict, sizes=()) -> Reservation:
-        self.entries[key] = Entry(i, size)
+    def _reserve(self, key, size, i, evict, sizes=(), prefetched=None) -> Reservation:
+        self.entries[key] = Entry(i, size, prefetched=prefetched)
         self.tiers[i].used += size
         return Reservation(key, i, evict, sizes)
 
@@ -193,6 +215,8 @@ class TierIndex:
         t = self.tiers[e.tier]
         t.blocks.add(key)
         t.policy.insert(key)
+        if e.prefetched is not None:     # fetched for a reader who comes soon
+            self._mark(key, e.prefetched)
 
     def abort(self, key: str) -> None:
         e = self._get(key, "reserved")
@@ -212,6 +236,43 @@ class TierIndex:
         e = self.entries.get(key)
         if e is not None and e.state != "reserved":
             self.tiers[e.tier].policy.access(key)
+            self.wanted.pop(key, None)
+
+    def want(self, key: str, group: str) -> bool:
+        """A reader of `group` will read `key` soon: kept as a hit keeps it, and no new
+        block of `group` evicts it until it is read or cooled (or the mark lapses).
+        False if no settled block has that key."""
+        e = self.entries.get(key)
+        if e is None or e.state == "reserved":
+            return False
+        self.tiers[e.tier].policy.access(key)
+        self._mark(key, group)
+        return True
+
+    def _mark(self, key: str, group: str) -> None:
+        self.wanted[key] = (group, self._fills.get(group, 0))
+
+    def _spared(self, key: str, group: str | None) -> bool:
+        """Is `key` marked by `group` (ANY_GROUP: by any), the mark not lapsed (a lapsed
+        one is dropped)?"""
+        mark = self.wanted.get(key)
+        if group is None or mark is None or group not in (mark[0], ANY_GROUP):
+            return False
+        e = self.entries[key]
+        if self._fills.get(mark[0], 0) - mark[1] > 2 * max(1, len(self.tiers[e.tier].blocks)):
+            del self.wanted[key]
+            return False
+        return True
+
+    def cool(self, key: str) -> bool:
+        """`key` is not wanted again soon: first in its tier's eviction order. False if
+        no settled block has that key."""
+        e = self.entries.get(key)
+        if e is None or e.state == "reserved":
+            return False
+        self.tiers[e.tier].policy.cool(key)
+        self.wanted.pop(key, None)
+        return True
 
     def remove(self, key: str) -> Entry | None:
         """Forget a settled block (freed, corrupt, expired). Returns what it was; a block
@@ -253,7 +314,8 @@ class TierIndex:
             if t.used <= t.capacity * t.high or not t.policy.evicts_on_watermark:
                 continue
             need = t.used - int(t.capacity * t.low)
-            for victim in list(self._victims(i, need) or self._victims_partial(i, need)):
+            for victim in list(self._victims(i, need, ANY_GROUP)
+                               or self._victims_partial(i, need, ANY_GROUP)):
                 e = self.entries[victim]
                 dst = next((j for j in range(i + 1, len(self.tiers))
                             if self.tiers[j].room(e.size, self.tiers[j].high)), None)
@@ -266,12 +328,14 @@ class TierIndex:
                     moves.append(Move(victim, i, dst, "demote", e.size))
         return moves
 
-    def _victims_partial(self, i: int, need: int) -> list[str]:
-        """As many victims as there are when not enough can be freed (pins hold the rest)."""
+    def _victims_partial(self, i: int, need: int, group: str | None = None) -> list[str]:
+        """As many victims as there are when not enough can be freed (pins, and marks of
+        `group`, hold the rest)."""
         out = []
         for victim in self.tiers[i].policy.victims():
             e = self.entries.get(victim)
-            if e is not None and not e.pinned and e.state == "cached" and e.tier == i:
+            if e is not None and not e.pinned and e.state == "cached" and e.tier == i \
+                    and not self._spared(victim, group):
                 out.append(victim)
                 need -= e.size
                 if need <= 0:
@@ -320,6 +384,7 @@ class TierIndex:
         t.used -= e.size
         t.blocks.discard(key)
         t.policy.remove(key)
+        self.wanted.pop(key, None)
 
     def _get(self, key: str, state: str | None) -> Entry:
         e = self.entries.get(key)

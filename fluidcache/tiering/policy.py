@@ -4,6 +4,7 @@
                                no)
     insert(key)                the block entered the tier (by default: an access)
     access(key)                a hit
+    cool(key)                  not wanted again soon (read once this epoch): goes first
     remove(key)                the block left the tier (evicted, freed, expired, moved)
     victims() -> keys          candidates in eviction order (the core skips pinned,
                                unsettled and other tiers' blocks)
@@ -38,6 +39,11 @@ class Policy(abc.ABC):
         """A hit on `key` (also called once when it is inserted)."""
 
     @abc.abstractmethod
+    def cool(self, key: str) -> None:
+        """`key` will not be wanted again soon (a reader says so): it goes before every
+        other candidate, until its next access. Unknown keys are ignored."""
+
+    @abc.abstractmethod
     def remove(self, key: str) -> None:
         """`key` left the tier."""
 
@@ -60,6 +66,10 @@ class LRU(Policy):
         self._order[key] = None
         self._order.move_to_end(key)
 
+    def cool(self, key: str) -> None:
+        if key in self._order:
+            self._order.move_to_end(key, last=False)
+
     def remove(self, key: str) -> None:
         self._order.pop(key, None)
 
@@ -79,15 +89,27 @@ class LFU(Policy):
         self._buckets: dict[int, OrderedDict[str, None]] = {}
 
     def access(self, key: str) -> None:
-        n = self._count.get(key, 0)
-        if n:
+        n = self._count.get(key)
+        if n is not None:
             self._unlink(key, n)
+        n = n or 0
         self._count[key] = n + 1
         self._buckets.setdefault(n + 1, OrderedDict())[key] = None
 
+    def cool(self, key: str) -> None:
+        """Back to no hits, ahead of the others without: its count starts again."""
+        n = self._count.get(key)
+        if n is None:
+            return
+        self._unlink(key, n)
+        self._count[key] = 0
+        first = self._buckets.setdefault(0, OrderedDict())
+        first[key] = None
+        first.move_to_end(key, last=False)
+
     def remove(self, key: str) -> None:
-        n = self._count.pop(key, 0)
-        if n:
+        n = self._count.pop(key, None)
+        if n is not None:
             self._unlink(key, n)
 
     def _unlink(self, key: str, n: int) -> None:

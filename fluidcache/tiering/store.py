@@ -167,14 +167,36 @@ class BlockStore:
         self._accessed(key, tier)
         return True
 
-    def put(self, key: str, data, meta: layout.Meta = layout.NO_META) -> bool:
-        """Cache a block; False if no tier took it (no room, policy refused, write failed).
+    def want(self, key: str, group: str) -> bool:
+        """A reader of `group` will read the block soon: kept as a hit keeps it
+        (uncounted), and no block of `group` evicts it before it is read. True if the
+        block is held."""
+        with self._lock:
+            tier = self.index.tier_of(key)
+            if tier is None or not self.index.want(key, group):
+                return False
+            if self.promote and tier > 0:       # promoted as a hit is
+                self._promote.add(key)
+                self._wake.set()
+        return True
+
+    def cool(self, key: str) -> bool:
+        """A reader will not want the block again soon: it is evicted first, when room
+        is needed (nothing is removed now). True if the block is held."""
+        with self._lock:
+            return self.index.cool(key)
+
+    def put(self, key: str, data, meta: layout.Meta = layout.NO_META,
+            group: str | None = None, prefetched: bool = False) -> bool:
+        """Cache a block; False if no tier took it (no room, policy refused, write failed,
+        no room but by evicting a block `group` wants: core.py's marks). A `prefetched`
+        block is wanted by its group until read.
         `meta` (dataset, file id, index) is written with it, for reports after restarts."""
         size = layout.disk_size(len(data), meta)
         with self._lock:
             if self.index.known(key):
                 return key in self.index
-            res = self.index.reserve(key, size)
+            res = self.index.reserve(key, size, group, prefetched)
         if res is None:
             return False
         for victim, vsize in zip(res.evict, res.sizes, strict=True):

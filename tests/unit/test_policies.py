@@ -84,6 +84,18 @@ class PolicyTests:
         policy.access("only")
         assert list(policy.victims()) == ["only"]
 
+    def test_a_cooled_key_goes_first_until_it_is_read_again(self, policy):
+        for k in "abcd":
+            policy.insert(k)
+            policy.access(k)
+        policy.cool("c")
+        policy.cool("b")                    # the last cooled goes first
+        assert list(policy.victims())[:2] == ["b", "c"]
+        policy.cool("ghost")                # unknown: ignored
+        assert sorted(policy.victims()) == list("abcd")
+        policy.access("b")                  # read again: no longer first
+        assert list(policy.victims())[0] == "c"
+
     def test_make_by_name(self, policy_cls):
         clock = FakeClock()
         p = make(policy_cls.name, clock)
@@ -93,7 +105,8 @@ class PolicyTests:
     def test_candidates_are_exactly_the_present_keys(self, policy_cls):
         # An inner @given: hypothesis wants one function per policy, not one shared method.
         @settings(max_examples=50, deadline=None)
-        @given(ops=st.lists(st.tuples(st.sampled_from(["insert", "access", "remove"]),
+        @given(ops=st.lists(st.tuples(st.sampled_from(["insert", "access", "remove",
+                                                       "cool"]),
                                       st.sampled_from("abcdef")), max_size=40))
         def check(ops):
             policy, present = policy_cls(), set()
@@ -106,6 +119,10 @@ class PolicyTests:
                 elif op == "remove":
                     policy.remove(k)
                     present.discard(k)
+                elif op == "cool":
+                    policy.cool(k)                 # unknown keys: ignored
+                    if k in present:
+                        assert next(iter(policy.victims())) == k
             victims = list(policy.victims())
             assert len(victims) == len(set(victims))
             assert set(victims) == present

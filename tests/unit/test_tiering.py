@@ -220,7 +220,8 @@ def test_cancel_move():
 
 
 _ops = st.lists(st.tuples(
-    st.sampled_from(["reserve", "commit", "abort", "remove", "pin", "unpin", "access"]),
+    st.sampled_from(["reserve", "commit", "abort", "remove", "pin", "unpin", "access",
+                     "want", "cool", "prefetch"]),
     st.sampled_from(KEYS[:8]), st.integers(1, 70)), max_size=60)
 
 
@@ -234,15 +235,21 @@ def test_index_keeps_its_invariants(caps, policy, ops):
     state: dict[str, str] = {}
     pinned: set[str] = set()
     for op, k, size in ops:
-        if op == "reserve":
+        if op in ("reserve", "prefetch"):        # (a prefetch: of group "g", marked)
+            group = "g" if op == "prefetch" or size % 2 else None
             if k in state:
                 with pytest.raises(StateError):
-                    ix.reserve(k, size)
+                    ix.reserve(k, size, group, op == "prefetch")
                 continue
-            res = ix.reserve(k, size)
+            # marks of this group that hold (not lapsed once this fill is counted)
+            wanted = {v for v, (g, n) in ix.wanted.items() if g == group and
+                      ix._fills.get(g, 0) + 1 - n <=
+                      2 * max(1, len(ix.tiers[ix.entries[v].tier].blocks))}
+            res = ix.reserve(k, size, group, op == "prefetch")
             if res is not None:
                 for v in res.evict:
                     assert state.pop(v) == "cached" and v not in pinned
+                    assert v not in wanted
                     assert v not in ix.entries
                 state[k] = "reserved"
         elif op in ("commit", "abort"):
@@ -264,7 +271,11 @@ def test_index_keeps_its_invariants(caps, policy, ops):
             (pinned.add if op == "pin" else pinned.discard)(k)
         elif op == "access":
             ix.access(k)
+        elif op in ("want", "cool"):
+            held = ix.want(k, "g") if op == "want" else ix.cool(k)
+            assert held == (state.get(k) == "cached")
         pinned &= set(state)
+        assert set(ix.wanted) <= {k for k, s in state.items() if s == "cached"}
         assert {k: e.state for k, e in ix.entries.items()} == state
         assert set(ix.cached_keys()) == {k for k, s in state.items() if s == "cached"}
         check_accounting(ix)
