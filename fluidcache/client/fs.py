@@ -340,6 +340,23 @@ class FluidFileSystem(WriteVerbs, AbstractFileSystem):
         """
         return self.client.land(self._file_entry(self._strip_protocol(path)))
 
+    def hint_reuse(self, paths, soon: bool) -> int:
+        """Say when files will be read again, the first path given soonest: `soon`,
+        their cached blocks are kept as a hit keeps them (the first path's evicted last);
+        else they are evicted before any other when a tier needs room (the first path's
+        first): a sample read once this epoch. Nothing is fetched or removed now, and
+        no hit is counted; returns how many blocks the workers hold. Only under `lru`
+        and `lfu` eviction does the order change what is kept (fill-once never evicts
+        to make room).
+
+        Raises
+        ------
+        FileNotFoundError, IsADirectoryError, PermissionError
+            As `cat_file`, for any of `paths` (then no hint is sent).
+        """
+        entries = [self._file_entry(self._strip_protocol(p)) for p in paths]
+        return self.client.hint(entries, soon) if entries else 0
+
     def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):
         """Bytes of many ranges, in the order given: ranges inside one block are read
         in batches, one request per worker (client/batch.py); the rest at once on the

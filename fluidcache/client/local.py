@@ -26,7 +26,7 @@ from .cluster import Cluster
 from .conn import FORKS
 
 log = logging.getLogger(__name__)
-_TOUCH_CHUNK = 4096   # keys per touch message (well under a frame)
+TOUCH_CHUNK = 4096   # keys per touch message (well under a frame)
 
 
 class LocalTiers:
@@ -113,9 +113,9 @@ class LocalTiers:
         except IndexError:
             pass
         for address, keys in by_worker.items():
-            for i in range(0, len(keys), _TOUCH_CHUNK):
+            for i in range(0, len(keys), TOUCH_CHUNK):
                 try:
-                    self.cluster.call(address, "touch", {"keys": keys[i:i + _TOUCH_CHUNK]})
+                    self.cluster.call(address, "touch", {"keys": keys[i:i + TOUCH_CHUNK]})
                 except FluidError as exc:   # hits are advisory: never fail a read for them
                     log.debug("could not report %d hits to %s: %s", len(keys), address, exc)
                     break

@@ -33,7 +33,7 @@ from .buffers import Buffer
 from .cluster import Cluster
 from .direct import DirectReader
 from .jobs import each, fetching, in_fetch_thread, settle, submit_all, wait_all
-from .local import LocalTiers
+from .local import TOUCH_CHUNK, LocalTiers
 from .readahead import Budget, FileReads, Kept, Readahead
 
 
@@ -359,6 +359,35 @@ class BlockReader:
                 return False
             landed = landed and bool(got.get("ok"))
         return landed
+
+    def hint(self, entries: list[dict], soon: bool) -> int:
+        """Tell the owners of these files' blocks when they are wanted again, the
+        first file soonest: `soon`, kept as a hit keeps them (the first file's evicted
+        last), else evicted first when room is needed (the first file's first). A hint:
+        nothing is fetched or removed, errors are dropped; returns the blocks held."""
+        m = self.cluster.map()
+        bs = m["block_size"]
+        address = {w["id"]: w["address"] for w in m["workers"]}
+        keys: dict[str, list[str]] = {}
+        for entry in reversed(entries):       # a worker applies them in order: the
+            if entry["version"].startswith("c:"):            # last it applies wins
+                continue                      # a kept file: in its holder's journal
+            ds = self.cluster.dataset(entry["name"].partition("/")[0])
+            for index in range(max(1, blocks.block_count(entry["size"], bs))):
+                key = blocks.block_key(entry["fid"], index, bs)
+                for wid in self._route(key, ds, m)[:max(1, ds.get("replicas", 1))]:
+                    if wid in address:
+                        keys.setdefault(address[wid], []).append(key)
+        held = 0
+        for addr, ks in keys.items():
+            for i in range(0, len(ks), TOUCH_CHUNK):
+                try:
+                    got, _ = self.cluster.call(addr, "touch", {
+                        "keys": ks[i:i + TOUCH_CHUNK], "hint": "soon" if soon else "later"})
+                except FluidError:
+                    break
+                held += int(got.get("held", 0))
+        return held
 
     # -- blocks -----------------------------------------------------------------------
     def piece(self, entry: dict, piece: blocks.Piece, m: dict | None = None,

@@ -60,7 +60,7 @@ class Reads:
         self._metrics = metrics
         self.counters = dict(hits=0, misses=0, bytes_served=0, ufs_bytes_read=0,
                              ufs_fetches=0, short_circuit_hits=0, short_circuit_bytes=0,
-                             prefetches=0)
+                             prefetches=0, hinted=0)
         self.by_dataset: dict[str, list[int]] = {}     # "ns/name" -> [hits, misses]
         self.map_version = 0                # the newest cluster map version we know of
         self._mounts: dict[tuple, Mount] = {}
@@ -192,18 +192,27 @@ class Reads:
     def _touch(self, ns: str, args: dict):
         """Short-circuit hits of namespace `ns`: only blocks of its own datasets count (a
         key of another namespace is ignored: no probing whether it is cached, no keeping
-        it hot)."""
-        keys = args.get("keys")
+        it hot). With "hint", a reader's word on when it wants the blocks again, not a
+        hit: "soon" keeps them as a hit does (uncounted) and no block of `ns` evicts
+        them before they are read (tiering/core.py), "later" makes them the first to
+        evict (a sample read once this epoch); in the order given."""
+        keys, hint = args.get("keys"), args.get("hint")
         if not isinstance(keys, list) or len(keys) > TOUCH_MAX:
             raise InvalidRequest(f"touch needs a list of at most {TOUCH_MAX} keys")
+        if hint not in (None, "soon", "later"):
+            raise InvalidRequest("a touch's hint is 'soon' or 'later'")
         held, mine = 0, f"{ns}/"
         for k in keys:
             owner = self._owners.get(k) if isinstance(k, str) else None
-            if owner is not None and owner.startswith(mine) and self.store.touch(k):
+            if owner is None or not owner.startswith(mine):
+                continue
+            if hint is not None:
+                held += self.store.cool(k) if hint == "later" else self.store.want(k, ns)
+            elif self.store.touch(k):
                 held += 1
                 self.counters["short_circuit_bytes"] += self.store.size_of(k)
-                self._count(self._owners.get(k), 0)
-        self.counters["short_circuit_hits"] += held
+                self._count(owner, 0)
+        self.counters["hinted" if hint else "short_circuit_hits"] += held
         return {"held": held}, None
 
     def _block_read(self, args: dict) -> BlockRead:
@@ -449,7 +458,8 @@ class Reads:
             return             # not a node this dataset may cache on: read through only
         try:
             took = await loop.run_in_executor(None, self.store.put, found.key, data,
-                                              layout.Meta(dsid, found.fid, r.index))
+                                              layout.Meta(dsid, found.fid, r.index),
+                                              ns, hint)    # (core.py's marks)
         except Exception:      # the readers have their bytes; log, go on
             log.exception("caching block %s failed", found.key)
             took = True

@@ -19,6 +19,7 @@ import fluidcache
 from fluidcache import wire
 from fluidcache.blocks import block_key
 from fluidcache.client.conn import Pool
+from fluidcache.errors import FluidError
 
 from ..helpers import run_cli
 
@@ -156,9 +157,22 @@ def test_touch_counts_only_the_callers_own_blocks(tenant, cluster, dataset_files
                              tenant["token"])
         held.append(got["held"])
     assert held == [0] * len(held)                                     # nothing to learn
+    for hint in ("soon", "later"):      # nor to keep or push out of another's cache
+        got = [Pool().call(w["address"], "touch", {"keys": [key], "hint": hint},
+                           tenant["ns"], tenant["token"])[0]["held"]
+               for w in status["workers"]]
+        assert got == [0] * len(got)
     mine = [Pool().call(w["address"], "touch", {"keys": [key]}, "default",
                         cluster["client"].endpoint.token)[0]["held"] for w in status["workers"]]
     assert sum(mine) >= 1
+    hinted = [Pool().call(w["address"], "touch", {"keys": [key], "hint": "soon"}, "default",
+                          cluster["client"].endpoint.token)[0]["held"]
+              for w in status["workers"]]
+    assert sum(hinted) >= 1
+    with pytest.raises(FluidError, match="hint"):
+        Pool().call(status["workers"][0]["address"], "touch",
+                    {"keys": [key], "hint": "never"}, "default",
+                    cluster["client"].endpoint.token)
 
 
 _FORGE = """
