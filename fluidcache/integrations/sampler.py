@@ -39,18 +39,28 @@ from .window import Window
 log = logging.getLogger(__name__)
 
 
+_DONE_BATCH = 64           # samples said to be done in one hint
+
+
 class SubstitutingSampler:
     def __init__(self, dataset, window: int = 512, seed: int = 0,
                  num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, drop_last: bool = False, prefetch: int = 32,
-                 max_wait: float = 0.5) -> None:
+                 max_wait: float = 0.5, reuse_lag: int | None = None) -> None:
         """`dataset`: a FluidDataset (its `paths` and `fs`); `window`: samples the order
         may be chosen among; `prefetch`: files fetched at once; `max_wait`: seconds the
         sampler waits for a sample of the window to land before it hands the window's
-        head to the DataLoader anyway (its reader then waits on the store)."""
+        head to the DataLoader anyway (its reader then waits on the store);
+        `reuse_lag`: samples handed out after one before it is said to be done for the
+        epoch (evicted first under lru/lfu: default `window`); it must exceed what the
+        DataLoader holds ahead of its reads (num_workers x prefetch_factor x batch_size),
+        else a sample may be evicted before it is read (then its read is a miss)."""
         self.num_replicas, self.rank = ranks(num_replicas, rank)
         if window < 1 or prefetch < 1:
             raise ValueError("window and prefetch must be at least 1")
+        self.reuse_lag = window if reuse_lag is None else reuse_lag
+        if self.reuse_lag < 0:
+            raise ValueError("reuse_lag must be at least 0")
         self.dataset, self.window, self.seed = dataset, window, seed
         self.shuffle, self.drop_last, self.prefetch = shuffle, drop_last, prefetch
         self.max_wait = max_wait
@@ -98,8 +108,22 @@ class SubstitutingSampler:
         self.cached = cached
         return cached
 
+    def _hint(self, samples: list[int], soon: bool) -> int:
+        """Tell the cache when these samples are read again (fs.hint_reuse), the first
+        soonest; the blocks held. A hint: failures are counted, never raised."""
+        try:
+            return self.dataset.fs.hint_reuse([self.dataset.paths[i] for i in samples], soon)
+        except Exception as exc:  # noqa: BLE001 - a hint: reads go on without it
+            self.stats["hints_failed"] = self.stats.get("hints_failed", 0) + 1
+            log.debug("reuse hint of %d samples: %s", len(samples), exc)
+            return 0
+
     def __iter__(self):
         cached = self.refresh()
+        mine = self.order()
+        # this epoch's cached samples are wanted, the first in the order soonest: kept
+        # ahead of last epoch's leftovers, the ones read last evicted first
+        held = self._hint([i for i in mine if i in cached], soon=True)
         landed: set[int] = set()      # prefetched, in the window
         failed: set[int] = set()      # prefetch failed, in the window: not waited for
         waiting: set[int] = set()     # in the window, not yielded
@@ -108,7 +132,11 @@ class SubstitutingSampler:
         cv = threading.Condition()
         fs = self.dataset.fs
         stats = self.stats = {"samples": 0, "ready": 0, "waited_s": 0.0, "forced": 0,
-                              "prefetched": 0, "prefetch_failed": 0}
+                              "prefetched": 0, "prefetch_failed": 0, "done": 0,
+                              "hints_failed": self.stats.get("hints_failed", 0),
+                              "cached": len(cached), "cached_held": held}
+        handed: collections.deque[int] = collections.deque()   # the last `reuse_lag`
+        done: list[int] = []                                    # to say are done
 
         def fetch(i: int) -> None:
             try:
@@ -124,7 +152,8 @@ class SubstitutingSampler:
                 cv.notify_all()
 
         pool = ThreadPoolExecutor(self.prefetch, thread_name_prefix="fc-substitute")
-        win = Window(self.order(), self.window)
+        hints = ThreadPoolExecutor(1, thread_name_prefix="fc-reuse")    # in order
+        win = Window(mine, self.window)
         starved = -1                  # landings seen when a wait last found none
         try:
             while len(win):
@@ -165,8 +194,19 @@ class SubstitutingSampler:
                 stats["samples"] += 1
                 stats["ready"] += was_ready
                 yield got
+                handed.append(got)
+                if len(handed) > self.reuse_lag:   # read by now: done for this epoch,
+                    done.append(handed.popleft())  # so it goes before what is not
+                    if len(done) >= _DONE_BATCH:
+                        stats["done"] += len(done)
+                        hints.submit(self._hint, done, False)
+                        done = []
+            if done:                                # the epoch's end: what is left
+                stats["done"] += len(done)
+                hints.submit(self._hint, done, False)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            hints.shutdown(wait=False, cancel_futures=True)
 
     def ready_ratio(self) -> float:
         """Of the last epoch's samples (so far), the share this sampler yielded believing
