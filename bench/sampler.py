@@ -122,7 +122,7 @@ def _settled(client, before: tuple[int, int], n: int) -> tuple[int, int]:
         time.sleep(0.2)        # polling the heartbeats' counts (a condition)
 
 
-def run(n: int, delay: float, replay: bool = False) -> dict:
+def run(n: int, delay: float, replay: bool = False, rounds: int = 2) -> dict:
     import fsspec
     import torch
 
@@ -134,7 +134,8 @@ def run(n: int, delay: float, replay: bool = False) -> dict:
     expected = {k: xxhash.xxh3_64_intdigest(v) >> 1 for k, v in objects.items()}
     total = sum(map(len, objects.values()))
     out: dict = {"objects": n, "dataset_bytes": total, "cache_bytes": total // 2,
-                 "delay_ms": delay * 1000, "store": "replay" if replay else "moto"}
+                 "delay_ms": delay * 1000, "store": "replay" if replay else "moto",
+                 "rounds": rounds}
     work = tempfile.mkdtemp(prefix="fc-smp-")
     tmpfs = tempfile.mkdtemp(prefix="fc-smp-", dir="/dev/shm" if os.path.isdir("/dev/shm")
                              else None)
@@ -157,18 +158,19 @@ def run(n: int, delay: float, replay: bool = False) -> dict:
                                  Decode(), fsspec.filesystem("file"))
             out["tmpfs_cpu"], out["s3fs_cpu"] = [], []
             out["tmpfs"] = [_epoch(local, plain(local, e), expected, out["tmpfs_cpu"])
-                            for e in (1, 2)]
+                            for e in range(1, 2 + rounds)]
             direct = fsspec.filesystem("s3", key=moto.credentials["key"],
                                        secret=moto.credentials["secret"],
                                        client_kwargs={"endpoint_url": store.endpoint},
                                        skip_instance_cache=True)
             remote = FluidDataset([f"smp/{k}" for k in sorted(objects)], Decode(), direct)
             out["s3fs"] = [_epoch(remote, plain(remote, e), expected, out["s3fs_cpu"])
-                           for e in (1, 2)]
+                           for e in range(1, 2 + rounds)]
             for eviction in ("fill-once", "lru"):
                 out[eviction] = _fluid(fc, config, connect, store, eviction, total, work,
                                        tmpfs, expected, plain, FluidDataset,
-                                       CacheAwareDistributedSampler, SubstitutingSampler)
+                                       CacheAwareDistributedSampler, SubstitutingSampler,
+                                       rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(tmpfs, ignore_errors=True)
@@ -176,7 +178,7 @@ def run(n: int, delay: float, replay: bool = False) -> dict:
 
 
 def _fluid(fc, config, connect, store, eviction, total, work, tmpfs, expected, plain,
-           FluidDataset, CacheAware, Substituting) -> dict:
+           FluidDataset, CacheAware, Substituting, rounds: int) -> dict:
     home = os.path.join(work, f"home-{eviction}")
     os.environ["FLUIDCACHE_HOME"] = home
     cfg = config.load(tiers=[{"medium": "MEM", "path": os.path.join(tmpfs, f".t-{eviction}"),
@@ -196,7 +198,7 @@ def _fluid(fc, config, connect, store, eviction, total, work, tmpfs, expected, p
                                                                     seed=0), e)}
         for name, make in makers.items():
             row = []
-            for e in (1, 2):
+            for e in range(1, 2 + rounds):          # the first: the sampler's own fill
                 sampler = make(e)
                 before, fetched, cpu = _counts(client), _fetches(client), []
                 s = _epoch(ds, sampler, expected, cpu)
@@ -224,45 +226,105 @@ STORES = {"moto": "moto S3 behind a %.0f ms first-byte proxy",
                     "a request it has seen before from memory (`--store replay`: every "
                     "object's first answer is moto's, later ones cost the proxy's CPU only, "
                     "as a real store's servers are not on this machine)"}
+SAMPLERS = ("plain", "locality", "substituting")
 
 
-def markdown(r: dict, command: str) -> str:
+def summary(rows: list[dict]) -> dict:
+    """The warm epochs (all but the first) of one sampler: median and worst epoch time,
+    and the median of the rest."""
+    warm = rows[1:] or rows
+    times = sorted(w["s"] for w in warm)
+
+    def med(key):
+        got = sorted(w[key] for w in warm if w.get(key) is not None)
+        return got[(len(got) - 1) // 2] if got else None
+    return {"median": times[(len(times) - 1) // 2], "worst": times[-1],
+            "hit_ratio": med("hit_ratio"), "store_fetches": med("store_fetches"),
+            "cpu_busy": med("cpu_busy")}
+
+
+def _warm(epochs: list[float]) -> tuple[float, float]:
+    warm = sorted(epochs[1:] or epochs)
+    return warm[(len(warm) - 1) // 2], warm[-1]
+
+
+def markdown(r: dict, command: str, plot: str | None = None) -> str:
+    n = r.get("rounds", 1)
     lines = [f"## Samplers, dataset twice the cache (`{command}`)", "",
              f"{r['objects']} objects of 80-140 KB ({r['dataset_bytes'] / 1e6:.0f} MB), "
              f"cache {r['cache_bytes'] / 1e6:.0f} MB (one memory tier), "
              + (STORES[r.get("store", "moto")] % r["delay_ms"]) +
-             "; DataLoader(num_workers=2, batch 32). "
-             "Warm epoch = the second epoch of each sampler on the same cache. Hit ratio = "
-             "reads that did not wait on the store (the workers' counts). One run: single "
-             "measurements.", "",
-             "| eviction | sampler | warm epoch s | vs plain | hit ratio | store fetches | "
-             "CPU busy | target |",
-             "|---|---|---:|---:|---:|---:|---:|---|"]
+             "; DataLoader(num_workers=2, batch 32). Per sampler, on the same cache: one "
+             f"epoch, then {n} warm epoch{'s' if n > 1 else ''}; median = the median warm "
+             "epoch, worst = the slowest; the other columns are medians. Hit ratio = reads "
+             "that did not wait on the store (the workers' counts). One run.", "",
+             "| eviction | sampler | warm epoch s, median | worst | vs plain (medians) | "
+             "hit ratio | store fetches | CPU busy | target |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for ev in ("fill-once", "lru"):
-        base = r[ev]["plain"][1]["s"]
-        for name, row in r[ev].items():
-            w = row[1]
+        base = summary(r[ev]["plain"])["median"]
+        for name in SAMPLERS:
+            w = summary(r[ev][name])
             target = "<= 0.6x plain, hit ratio >= 0.9" if name == "substituting" else ""
-            lines.append(f"| {ev} | {name} | {w['s']:.2f} | {w['s'] / base:.2f}x | "
-                         f"{w['hit_ratio']:.2f} | {w.get('store_fetches', '-')} | "
-                         f"{_share(w.get('cpu_busy'))} | {target} |")
-    lines += ["", f"Direct s3fs: {r['s3fs'][1]:.2f} s (CPU busy "
-              f"{_share((r.get('s3fs_cpu') or [None, None])[1])}); tmpfs (the ceiling): "
-              f"{r['tmpfs'][1]:.2f} s (CPU busy "
-              f"{_share((r.get('tmpfs_cpu') or [None, None])[1])}) (second epoch each). "
+            lines.append(f"| {ev} | {name} | {w['median']:.2f} | {w['worst']:.2f} | "
+                         f"{w['median'] / base:.2f}x | {w['hit_ratio']:.2f} | "
+                         f"{w['store_fetches']} | {_share(w['cpu_busy'])} | {target} |")
+    s3, tm = _warm(r["s3fs"]), _warm(r["tmpfs"])
+    lines += ["", f"Direct s3fs: {s3[0]:.2f} s median, {s3[1]:.2f} worst (CPU busy "
+              f"{_share(_median(r.get('s3fs_cpu')))}); tmpfs (the ceiling): {tm[0]:.2f} s "
+              f"median, {tm[1]:.2f} worst (CPU busy {_share(_median(r.get('tmpfs_cpu')))}). "
               "CPU busy = the share of all this machine's cores busy during the epoch "
-              "(/proc/stat): every process, the store's included. The substituting sampler's "
-              "misses still come from the store (store fetches): it hides their latency "
-              "behind cached samples, it does not save them; under fill-once a prefetched "
-              "block no tier takes is held by its worker until read (`stage_bytes`, "
-              "256 MiB here, more than the cache itself). The locality sampler's "
-              "`refresh()` runs before its timed epoch; the substituting sampler's inside. "
-              "No control of plain order with the same prefetching was run.", ""]
+              "(/proc/stat): every process, the store's included. The substituting "
+              "sampler's misses still come from the store (store fetches): it hides their "
+              "latency behind cached samples, it does not save them; under fill-once a "
+              "prefetched block no tier takes is held by its worker until read "
+              "(`stage_bytes`, 256 MiB here, more than the cache itself); under lru it "
+              "says which samples the epoch still reads and which are done "
+              "(`fs.hint_reuse`). The locality sampler's `refresh()` runs before its timed "
+              "epoch; the substituting sampler's inside.", ""]
+    if plot:
+        lines += [f"![samplers]({plot})", ""]
     return "\n".join(lines)
+
+
+def _median(xs):
+    got = sorted(x for x in (xs or [])[1:] if x is not None)
+    return got[(len(got) - 1) // 2] if got else None
 
 
 def _share(x: float | None) -> str:
     return "-" if x is None else f"{x:.0%}"
+
+
+def plot(r: dict, out_dir: str) -> str:
+    """Median warm epoch per sampler and eviction (a line up to the worst), the
+    tmpfs and direct s3fs epochs as lines; hit ratios written on the bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8.5, 4))
+    width = 0.8 / len(SAMPLERS)
+    evs = ("fill-once", "lru")
+    for j, name in enumerate(SAMPLERS):
+        got = [summary(r[ev][name]) for ev in evs]
+        xs = [i + j * width for i in range(len(evs))]
+        ax.bar(xs, [g["median"] for g in got], width, label=name,
+               yerr=[[0] * len(got), [g["worst"] - g["median"] for g in got]])
+        for x, g in zip(xs, got, strict=True):
+            ax.text(x, g["median"] / 2, f"hit {g['hit_ratio']:.2f}", ha="center",
+                    rotation=90, fontsize=8, color="white")
+    ax.axhline(_warm(r["tmpfs"])[0], color="green", ls="--", label="tmpfs (ceiling)")
+    ax.axhline(_warm(r["s3fs"])[0], color="red", ls=":", label="direct s3fs")
+    ax.set_xticks([i + width * (len(SAMPLERS) - 1) / 2 for i in range(len(evs))])
+    ax.set_xticklabels(evs)
+    ax.set_ylabel("warm epoch, s (median; bar up to the worst)")
+    ax.set_title(f"{r['objects']} objects, cache = half, store: {r.get('store', 'moto')}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    name = "sampler.png" if r.get("store", "moto") == "moto" else f"sampler_{r['store']}.png"
+    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    plt.close(fig)
+    return name
 
 
 def main(argv=None) -> int:
@@ -272,17 +334,27 @@ def main(argv=None) -> int:
     p.add_argument("--delay", type=float, default=0.02, help="store first-byte latency (s)")
     p.add_argument("--store", choices=sorted(STORES), default="moto",
                    help="moto behind the proxy (default), or the replaying store model")
-    p.add_argument("--out", help="write sampler.json and sampler.md here")
+    p.add_argument("--rounds", type=int, default=2, help="warm epochs per sampler")
+    p.add_argument("--out", help="write the results (json, plot) here and as a section of "
+                                 "OUT/RESULTS.md ('sampler', or 'sampler-replay')")
     a = p.parse_args(argv)
-    r = run(a.objects, a.delay, a.store == "replay")
-    text = markdown(r, "python -m bench.sampler" + (f" --objects {a.objects}"
-                                                    if a.objects != 1500 else "")
-                    + (f" --store {a.store}" if a.store != "moto" else ""))
-    print(text)
+    r = run(a.objects, a.delay, a.store == "replay", max(1, a.rounds))
+    command = ("python -m bench.sampler" + (f" --objects {a.objects}" if a.objects != 1500
+                                            else "")
+               + (f" --store {a.store}" if a.store != "moto" else "")
+               + (f" --rounds {a.rounds}" if a.rounds != 2 else "") + (" --out bench"
+                                                                        if a.out else ""))
+    name = "sampler" if a.store == "moto" else f"sampler-{a.store}"
     if a.out:
+        from . import report
         os.makedirs(a.out, exist_ok=True)
-        with open(os.path.join(a.out, "sampler.json"), "w") as f:
+        with open(os.path.join(a.out, f"{name}.json"), "w") as f:
             json.dump(r, f, indent=2)
+        text = markdown(r, command, plot(r, a.out))
+        report.put_section(os.path.join(a.out, "RESULTS.md"), name, text)
+    else:
+        text = markdown(r, command)
+    print(text)
     return 0
 
 

@@ -17,6 +17,13 @@ takes nothing more) and yielded once they have landed; a sample is never more th
 master's block reports at the start of each epoch (`refresh()`, one paged `locate`)
 and from what this sampler saw land since.
 
+Under lru and lfu eviction a prefetch would evict a cached sample still to come, so the
+sampler also tells the cache what the epoch reads (`fs.hint_reuse`): at its start the
+epoch's cached samples are wanted, the first in the order soonest (no block of the same
+namespace evicts them before they are read), and each sample is done `reuse_lag`
+samples after it was handed out (evicted first). The lag must exceed what the DataLoader
+holds ahead of its reads, or a sample may be pushed out before it is read (a miss).
+
 It runs where the DataLoader iterates it (the main process), with at most `prefetch`
 prefetches in flight there; the DataLoader's workers (fork or spawn) read as always.
 Memory: the cached set (one int per cached sample) and the window's samples. The bound
