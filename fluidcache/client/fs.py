@@ -349,12 +349,19 @@ class FluidFileSystem(WriteVerbs, AbstractFileSystem):
         and `lfu` eviction does the order change what is kept (fill-once never evicts
         to make room).
 
+        A path not found is skipped (nothing of it is cached).
+
         Raises
         ------
-        FileNotFoundError, IsADirectoryError, PermissionError
+        IsADirectoryError, PermissionError
             As `cat_file`, for any of `paths` (then no hint is sent).
         """
-        entries = [self._file_entry(self._strip_protocol(p)) for p in paths]
+        entries = []
+        for p in paths:
+            try:
+                entries.append(self._file_entry(self._strip_protocol(p)))
+            except FileNotFoundError:
+                continue
         return self.client.hint(entries, soon) if entries else 0
 
     def cat_ranges(self, paths, starts, ends, max_gap=None, on_error="return", **kwargs):

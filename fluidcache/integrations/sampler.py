@@ -115,22 +115,29 @@ class SubstitutingSampler:
         self.cached = cached
         return cached
 
-    def _hint(self, samples: list[int], soon: bool) -> int:
+    def _hint(self, samples: list[int], soon: bool, stats: dict) -> int:
         """Tell the cache when these samples are read again (fs.hint_reuse), the first
-        soonest; the blocks held. A hint: failures are counted, never raised."""
+        soonest, counted in `stats` (its epoch's); the blocks held. A hint: failures are
+        counted, never raised."""
         try:
-            return self.dataset.fs.hint_reuse([self.dataset.paths[i] for i in samples], soon)
+            held = self.dataset.fs.hint_reuse([self.dataset.paths[i] for i in samples], soon)
         except Exception as exc:  # noqa: BLE001 - a hint: reads go on without it
-            self.stats["hints_failed"] = self.stats.get("hints_failed", 0) + 1
+            stats["hints_failed"] = stats.get("hints_failed", 0) + 1
             log.debug("reuse hint of %d samples: %s", len(samples), exc)
             return 0
+        if not soon:
+            stats["done"] = stats.get("done", 0) + len(samples)
+        return held
 
     def __iter__(self):
         cached = self.refresh()
         mine = self.order()
         # this epoch's cached samples are wanted, the first in the order soonest: kept
         # ahead of last epoch's leftovers, the ones read last evicted first
-        held = self._hint([i for i in mine if i in cached], soon=True)
+        stats = self.stats = {"samples": 0, "ready": 0, "waited_s": 0.0, "forced": 0,
+                              "prefetched": 0, "prefetch_failed": 0, "done": 0,
+                              "hints_failed": 0, "cached": len(cached)}
+        stats["held_blocks"] = self._hint([i for i in mine if i in cached], True, stats)
         landed: set[int] = set()      # prefetched, in the window
         failed: set[int] = set()      # prefetch failed, in the window: not waited for
         waiting: set[int] = set()     # in the window, not yielded
@@ -138,10 +145,7 @@ class SubstitutingSampler:
         state = {"in_flight": 0, "landings": 0}
         cv = threading.Condition()
         fs = self.dataset.fs
-        stats = self.stats = {"samples": 0, "ready": 0, "waited_s": 0.0, "forced": 0,
-                              "prefetched": 0, "prefetch_failed": 0, "done": 0,
-                              "hints_failed": self.stats.get("hints_failed", 0),
-                              "cached": len(cached), "cached_held": held}
+        ended = False
         handed: collections.deque[int] = collections.deque()   # the last `reuse_lag`
         done: list[int] = []                                    # to say are done
 
@@ -205,15 +209,16 @@ class SubstitutingSampler:
                 if len(handed) > self.reuse_lag:   # read by now: done for this epoch,
                     done.append(handed.popleft())  # so it goes before what is not
                     if len(done) >= _DONE_BATCH:
-                        stats["done"] += len(done)
-                        hints.submit(self._hint, done, False)
+                        hints.submit(self._hint, done, False, stats)
                         done = []
             if done:                                # the epoch's end: what is left
-                stats["done"] += len(done)
-                hints.submit(self._hint, done, False)
+                hints.submit(self._hint, done, False, stats)
+            ended = True
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            hints.shutdown(wait=False, cancel_futures=True)
+            # an epoch that ended sends every hint still queued (its thread, in the
+            # background); one left early drops them
+            hints.shutdown(wait=False, cancel_futures=not ended)
 
     def ready_ratio(self) -> float:
         """Of the last epoch's samples (so far), the share this sampler yielded believing

@@ -99,25 +99,40 @@ async def _requests(reader, writer, strip: set[bytes], on_request,
 
 
 _KEYED = (b"range", b"if-match", b"if-none-match", b"if-modified-since",
-          b"if-unmodified-since")
+          b"if-unmodified-since", b"accept-encoding", b"x-amz-checksum-mode",
+          b"x-amz-server-side-encryption-customer-key-md5")
 _KEEP_MAX = 64 << 20          # a larger body is never read whole (refused in replay)
 
 
 class Replay:
-    """Answers kept by request, at most `limit` bytes in all (then nothing more kept)."""
+    """Answers kept by request, at most `limit` bytes in all (then nothing more kept,
+    `refused` counts what was not). `gen` moves at every write, before it is passed on
+    and once it is answered: an answer asked for in another generation is not kept."""
 
     def __init__(self, limit: int = 2 << 30) -> None:
         self.kept: dict[tuple, bytes] = {}
-        self.size, self.limit = 0, limit
+        self.size, self.limit, self.gen, self.refused = 0, limit, 0, 0
 
-    def keep(self, key: tuple, answer: bytes) -> None:
-        if self.size + len(answer) <= self.limit:
-            self.kept[key] = answer
-            self.size += len(answer)
+    def keep(self, key: tuple, answer: bytes, gen: int) -> None:
+        if gen != self.gen or key in self.kept:
+            return
+        if self.size + len(answer) > self.limit:
+            self.refused += 1
+            return
+        self.kept[key] = answer
+        self.size += len(answer)
 
     def forget(self) -> None:
         self.kept.clear()
         self.size = 0
+        self.gen += 1
+
+
+def _who(fields: dict[bytes, bytes]) -> bytes:
+    """The access key a request is signed with (SigV4's Credential=KEY/...), or b""."""
+    auth = fields.get(b"authorization", b"")
+    _, _, cred = auth.partition(b"Credential=")
+    return cred.partition(b"/")[0]
 
 
 def _head_fields(head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
@@ -126,8 +141,9 @@ def _head_fields(head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
                    for ln in lines[1:] if b":" in ln}
 
 
-async def _body(reader, fields: dict[bytes, bytes]) -> bytes:
-    """A message's body as sent (Content-Length or chunked), at most _KEEP_MAX."""
+async def _body(reader, fields: dict[bytes, bytes], to_eof: bool = False) -> bytes:
+    """A message's body as sent (Content-Length or chunked; with `to_eof` and neither,
+    up to the connection's end), at most _KEEP_MAX."""
     if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
         out = bytearray()
         while True:
@@ -138,6 +154,13 @@ async def _body(reader, fields: dict[bytes, bytes]) -> bytes:
             out += size_line + await reader.readexactly(n + 2)
             if n == 0:
                 return bytes(out)
+    if to_eof and b"content-length" not in fields:
+        out = await reader.read(_KEEP_MAX + 1)
+        while len(out) <= _KEEP_MAX and (more := await reader.read(_KEEP_MAX + 1 - len(out))):
+            out += more
+        if len(out) > _KEEP_MAX:
+            raise ValueError("body too large to replay")
+        return out
     n = int(fields.get(b"content-length", b"0"))
     if n > _KEEP_MAX:
         raise ValueError("body too large to replay")
@@ -162,8 +185,10 @@ async def _replaying(c_reader, c_writer, target, delay: float, rate: float,
                 head = b"\r\n".join(ln for ln in lines if not ln.lower().startswith(
                     b"expect:")) + b"\r\n\r\n"
             body = await _body(c_reader, fields)
-            key = (method, rest.rpartition(b" ")[0]) + tuple(fields.get(h) for h in _KEYED)
+            key = (method, rest.rpartition(b" ")[0], _who(fields)) + tuple(
+                fields.get(h) for h in _KEYED)
             answer = replay.kept.get(key) if method in (b"GET", b"HEAD") else None
+            gen = replay.gen
             if answer is None:
                 if method not in (b"GET", b"HEAD"):
                     replay.forget()            # a write: what was kept may be stale
@@ -174,16 +199,24 @@ async def _replaying(c_reader, c_writer, target, delay: float, rate: float,
                 r_head = await upstream[0].readuntil(b"\r\n\r\n")
                 r_lines, r_fields = _head_fields(r_head)
                 status = int(r_lines[0].split()[1])
+                framed = b"content-length" in r_fields or \
+                    r_fields.get(b"transfer-encoding", b"").lower() == b"chunked"
                 r_body = b"" if method == b"HEAD" or status in (204, 304) \
-                    else await _body(upstream[0], r_fields)
-                if r_fields.get(b"connection", b"").lower() == b"close":
+                    else await _body(upstream[0], r_fields, to_eof=True)
+                if not framed or \
+                        r_fields.get(b"connection", b"").lower() == b"close":
                     upstream[1].close()          # moto's way: a connection a request
                     upstream = None
-                # the model keeps its clients' connections, as a real store does
-                answer = b"\r\n".join(ln for ln in r_lines if not ln.lower().startswith(
-                    b"connection:")) + b"\r\n\r\n" + r_body
-                if method in (b"GET", b"HEAD") and status in (200, 206):
-                    replay.keep(key, answer)
+                # the model keeps its clients' connections, as a real store does (a body
+                # the store ended by closing is sent with its length)
+                r_lines = [ln for ln in r_lines if not ln.lower().startswith(b"connection:")]
+                if not framed and method != b"HEAD" and status not in (204, 304):
+                    r_lines.append(b"Content-Length: %d" % len(r_body))
+                answer = b"\r\n".join(r_lines) + b"\r\n\r\n" + r_body
+                if method in (b"GET", b"HEAD") and status in (200, 206) and framed:
+                    replay.keep(key, answer, gen)
+                elif method not in (b"GET", b"HEAD"):
+                    replay.forget()            # and once it is answered
             ahead = asked + delay - time.monotonic()
             if ahead > 0:
                 await asyncio.sleep(ahead)     # the injected first-byte latency
@@ -276,6 +309,8 @@ class LatencyProxy(Endpoint):
         self.target, self.delay, self.fail = host_port, delay, fail
         self.strip, self.hang_ranges, self.rate = tuple(strip), hang_ranges, rate
         self.replay = replay
+        if replay and (fail or strip or hang_ranges):
+            raise ValueError("replay takes only a delay and a rate")
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

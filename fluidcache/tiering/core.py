@@ -19,10 +19,10 @@ the first tier whose policy admits it and where evicting unpinned blocks frees e
 Marks: a reader may say it wants a block soon (`want`); a block a prefetch brought in is
 wanted too. A new block of the same group (a namespace) evicts no block its group wants
 and has not read since: without other room it is not cached (a prefetched one is kept
-aside by the worker), nor does a high watermark's eviction. Other groups' blocks ignore
-the marks, so a mark never holds the
-cache against another tenant; a mark lapses once its group has asked room for twice the
-tier's blocks since (a reader that never comes holds nothing for long).
+aside by the worker); a high watermark's eviction spares every group's marks. Other
+groups' new blocks ignore the marks, and a mark lapses once blocks of any group have
+asked room for twice the tier's blocks since it was made: a mark never holds the cache
+against another tenant, or for a reader that never comes, for long.
 Watermarks: a tier above `high` x capacity is brought down to `low` x capacity; each
 victim is demoted to the next tier that has room below its own high mark, else dropped.
 A tier whose policy never evicts for admission (fill-once) is exempt.
@@ -115,9 +115,8 @@ class TierIndex:
         self.moves = {"demote": 0, "promote": 0, "expire": 0}
         self._pins: set[str] = set()            # pins that apply when the block arrives
         self._ttls: dict[str, float] = {}
-        self.wanted: dict[str, tuple[str, int]] = {}   # key -> (group, its fills then)
-        self._fills: dict[str, int] = {}                # group -> blocks it asked room for
-        self._prefetched: set[str] = set()      # reserved by a prefetch: wanted once in
+        self.wanted: dict[str, tuple[str, int]] = {}   # key -> (group, fills then)
+        self._fills = 0                                 # blocks asked room for, all groups
 
     # -- queries ---------------------------------------------------------------
     def __contains__(self, key: str) -> bool:
@@ -169,8 +168,7 @@ class TierIndex:
         its group once committed."""
         if key in self.entries:
             raise StateError(f"block {key} is already {self.entries[key].state}")
-        if group is not None:
-            self._fills[group] = self._fills.get(group, 0) + 1
+        self._fills += 1
         marked = group if prefetched else None
         for i, t in enumerate(self.tiers):
             if t.room(size):
@@ -250,7 +248,7 @@ class TierIndex:
         return True
 
     def _mark(self, key: str, group: str) -> None:
-        self.wanted[key] = (group, self._fills.get(group, 0))
+        self.wanted[key] = (group, self._fills)
 
     def _spared(self, key: str, group: str | None) -> bool:
         """Is `key` marked by `group` (ANY_GROUP: by any), the mark not lapsed (a lapsed
@@ -259,7 +257,7 @@ class TierIndex:
         if group is None or mark is None or group not in (mark[0], ANY_GROUP):
             return False
         e = self.entries[key]
-        if self._fills.get(mark[0], 0) - mark[1] > 2 * max(1, len(self.tiers[e.tier].blocks)):
+        if self._fills - mark[1] > 2 * max(1, len(self.tiers[e.tier].blocks)):
             del self.wanted[key]
             return False
         return True

@@ -458,8 +458,10 @@ class Reads:
             return             # not a node this dataset may cache on: read through only
         try:
             took = await loop.run_in_executor(None, self.store.put, found.key, data,
-                                              layout.Meta(dsid, found.fid, r.index),
-                                              ns, hint)    # (core.py's marks)
+                                              layout.Meta(dsid, found.fid, r.index), ns,
+                                              # wanted until read: a prefetch no reader
+                                              hint and found.key not in self._joined)
+                                              # took from the fetch (core.py's marks)
         except Exception:      # the readers have their bytes; log, go on
             log.exception("caching block %s failed", found.key)
             took = True

@@ -243,7 +243,7 @@ def test_index_keeps_its_invariants(caps, policy, ops):
                 continue
             # marks of this group that hold (not lapsed once this fill is counted)
             wanted = {v for v, (g, n) in ix.wanted.items() if g == group and
-                      ix._fills.get(g, 0) + 1 - n <=
+                      ix._fills + 1 - n <=
                       2 * max(1, len(ix.tiers[ix.entries[v].tier].blocks))}
             res = ix.reserve(k, size, group, op == "prefetch")
             if res is not None:

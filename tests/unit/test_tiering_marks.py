@@ -2,6 +2,9 @@
 it wants a block soon (`want`), or not (`cool`), and blocks a prefetch brought in."""
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fluidcache.blocks import block_key, file_id
 from fluidcache.tiering.core import TierIndex
 from fluidcache.tiering.policy import make
@@ -76,7 +79,7 @@ def test_a_high_watermark_spares_marks_of_every_group():
     assert set(ix.cached_keys()) == {A, B}
 
 
-def test_a_mark_lapses_once_its_group_asked_room_for_twice_the_tiers_blocks():
+def test_a_mark_lapses_once_blocks_asked_room_for_twice_the_tiers_blocks():
     ix = index(60)
     cached(ix, A, 30)
     cached(ix, B, 30)
@@ -104,3 +107,37 @@ def test_marks_are_forgotten_with_their_blocks():
     cached(ix, B, 30)
     ix.access(B)
     assert cached(ix, C, 30, "g").evict == (A,)     # back without its old mark
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["fill_g", "fill_h", "prefetch_g", "want",
+                                               "access", "cool"]),
+                              st.integers(0, 11)), max_size=80))
+def test_a_groups_fills_never_evict_its_live_marks_and_others_may(ops):
+    """Random fills of two groups against marks of one: a fill of "g" never evicts a
+    mark of "g" that holds; it is refused only when nothing else could make room."""
+    ix = index(100)                                 # five blocks of 20
+    for op, i in ops:
+        k = KEYS[i]
+        if op in ("fill_g", "fill_h", "prefetch_g"):
+            if k in ix.entries:
+                continue
+            group = "h" if op == "fill_h" else "g"
+            live = {v for v, (g, n) in ix.wanted.items() if g == group and
+                    ix._fills + 1 - n <= 2 * max(1, len(ix.tiers[0].blocks))}
+            res = ix.reserve(k, 20, group, op == "prefetch_g")
+            if res is None:                         # full of marks that hold
+                assert live and len(ix.tiers[0].blocks) - len(live) == 0
+            else:
+                assert not set(res.evict) & live
+                ix.commit(k)
+                assert (k in ix.wanted) == (op == "prefetch_g")
+        elif op == "want":
+            assert ix.want(k, "g") == (k in ix)
+        elif op == "access":
+            ix.access(k)
+            assert k not in ix.wanted
+        else:
+            ix.cool(k)
+            assert k not in ix.wanted
+        assert set(ix.wanted) <= set(ix.cached_keys())
