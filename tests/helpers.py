@@ -44,6 +44,29 @@ def home_env(home: str):
             os.environ["FLUIDCACHE_HOME"] = old
 
 
+@contextlib.contextmanager
+def small_cluster(root, moto, name: str, files: dict[str, bytes], *start_args: str):
+    """A cluster of its own under `root` (`fluidcache start` with `start_args` and a
+    memory tier under /dev/shm), `files` in bucket fc-NAME mounted as dataset NAME;
+    yields the environment its CLI and clients use. Stopped and cleaned after."""
+    import shutil
+    env = dict(os.environ, FLUIDCACHE_HOME=str(root / "home"))
+    mem = f"/dev/shm/fc-{name}-{os.getpid()}" if os.path.isdir("/dev/shm") \
+        else str(root / "mem")
+    s3 = moto.filesystem()
+    s3.mkdir(f"fc-{name}")
+    s3.pipe({f"fc-{name}/{k}": v for k, v in files.items()})
+    run_cli("start", "--mem-path", mem, "--no-dashboard", *start_args, env=env)
+    try:
+        opts = [f"--option={k}={v}" for k, v in moto.options().items()]
+        run_cli("dataset", "create", name, "--mount", f"/=s3://fc-{name}", "--sync",
+                "never", *opts, env=env)
+        yield env
+    finally:
+        run_cli("stop", env=env, check=False)
+        shutil.rmtree(mem, ignore_errors=True)
+
+
 def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
     """Poll `predicate` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout

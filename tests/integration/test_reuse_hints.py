@@ -3,12 +3,11 @@ to be wanted soon stay, blocks said to be done go first, whatever LRU order says
 substituting sampler says both as an epoch goes."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 
-from ..helpers import home_env, run_cli, wait_for
+from ..helpers import home_env, small_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 KiB = 1024
@@ -16,27 +15,14 @@ KiB = 1024
 
 @pytest.fixture(scope="module")
 def lru_cache(tmp_path_factory, moto):
-    root = tmp_path_factory.mktemp("hints")
-    env = dict(os.environ, FLUIDCACHE_HOME=str(root / "home"))
-    mem = f"/dev/shm/fc-hints-{os.getpid()}" if os.path.isdir("/dev/shm") else str(root / "mem")
-    s3 = moto.filesystem()
-    s3.mkdir("fc-hints")
     rnd = random.Random(9)
     files = {f"h{i:03d}.bin": rnd.randbytes(100 * KiB + i) for i in range(60)}   # ~6 MiB
-    s3.pipe({f"fc-hints/{k}": v for k, v in files.items()})
     # a tiny SSD tier below (a default one would take every block the memory tier lets go)
-    run_cli("start", "--mem", "4MiB", "--mem-path", mem, "--ssd", f"{root}/ssd:300KiB",
-            "--block-size", "1MiB",
-            "--eviction", "lru", "--no-dashboard", env=env)
-    try:
-        opts = [f"--option={k}={v}" for k, v in moto.options().items()]
-        run_cli("dataset", "create", "hints", "--mount", "/=s3://fc-hints", "--sync",
-                "never", *opts, env=env)
+    root = tmp_path_factory.mktemp("hints")
+    with small_cluster(root, moto, "hints", files, "--mem", "4MiB", "--ssd",
+                       f"{root}/ssd:300KiB", "--block-size", "1MiB",
+                       "--eviction", "lru") as env:
         yield env, files
-    finally:
-        run_cli("stop", env=env, check=False)
-        import shutil
-        shutil.rmtree(mem, ignore_errors=True)
 
 
 def test_hints_choose_what_an_lru_tier_keeps(lru_cache):
@@ -75,6 +61,9 @@ def test_the_substituting_sampler_says_what_is_done(lru_cache):
         fs = client.filesystem(skip_instance_cache=True, short_circuit=False)
         ds = FluidDataset("fluid://hints", filesystem=fs)
         sampler = SubstitutingSampler(ds, window=8, seed=3, prefetch=4, reuse_lag=4)
+        # what is cached comes from the block reports: the last test's reach the master
+        # with a heartbeat
+        wait_for(sampler.refresh, timeout=60, what="the master to hear of cached blocks")
         for epoch in (1, 2):
             sampler.set_epoch(epoch)
             seen = []

@@ -6,42 +6,25 @@ prefetched ahead are kept aside by their owner until read (hits too, though no t
 took them)."""
 from __future__ import annotations
 
-import os
 import random
 
 import pytest
 
-from ..helpers import home_env, run_cli
+from ..helpers import home_env, small_cluster
 
 pytestmark = pytest.mark.integration
 KiB = 1024
 
 
-def _cli(env, *args):
-    return run_cli(*args, env=env)
-
-
 @pytest.fixture(scope="module")
 def half_cache(tmp_path_factory, moto):
-    root = tmp_path_factory.mktemp("sampler")
-    env = dict(os.environ, FLUIDCACHE_HOME=str(root / "home"))
-    mem = f"/dev/shm/fc-sampler-{os.getpid()}" if os.path.isdir("/dev/shm") else str(root / "mem")
-    s3 = moto.filesystem()
-    s3.mkdir("fc-sampler")
     rnd = random.Random(5)
     files = {f"s{i:03d}.bin": rnd.randbytes(100 * KiB + i) for i in range(160)}   # ~16 MiB
-    s3.pipe({f"fc-sampler/{k}": v for k, v in files.items()})
-    _cli(env, "start", "--mem", "4MiB", "--mem-path", mem, "--ssd", f"{root}/ssd:4MiB",
-         "--block-size", "1MiB", "--eviction", "fill-once", "--no-dashboard")
-    try:
-        opts = [f"--option={k}={v}" for k, v in moto.options().items()]
-        _cli(env, "dataset", "create", "smp", "--mount", "/=s3://fc-sampler", "--sync",
-             "never", *opts)
+    root = tmp_path_factory.mktemp("sampler")
+    with small_cluster(root, moto, "smp", files, "--mem", "4MiB", "--ssd",
+                       f"{root}/ssd:4MiB", "--block-size", "1MiB",
+                       "--eviction", "fill-once") as env:
         yield env, files
-    finally:
-        run_cli("stop", env=env, check=False)
-        import shutil
-        shutil.rmtree(mem, ignore_errors=True)
 
 
 class _Digest:
