@@ -344,12 +344,10 @@ class BlockReader:
             return True                     # a kept file is in its holder's journal
         m = self.cluster.map()
         bs = m["block_size"]
-        ds = self.cluster.dataset(entry["name"].partition("/")[0])
         by_id = {w["id"]: w for w in m["workers"]}
         landed = True
-        for index in range(max(1, blocks.block_count(entry["size"], bs))):
+        for index, order in self._block_routes(entry, m):
             req = self._request(entry, index, 0, -1, bs)
-            order = self._route(blocks.block_key(entry["fid"], index, bs), ds, m)
             if not order:
                 return False
             try:
@@ -366,16 +364,16 @@ class BlockReader:
         last), else evicted first when room is needed (the first file's first). A hint:
         nothing is fetched or removed, errors are dropped; returns the blocks held."""
         m = self.cluster.map()
-        bs = m["block_size"]
         address = {w["id"]: w["address"] for w in m["workers"]}
         keys: dict[str, list[str]] = {}
         for entry in reversed(entries):       # a worker applies them in order: the
             if entry["version"].startswith("c:"):            # last it applies wins
                 continue                      # a kept file: in its holder's journal
-            ds = self.cluster.dataset(entry["name"].partition("/")[0])
-            for index in range(max(1, blocks.block_count(entry["size"], bs))):
-                key = blocks.block_key(entry["fid"], index, bs)
-                for wid in self._route(key, ds, m)[:max(1, ds.get("replicas", 1))]:
+            copies = max(1, self.cluster.dataset(entry["name"].partition("/")[0])
+                         .get("replicas", 1))
+            for index, order in self._block_routes(entry, m):
+                key = blocks.block_key(entry["fid"], index, m["block_size"])
+                for wid in order[:copies]:
                     if wid in address:
                         keys.setdefault(address[wid], []).append(key)
         held = 0
@@ -414,6 +412,14 @@ class BlockReader:
         dataset, _, path = entry["name"].partition("/")
         return BlockRead(dataset, path, entry["version"], entry["size"], index, offset,
                          length, entry["fid"], bs)
+
+    def _block_routes(self, entry: dict, m: dict):
+        """(index, worker ids to ask in order) of each block of a file (one for an
+        empty file)."""
+        bs = m["block_size"]
+        ds = self.cluster.dataset(entry["name"].partition("/")[0])
+        for index in range(max(1, blocks.block_count(entry["size"], bs))):
+            yield index, self._route(blocks.block_key(entry["fid"], index, bs), ds, m)
 
     def _route(self, key: str, ds: dict, m: dict, version: str = "") -> list[str]:
         """Worker ids to ask, in order: a kept file's holder alone (its only copy)."""

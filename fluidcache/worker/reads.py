@@ -456,12 +456,12 @@ class Reads:
                                # (racy, or no validator in the answer): never cache it
         if not placement.matches(ds.selector, self._labels, self._resources):
             return             # not a node this dataset may cache on: read through only
+        # a prefetch no reader took from the fetch is wanted until read (core.py's marks)
+        wanted = hint and found.key not in self._joined
         try:
             took = await loop.run_in_executor(None, self.store.put, found.key, data,
                                               layout.Meta(dsid, found.fid, r.index), ns,
-                                              # wanted until read: a prefetch no reader
-                                              hint and found.key not in self._joined)
-                                              # took from the fetch (core.py's marks)
+                                              wanted)
         except Exception:      # the readers have their bytes; log, go on
             log.exception("caching block %s failed", found.key)
             took = True
